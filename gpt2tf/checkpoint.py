@@ -1,0 +1,247 @@
+"""OpenAI's checkpoint layout: the one module that knows its file names and tensor names.
+
+A GPT-2 model dir, as OpenAI ships it, holds `checkpoint` (a text file naming the prefix), `hparams.json`,
+`model.ckpt.index` + `model.ckpt.data-00000-of-00001` (a TF1 name-based bundle of float32 tensors named
+`model/wte`, `model/h0/attn/c_attn/w`, ...), `encoder.json` and `vocab.bpe` (and `model.ckpt.meta`, a TF1 graph we
+neither need nor write). Restoring checks names, shapes and the data file's size against the model *before*
+assigning anything, then reads tensor by tensor into weights that were allocated but never initialised.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.hparams import HParams
+from gpt2tf.model import GPT2
+
+STATE_FILE = "checkpoint"
+HPARAMS_FILE = "hparams.json"
+PREFIX_NAME = "model.ckpt"
+VOCAB_DIR = Path(__file__).parent / "vocab"
+VOCAB_FILES = ("encoder.json", "vocab.bpe")
+
+
+def openai_tensor_shapes(hparams):
+    """Every tensor in an OpenAI GPT-2 checkpoint with its shape, written out from OpenAI's layout."""
+    d = hparams.n_embd
+    shapes = {"model/wte": (hparams.n_vocab, d), "model/wpe": (hparams.n_ctx, d)}
+    for i in range(hparams.n_layer):
+        h = f"model/h{i}"
+        shapes.update({
+            f"{h}/ln_1/g": (d,), f"{h}/ln_1/b": (d,),
+            f"{h}/attn/c_attn/w": (1, d, 3 * d), f"{h}/attn/c_attn/b": (3 * d,),
+            f"{h}/attn/c_proj/w": (1, d, d), f"{h}/attn/c_proj/b": (d,),
+            f"{h}/ln_2/g": (d,), f"{h}/ln_2/b": (d,),
+            f"{h}/mlp/c_fc/w": (1, d, 4 * d), f"{h}/mlp/c_fc/b": (4 * d,),
+            f"{h}/mlp/c_proj/w": (1, 4 * d, d), f"{h}/mlp/c_proj/b": (d,),
+        })
+    shapes.update({"model/ln_f/g": (d,), "model/ln_f/b": (d,)})
+    return shapes
+
+
+def checkpoint_key(variable):
+    """A model variable's checkpoint key: its path, rooted at `model/` whatever the Keras model is named."""
+    return "model/" + variable.path.split("/", 1)[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding things in a model dir
+
+def resolve_checkpoint(path):
+    """`(model_dir, prefix)` for a model dir (via its `checkpoint` file) or a checkpoint prefix."""
+    path = Path(path)
+    if Path(f"{path}.index").is_file():
+        return path.parent, str(path)
+    if not path.exists():
+        raise GPT2TFError(f"{path} does not exist: give a GPT-2 model dir (download one with "
+                          f"`python download_model.py 124M`) or a checkpoint prefix such as {path}/model.ckpt")
+    if not path.is_dir():
+        raise GPT2TFError(f"{path} is not a model dir or a checkpoint prefix (no {path}.index)")
+    state = path / STATE_FILE
+    if state.is_file():
+        prefix = _prefix_from_state(state)
+    elif (path / f"{PREFIX_NAME}.index").is_file():
+        prefix = path / PREFIX_NAME
+    else:
+        raise GPT2TFError(f"{path} is not a GPT-2 model dir: it has no `{STATE_FILE}` file and no "
+                          f"{PREFIX_NAME}.index (expected OpenAI's layout: {STATE_FILE}, {HPARAMS_FILE}, "
+                          f"{PREFIX_NAME}.index, {PREFIX_NAME}.data-00000-of-00001)")
+    if not prefix.is_absolute():
+        prefix = path / prefix
+    if not Path(f"{prefix}.index").is_file() and Path(f"{path / prefix.name}.index").is_file():
+        prefix = path / prefix.name  # the dir was moved since the state file was written with an absolute path
+    if not Path(f"{prefix}.index").is_file():
+        raise GPT2TFError(f"{state} names checkpoint {prefix}, but {prefix}.index is missing: "
+                          f"the download is incomplete; download the model again")
+    return path, str(prefix)
+
+
+def _prefix_from_state(state):
+    text = state.read_text(encoding="utf-8", errors="replace")
+    match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
+    if not match:
+        raise GPT2TFError(f"{state} has no model_checkpoint_path line; it should read "
+                          f'model_checkpoint_path: "{PREFIX_NAME}"')
+    return Path(match.group(1).encode("utf-8").decode("unicode_escape"))
+
+
+def load_hparams(model_dir):
+    return HParams.from_json(Path(model_dir) / HPARAMS_FILE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Restore
+
+def load_model(model_dir, *, dtype=None):
+    """Build a GPT2 from a model dir (or checkpoint prefix) as OpenAI ships it, with its weights restored.
+
+    `dtype` is a Keras dtype policy such as "mixed_float16"; weights stay float32 either way.
+    """
+    model_dir, prefix = resolve_checkpoint(model_dir)
+    hparams = load_hparams(model_dir)
+    model = GPT2(hparams, initializer="empty", dtype=dtype)
+    restore_weights(model, prefix)
+    return model
+
+
+def restore_weights(model, prefix):
+    """Read every tensor of the checkpoint at `prefix` into `model`, after checking names, shapes and sizes."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        found_shapes = reader.get_variable_to_shape_map()
+        found_dtypes = reader.get_variable_to_dtype_map()
+    except (tf.errors.OpError, ValueError) as err:
+        raise GPT2TFError(f"cannot read checkpoint index {prefix}.index ({_first_line(err)}): "
+                          f"the file is corrupt; download the model again") from None
+    variables = {checkpoint_key(v): v for v in model.weights}
+    check_tensor_names_and_shapes(
+        found_shapes, {key: tuple(v.shape) for key, v in variables.items()}, prefix)
+    _check_data_size(prefix, found_shapes, found_dtypes)
+    for key, variable in variables.items():
+        try:
+            (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
+                                            dtypes=[found_dtypes[key]])
+        except tf.errors.OpError as err:
+            raise GPT2TFError(f"cannot read tensor {key} from {prefix} ({_first_line(err)}): "
+                              f"the data file is corrupt; download the model again") from None
+        variable.assign(tf.cast(value, variable.dtype))
+        del value  # free this tensor before reading the next: peak memory is the weights plus one tensor
+
+
+def check_tensor_names_and_shapes(found, expected, prefix):
+    """Raise a one-line GPT2TFError naming missing, unexpected and mis-shaped tensors."""
+    found = {k: tuple(v) for k, v in found.items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    misshaped = sorted(k for k in set(found) & set(expected) if found[k] != tuple(expected[k]))
+    if not (missing or unexpected or misshaped):
+        return
+    problems = []
+    if missing:
+        problems.append(f"missing {_some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_some(unexpected)}")
+    if misshaped:
+        problems.append("mis-shaped " + _some(
+            [f"{k} {list(found[k])} (hparams.json says {list(expected[k])})" for k in misshaped]))
+    raise GPT2TFError(f"checkpoint {prefix} does not match its hparams.json: {'; '.join(problems)}; "
+                      f"check that hparams.json belongs to this checkpoint")
+
+
+def _check_data_size(prefix, shapes, dtypes):
+    """A truncated or padded data file is caught here, before any weight is touched."""
+    data_files = sorted(Path(prefix).parent.glob(f"{Path(prefix).name}.data-*-of-*"))
+    if not data_files:
+        raise GPT2TFError(f"{prefix}.data-00000-of-00001 is missing: the download is incomplete; "
+                          f"download the model again")
+    if len(data_files) != 1:
+        return  # sharded bundles (not OpenAI's layout) are left to the per-tensor checksums
+    expected = sum(int(np.prod(shape)) * dtypes[name].size for name, shape in shapes.items())
+    actual = data_files[0].stat().st_size
+    if actual != expected:
+        raise GPT2TFError(f"{data_files[0]} has {actual:,} bytes but its index describes {expected:,}: "
+                          f"the file is truncated or corrupt; download the model again")
+
+
+def _some(items, limit=5):
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{f', ... ({len(items)} in all)' if len(items) > limit else ''}]"
+
+
+def _first_line(err):
+    text = getattr(err, "message", None) or str(err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Write
+
+def save_openai_checkpoint(model, model_dir):
+    """Write `model` as a model dir in OpenAI's layout, readable by any GPT-2 tool; the round trip is bit-exact."""
+    tensors = {checkpoint_key(v): tf.convert_to_tensor(v.value) for v in model.weights}
+    write_model_dir(model_dir, model.hparams, tensors)
+
+
+def write_synthetic_checkpoint(model_dir, hparams, *, seed=0):
+    """A model dir in OpenAI's exact layout with random values in every tensor (gains and biases included).
+
+    For tests and benchmarks: the values have GPT-2's scales (weights ~0.02, gains ~1) so activations stay sane.
+    """
+    tensors = {}
+    for index, (name, shape) in enumerate(openai_tensor_shapes(hparams).items()):
+        noise = tf.random.stateless_normal(shape, seed=[seed, index], dtype=tf.float32)
+        leaf = name.rsplit("/", 1)[1]
+        if leaf == "g":
+            tensors[name] = 1.0 + 0.1 * noise
+        elif leaf == "b":
+            tensors[name] = 0.02 * noise
+        elif leaf == "wpe":
+            tensors[name] = 0.01 * noise
+        else:
+            tensors[name] = 0.02 * noise
+    write_model_dir(model_dir, hparams, tensors)
+
+
+def write_model_dir(model_dir, hparams, tensors):
+    """Write hparams, vocab and a single-shard bundle of `tensors` ({key: tensor}) in OpenAI's layout.
+
+    A new dir is written beside its final name and renamed into place. An existing dir gets every file under a
+    temporary name first and the `checkpoint` state file last, so an interruption never leaves a dir that looks
+    complete but mixes old and new tensors undetected (the bundle's size and checksums are verified on load).
+    """
+    model_dir = Path(model_dir)
+    fresh = not model_dir.exists()
+    work_dir = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}") if fresh else model_dir
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        tag = f".tmp-{os.getpid()}"
+        names = sorted(tensors)
+        tf.raw_ops.SaveV2(prefix=str(work_dir / (PREFIX_NAME + tag)), tensor_names=names,
+                          shape_and_slices=[""] * len(names), tensors=[tensors[n] for n in names])
+        staged = {PREFIX_NAME + tag + ".data-00000-of-00001": PREFIX_NAME + ".data-00000-of-00001",
+                  PREFIX_NAME + tag + ".index": PREFIX_NAME + ".index"}
+        for vocab_file in VOCAB_FILES:
+            shutil.copyfile(VOCAB_DIR / vocab_file, work_dir / (vocab_file + tag))
+            staged[vocab_file + tag] = vocab_file
+        hparams.to_json(work_dir / (HPARAMS_FILE + tag))
+        staged[HPARAMS_FILE + tag] = HPARAMS_FILE
+        (work_dir / (STATE_FILE + tag)).write_text(
+            f'model_checkpoint_path: "{PREFIX_NAME}"\nall_model_checkpoint_paths: "{PREFIX_NAME}"\n')
+        staged[STATE_FILE + tag] = STATE_FILE  # last: the dir names its checkpoint only once all is in place
+        for temp, final in staged.items():
+            os.replace(work_dir / temp, work_dir / final)
+        if fresh:
+            os.replace(work_dir, model_dir)
+    except (OSError, tf.errors.OpError) as err:
+        raise GPT2TFError(f"cannot write model dir {model_dir} ({getattr(err, 'strerror', None) or _first_line(err)}); "
+                          f"choose a writable location with enough free space") from None
+    finally:
+        if fresh and work_dir.exists():
+            shutil.rmtree(work_dir, ignore_errors=True)
+        for leftover in model_dir.glob(f"*.tmp-{os.getpid()}*") if model_dir.exists() else ():
+            leftover.unlink(missing_ok=True)

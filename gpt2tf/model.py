@@ -1,0 +1,221 @@
+"""The GPT-2 network: Keras 3 layers (TensorFlow backend) that compute exactly what OpenAI's `model.py` computes.
+
+Layer and weight names are OpenAI's (`wte`, `wpe`, `h{i}/ln_1`, `attn/c_attn`, `mlp/c_fc`, `w`, `b`, `g`), so every
+variable's `path` equals its checkpoint key (`model/h0/attn/c_attn/w`) and restoring is a loop. Under a
+mixed-precision policy the matmuls run in the compute dtype while LayerNorm, softmax and logits stay in float32.
+
+The key/value cache for decoding is a tuple with one tensor per layer, each `[batch, 2, n_head, max_length,
+head_size]` (keys then values), preallocated by `init_cache` and written in place at `cache_index` with a
+dynamic-update-slice, so a decode loop under `tf.function(jit_compile=True)` keeps fixed shapes and never retraces.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
+
+from gpt2tf.hparams import HParams
+
+LAYER_NORM_EPSILON = 1e-5  # OpenAI's value; the ancestor project's 1e-14 was a bug.
+MASKED_SCORE = -1e10  # what OpenAI's `mask_attn_weights` writes into masked positions (softmax makes it exactly 0)
+
+
+class EmptyInitializer(keras.initializers.Initializer):
+    """Allocates without filling: for weights a checkpoint restore overwrites at once (saves a pass over memory)."""
+
+    def __call__(self, shape, dtype=None):
+        return tf.raw_ops.Empty(shape=shape, dtype=tf.as_dtype(dtype or "float32"), init=False)
+
+
+def _initializers(kind, n_layer):
+    """OpenAI's initialisation (normal 0.02, wpe 0.01, zero biases, unit gains), or none at all for restoring."""
+    if kind == "empty":
+        empty = EmptyInitializer()
+        return dict(w=empty, proj_w=empty, b=empty, g=empty, wte=empty, wpe=empty)
+    if kind != "random":
+        raise ValueError(f"initializer must be 'random' or 'empty', got {kind!r}")
+    return dict(
+        w=keras.initializers.RandomNormal(stddev=0.02),
+        # GPT-2 paper: residual projections scaled by 1/sqrt(number of residual layers).
+        proj_w=keras.initializers.RandomNormal(stddev=0.02 / math.sqrt(2 * n_layer)),
+        b=keras.initializers.Zeros(), g=keras.initializers.Ones(),
+        wte=keras.initializers.RandomNormal(stddev=0.02), wpe=keras.initializers.RandomNormal(stddev=0.01))
+
+
+class LayerNorm(keras.layers.Layer):
+    """Normalise the last axis (biased variance, epsilon 1e-5), then scale by `g` and shift by `b`; in float32."""
+
+    def __init__(self, *, init, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.init = init
+
+    def build(self, input_shape):
+        n_state = input_shape[-1]
+        self.g = self.add_weight(name="g", shape=(n_state,), initializer=self.init["g"])
+        self.b = self.add_weight(name="b", shape=(n_state,), initializer=self.init["b"])
+
+    def call(self, x):
+        x = tf.cast(x, tf.float32)
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON) * self.g + self.b
+
+
+class Conv1D(keras.layers.Layer):
+    """OpenAI's `conv1d`: a dense layer whose weight is stored as `w [1, n_in, n_out]` plus `b [n_out]`."""
+
+    def __init__(self, n_in, n_out, *, init, w_init="w", **kwargs):
+        super().__init__(**kwargs)
+        self.n_in, self.n_out, self.init, self.w_init = n_in, n_out, init, w_init
+
+    def build(self, input_shape=None):
+        self.w = self.add_weight(name="w", shape=(1, self.n_in, self.n_out), initializer=self.init[self.w_init])
+        self.b = self.add_weight(name="b", shape=(self.n_out,), initializer=self.init["b"])
+
+    def call(self, x):
+        dtype = self.compute_dtype
+        shape = tf.shape(x)
+        x2d = tf.reshape(x, [-1, self.n_in])  # [batch*seq, n_in]: one plain matmul beats a batched one on CPU
+        y = tf.nn.bias_add(tf.matmul(x2d, tf.cast(self.w[0], dtype)), tf.cast(self.b, dtype))
+        return tf.reshape(y, tf.concat([shape[:-1], [self.n_out]], 0))  # [..., n_out]
+
+
+class Attention(keras.layers.Layer):
+    """Multi-head causal self-attention with an optional in-place key/value cache."""
+
+    def __init__(self, hparams, *, init, **kwargs):
+        super().__init__(**kwargs)
+        d = hparams.n_embd
+        self.n_head, self.head_size = hparams.n_head, hparams.head_size
+        self.c_attn = Conv1D(d, 3 * d, init=init, name="c_attn", dtype=self.dtype_policy)
+        self.c_proj = Conv1D(d, d, init=init, w_init="proj_w", name="c_proj", dtype=self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.c_attn.build()
+        self.c_proj.build()
+
+    def call(self, x, mask, cache=None, cache_index=None):
+        batch, seq = tf.shape(x)[0], tf.shape(x)[1]
+        qkv = self.c_attn(x)  # [batch, seq, 3 * n_embd]: q, k, v concatenated in that order
+        qkv = tf.reshape(qkv, [batch, seq, 3, self.n_head, self.head_size])
+        q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # each [batch, n_head, seq, head_size]
+        if cache is not None:
+            # Write this call's keys and values at cache_index, then attend over the whole preallocated length;
+            # the mask hides slots not yet written.
+            new_kv = tf.cast(tf.stack([k, v], axis=1), cache.dtype)  # [batch, 2, n_head, seq, head_size]
+            cache = xla.dynamic_update_slice(cache, new_kv, tf.stack([0, 0, 0, cache_index, 0]))
+            k, v = tf.unstack(tf.cast(cache, x.dtype), axis=1)  # each [batch, n_head, max_length, head_size]
+        # Scale q rather than the scores (fewer multiplies, no fp16 overflow); same value as OpenAI's w * rsqrt(hs).
+        q = q * tf.cast(1.0 / math.sqrt(self.head_size), q.dtype)
+        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)  # [batch, n_head, seq, keys]
+        scores = tf.where(mask, scores, MASKED_SCORE)
+        probs = tf.cast(tf.nn.softmax(scores, axis=-1), x.dtype)
+        out = tf.matmul(probs, v)  # [batch, n_head, seq, head_size]
+        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, seq, self.n_head * self.head_size])
+        return self.c_proj(out), cache
+
+
+class MLP(keras.layers.Layer):
+    """Position-wise feed-forward: c_fc (4x wider), tanh-approximate GELU, c_proj."""
+
+    def __init__(self, hparams, *, init, **kwargs):
+        super().__init__(**kwargs)
+        d = hparams.n_embd
+        self.c_fc = Conv1D(d, 4 * d, init=init, name="c_fc", dtype=self.dtype_policy)
+        self.c_proj = Conv1D(4 * d, d, init=init, w_init="proj_w", name="c_proj", dtype=self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.c_fc.build()
+        self.c_proj.build()
+
+    def call(self, x):
+        # tf.nn.gelu(approximate=True) is OpenAI's 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+        return self.c_proj(tf.nn.gelu(self.c_fc(x), approximate=True))
+
+
+class Block(keras.layers.Layer):
+    """One pre-LayerNorm transformer block: two residual lines."""
+
+    def __init__(self, hparams, *, init, **kwargs):
+        super().__init__(**kwargs)
+        self.ln_1 = LayerNorm(init=init, name="ln_1")
+        self.attn = Attention(hparams, init=init, name="attn", dtype=self.dtype_policy)
+        self.ln_2 = LayerNorm(init=init, name="ln_2")
+        self.mlp = MLP(hparams, init=init, name="mlp", dtype=self.dtype_policy)
+        self.n_embd = hparams.n_embd
+
+    def build(self, input_shape=None):
+        for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
+            layer.build((None, None, self.n_embd))
+
+    def call(self, x, mask, cache=None, cache_index=None):
+        a, cache = self.attn(self.ln_1(x), mask, cache, cache_index)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, cache
+
+
+class GPT2(keras.Model):
+    """GPT-2. `model(token_ids)` gives float32 logits `[batch, seq, n_vocab]`.
+
+    With `cache=` (from `init_cache`) and `cache_index=` (where the given tokens start) it returns
+    `(logits, cache)`, the cache holding these tokens' keys and values too. `padding_mask` (`[batch, seq]`, or
+    `[batch, max_length]` with a cache; true for real tokens) lets rows of unequal length share a batch:
+    padded positions are never attended to and position ids count real tokens only.
+    """
+
+    def __init__(self, hparams=HParams(), *, initializer="random", dtype=None, name="model", **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.hparams = hparams
+        self._init = _initializers(initializer, hparams.n_layer)
+        self.h = [Block(hparams, init=self._init, name=f"h{i}", dtype=self.dtype_policy)
+                  for i in range(hparams.n_layer)]
+        self.ln_f = LayerNorm(init=self._init, name="ln_f")
+        self.build()
+
+    def build(self, input_shape=None):
+        hp = self.hparams
+        # autocast=False: the model casts these itself, so the tied logits see the float32 embedding.
+        self.wte = self.add_weight(name="wte", shape=(hp.n_vocab, hp.n_embd), initializer=self._init["wte"],
+                                   autocast=False)
+        self.wpe = self.add_weight(name="wpe", shape=(hp.n_ctx, hp.n_embd), initializer=self._init["wpe"],
+                                   autocast=False)
+        for block in self.h:
+            block.build()
+        self.ln_f.build((None, None, hp.n_embd))
+        self.built = True
+
+    def init_cache(self, batch_size, max_length):
+        """A zero key/value cache: one `[batch, 2, n_head, max_length, head_size]` tensor per layer."""
+        hp = self.hparams
+        shape = [batch_size, 2, hp.n_head, max_length, hp.head_size]
+        return tuple(tf.zeros(shape, self.compute_dtype) for _ in range(hp.n_layer))
+
+    def call(self, token_ids, cache=None, cache_index=None, padding_mask=None):
+        token_ids = tf.convert_to_tensor(token_ids)
+        seq = tf.shape(token_ids)[1]
+        start = tf.zeros([], tf.int32) if cache_index is None else tf.cast(cache_index, tf.int32)
+        key_length = seq if cache is None else tf.shape(cache[0])[3]
+        query_pos = start + tf.range(seq)  # slot of each given token in the sequence (or cache)
+        mask = tf.range(key_length)[None, :] <= query_pos[:, None]  # [seq, keys] causal
+        mask = mask[None, None]  # [1, 1, seq, keys]
+        if padding_mask is None:
+            positions = query_pos[None]  # [1, seq]
+        else:
+            padding_mask = tf.cast(padding_mask, tf.bool)  # [batch, keys]
+            mask = tf.logical_and(mask, padding_mask[:, None, None, :])  # [batch, 1, seq, keys]
+            real_before = tf.cumsum(tf.cast(padding_mask, tf.int32), axis=1)  # [batch, keys]
+            positions = tf.maximum(tf.gather(real_before, query_pos, axis=1) - 1, 0)  # [batch, seq]
+
+        x = tf.cast(tf.gather(self.wte, token_ids) + tf.gather(self.wpe, positions), self.compute_dtype)
+        new_cache = []
+        for i, block in enumerate(self.h):
+            x, layer_cache = block(x, mask, None if cache is None else cache[i], start)
+            new_cache.append(layer_cache)
+        x = self.ln_f(x)  # float32
+        d = self.hparams.n_embd
+        logits = tf.matmul(tf.reshape(x, [-1, d]), tf.cast(self.wte, tf.float32), transpose_b=True)  # tied
+        logits = tf.reshape(logits, [tf.shape(token_ids)[0], seq, self.hparams.n_vocab])  # [batch, seq, n_vocab]
+        if cache is None:
+            return logits
+        return logits, tuple(new_cache)

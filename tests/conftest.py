@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny synthetic model dirs in OpenAI's layout, written once per session."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+
+import pytest  # noqa: E402
+
+from gpt2tf.hparams import HParams  # noqa: E402
+
+TINY = HParams(n_vocab=101, n_ctx=32, n_embd=16, n_head=4, n_layer=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_hparams():
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A complete tiny model dir; tests must not modify it (copy it first)."""
+    import gpt2tf
+
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    gpt2tf.write_synthetic_checkpoint(path, TINY, seed=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    import gpt2tf
+
+    return gpt2tf.load_model(tiny_model_dir)
