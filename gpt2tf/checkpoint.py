@@ -10,6 +10,7 @@ assigning anything, then reads tensor by tensor into weights that were allocated
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -122,15 +123,23 @@ def restore_weights(model, prefix):
     check_tensor_names_and_shapes(
         found_shapes, {key: tuple(v.shape) for key, v in variables.items()}, prefix)
     _check_data_size(prefix, found_shapes, found_dtypes)
-    for key, variable in variables.items():
+
+    def read(key):
+        (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
+                                        dtypes=[found_dtypes[key]])
+        return value
+
+    # Reading is bound by page faults on the freshly allocated tensors, which run in parallel across cores; the
+    # weights' own buffers were never touched (EmptyInitializer), and `assign` adopts each read tensor's buffer,
+    # so the peak is one copy of the weights. The TF ops release the GIL.
+    keys = sorted(variables, key=lambda k: -int(np.prod(found_shapes[k])))  # big first: balances the threads
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         try:
-            (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
-                                            dtypes=[found_dtypes[key]])
+            for key, value in zip(keys, pool.map(read, keys)):
+                variables[key].assign(tf.cast(value, variables[key].dtype))
         except tf.errors.OpError as err:
             raise GPT2TFError(f"cannot read tensor {key} from {prefix} ({_first_line(err)}): "
                               f"the data file is corrupt; download the model again") from None
-        variable.assign(tf.cast(value, variable.dtype))
-        del value  # free this tensor before reading the next: peak memory is the weights plus one tensor
 
 
 def check_tensor_names_and_shapes(found, expected, prefix):
