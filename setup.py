@@ -1,0 +1,33 @@
+"""gpt2tf: OpenAI's GPT-2 in TensorFlow 2 / Keras 3."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+# Why each dependency is here (none is pinned beyond what the code needs):
+#   tensorflow>=2.16  the backend; 2.16 is the first release whose `keras` is Keras 3
+#   keras>=3.0        the layers and dtype policies the model is written with
+#   numpy             arrays at the edges (checkpoint checks, data)
+#   regex             GPT-2's pre-tokenizer pattern uses \p{L} / \p{N}, which the stdlib `re` lacks
+#   requests          streaming HTTP with Range requests for resumable model downloads
+#   tqdm              progress bars for downloads and long jobs (silent when not a terminal)
+INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "requests", "tqdm"]
+
+# Test-only: pytest runs the suite; tiktoken (built offline from our bundled vocab files) is the independent
+# reference the encoder is checked against, bit for bit.
+EXTRAS_REQUIRE = {"test": ["pytest", "tiktoken"]}
+
+setup(
+    name="gpt2tf",
+    version="0.1.0",
+    description="OpenAI's GPT-2 in TensorFlow 2 / Keras 3: exact, fast to load, lean on memory",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["gpt2tf", "gpt2tf.*"]),
+    package_data={"gpt2tf": ["vocab/encoder.json", "vocab/vocab.bpe"]},
+    include_package_data=True,
+    python_requires=">=3.9",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    license="MIT",
+)

@@ -1,0 +1,390 @@
+"""Downloads against a real HTTP server on 127.0.0.1 that serves a small synthetic model and injects faults.
+
+Every test ends in either verified complete files or a one-line `GPT2TFError` with no final file for what failed.
+"""
+
+import dataclasses
+import http.server
+import importlib.util
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import gpt2tf
+from gpt2tf import download
+from gpt2tf.download import DATA_FILE, MODEL_FILES, DownloadConfig, download_models
+from gpt2tf.errors import GPT2TFError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_files(seed=0):
+    """The seven files of a model as random bytes, the data file big enough to be cut in the middle."""
+    rng = random.Random(seed)
+    sizes = {name: 300 + 7 * i for i, name in enumerate(MODEL_FILES)}
+    sizes[DATA_FILE] = 96 * 1024
+    return {name: rng.randbytes(size) for name, size in sizes.items()}
+
+
+def real_vocab_files(seed=0):
+    """Synthetic files, but encoder.json and vocab.bpe are the real ones, so the default known sizes hold."""
+    return {**synthetic_files(seed), **{name: (REPO / "gpt2tf" / "vocab" / name).read_bytes()
+                                        for name in ("encoder.json", "vocab.bpe")}}
+
+
+class FakeStore(http.server.ThreadingHTTPServer):
+    """Serves `files[url_path]` with Range support; `faults[url_path]` lists one fault per request, in order."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files, self.faults, self.requests = {}, {}, []  # requests: (path, Range header or None)
+        self.ignore_range = False
+        self.lock = threading.Lock()
+
+    @property
+    def base_url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/models"
+
+    def serve_model(self, name, files):
+        for file_name, data in files.items():
+            self.files[f"/models/{name}/{file_name}"] = data
+
+    def requests_for(self, name, file_name):
+        return [rng for path, rng in self.requests if path == f"/models/{name}/{file_name}"]
+
+    def handle_error(self, request, client_address):
+        pass  # a client that hung up on purpose is not news
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes; don't wait 40 ms for a delayed ACK
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        store = self.server
+        with store.lock:
+            store.requests.append((self.path, self.headers.get("Range")))
+            pending = store.faults.get(self.path)
+            fault = pending.pop(0) if pending else None
+        if fault == "500":
+            return self._reply(500, b"oops")
+        data = store.files.get(self.path)
+        if data is None:
+            return self._reply(404, b"not found")
+        start, status, headers = 0, 200, {}
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if match and not store.ignore_range:
+            start = 0 if fault == "range_from_zero" else int(match.group(1))
+            if start >= len(data):
+                return self._reply(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+            status, headers = 206, {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
+        body = data[start:]
+        if fault == "drop":  # announce everything, send half, hang up
+            return self._reply(status, body, headers, send=len(body) // 2)
+        if fault == "short":  # always 100 bytes short of what was announced
+            return self._reply(status, body, headers, send=max(len(body) - 100, 0))
+        if fault == "stall":  # half, then silence longer than the client's timeout
+            self._reply(status, body[:len(body) // 2], headers, length=len(body))
+            threading.Event().wait(0.5)
+            return self.wfile.write(body[len(body) // 2:])
+        self._reply(status, body, headers)
+
+    def _reply(self, status, body, headers=(), *, send=None, length=None):
+        self.send_response(status)
+        for key, value in dict(headers).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body[:send])
+        self.wfile.flush()
+        if send is not None:
+            self.close_connection = True
+
+
+@pytest.fixture
+def store(monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # never route the test traffic anywhere else
+    server = FakeStore()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def config_for(store, tmp_path, **overrides):
+    settings = dict(models_dir=str(tmp_path / "models"), base_url=store.base_url, quiet=True, verify=False,
+                    tries=3, backoff_s=0.001, timeout_s=5.0, chunk_bytes=4096, known_sizes={})
+    settings.update(overrides)
+    return DownloadConfig(**settings)
+
+
+def assert_complete(model_dir, files):
+    assert sorted(os.listdir(model_dir)) == sorted(files)  # no .part left behind
+    for name, data in files.items():
+        assert (model_dir / name).read_bytes() == data, name
+
+
+def test_clean_download_gets_all_seven_files(store, tmp_path):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    [model_dir] = download_models(["124M"], config_for(store, tmp_path))
+    assert model_dir == tmp_path / "models" / "124M"
+    assert_complete(model_dir, files)
+    assert all(rng is None for _, rng in store.requests)
+    assert len(store.requests) == 7
+
+
+def test_dropped_connection_resumes_with_range(store, tmp_path):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    store.faults[f"/models/124M/{DATA_FILE}"] = ["drop"]
+    [model_dir] = download_models(["124M"], config_for(store, tmp_path))
+    first, second = store.requests_for("124M", DATA_FILE)
+    assert first is None
+    resumed_at = int(re.fullmatch(r"bytes=(\d+)-", second).group(1))
+    assert 0 < resumed_at <= len(files[DATA_FILE]) // 2
+    assert_complete(model_dir, files)
+
+
+def test_stalled_transfer_times_out_and_resumes(store, tmp_path):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    store.faults[f"/models/124M/{DATA_FILE}"] = ["stall"]
+    [model_dir] = download_models(["124M"], config_for(store, tmp_path, timeout_s=0.2))
+    assert len(store.requests_for("124M", DATA_FILE)) == 2
+    assert_complete(model_dir, files)
+
+
+def test_server_error_is_retried_with_exponential_backoff(store, tmp_path, monkeypatch):
+    delays = []
+    monkeypatch.setattr(download.time, "sleep", delays.append)
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    store.faults["/models/124M/hparams.json"] = ["500", "500"]
+    [model_dir] = download_models(["124M"], config_for(store, tmp_path, backoff_s=0.5))
+    assert delays == [0.5, 1.0]
+    assert len(store.requests_for("124M", "hparams.json")) == 3
+    assert_complete(model_dir, files)
+
+
+def test_persistent_server_error_gives_up_after_tries(store, tmp_path):
+    store.serve_model("124M", synthetic_files())
+    store.faults["/models/124M/checkpoint"] = ["500"] * 10
+    with pytest.raises(GPT2TFError, match=r"giving up on .*/124M/checkpoint after 3 tries .*HTTP 500") as err:
+        download_models(["124M"], config_for(store, tmp_path))
+    assert "\n" not in str(err.value)
+    assert len(store.requests) == 3
+    assert os.listdir(tmp_path / "models" / "124M") == []
+
+
+def test_body_shorter_than_content_length_is_an_error_without_final_file(store, tmp_path):
+    store.serve_model("124M", synthetic_files())
+    store.faults[f"/models/124M/{DATA_FILE}"] = ["short"] * 10
+    with pytest.raises(GPT2TFError, match=r"giving up on .*/124M/model\.ckpt\.data-00000-of-00001 after 3 tries "
+                                          r"without progress \(connection broken at byte 94,208\); run the same"):
+        download_models(["124M"], config_for(store, tmp_path))
+    assert not (tmp_path / "models" / "124M" / DATA_FILE).exists()
+    # All but 100 bytes arrive; requests drops the last, partial 4 KiB chunk of a broken body, so the first try
+    # keeps 23 chunks and makes progress, and each resume delivers less than a chunk, which is no progress.
+    assert store.requests_for("124M", DATA_FILE) == [None] + ["bytes=94208-"] * 3
+
+
+def test_size_different_from_known_size_is_an_error_without_final_file(store, tmp_path):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    known = {"124M": {DATA_FILE: len(files[DATA_FILE]) + 1}}
+    with pytest.raises(GPT2TFError, match=r"is 98,304 bytes but this file is known to be 98,305; check --base_url"):
+        download_models(["124M"], config_for(store, tmp_path, known_sizes=known))
+    model_dir = tmp_path / "models" / "124M"
+    assert sorted(os.listdir(model_dir)) == ["checkpoint", "encoder.json", "hparams.json"]
+
+
+def test_final_file_with_wrong_known_size_is_downloaded_again(store, tmp_path):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    model_dir = tmp_path / "models" / "124M"
+    model_dir.mkdir(parents=True)
+    (model_dir / "vocab.bpe").write_bytes(b"truncated by hand")
+    download_models(["124M"], config_for(store, tmp_path, known_sizes={"124M": {"vocab.bpe": len(files["vocab.bpe"])}}))
+    assert_complete(model_dir, files)
+
+
+def test_missing_file_is_a_clear_404_error(store, tmp_path):
+    files = synthetic_files()
+    del files["model.ckpt.meta"]
+    store.serve_model("124M", files)
+    with pytest.raises(GPT2TFError, match=r"^http://.*/models/124M/model\.ckpt\.meta not found \(HTTP 404\); "
+                                          r"check the model name and --base_url$"):
+        download_models(["124M"], config_for(store, tmp_path))
+    assert len(store.requests_for("124M", "model.ckpt.meta")) == 1  # not retried
+    assert not (tmp_path / "models" / "124M" / "model.ckpt.meta").exists()
+
+
+def test_unknown_model_name_fails_before_any_request(store, tmp_path):
+    with pytest.raises(GPT2TFError, match=r"unknown model '125M'; choose from 124M, 355M, 774M, 1558M"):
+        download_models(["124M", "125M"], config_for(store, tmp_path))
+    assert store.requests == []
+
+
+def test_server_that_ignores_range_restarts_from_zero(store, tmp_path):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    store.ignore_range = True
+    model_dir = tmp_path / "models" / "124M"
+    model_dir.mkdir(parents=True)
+    (model_dir / f"{DATA_FILE}.part").write_bytes(b"x" * 1000)  # what a resume would have kept, now wrong
+    download_models(["124M"], config_for(store, tmp_path))
+    assert store.requests_for("124M", DATA_FILE) == ["bytes=1000-"]
+    assert_complete(model_dir, files)
+
+
+def test_partial_content_from_the_wrong_offset_restarts_from_zero(store, tmp_path):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    store.faults[f"/models/124M/{DATA_FILE}"] = ["range_from_zero"]
+    model_dir = tmp_path / "models" / "124M"
+    model_dir.mkdir(parents=True)
+    (model_dir / f"{DATA_FILE}.part").write_bytes(files[DATA_FILE][:1000])
+    download_models(["124M"], config_for(store, tmp_path))
+    assert store.requests_for("124M", DATA_FILE) == ["bytes=1000-", None]
+    assert_complete(model_dir, files)
+
+
+def test_part_that_is_already_whole_is_renamed(store, tmp_path):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    model_dir = tmp_path / "models" / "124M"
+    model_dir.mkdir(parents=True)
+    (model_dir / f"{DATA_FILE}.part").write_bytes(files[DATA_FILE])
+    download_models(["124M"], config_for(store, tmp_path))
+    assert store.requests_for("124M", DATA_FILE) == [f"bytes={len(files[DATA_FILE])}-"]  # answered 416
+    assert_complete(model_dir, files)
+
+
+def test_part_longer_than_the_remote_file_restarts_from_zero(store, tmp_path):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    model_dir = tmp_path / "models" / "124M"
+    model_dir.mkdir(parents=True)
+    (model_dir / "checkpoint.part").write_bytes(files["checkpoint"] + b"junk")
+    download_models(["124M"], config_for(store, tmp_path))
+    assert store.requests_for("124M", "checkpoint") == [f"bytes={len(files['checkpoint']) + 4}-", None]
+    assert_complete(model_dir, files)
+
+
+def test_complete_files_are_skipped_without_requests(store, tmp_path):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    config = config_for(store, tmp_path, known_sizes={"124M": {DATA_FILE: len(files[DATA_FILE])}})
+    download_models(["124M"], config)
+    store.requests.clear()
+    download_models(["124M"], config)
+    assert store.requests == []
+
+
+def test_legacy_name_downloads_the_new_name(store, tmp_path, capsys):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    [model_dir] = download_models(["117M"], config_for(store, tmp_path, quiet=False))
+    assert model_dir == tmp_path / "models" / "124M"
+    assert not (tmp_path / "models" / "117M").exists()
+    assert {path for path, _ in store.requests} == {f"/models/124M/{name}" for name in MODEL_FILES}
+    assert_complete(model_dir, files)
+    assert "note: 117M is the old name of 124M" in capsys.readouterr().err
+
+
+def test_unwritable_models_dir_is_a_clear_error(store, tmp_path):
+    (tmp_path / "models").write_text("a file, not a directory")
+    with pytest.raises(GPT2TFError, match=r"^cannot write .*; free some space or choose another --models_dir$"):
+        download_models(["124M"], config_for(store, tmp_path))
+
+
+def test_refused_connection_gives_up_with_the_reason(tmp_path):
+    with socket.socket() as probe:  # a port on 127.0.0.1 that nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = DownloadConfig(models_dir=str(tmp_path), base_url=f"http://127.0.0.1:{port}/models", quiet=True,
+                            verify=False, tries=2, backoff_s=0.001)
+    with pytest.raises(GPT2TFError, match=r"after 2 tries without progress \(Connection refused\); run the same"):
+        download_models(["124M"], config)
+    assert os.listdir(tmp_path / "124M") == []
+
+
+def run_cli(*args, env=None):
+    env = {**os.environ, "NO_PROXY": "127.0.0.1", **(env or {})}
+    return subprocess.run([sys.executable, "download_model.py", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cli_404_exits_nonzero_with_one_line(store, tmp_path):
+    result = run_cli("355M", "--models_dir", str(tmp_path), "--base_url", store.base_url, "--quiet")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {store.base_url}/355M/checkpoint not found (HTTP 404); check the model name and --base_url"]
+    assert os.listdir(tmp_path / "355M") == []
+
+
+def test_cli_unknown_model_and_env_base_url(store, tmp_path):
+    result = run_cli("bogus", "--models_dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: unknown model 'bogus'; choose from 124M, 355M, 774M, 1558M (old names 117M, 345M also work)"]
+
+    store.serve_model("774M", real_vocab_files())  # no data size is known for 774M
+    result = run_cli("774M", "--models_dir", str(tmp_path), "--no_verify", env={"GPT2TF_BASE_URL": store.base_url})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{tmp_path / '774M'}: ready (load check skipped)"]
+    assert sorted(os.listdir(tmp_path / "774M")) == sorted(MODEL_FILES)
+
+
+def test_importing_the_downloader_does_not_load_tensorflow():
+    code = "import sys, gpt2tf.download; assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def synthetic_model_files(tmp_path, hparams):
+    """A tiny real model dir as OpenAI ships it (with a stand-in for the TF1 graph we never read)."""
+    model_dir = tmp_path / "source"
+    gpt2tf.write_synthetic_checkpoint(model_dir, hparams)
+    (model_dir / "model.ckpt.meta").write_bytes(b"not a graph; nothing reads it")
+    return {name: (model_dir / name).read_bytes() for name in MODEL_FILES}
+
+
+def load_cli_script():
+    spec = importlib.util.spec_from_file_location("download_model", REPO / "download_model.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_cli_checks_that_the_model_loads_by_default(store, tmp_path, capsys):
+    tiny = gpt2tf.HParams(n_vocab=64, n_ctx=16, n_embd=8, n_head=2, n_layer=2)
+    files = synthetic_model_files(tmp_path, tiny)
+    store.serve_model("1558M", files)
+    load_cli_script().main(["1558M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url,
+                            "--quiet"])  # --quiet silences notes and bars, and prints nothing on success
+    assert_complete(tmp_path / "models" / "1558M", files)
+    assert capsys.readouterr().out == ""
+
+    files["hparams.json"] = json.dumps({**dataclasses.asdict(tiny), "n_layer": 3}).encode()  # one layer too many
+    store.serve_model("774M", files)
+    with pytest.raises(GPT2TFError, match=r"^\S*774M was downloaded but does not load: .*h2") as err:
+        load_cli_script().main(["774M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url,
+                                "--quiet"])
+    assert "\n" not in str(err.value)
