@@ -1,0 +1,329 @@
+"""Decoding: logit filters as pure functions over float32 logits, and one cached decode loop compiled by XLA.
+
+Order of the filters, as in OpenAI's `sample.py`: repetition penalty → temperature → top-k → top-p → draw.
+
+- temperature 0 means greedy (argmax); otherwise logits are divided by it.
+- top-k (0 = off) keeps the tokens whose logit is at least the k-th largest (OpenAI's rule: ties with the k-th
+  are kept).
+- top-p (1.0 = off) is nucleus sampling: walking the tokens from most to least probable, a token is kept while the
+  mass of the tokens *before* it is still below p — the smallest set whose mass reaches p, **the token that crosses
+  p included** (nshepperd's, gpt-2-simple's and keras-hub's rule; OpenAI's own code drops the crossing token). The
+  most probable token is always kept; tokens tied with the last kept one are kept too.
+- repetition penalty (1.0 = off) is CTRL's: every token already present in the row (prompt or output) has its logit
+  divided by the penalty if positive, multiplied by it if negative — so a penalty > 1 always makes repeats less likely.
+- The draw is Gumbel-max (argmax of logits plus Gumbel noise), an exact sample from softmax(logits). The noise of
+  each row comes from a stateless generator keyed by (seed, sample number j, step): the j-th sample of a prompt
+  depends only on the seed, the prompt and j — the same on every call, in every process, whatever the batch size
+  or the other prompts in the batch.
+
+The loop: prompts are left-padded to a bucketed length, prefilled into a preallocated key/value cache in one pass,
+then decoded in chunks of steps inside one `tf.function(jit_compile=True)`; between chunks Python checks stop
+strings, streams text and exits early once every row has stopped. Shapes depend only on the batch size and the
+buckets, so new prompts and new calls reuse the compiled functions.
+"""
+
+import dataclasses
+import os
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from gpt2tf.encoder import get_encoder
+from gpt2tf.errors import GPT2TFError
+
+EOT_ID = 50256  # <|endoftext|>: OpenAI's end of text, and the start of an empty prompt
+MASKED_LOGIT = -1e10  # what OpenAI's top_k_logits writes into filtered logits
+PROMPT_BUCKET = 64  # prompt lengths are padded up to a multiple of this, to reuse compiled functions
+CHUNK_STEPS = 32  # decode steps per compiled call between stop-string checks (1 when streaming)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logit filters: pure functions, float32 logits [batch, vocab] in and out.
+
+def top_k_logits(logits, k):
+    """Keep logits >= the k-th largest of their row (k=0: all); the rest become -1e10."""
+    if k == 0:
+        return logits
+    kth = tf.math.top_k(logits, k=k, sorted=True).values[:, -1:]  # [batch, 1]
+    return tf.where(logits < kth, MASKED_LOGIT, logits)
+
+
+def top_p_logits(logits, p):
+    """Keep the smallest most-probable set whose probability mass reaches p (crossing token included)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits = tf.sort(logits, axis=-1, direction="DESCENDING")  # [batch, vocab]
+    mass_before = tf.math.cumsum(tf.nn.softmax(sorted_logits, axis=-1), axis=-1, exclusive=True)
+    kept = tf.reduce_sum(tf.cast(mass_before < p, tf.int32), axis=-1, keepdims=True)  # >= 1: mass_before[0] = 0
+    threshold = tf.gather(sorted_logits, kept - 1, batch_dims=1)  # [batch, 1]: the last kept logit
+    return tf.where(logits < threshold, MASKED_LOGIT, logits)
+
+
+def apply_repetition_penalty(logits, seen, penalty):
+    """CTRL's penalty on tokens already in the row (`seen`: bool [batch, vocab])."""
+    if penalty == 1.0:
+        return logits
+    penalized = tf.where(logits > 0, logits / penalty, logits * penalty)
+    return tf.where(seen, penalized, logits)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """How the next token is chosen; static, so each distinct config compiles once."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise GPT2TFError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise GPT2TFError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise GPT2TFError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not self.repetition_penalty > 0:
+            raise GPT2TFError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+
+    @property
+    def greedy(self):
+        return self.temperature == 0
+
+
+def filter_logits(logits, seen, config):
+    """All of the configured filters, in OpenAI's order; greedy decoding needs only the penalty."""
+    logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
+    if config.greedy:
+        return logits
+    logits = logits / config.temperature
+    return top_p_logits(top_k_logits(logits, config.top_k), config.top_p)
+
+
+def gumbel_noise(row_seeds, step, vocab_size):
+    """Gumbel(0, 1) noise [batch, vocab], each row from its own stateless stream keyed by (row seed, step)."""
+    rows = []
+    for row in range(row_seeds.shape[0]):  # static batch size: unrolled, each row independent of the others
+        seed = tf.random.experimental.stateless_fold_in(row_seeds[row], step)
+        uniform = tf.random.stateless_uniform([vocab_size], seed=seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
+        rows.append(-tf.math.log(-tf.math.log(uniform)))
+    return tf.stack(rows)
+
+
+def choose_tokens(logits, seen, row_seeds, step, config):
+    """The next token of every row: int32 [batch]."""
+    logits = filter_logits(logits, seen, config)
+    if not config.greedy:
+        logits = logits + gumbel_noise(row_seeds, step, logits.shape[-1])
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The compiled decode loop
+
+class Decoder:
+    """Compiled prefill and decode-chunk functions for one model and sampler config (see `decoder_for`)."""
+
+    def __init__(self, model, config, *, eos_id, jit_compile=True):
+        self.model, self.config, self.eos_id = model, config, eos_id
+        self.vocab_size = model.hparams.n_vocab
+        self.prefill = tf.function(self._prefill, jit_compile=jit_compile)
+        self.decode_chunk = tf.function(self._decode_chunk, jit_compile=jit_compile)
+
+    def _prefill(self, prompt, padding_mask):
+        """prompt: int32 [batch, prompt_len], left-padded; padding_mask: bool [batch, total_len]."""
+        batch, prompt_len = prompt.shape
+        cache = self.model.init_cache(batch, padding_mask.shape[1])
+        logits, cache = self.model(prompt, cache=cache, cache_index=0, padding_mask=padding_mask)
+        seen = tf.zeros([batch, self.vocab_size], tf.bool)  # tokens present in each row, for the penalty
+        if self.config.repetition_penalty != 1.0:
+            rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, prompt_len])
+            real = tf.cast(padding_mask[:, :prompt_len], tf.int32)  # [batch, prompt_len]
+            seen = tf.scatter_nd(tf.stack([rows, prompt], -1), real, [batch, self.vocab_size]) > 0
+        return logits[:, -1], cache, seen
+
+    def _decode_chunk(self, state, steps):
+        """Run up to `steps` decode steps from `state` (a dict of tensors), stopping early once all rows are done."""
+        config, model, eos_id = self.config, self.model, self.eos_id
+        end = tf.shape(state["tokens"])[1]
+
+        def cond(i, s):
+            return (i < steps) & (s["index"] < end) & ~tf.reduce_all(s["done"])
+
+        def body(i, s):
+            token = choose_tokens(s["logits"], s["seen"], s["row_seeds"], s["index"] - s["start"], config)
+            token = tf.where(s["done"], eos_id, token)  # finished rows keep writing padding
+            index = s["index"]
+            tokens = tf.tensor_scatter_nd_update(
+                s["tokens"], tf.stack([tf.range(tf.shape(token)[0]), tf.fill(tf.shape(token), index)], 1), token)
+            done = s["done"] | ((token == eos_id) & s["stop_at_eos"])
+            seen = s["seen"]
+            if config.repetition_penalty != 1.0:
+                seen = seen | (tf.one_hot(token, self.vocab_size) > 0)
+            logits, cache = model(token[:, None], cache=s["cache"], cache_index=index,
+                                  padding_mask=s["padding_mask"])
+            return i + 1, dict(s, tokens=tokens, done=done, seen=seen, logits=logits[:, 0], cache=cache,
+                               index=index + 1)
+
+        _, state = tf.while_loop(cond, body, (tf.constant(0), state))
+        return state
+
+
+_decoders = weakref.WeakKeyDictionary()
+
+
+def decoder_for(model, config, *, eos_id=EOT_ID, jit_compile=True):
+    """The compiled functions for (model, config), built once and reused by every later call."""
+    per_model = _decoders.setdefault(model, {})
+    key = (config, eos_id, jit_compile)
+    if key not in per_model:
+        per_model[key] = Decoder(model, config, eos_id=eos_id, jit_compile=jit_compile)
+    return per_model[key]
+
+
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+def _prepare_prompts(prompts, length, n_ctx, truncate_prompt):
+    prepared = []
+    for i, prompt in enumerate(prompts):
+        prompt = [int(t) for t in prompt] or [EOT_ID]  # OpenAI starts unconditional samples from <|endoftext|>
+        if len(prompt) + length > n_ctx:
+            if not truncate_prompt:
+                raise GPT2TFError(
+                    f"prompt {i} has {len(prompt)} tokens; with {length} new tokens that exceeds the model's context "
+                    f"of {n_ctx}: shorten the prompt or the output length, or allow left-truncation of the prompt "
+                    f"(--truncate_prompt / truncate_prompt=True)")
+            prompt = prompt[len(prompt) + length - n_ctx:]
+        prepared.append(prompt)
+    return prepared
+
+
+def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None, nsamples=1, batch_size=None,
+                    stop=(), stop_at_eos=True, truncate_prompt=False, chunk_steps=CHUNK_STEPS, jit_compile=True,
+                    encoder=None):
+    """Yield `(row, new_ids)` as tokens are produced; rows are prompt-major (prompt i, sample j: row i*nsamples+j).
+
+    A row's ids, concatenated over its yields, are its final output: it ends at <|endoftext|> (not included), after
+    `length` tokens, or before a `stop` string (one that begins inside a token is kept whole, so the text can be cut
+    exactly; `generate_text` does that).
+    """
+    if not (isinstance(length, int) and length > 0):
+        raise GPT2TFError(f"length must be a positive number of tokens, got {length}")
+    if not (isinstance(nsamples, int) and nsamples > 0):
+        raise GPT2TFError(f"nsamples must be a positive integer, got {nsamples}")
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
+        raise GPT2TFError(f"batch_size must be a positive integer, got {batch_size}")
+    n_ctx = model.hparams.n_ctx
+    if length >= n_ctx:
+        raise GPT2TFError(f"length {length} must be below the model's context of {n_ctx} tokens")
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") >> 1
+    stop = [s for s in stop if s]
+    encoder = encoder or (get_encoder() if stop else None)
+    rows = [p for p in _prepare_prompts(prompts, length, n_ctx, truncate_prompt) for _ in range(nsamples)]
+    batch_size = min(batch_size or len(rows), len(rows))
+    decoder = decoder_for(model, config, jit_compile=jit_compile)
+
+    for first in range(0, len(rows), batch_size):
+        ids = list(range(first, min(first + batch_size, len(rows))))
+        real_rows = len(ids)
+        ids += [ids[-1]] * (batch_size - real_rows)  # a short last batch is padded with repeats (same shapes)
+        batch = [rows[i] for i in ids]
+        longest = max(len(p) for p in batch)
+        prompt_len = max(longest, min(_round_up(longest, PROMPT_BUCKET), n_ctx - length))
+        prompt = np.full((batch_size, prompt_len), EOT_ID, np.int32)
+        padding_mask = np.ones((batch_size, prompt_len + length), bool)
+        for r, p in enumerate(batch):  # left-pad: every row's last prompt token sits at prompt_len - 1
+            prompt[r, prompt_len - len(p):] = p
+            padding_mask[r, :prompt_len - len(p)] = False
+        logits, cache, seen = decoder.prefill(tf.constant(prompt), tf.constant(padding_mask))
+        done = np.arange(batch_size) >= real_rows  # padding rows count as done from the start
+        state = dict(tokens=tf.constant(np.pad(prompt, [(0, 0), (0, length)], constant_values=EOT_ID)),
+                     padding_mask=tf.constant(padding_mask), cache=cache, logits=logits, seen=seen,
+                     row_seeds=tf.constant([[seed, i % nsamples] for i in ids], tf.int32),
+                     start=tf.constant(prompt_len, tf.int32), index=tf.constant(prompt_len, tf.int32),
+                     done=tf.constant(done), stop_at_eos=tf.constant(stop_at_eos))
+        emitted = [0] * batch_size
+        while not done.all():
+            state = decoder.decode_chunk(state, tf.constant(chunk_steps))
+            tokens = state["tokens"].numpy()[:, prompt_len:int(state["index"])]  # [batch, generated so far]
+            eos_done = state["done"].numpy()
+            for r in np.flatnonzero(~done):
+                new = tokens[r].tolist()
+                end = new.index(EOT_ID) if stop_at_eos and EOT_ID in new else len(new)
+                cut = _stop_cut(encoder, new[:end], stop) if stop else None
+                finished = cut is not None or eos_done[r] or len(new) >= length
+                if cut is not None:
+                    end = cut
+                elif stop and not finished:
+                    end = _safe_end(encoder, new[:end], stop)  # hold back a possible stop string's beginning
+                if end > emitted[r]:
+                    yield ids[r], new[emitted[r]:end]
+                    emitted[r] = end
+                done[r] = finished
+            if not done.all() and not np.array_equal(done, state["done"].numpy()):
+                state = dict(state, done=tf.constant(done))  # rows cut by a stop string stop decoding too
+
+
+def _token_ends(encoder, ids):
+    """Byte offset at which each token's text ends."""
+    return np.cumsum([len(encoder.decode_bytes([t])) for t in ids])
+
+
+def _stop_cut(encoder, ids, stop):
+    """How many tokens to keep before the earliest stop string, or None if there is none.
+
+    Tokens before the one where the stop string begins; if it begins inside a token, through the token where it
+    ends, so the text still holds the whole stop string and can be cut exactly.
+    """
+    text = encoder.decode_bytes(ids)
+    hits = sorted((h, len(s.encode("utf-8"))) for s in stop if (h := text.find(s.encode("utf-8"))) >= 0)
+    if not hits:
+        return None
+    first, size = hits[0]
+    ends = _token_ends(encoder, ids)
+    containing = int(np.searchsorted(ends, first, side="right"))  # the token holding byte `first`
+    if (ends[containing - 1] if containing else 0) == first:
+        return containing
+    return int(np.searchsorted(ends, first + size - 1, side="right")) + 1
+
+
+def _safe_end(encoder, ids, stop):
+    """How many tokens can be released: those ending before the last (longest stop - 1) bytes."""
+    ends = _token_ends(encoder, ids)
+    if not len(ends):
+        return 0
+    limit = ends[-1] - (max(len(s.encode("utf-8")) for s in stop) - 1)
+    return int(np.searchsorted(ends, limit, side="right"))
+
+
+def generate(model, prompts, *, length, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=None,
+             nsamples=1, batch_size=None, stop=(), stop_at_eos=True, truncate_prompt=False, jit_compile=True):
+    """New token ids for every (prompt, sample): a list of `len(prompts) * nsamples` lists, prompt-major.
+
+    `prompts` are lists of token ids (an empty one starts from <|endoftext|>). See the module docstring for the
+    sampling rules; `seed` makes the output reproducible.
+    """
+    config = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    outputs = [[] for _ in range(len(prompts) * nsamples)]
+    for row, ids in generate_stream(model, prompts, length=length, config=config, seed=seed, nsamples=nsamples,
+                                    batch_size=batch_size, stop=stop, stop_at_eos=stop_at_eos,
+                                    truncate_prompt=truncate_prompt, jit_compile=jit_compile):
+        outputs[row].extend(ids)
+    return outputs
+
+
+def generate_text(model, prompts, *, encoder=None, stop=(), **kwargs):
+    """`generate` on strings: prompts in, completions out (cut exactly at a stop string)."""
+    encoder = encoder or get_encoder()
+    outputs = generate(model, [encoder.encode(p) for p in prompts], stop=stop, **kwargs)
+    texts = [encoder.decode(ids) for ids in outputs]
+    return [_cut_text(t, stop) for t in texts]
+
+
+def _cut_text(text, stop):
+    hits = [text.find(s) for s in stop if s and s in text]
+    return text[:min(hits)] if hits else text

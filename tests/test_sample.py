@@ -1,0 +1,247 @@
+"""Samplers on fake logits against brute-force rules, and the cached XLA decode loop against the reference model."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import gpt2tf
+from gpt2tf import sample
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.hparams import HParams
+from reference import read_openai_checkpoint, reference_logits
+
+# Full GPT-2 vocabulary (so <|endoftext|> exists) but a tiny network.
+SMALL = HParams(n_vocab=50257, n_ctx=64, n_embd=16, n_head=2, n_layer=2)
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("small") / "model"
+    gpt2tf.write_synthetic_checkpoint(path, SMALL, seed=11)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_model(small_dir):
+    return gpt2tf.load_model(small_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Filters on fake logits
+
+def _kept(filtered):
+    return set(np.flatnonzero(filtered > sample.MASKED_LOGIT / 2))
+
+
+def _brute_top_p(logits, p):
+    """The documented rule, spelled out: walk tokens by descending probability, keep while mass before < p."""
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    kept, mass = set(), 0.0
+    for token in sorted(range(len(logits)), key=lambda t: -probs[t]):
+        if mass >= p:
+            break
+        kept.add(token)
+        mass += probs[token]
+    return kept
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 40])
+def test_top_k_never_leaves_the_top_k(k):
+    logits = np.random.default_rng(k).normal(size=(3, 500)).astype(np.float32)
+    filtered = sample.top_k_logits(tf.constant(logits), k).numpy()
+    for row in range(3):
+        assert _kept(filtered[row]) == set(np.argsort(-logits[row])[:k])
+        kept = list(_kept(filtered[row]))
+        np.testing.assert_array_equal(filtered[row][kept], logits[row][kept])  # kept logits untouched
+
+
+def test_top_k_zero_is_off():
+    logits = tf.constant([[1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(sample.top_k_logits(logits, 0).numpy(), logits.numpy())
+
+
+def test_top_p_includes_the_crossing_token():
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
+    assert _kept(sample.top_p_logits(tf.constant(logits), 0.75).numpy()[0]) == {0, 1}  # 0.5 < .75, 0.8 crosses
+    assert _kept(sample.top_p_logits(tf.constant(logits), 0.4).numpy()[0]) == {0}  # the top token always stays
+    assert _kept(sample.top_p_logits(tf.constant(logits), 0.9).numpy()[0]) == {0, 1, 2}
+    assert _kept(sample.top_p_logits(tf.constant(logits), 1.0).numpy()[0]) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.9, 0.99])
+def test_top_p_keeps_exactly_the_documented_set(p):
+    logits = (np.random.default_rng(int(p * 100)).normal(size=(4, 300)) * 3).astype(np.float32)
+    filtered = sample.top_p_logits(tf.constant(logits), p).numpy()
+    for row in range(4):
+        assert _kept(filtered[row]) == _brute_top_p(logits[row].astype(np.float64), p)
+
+
+def test_filters_run_in_openai_order():
+    logits = np.random.default_rng(3).normal(size=(2, 200)).astype(np.float32)
+    seen = np.zeros((2, 200), bool)
+    config = sample.SamplerConfig(temperature=0.7, top_k=20, top_p=0.6)
+    got = sample.filter_logits(tf.constant(logits), tf.constant(seen), config).numpy()
+    want = sample.top_p_logits(sample.top_k_logits(tf.constant(logits / 0.7), 20), 0.6).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert _kept(got[0]) <= set(np.argsort(-logits[0])[:20])
+
+
+def test_repetition_penalty_direction():
+    logits = tf.constant([[2.0, -2.0, 2.0, -2.0]])
+    seen = tf.constant([[True, True, False, False]])
+    out = sample.apply_repetition_penalty(logits, seen, 2.0).numpy()
+    np.testing.assert_allclose(out, [[1.0, -4.0, 2.0, -2.0]])  # seen: positive halved, negative doubled
+    probs = tf.nn.softmax(out).numpy()[0]
+    before = tf.nn.softmax(logits).numpy()[0]
+    assert probs[0] < before[0] and probs[1] < before[1]
+
+
+def test_gumbel_draws_follow_the_softmax():
+    logits = np.log(np.array([0.6, 0.25, 0.1, 0.05], np.float32))[None]
+    seeds = tf.constant([[7, r] for r in range(4000)], tf.int32)
+    config = sample.SamplerConfig()
+    draws = sample.choose_tokens(tf.constant(np.repeat(logits, 4000, 0)), tf.zeros((4000, 4), tf.bool), seeds,
+                                 tf.constant(0), config).numpy()
+    freq = np.bincount(draws, minlength=4) / 4000
+    np.testing.assert_allclose(freq, [0.6, 0.25, 0.1, 0.05], atol=0.03)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(top_p=0.0), "top_p must be in \\(0, 1\\]"),
+    (dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),
+    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(top_k=-1), "top_k must be an integer >= 0"),
+    (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
+])
+def test_bad_sampler_settings(kwargs, message):
+    with pytest.raises(GPT2TFError, match=message):
+        sample.SamplerConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The decode loop
+
+def test_greedy_equals_a_greedy_loop_over_the_reference(small_dir, small_model):
+    params = read_openai_checkpoint(str(small_dir / "model.ckpt"))
+    prompt = [464, 2068, 7586, 21831]
+    tokens = list(prompt)
+    for _ in range(30):
+        tokens.append(int(np.argmax(reference_logits(params, SMALL.n_head, tokens)[-1])))
+    (out,) = sample.generate(small_model, [prompt], length=30, temperature=0, stop_at_eos=False)
+    assert out == tokens[len(prompt):]
+
+
+def test_seeded_sampling_is_reproducible(small_model):
+    kwargs = dict(length=20, top_k=40, seed=123, stop_at_eos=False)
+    a = sample.generate(small_model, [[1, 2, 3]], **kwargs)
+    b = sample.generate(small_model, [[1, 2, 3]], **kwargs)
+    c = sample.generate(small_model, [[1, 2, 3]], **dict(kwargs, seed=124))
+    assert a == b and a != c
+
+
+def test_seed_is_reproducible_across_processes(small_dir, small_model):
+    code = ("import gpt2tf, gpt2tf.sample as s; m = gpt2tf.load_model(%r); "
+            "print(s.generate(m, [[1, 2, 3]], length=12, top_p=0.9, seed=5, stop_at_eos=False))" % str(small_dir))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(sample.generate(small_model, [[1, 2, 3]], length=12, top_p=0.9, seed=5,
+                                              stop_at_eos=False))
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0), dict(top_k=10, seed=9), dict(top_p=0.8, seed=4)])
+def test_unequal_prompts_in_a_batch_equal_one_by_one(small_model, settings):
+    prompts = [[5], [10, 11, 12, 13, 14, 15, 16], [300, 301, 302]]
+    batched = sample.generate(small_model, prompts, length=15, batch_size=3, stop_at_eos=False, **settings)
+    alone = [sample.generate(small_model, [p], length=15, stop_at_eos=False, **settings)[0] for p in prompts]
+    assert batched == alone
+
+
+def test_nsamples_not_divisible_by_batch_size(small_model):
+    kwargs = dict(length=8, top_k=50, seed=2, nsamples=3, stop_at_eos=False)
+    by_two = sample.generate(small_model, [[1, 2], [3]], batch_size=2, **kwargs)
+    by_one = sample.generate(small_model, [[1, 2], [3]], batch_size=1, **kwargs)
+    assert len(by_two) == 6 and by_two == by_one
+    assert len({tuple(o) for o in by_two[:3]}) > 1  # the samples of one prompt differ
+
+
+def test_no_retracing_for_new_prompts_or_calls(small_model):
+    config = sample.SamplerConfig(top_k=7)
+    decoder = sample.decoder_for(small_model, config)
+    for prompt in ([1], [1, 2, 3, 4, 5], list(range(20, 40))):  # all in one length bucket
+        sample.generate(small_model, [prompt], length=10, top_k=7, seed=1, stop_at_eos=False)
+    sample.generate(small_model, [[9, 9]], length=10, top_k=7, seed=2, stop_at_eos=False)
+    assert decoder.prefill.experimental_get_tracing_count() == 1
+    assert decoder.decode_chunk.experimental_get_tracing_count() == 1
+
+
+@pytest.fixture(scope="module")
+def eos_model(small_dir):
+    """A model whose greedy choice is always <|endoftext|>: constant final hidden state aligned with its embedding."""
+    model = gpt2tf.load_model(small_dir)
+    model.ln_f.g.assign(tf.zeros_like(model.ln_f.g))
+    direction = np.linspace(1.0, 2.0, SMALL.n_embd).astype(np.float32)
+    model.ln_f.b.assign(direction)
+    wte = model.wte.numpy()
+    wte[sample.EOT_ID] = direction * 10
+    model.wte.assign(wte)
+    return model
+
+
+def test_stops_at_end_of_text(eos_model):
+    assert sample.generate(eos_model, [[1, 2], [3]], length=40, temperature=0) == [[], []]
+    kept = sample.generate(eos_model, [[1, 2]], length=5, temperature=0, stop_at_eos=False)
+    assert kept == [[sample.EOT_ID] * 5]
+
+
+def test_early_exit_when_all_rows_stop(eos_model, monkeypatch):
+    decoder = sample.decoder_for(eos_model, sample.SamplerConfig(temperature=0))
+    calls, compiled = [], decoder.decode_chunk
+    monkeypatch.setattr(decoder, "decode_chunk", lambda state, steps: calls.append(compiled(state, steps))
+                        or calls[-1])
+    rows = list(sample.generate_stream(eos_model, [[1], [2, 3]], length=60,
+                                       config=sample.SamplerConfig(temperature=0), chunk_steps=4))
+    assert rows == []
+    assert len(calls) == 1  # not 15: the loop stopped once every row had hit <|endoftext|>
+    assert int(calls[0]["index"] - calls[0]["start"]) == 1  # ... after a single step inside the chunk
+
+
+def test_stop_strings_cut_the_text(small_model):
+    enc = gpt2tf.get_encoder()
+    kwargs = dict(length=40, top_k=100, seed=8, stop_at_eos=False)
+    (full,) = sample.generate_text(small_model, ["The"], **kwargs)
+    stop = full[20:23]
+    assert len(stop) == 3 and full.find(stop) > 0
+    (cut,) = sample.generate_text(small_model, ["The"], stop=[stop, "never appears \x00"], **kwargs)
+    assert cut == full[:full.find(stop)]
+    (ids,) = sample.generate(small_model, [enc.encode("The")], stop=[stop], **kwargs)
+    assert enc.decode(ids).startswith(cut) and len(ids) < 40
+    streamed = [ids for _, ids in sample.generate_stream(
+        small_model, [enc.encode("The")], length=40, config=sample.SamplerConfig(top_k=100), seed=8,
+        stop_at_eos=False, stop=[stop], chunk_steps=1)]
+    assert sum(streamed, []) == ids and len(streamed) > 1  # streamed piece by piece, same result
+
+
+def test_empty_prompt_starts_from_end_of_text(small_model):
+    a = sample.generate(small_model, [[]], length=6, temperature=0, stop_at_eos=False)
+    b = sample.generate(small_model, [[sample.EOT_ID]], length=6, temperature=0, stop_at_eos=False)
+    assert a == b
+
+
+def test_prompt_longer_than_context(small_model):
+    long_prompt = list(range(1, 61))
+    with pytest.raises(GPT2TFError, match="exceeds the model's context of 64"):
+        sample.generate(small_model, [long_prompt], length=10)
+    truncated = sample.generate(small_model, [long_prompt], length=10, temperature=0, truncate_prompt=True,
+                                stop_at_eos=False)
+    assert truncated == sample.generate(small_model, [long_prompt[-54:]], length=10, temperature=0,
+                                        stop_at_eos=False)
+
+
+def test_repetition_penalty_reduces_repeats(small_model):
+    plain = sample.generate(small_model, [[1, 2, 3]], length=40, temperature=0, stop_at_eos=False)[0]
+    penalized = sample.generate(small_model, [[1, 2, 3]], length=40, temperature=0, stop_at_eos=False,
+                                repetition_penalty=5.0)[0]
+    assert len(set(penalized)) > len(set(plain))
