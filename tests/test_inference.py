@@ -1,0 +1,134 @@
+"""inference.py end to end: flags, output formats, prompts files, interactive mode, and one-line errors."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gpt2tf
+from gpt2tf import sample
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.hparams import HParams
+from gpt2tf.inference import InferenceConfig, run, unescape
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = HParams(n_vocab=50257, n_ctx=64, n_embd=16, n_head=2, n_layer=2)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "model"
+    gpt2tf.write_synthetic_checkpoint(path, SMALL, seed=5)
+    return path
+
+
+def _cli(*args, stdin=None):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the script quiets TF itself
+    return subprocess.run([sys.executable, str(ROOT / "inference.py"), *map(str, args)], input=stdin,
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def _run(**kwargs):
+    out = io.StringIO()
+    run(InferenceConfig(**kwargs), out=out)
+    return out.getvalue()
+
+
+def test_jsonl_output_matches_the_library(model_dir):
+    result = _cli("--model_dir", model_dir, "--starter", "She picked up the sword", "--top_k", "40",
+                  "--output_length", "12", "--nsamples", "3", "--batch_size", "2", "--seed", "42",
+                  "--no_eos_stop", "--output", "jsonl")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # TensorFlow's start-up chatter is kept off the terminal
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["sample"] for r in rows] == [0, 1, 2] and {r["seed"] for r in rows} == {42}
+    model = gpt2tf.load_model(model_dir)
+    enc = gpt2tf.get_encoder()
+    want = sample.generate(model, [enc.encode("She picked up the sword")], length=12, top_k=40, seed=42,
+                           nsamples=3, stop_at_eos=False)
+    assert [r["tokens"] for r in rows] == want
+    assert [r["text"] for r in rows] == [enc.decode(ids) for ids in want]
+
+
+def test_plain_output_streams_each_sample_with_a_header(model_dir):
+    text = _run(model_dir=str(model_dir), starter="Hello", output_length=8, nsamples=2, seed=1, no_eos_stop=True)
+    assert text.count("SAMPLE 1") == 1 and text.count("SAMPLE 2") == 1
+    assert _run(model_dir=str(model_dir), starter="Hello", output_length=8, nsamples=2, seed=1,
+                no_eos_stop=True) == text  # same seed, same text
+
+
+def test_greedy_nucleus_and_unconditional(model_dir):
+    greedy = _run(model_dir=str(model_dir), starter="Hi", output_length=6, greedy=True, output="jsonl",
+                  no_eos_stop=True)
+    model = gpt2tf.load_model(model_dir)
+    enc = gpt2tf.get_encoder()
+    assert json.loads(greedy)["tokens"] == sample.generate(model, [enc.encode("Hi")], length=6, temperature=0,
+                                                           stop_at_eos=False)[0]
+    assert InferenceConfig(nucleus=True).sampler() == sample.SamplerConfig(top_k=0, top_p=0.9)
+    assert InferenceConfig(nucleus=True, top_p=0.5, top_k=5).sampler() == sample.SamplerConfig(top_k=5, top_p=0.5)
+    assert InferenceConfig().sampler() == sample.SamplerConfig(top_k=40)
+    row = json.loads(_run(model_dir=str(model_dir), output_length=4, seed=3, output="jsonl", no_eos_stop=True))
+    assert row["prompt"] == "" and len(row["tokens"]) == 4
+
+
+def test_prompts_file_and_stop(model_dir, tmp_path):
+    (tmp_path / "prompts.txt").write_text("First prompt\n\nSecond\\nprompt\n")
+    rows = [json.loads(line) for line in _run(model_dir=str(model_dir), prompts_file=str(tmp_path / "prompts.txt"),
+                                              output_length=10, seed=4, output="jsonl",
+                                              no_eos_stop=True).splitlines()]
+    assert [r["prompt"] for r in rows] == ["First prompt", "Second\nprompt"]
+    (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": "First prompt"}) + "\n")
+    stop = rows[0]["text"][5:7]
+    cut = json.loads(_run(model_dir=str(model_dir), prompts_file=str(tmp_path / "prompts.jsonl"),
+                          output_length=10, seed=4, output="jsonl", no_eos_stop=True, stop=[stop]))
+    assert cut["text"] == rows[0]["text"][:rows[0]["text"].find(stop)]
+
+
+def test_interactive_mode(model_dir):
+    result = _cli("--model_dir", model_dir, "--interactive", "--output_length", "5", "--seed", "1",
+                  stdin="Hello there\n\nAgain\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("Model prompt >>>") == 4  # three lines read, then end of input
+    assert "Prompt should not be empty!" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top_p", "0"], "top_p must be in (0, 1]"),
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--top_k", "-3"], "top_k must be an integer >= 0"),
+    (["--output_length", "100"], "the model's context of 64"),
+])
+def test_bad_input_is_one_line_and_exit_2(model_dir, args, message):
+    result = _cli("--model_dir", model_dir, "--starter", "x", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_model_dir_and_prompts_file(tmp_path):
+    with pytest.raises(GPT2TFError, match="does not exist"):
+        _run(model_dir=str(tmp_path / "none"))
+    with pytest.raises(GPT2TFError, match="prompts file .* does not exist"):
+        _run(model_dir=str(tmp_path), prompts_file=str(tmp_path / "missing.txt"))
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(GPT2TFError, match="holds no prompts"):
+        _run(model_dir=str(tmp_path), prompts_file=str(tmp_path / "empty.txt"))
+    with pytest.raises(GPT2TFError, match="only one of"):
+        _run(model_dir=str(tmp_path), starter="a", interactive=True)
+
+
+def test_truncate_prompt_flag(model_dir):
+    long = " ".join(["word"] * 80)
+    with pytest.raises(GPT2TFError, match="left-truncation"):
+        _run(model_dir=str(model_dir), starter=long, output_length=10)
+    row = json.loads(_run(model_dir=str(model_dir), starter=long, output_length=10, truncate_prompt=True,
+                          output="jsonl", no_eos_stop=True, seed=1))
+    assert len(row["tokens"]) == 10
+
+
+def test_unescape():
+    assert unescape("\\n\\n") == "\n\n" and unescape("tab\\there") == "tab\there" and unescape("café") == "café"
