@@ -17,8 +17,9 @@ Order of the filters, as in OpenAI's `sample.py`: repetition penalty → tempera
   or the other prompts in the batch.
 
 The loop: prompts are left-padded to a bucketed length, prefilled into a preallocated key/value cache in one pass,
-then decoded in chunks of steps inside one `tf.function(jit_compile=True)`; between chunks Python checks stop
-strings, streams text and exits early once every row has stopped. Shapes depend only on the batch size and the
+then decoded in chunks of steps by a graph-mode while loop whose model step is compiled by XLA
+(`tf.function(jit_compile=True)`); between chunks Python checks stop strings, streams text and exits early once
+every row has stopped. Shapes depend only on the batch size and the
 buckets, so new prompts and new calls reuse the compiled functions.
 """
 
@@ -123,13 +124,19 @@ def choose_tokens(logits, seen, row_seeds, step, config):
 # The compiled decode loop
 
 class Decoder:
-    """Compiled prefill and decode-chunk functions for one model and sampler config (see `decoder_for`)."""
+    """Compiled prefill, model step and decode-chunk functions for one model and sampler config (`decoder_for`).
+
+    The one-token model step runs under XLA; the sampling ops (top-k, sort, random) run as ordinary TensorFlow
+    kernels inside the same graph loop, because XLA's CPU lowering of TopK/Sort and of the random generator is
+    10-20x slower. The prefill runs once per batch, so it skips XLA: compiling it would cost more than it saves.
+    """
 
     def __init__(self, model, config, *, eos_id, jit_compile=True):
         self.model, self.config, self.eos_id = model, config, eos_id
         self.vocab_size = model.hparams.n_vocab
-        self.prefill = tf.function(self._prefill, jit_compile=jit_compile)
-        self.decode_chunk = tf.function(self._decode_chunk, jit_compile=jit_compile)
+        self.prefill = tf.function(self._prefill, autograph=False)
+        self.step = tf.function(self._step, jit_compile=jit_compile, autograph=False)
+        self.decode_chunk = tf.function(self._decode_chunk, jit_compile=False, autograph=False)
 
     def _prefill(self, prompt, padding_mask):
         """prompt: int32 [batch, prompt_len], left-padded; padding_mask: bool [batch, total_len]."""
@@ -143,28 +150,32 @@ class Decoder:
             seen = tf.scatter_nd(tf.stack([rows, prompt], -1), real, [batch, self.vocab_size]) > 0
         return logits[:, -1], cache, seen
 
+    def _step(self, token, cache, index, padding_mask):
+        """One token per row through the model: logits [batch, vocab] and the updated cache."""
+        logits, cache = self.model(token[:, None], cache=cache, cache_index=index, padding_mask=padding_mask)
+        return logits[:, 0], cache
+
     def _decode_chunk(self, state, steps):
         """Run up to `steps` decode steps from `state` (a dict of tensors), stopping early once all rows are done."""
-        config, model, eos_id = self.config, self.model, self.eos_id
+        config, eos_id = self.config, self.eos_id
         end = tf.shape(state["tokens"])[1]
 
         def cond(i, s):
             return (i < steps) & (s["index"] < end) & ~tf.reduce_all(s["done"])
 
         def body(i, s):
-            token = choose_tokens(s["logits"], s["seen"], s["row_seeds"], s["index"] - s["start"], config)
-            token = tf.where(s["done"], eos_id, token)  # finished rows keep writing padding
             index = s["index"]
-            tokens = tf.tensor_scatter_nd_update(
-                s["tokens"], tf.stack([tf.range(tf.shape(token)[0]), tf.fill(tf.shape(token), index)], 1), token)
+            token = choose_tokens(s["logits"], s["seen"], s["row_seeds"], index - s["start"], config)
+            token = tf.where(s["done"], eos_id, token)  # finished rows keep writing padding
+            rows = tf.range(tf.shape(token)[0])
+            tokens = tf.tensor_scatter_nd_update(s["tokens"], tf.stack([rows, tf.fill(tf.shape(token), index)], 1),
+                                                 token)
             done = s["done"] | ((token == eos_id) & s["stop_at_eos"])
             seen = s["seen"]
             if config.repetition_penalty != 1.0:
                 seen = seen | (tf.one_hot(token, self.vocab_size) > 0)
-            logits, cache = model(token[:, None], cache=s["cache"], cache_index=index,
-                                  padding_mask=s["padding_mask"])
-            return i + 1, dict(s, tokens=tokens, done=done, seen=seen, logits=logits[:, 0], cache=cache,
-                               index=index + 1)
+            logits, cache = self.step(token, s["cache"], index, s["padding_mask"])
+            return i + 1, dict(s, tokens=tokens, done=done, seen=seen, logits=logits, cache=cache, index=index + 1)
 
         _, state = tf.while_loop(cond, body, (tf.constant(0), state))
         return state

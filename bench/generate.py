@@ -1,0 +1,191 @@
+"""Decode speed of `gpt2tf.sample.generate` on 124M-shaped weights: prompt 64 tokens -> 128 new tokens.
+
+    python bench/generate.py                     # batch 1 and 8, four variants, first-call time, peers if installed
+    python bench/generate.py --batch_sizes 1 --variants cache_xla
+
+Variants: `cache_xla` (the library default: KV cache, XLA-compiled step), `cache` (KV cache, no XLA), and two
+no-cache baselines that rerun the whole fixed-length sequence every step (`nocache_xla`, `nocache`). All greedy, so
+every variant does the same work; `topk_topp` adds the cost of top-k 40 + top-p 0.9 sampling to `cache_xla`.
+Decode time excludes the prompt: it is (time for 128 new tokens) - (time for 1), over 127 steps. `first_call_s` is
+a fresh process's first `generate` (tracing and XLA compilation included), `compile_s` that minus a warm call.
+If `transformers` + `torch` are installed, Hugging Face's GPT-2 runs on the same weights for a ratio.
+Prints one JSON line per measurement.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROMPT, NEW = 64, 128
+
+
+def _model_dir(size):
+    path = f"/tmp/gpt2tf-bench/{size}"
+    if not os.path.exists(os.path.join(path, "checkpoint")):
+        import gpt2tf
+        from gpt2tf.hparams import pretrained
+
+        gpt2tf.write_synthetic_checkpoint(path, pretrained(size))
+    return path
+
+
+def _prompts(batch):
+    import numpy as np
+
+    return [list(map(int, np.random.default_rng(row).integers(0, 50000, PROMPT))) for row in range(batch)]
+
+
+def _best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _nocache_generate(model, prompts, length, jit):
+    """Baseline: no cache; every step runs the full fixed-length sequence (fixed shapes, so one trace)."""
+    import numpy as np
+    import tensorflow as tf
+
+    @tf.function(jit_compile=jit, autograph=False)
+    def step(tokens, index):
+        logits = model(tokens)  # [batch, total, vocab]; causal, so positions after index don't matter
+        nxt = tf.argmax(logits[:, index - 1], axis=-1, output_type=tf.int32)
+        rows = tf.range(tf.shape(tokens)[0])
+        return tf.tensor_scatter_nd_update(tokens, tf.stack([rows, tf.fill(tf.shape(rows), index)], 1), nxt)
+
+    tokens = tf.constant(np.pad(np.array(prompts, np.int32), [(0, 0), (0, length)]))
+    for i in range(length):
+        tokens = step(tokens, tf.constant(PROMPT + i))
+    return tokens.numpy()
+
+
+def measure(model, variant, batch, repeat):
+    from gpt2tf import sample
+
+    prompts = _prompts(batch)
+    if variant.startswith("nocache"):
+        run = lambda n: _nocache_generate(model, prompts, n, variant == "nocache_xla")  # noqa: E731
+    else:
+        kwargs = dict(temperature=0) if variant != "topk_topp" else dict(top_k=40, top_p=0.9, seed=0)
+        run = lambda n: sample.generate(model, prompts, length=n, stop_at_eos=False,  # noqa: E731
+                                        jit_compile=variant != "cache", **kwargs)
+    run(NEW)  # warm-up: traces and compiles
+    run(1)
+    full = _best(lambda: run(NEW), repeat)
+    one = _best(lambda: run(1), repeat)
+    step_ms = (full - one) / (NEW - 1) * 1e3
+    return {"bench": "generate", "variant": variant, "batch": batch, "ms_per_step": round(step_ms, 1),
+            "ms_per_token": round(step_ms / batch, 2), "tokens_per_s": round(batch * 1e3 / step_ms, 1),
+            "prefill_plus_one_s": round(one, 3)}
+
+
+def first_call(model_dir):
+    """In a fresh process: the first generate call (trace + compile + run) and a warm one."""
+    code = f"""
+import json, os, sys, time
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+import gpt2tf
+from gpt2tf import sample
+import numpy as np
+model = gpt2tf.load_model({model_dir!r})
+prompt = [list(map(int, np.random.default_rng(0).integers(0, 50000, {PROMPT})))]
+t = time.perf_counter(); sample.generate(model, prompt, length={NEW}, top_k=40, seed=0, stop_at_eos=False)
+first = time.perf_counter() - t
+t = time.perf_counter(); sample.generate(model, prompt, length={NEW}, top_k=40, seed=1, stop_at_eos=False)
+warm = time.perf_counter() - t
+print(json.dumps({{"first_call_s": round(first, 2), "warm_call_s": round(warm, 2),
+                   "compile_s": round(first - warm, 2)}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return {"bench": "generate_first_call", "batch": 1, **json.loads(out.strip().splitlines()[-1])}
+
+
+def hf_peer(model_dir, batch, repeat):
+    """Hugging Face transformers' GPT-2 on the same weights (greedy, KV cache), if installed."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "model.ckpt"))
+    hp = json.load(open(os.path.join(model_dir, "hparams.json")))
+    config = transformers.GPT2Config(vocab_size=hp["n_vocab"], n_positions=hp["n_ctx"], n_embd=hp["n_embd"],
+                                     n_head=hp["n_head"], n_layer=hp["n_layer"])
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    state = {"transformer.wte.weight": "model/wte", "transformer.wpe.weight": "model/wpe",
+             "transformer.ln_f.weight": "model/ln_f/g", "transformer.ln_f.bias": "model/ln_f/b"}
+    for i in range(hp["n_layer"]):
+        for ours, theirs in [("ln_1/g", "ln_1.weight"), ("ln_1/b", "ln_1.bias"), ("ln_2/g", "ln_2.weight"),
+                             ("ln_2/b", "ln_2.bias"), ("attn/c_attn/w", "attn.c_attn.weight"),
+                             ("attn/c_attn/b", "attn.c_attn.bias"), ("attn/c_proj/w", "attn.c_proj.weight"),
+                             ("attn/c_proj/b", "attn.c_proj.bias"), ("mlp/c_fc/w", "mlp.c_fc.weight"),
+                             ("mlp/c_fc/b", "mlp.c_fc.bias"), ("mlp/c_proj/w", "mlp.c_proj.weight"),
+                             ("mlp/c_proj/b", "mlp.c_proj.bias")]:
+            state[f"transformer.h.{i}.{theirs}"] = f"model/h{i}/{ours}"
+    tensors = {k: torch.from_numpy(reader.get_tensor(v).squeeze(0) if v.endswith("/w") else reader.get_tensor(v))
+               for k, v in state.items()}
+    tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
+    hf.load_state_dict(tensors, strict=False)
+    ids = torch.tensor(_prompts(batch))
+
+    def run(n):
+        with torch.no_grad():
+            hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                        do_sample=False, use_cache=True, pad_token_id=0)
+
+    run(NEW)
+    full = _best(lambda: run(NEW), repeat)
+    one = _best(lambda: run(1), repeat)
+    step_ms = (full - one) / (NEW - 1) * 1e3
+    return {"bench": "generate_peer", "peer": f"transformers {transformers.__version__} (torch "
+                                              f"{torch.__version__})", "batch": batch,
+            "ms_per_step": round(step_ms, 1), "tokens_per_s": round(batch * 1e3 / step_ms, 1)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="124M")
+    parser.add_argument("--batch_sizes", default="1,8")
+    parser.add_argument("--variants", default="cache_xla,cache,nocache_xla,nocache,topk_topp")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--no_first_call", action="store_true")
+    parser.add_argument("--no_peers", action="store_true")
+    args = parser.parse_args()
+
+    model_dir = _model_dir(args.size)
+    if not args.no_first_call:
+        print(json.dumps(first_call(model_dir)), flush=True)
+    import gpt2tf
+
+    model = gpt2tf.load_model(model_dir)
+    ours = {}
+    for batch in map(int, args.batch_sizes.split(",")):
+        for variant in args.variants.split(","):
+            result = measure(model, variant, batch, args.repeat)
+            ours[(variant, batch)] = result["ms_per_step"]
+            print(json.dumps(result), flush=True)
+        if ("cache_xla", batch) in ours and ("nocache", batch) in ours:
+            print(json.dumps({"bench": "generate_cache_speedup", "batch": batch,
+                              "cache_xla_vs_nocache": round(ours[("nocache", batch)] / ours[("cache_xla", batch)], 1),
+                              "cache_xla_vs_nocache_xla": round(
+                                  ours.get(("nocache_xla", batch), float("nan")) / ours[("cache_xla", batch)], 1)}),
+                  flush=True)
+        peer = None if args.no_peers else hf_peer(model_dir, batch, args.repeat)
+        if peer:
+            peer["ratio_peer_over_gpt2tf"] = round(peer["ms_per_step"] / ours.get(("cache_xla", batch), float("nan")), 2)
+            print(json.dumps(peer), flush=True)
+
+
+if __name__ == "__main__":
+    main()
