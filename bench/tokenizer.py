@@ -5,16 +5,14 @@ The corpus is text already on the machine, mostly English prose: the package doc
 (changelogs, decompressed; copyright/license files; READMEs; .txt/.md/.rst), at most 256K characters per file, in
 sorted path order, up to --max_mb. Python's own sources fill in if that is not enough.
 
-    python bench/tokenize.py [--max_mb 20] [--repeat 3]
+    python bench/tokenizer.py [--max_mb 20] [--repeat 3]
 """
 
 import sys
 from pathlib import Path
 
-# This file shares its name with the stdlib `tokenize` module, which tiktoken and tracebacks import: take its
-# folder off sys.path so that they find the stdlib one, and put the repo root there instead.
 HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))  # the repo root, so the bench runs from a checkout without installing
 
 import argparse  # noqa: E402
 import gzip  # noqa: E402
