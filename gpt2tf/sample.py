@@ -174,7 +174,8 @@ class Decoder:
             seen = s["seen"]
             if config.repetition_penalty != 1.0:
                 seen = seen | (tf.one_hot(token, self.vocab_size) > 0)
-            logits, cache = self.step(token, s["cache"], index, s["padding_mask"])
+            # Finished rows write eos_id, which a small-vocabulary model may not have: feed it a valid id instead.
+            logits, cache = self.step(tf.minimum(token, self.vocab_size - 1), s["cache"], index, s["padding_mask"])
             return i + 1, dict(s, tokens=tokens, done=done, seen=seen, logits=logits, cache=cache, index=index + 1)
 
         _, state = tf.while_loop(cond, body, (tf.constant(0), state))
@@ -245,14 +246,14 @@ def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None
         batch = [rows[i] for i in ids]
         longest = max(len(p) for p in batch)
         prompt_len = max(longest, min(_round_up(longest, PROMPT_BUCKET), n_ctx - length))
-        prompt = np.full((batch_size, prompt_len), EOT_ID, np.int32)
+        prompt = np.zeros((batch_size, prompt_len), np.int32)  # padding: any valid id, it is never attended to
         padding_mask = np.ones((batch_size, prompt_len + length), bool)
         for r, p in enumerate(batch):  # left-pad: every row's last prompt token sits at prompt_len - 1
             prompt[r, prompt_len - len(p):] = p
             padding_mask[r, :prompt_len - len(p)] = False
         logits, cache, seen = decoder.prefill(tf.constant(prompt), tf.constant(padding_mask))
         done = np.arange(batch_size) >= real_rows  # padding rows count as done from the start
-        state = dict(tokens=tf.constant(np.pad(prompt, [(0, 0), (0, length)], constant_values=EOT_ID)),
+        state = dict(tokens=tf.constant(np.pad(prompt, [(0, 0), (0, length)])),
                      padding_mask=tf.constant(padding_mask), cache=cache, logits=logits, seen=seen,
                      row_seeds=tf.constant([[seed, i % nsamples] for i in ids], tf.int32),
                      start=tf.constant(prompt_len, tf.int32), index=tf.constant(prompt_len, tf.int32),
