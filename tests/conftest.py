@@ -9,6 +9,7 @@ import pytest  # noqa: E402
 from gpt2tf.hparams import HParams  # noqa: E402
 
 TINY = HParams(n_vocab=101, n_ctx=32, n_embd=16, n_head=4, n_layer=2)
+SMALL = HParams(n_vocab=50257, n_ctx=64, n_embd=16, n_head=2, n_layer=2)  # GPT-2's vocabulary, a tiny network
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +32,13 @@ def tiny_model(tiny_model_dir):
     import gpt2tf
 
     return gpt2tf.load_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory):
+    """A model dir with the full GPT-2 vocabulary (so <|endoftext|> and real text work) but a tiny network."""
+    import gpt2tf
+
+    path = tmp_path_factory.mktemp("small") / "model"
+    gpt2tf.write_synthetic_checkpoint(path, SMALL, seed=11)
+    return path

@@ -12,18 +12,14 @@ import pytest
 import gpt2tf
 from gpt2tf import sample
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.hparams import HParams
 from gpt2tf.inference import InferenceConfig, run, unescape
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = HParams(n_vocab=50257, n_ctx=64, n_embd=16, n_head=2, n_layer=2)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cli") / "model"
-    gpt2tf.write_synthetic_checkpoint(path, SMALL, seed=5)
-    return path
+def model_dir(small_model_dir):
+    return small_model_dir
 
 
 def _cli(*args, stdin=None):

@@ -10,23 +10,18 @@ import tensorflow as tf
 import gpt2tf
 from gpt2tf import sample
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.hparams import HParams
+from conftest import SMALL
 from reference import read_openai_checkpoint, reference_logits
 
-# Full GPT-2 vocabulary (so <|endoftext|> exists) but a tiny network.
-SMALL = HParams(n_vocab=50257, n_ctx=64, n_embd=16, n_head=2, n_layer=2)
+
+@pytest.fixture(scope="module")
+def small_dir(small_model_dir):
+    return small_model_dir
 
 
 @pytest.fixture(scope="module")
-def small_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("small") / "model"
-    gpt2tf.write_synthetic_checkpoint(path, SMALL, seed=11)
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_model(small_dir):
-    return gpt2tf.load_model(small_dir)
+def small_model(small_model_dir):
+    return gpt2tf.load_model(small_model_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------
