@@ -10,8 +10,9 @@ from setuptools import find_packages, setup
 #   numpy             arrays at the edges (checkpoint checks, data)
 #   regex             GPT-2's pre-tokenizer pattern uses \p{L} / \p{N}, which the stdlib `re` lacks
 #   requests          streaming HTTP with Range requests for resumable model downloads
-#   tqdm              progress bars for downloads and long jobs (silent when not a terminal)
-INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "requests", "tqdm"]
+#   tqdm              progress bars for downloads, tokenisation and training (silent when not a terminal)
+#   tensorflow-datasets  the `tfds` data loader and cnn_dailymail from tfds (and tfds.testing.mock_data in tests)
+INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "requests", "tqdm", "tensorflow-datasets"]
 
 # Test-only: pytest runs the suite; tiktoken (built offline from our bundled vocab files) is the independent
 # reference the encoder is checked against, bit for bit.

@@ -14,6 +14,10 @@ _EXPORTS = {
     "write_synthetic_checkpoint": "gpt2tf.checkpoint",
     "Encoder": "gpt2tf.encoder",
     "get_encoder": "gpt2tf.encoder",
+    "generate": "gpt2tf.sample",
+    "generate_text": "gpt2tf.sample",
+    "TrainConfig": "gpt2tf.train",
+    "finetune": "gpt2tf.train",
 }
 
 __all__ = sorted(_EXPORTS)

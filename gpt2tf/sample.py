@@ -54,10 +54,17 @@ def top_p_logits(logits, p):
     """Keep the smallest most-probable set whose probability mass reaches p (crossing token included)."""
     if p >= 1.0:
         return logits
-    sorted_logits = tf.sort(logits, axis=-1, direction="DESCENDING")  # [batch, vocab]
-    mass_before = tf.math.cumsum(tf.nn.softmax(sorted_logits, axis=-1), axis=-1, exclusive=True)
+    return _nucleus(logits, tf.sort(logits, axis=-1, direction="DESCENDING"), p)
+
+
+def _nucleus(logits, top_values, p):
+    """Top-p given the row's largest logits in descending order (all of them, or the top k after top-k)."""
+    # Probabilities are normalised over the whole row; after top-k the masked entries add exp(-1e10) = 0, so
+    # sorting only the k survivors gives the same threshold as sorting the whole vocabulary, at a fraction of the cost.
+    probs = tf.exp(top_values - tf.reduce_logsumexp(logits, axis=-1, keepdims=True))  # [batch, n]
+    mass_before = tf.math.cumsum(probs, axis=-1, exclusive=True)
     kept = tf.reduce_sum(tf.cast(mass_before < p, tf.int32), axis=-1, keepdims=True)  # >= 1: mass_before[0] = 0
-    threshold = tf.gather(sorted_logits, kept - 1, batch_dims=1)  # [batch, 1]: the last kept logit
+    threshold = tf.gather(top_values, kept - 1, batch_dims=1)  # [batch, 1]: the last kept logit
     return tf.where(logits < threshold, MASKED_LOGIT, logits)
 
 
@@ -99,7 +106,11 @@ def filter_logits(logits, seen, config):
     if config.greedy:
         return logits
     logits = logits / config.temperature
-    return top_p_logits(top_k_logits(logits, config.top_k), config.top_p)
+    if config.top_k == 0:
+        return top_p_logits(logits, config.top_p)
+    top_values = tf.math.top_k(logits, k=config.top_k, sorted=True).values  # [batch, k], descending
+    logits = tf.where(logits < top_values[:, -1:], MASKED_LOGIT, logits)  # = top_k_logits, reusing the values
+    return logits if config.top_p >= 1.0 else _nucleus(logits, top_values, config.top_p)
 
 
 def gumbel_noise(row_seeds, step, vocab_size):

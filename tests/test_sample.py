@@ -41,7 +41,8 @@ def _brute_top_p(logits, p):
             break
         kept.add(token)
         mass += probs[token]
-    return kept
+    last = min(logits[t] for t in kept)
+    return kept | set(np.flatnonzero(logits == last))  # tokens tied with the last kept one stay too
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 40])
@@ -83,6 +84,18 @@ def test_filters_run_in_openai_order():
     want = sample.top_p_logits(sample.top_k_logits(tf.constant(logits / 0.7), 20), 0.6).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert _kept(got[0]) <= set(np.argsort(-logits[0])[:20])
+
+
+@pytest.mark.parametrize("k, p", [(5, 0.5), (40, 0.9), (3, 0.999), (1, 0.3)])
+def test_top_k_then_top_p_fast_path_keeps_the_same_set(k, p):
+    rng = np.random.default_rng(k)
+    logits = np.round(rng.normal(size=(4, 300)) * 2, 1).astype(np.float32)  # rounding makes ties likely
+    config = sample.SamplerConfig(temperature=1.0, top_k=k, top_p=p)
+    got = sample.filter_logits(tf.constant(logits), tf.zeros((4, 300), tf.bool), config).numpy()
+    for row in range(4):
+        kth = np.sort(logits[row])[::-1][k - 1]
+        after_k = np.where(logits[row] >= kth, logits[row], -1e10).astype(np.float64)
+        assert _kept(got[row]) == _brute_top_p(after_k, p) & set(np.flatnonzero(logits[row] >= kth))
 
 
 def test_repetition_penalty_direction():

@@ -1,0 +1,768 @@
+"""Fine-tuning (and training from scratch): every training default, the training loop, and the run dir.
+
+`TrainConfig` is the one owner of the fine-tuning defaults; `finetune.py`'s flags are its field names.
+`finetune(config)` trains and returns the run dir, which is a GPT-2 model dir in OpenAI's layout (`gpt2tf.load_model(run_dir)` and
+`inference.py --model_dir run_dir` work on it) plus what resuming needs:
+
+    checkpoint                       names the latest weights, like TF's state file; rewritten atomically, last
+    hparams.json encoder.json vocab.bpe
+    model.ckpt-<step>.index/.data-00000-of-00001   weights (LoRA adapters merged in), the last keep_checkpoints
+    train_state/ckpt-<step>.*        optimizer slots, step, data position (and LoRA adapters) for that step
+    train_config.json                the config, so `--output_dir X` alone resumes the run
+    metrics.jsonl  tensorboard/      loss, learning rate, tokens/s, validation loss per step
+
+Every file is written under a temporary name and renamed; the state file goes last, so a kill at any moment leaves
+the previous checkpoint complete and named. Batches are a pure function of (seed, batch index) (see `gpt2tf.data`)
+and the step runs no random ops, so a resumed run computes exactly what an uninterrupted one would.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+from tqdm import tqdm
+
+from gpt2tf.checkpoint import (HPARAMS_FILE, STATE_FILE, VOCAB_DIR, VOCAB_FILES, checkpoint_key, load_hparams,
+                               load_model, resolve_checkpoint, restore_weights)
+from gpt2tf.data import LOADERS, load_dataset
+from gpt2tf.encoder import get_encoder
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.hparams import HParams
+from gpt2tf.model import GPT2, Conv1D
+from gpt2tf.schedules import SCHEDULES, LearningRate, parse_epochs
+
+# TensorBoard's scalar plugin reads summaries tagged with this metadata.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.jsonl"
+STATE_DIR = "train_state"
+WEIGHTS_PREFIX = "model.ckpt-{step}"
+OPTIMIZERS = ("adam", "adamw", "adafactor", "sgd")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
+SESSION_FIELDS = ("restore_from", "max_steps")  # apply to one invocation; not stored with the run
+
+
+def _field(default, help, **metadata):
+    return dataclasses.field(default=default, metadata=dict(help=help, **metadata))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; the defaults are the fine-tuning defaults."""
+
+    # What to train
+    model_dir: str = _field(None, "the GPT-2 model dir to start from (e.g. models/124M)")
+    init: str = _field("pretrained", "pretrained: the weights in --model_dir; random: a new model shaped by the "
+                                     "hparams flags below (or --model_dir's hparams.json)",
+                       choices=("pretrained", "random"))
+    n_vocab: int = _field(None, "with --init random (default: HParams' 124M shape)", type=int)
+    n_ctx: int = _field(None, "with --init random", type=int)
+    n_embd: int = _field(None, "with --init random", type=int)
+    n_head: int = _field(None, "with --init random", type=int)
+    n_layer: int = _field(None, "with --init random", type=int)
+    # Data
+    data_loader: str = _field("text", "how to read --dataset_path", choices=tuple(LOADERS))
+    dataset_path: str = _field(None, "text: a file, directory or glob of UTF-8 text, or .npy/.npz tokens; cnndm: "
+                                     "the story dir, a JSONL file, or cnn_dailymail (tensorflow-datasets); tfds: a "
+                                     "dataset name such as reddit_tifu/short")
+    val_dataset_path: str = _field(None, "validation data, read by the same loader (default: no validation)")
+    split: str = _field("train", "the training split (cnndm, tfds)")
+    val_split: str = _field("validation", "the validation split (cnndm, tfds)")
+    text_feature: str = _field("text", "tfds: the feature holding the text (reddit_tifu: documents)")
+    cache_dir: str = _field(None, "where tokenised data is cached (default: next to the data)")
+    summary_only: bool = _field(False, "cnndm: compute the loss on the summary tokens only")
+    length: int = _field(None, "tokens per training window (default: n_ctx)", type=int)
+    # The run
+    output_dir: str = _field(None, "the run dir: a model dir with checkpoints, metrics and training state")
+    restore_from: str = _field("latest", "latest: continue the run in --output_dir if there is one; fresh: start "
+                                         "from --model_dir (refused if --output_dir holds a run); or a run dir, "
+                                         "model dir or checkpoint prefix to start from")
+    seed: int = _field(0, "seeds the data order and a random init")
+    num_epoch: int = _field(4, "epochs to train")
+    steps_per_epoch: int = _field(100, "optimizer steps per epoch")
+    max_steps: int = _field(0, "stop (with a checkpoint) after this many steps in all; 0: run num_epoch epochs")
+    batch_size: int = _field(1, "sequences per micro-batch")
+    accumulate_gradients: int = _field(1, "micro-batches per optimizer step (an N times larger batch)")
+    # Learning rate
+    base_lr: float = _field(1e-4, "learning rate")
+    lr_schedule: str = _field("step", "step: decay by --decay_lr at each of --decay_epochs; cosine: from base_lr "
+                                      "to base_lr * decay_lr over the run", choices=SCHEDULES)
+    decay_lr: float = _field(0.1, "decay factor (step), or final fraction of base_lr (cosine)")
+    decay_epochs: str = _field("", "0-based epochs at which the rate is multiplied by --decay_lr, e.g. \"4,5\"")
+    warmup_steps: int = _field(0, "linear warmup over this many steps")
+    # Optimisation
+    optimizer: str = _field("adam", "adafactor keeps factored second moments: far less memory", choices=OPTIMIZERS)
+    weight_decay: float = _field(0.01, "adamw's decoupled weight decay (not on biases and gains)")
+    clip_norm: float = _field(1.0, "clip the global gradient norm (unscaled) to this; 0: off")
+    precision: str = _field("auto", "auto: float32 on CPU, mixed_bfloat16 on GPUs that have it, else "
+                                    "mixed_float16 with loss scaling", choices=PRECISIONS)
+    xla: bool = _field(True, "compile the training step with XLA (--no_xla: off)")
+    recompute: bool = _field(False, "recompute each block's activations in the backward pass (less memory)")
+    only_train_transformer_layers: bool = _field(False, "train the blocks only, not wte, wpe or ln_f")
+    lora_rank: int = _field(0, "train rank-R LoRA adapters on the attention and MLP projections instead of the "
+                               "weights; merged into the saved weights; 0: off")
+    lora_alpha: float = _field(16.0, "LoRA scale numerator: the adapters' output is multiplied by alpha / rank")
+    # Feedback and checkpoints
+    save_every: int = _field(1000, "checkpoint every N steps (also at the end and on Ctrl-C); 0: only then")
+    keep_checkpoints: int = _field(3, "keep the last K checkpoints")
+    log_every: int = _field(10, "write metrics every N steps")
+    val_every: int = _field(0, "validate every N steps; 0: at each epoch's end (with --val_dataset_path)")
+    val_batches: int = _field(8, "batches per validation")
+    sample_every: int = _field(0, "print a sample every N steps; 0: off")
+    sample_length: int = _field(64, "tokens per sample")
+    sample_prompt: str = _field("", "the samples' prompt (default: start of a document)")
+
+    @property
+    def total_steps(self):
+        return self.num_epoch * self.steps_per_epoch
+
+    def to_json(self, path):
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in SESSION_FIELDS}
+        _write_atomic(path, json.dumps(values, indent=2) + "\n")
+
+
+def configure(flags):
+    """The config for `flags` (field -> value, only those given); `--output_dir X` alone continues run X."""
+    flags = dict(flags)
+    unknown = set(flags) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise GPT2TFError(f"unknown training option(s) {sorted(unknown)}")
+    if not flags.get("output_dir"):
+        raise GPT2TFError("give --output_dir: the run dir that receives checkpoints (e.g. runs/mytext)")
+    saved = Path(flags["output_dir"]) / CONFIG_FILE
+    values = {}
+    if flags.get("restore_from", TrainConfig.restore_from) == "latest" and saved.is_file():
+        try:
+            values = {k: v for k, v in json.loads(saved.read_text(encoding="utf-8")).items()
+                      if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+        except (OSError, ValueError) as err:
+            raise GPT2TFError(f"cannot read {saved} ({err}); fix or delete it") from None
+    values.update(flags)
+    config = TrainConfig(**values)
+    _check(config)
+    return config
+
+
+def _check(config):
+    """Conflicting or impossible settings, as one-line errors, before anything slow happens."""
+    def conflict(message):
+        raise GPT2TFError(message)
+
+    for name in ("num_epoch", "steps_per_epoch", "batch_size", "accumulate_gradients", "keep_checkpoints",
+                 "log_every", "val_batches"):
+        if getattr(config, name) < 1:
+            conflict(f"--{name} must be at least 1, got {getattr(config, name)}")
+    for name in ("max_steps", "save_every", "val_every", "sample_every", "warmup_steps", "lora_rank", "clip_norm"):
+        if getattr(config, name) < 0:
+            conflict(f"--{name} must not be negative, got {getattr(config, name)}")
+    if config.base_lr <= 0 or not math.isfinite(config.base_lr):
+        conflict(f"--base_lr must be a positive number, got {config.base_lr}")
+    if config.length is not None and config.length < 1:
+        conflict(f"--length must be at least 1, got {config.length}")
+    parse_epochs(config.decay_epochs)
+    shape_flags = [f"--{n}" for n in HPARAM_FIELDS if getattr(config, n) is not None]
+    if config.init == "pretrained" and shape_flags:
+        conflict(f"{', '.join(shape_flags)} only apply with --init random; a pretrained model's shape is its "
+                 f"hparams.json")
+    if config.init == "pretrained" and not config.model_dir and config.restore_from in ("latest", "fresh") and not (
+            Path(config.output_dir) / STATE_FILE).is_file():
+        conflict("give --model_dir (e.g. models/124M), or --init random with hparams flags to train from scratch")
+    if config.lora_rank and config.init == "random":
+        conflict("--lora_rank adapts pretrained weights; it makes no sense with --init random")
+    if config.lora_rank and config.only_train_transformer_layers:
+        conflict("--lora_rank already trains only the adapters; drop --only_train_transformer_layers")
+    if config.summary_only and config.data_loader != "cnndm":
+        conflict("--summary_only needs --data_loader cnndm")
+    if config.val_every and not config.val_dataset_path:
+        conflict("--val_every needs --val_dataset_path")
+    if config.restore_from == "fresh" and (Path(config.output_dir) / STATE_FILE).is_file():
+        conflict(f"{config.output_dir} already holds a run; continue it with --restore_from latest, or choose "
+                 f"another --output_dir")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Precision and optimizers
+
+def resolve_precision(precision):
+    """(Keras dtype policy, whether the loss needs scaling). auto: float32 on CPU; bf16 or scaled fp16 on GPU."""
+    if precision == "auto":
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return "float32", False
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        precision = "mixed_bfloat16" if tuple(capability) >= (8, 0) else "mixed_float16"
+    return precision, precision == "mixed_float16"  # fp16's narrow exponent needs loss scaling; bf16's doesn't
+
+
+class Adafactor(keras.optimizers.Optimizer):
+    """Adafactor (Shazeer & Stern, 2018) without momentum or parameter scaling, in O(rows + cols) memory per matrix.
+
+    Keras' own Adafactor also keeps a full-size second-moment tensor per weight, as much memory as Adam's; here the
+    second moments of a matrix live only as their row and column means, and the step is lr times the normalised,
+    RMS-clipped gradient, so `base_lr` means what it means for Adam.
+    """
+
+    def __init__(self, learning_rate, *, decay_rate=0.8, epsilon=1e-30, clip_threshold=1.0, name="adafactor",
+                 **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.decay_rate, self.epsilon, self.clip_threshold = decay_rate, epsilon, clip_threshold
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._rows, self._cols, self._full = [], [], []
+        for var in var_list:
+            factored = len(var.shape) >= 2
+            # Unused slots are scalars, so that each list has one entry per variable.
+            self._rows.append(self.add_variable(var.shape[:-1] if factored else (), name="rows"))
+            self._cols.append(self.add_variable(var.shape[:-2] + var.shape[-1:] if factored else (), name="cols"))
+            self._full.append(self.add_variable(() if factored else var.shape, name="second_moment"))
+
+    def update_step(self, gradient, variable, learning_rate):
+        i = self._get_variable_index(variable)
+        gradient = tf.cast(gradient, variable.dtype)
+        step = tf.cast(self.iterations + 1, variable.dtype)
+        beta = 1.0 - step ** -self.decay_rate  # the second-moment decay grows towards 1
+        squared = tf.square(gradient) + self.epsilon
+        if len(variable.shape) >= 2:
+            rows, cols = self._rows[i], self._cols[i]
+            self.assign(rows, beta * rows + (1 - beta) * tf.reduce_mean(squared, axis=-1))
+            self.assign(cols, beta * cols + (1 - beta) * tf.reduce_mean(squared, axis=-2))
+            # The second moments' rank-1 fit is rows x cols / mean(rows).
+            row_factor = tf.math.rsqrt(rows / tf.reduce_mean(rows, axis=-1, keepdims=True))[..., :, None]
+            update = gradient * row_factor * tf.math.rsqrt(cols)[..., None, :]
+        else:
+            full = self._full[i]
+            self.assign(full, beta * full + (1 - beta) * squared)
+            update = gradient * tf.math.rsqrt(full)
+        rms = tf.sqrt(tf.reduce_mean(tf.square(update)))
+        update /= tf.maximum(1.0, rms / self.clip_threshold)
+        self.assign_sub(variable, tf.cast(learning_rate, variable.dtype) * update)
+
+    def get_config(self):
+        return {**super().get_config(), "decay_rate": self.decay_rate, "epsilon": self.epsilon,
+                "clip_threshold": self.clip_threshold}
+
+
+def make_schedule(config):
+    return LearningRate(config.base_lr, steps_per_epoch=config.steps_per_epoch,
+                        decay_epochs=parse_epochs(config.decay_epochs), decay_lr=config.decay_lr,
+                        warmup_steps=config.warmup_steps, kind=config.lr_schedule, total_steps=config.total_steps)
+
+
+def make_optimizer(config, variables, *, loss_scaling):
+    """The optimizer for `variables`, clipping the unscaled global gradient norm; built, so its state exists."""
+    common = dict(learning_rate=make_schedule(config), global_clipnorm=config.clip_norm or None)
+    if config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(**common)
+    elif config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
+        optimizer.exclude_from_weight_decay(var_list=[v for v in variables if len(v.shape) == 1])  # biases, gains
+    elif config.optimizer == "adafactor":
+        optimizer = Adafactor(**common)
+    elif config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(**common)
+    else:
+        raise GPT2TFError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if loss_scaling:
+        # Scales the loss up and the gradients back down (so clipping sees true norms) and skips steps whose
+        # gradients overflowed, lowering the scale.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(variables)
+    return optimizer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Changes to a built model: recomputed blocks and LoRA adapters
+
+def recompute_blocks(model):
+    """Make each block keep only its input for the backward pass and recompute the rest there."""
+    for block in model.h:
+        forward = block.call
+
+        def call(x, mask, cache=None, cache_index=None, forward=forward):
+            if cache is not None:  # decoding: no backward pass
+                return forward(x, mask, cache, cache_index)
+            # tf.recompute_grad finds the block's variables by watching them, and the mask is a closure constant.
+            return tf.recompute_grad(lambda h: forward(h, mask)[0])(x), None
+
+        block.call = call  # Keras' __call__ dispatches to the instance attribute
+
+
+class LoRA:
+    """Low-rank adapters on every attention and MLP projection: `y = x W + b + (x A) B * alpha / rank`.
+
+    B starts at zero, so the adapted model starts equal to the base; only A and B train. `merged_tensors` gives the
+    checkpoint tensors with `W + A B * alpha / rank` folded in: a plain GPT-2 that needs no adapters to load.
+    """
+
+    def __init__(self, model, *, rank, alpha, seed=0):
+        self.scale = alpha / rank
+        self.adapters = {}  # checkpoint key of w -> (A [n_in, rank], B [rank, n_out])
+        rng = np.random.default_rng(seed)
+        for block in model.h:
+            for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+                key = checkpoint_key(layer.w)
+                bound = 1 / math.sqrt(layer.n_in)  # A ~ U(-1/sqrt(n_in), 1/sqrt(n_in)), as in the LoRA reference code
+                a = keras.Variable(rng.uniform(-bound, bound, (layer.n_in, rank)).astype(np.float32),
+                                   name=key.replace("/", "_") + "_lora_a")
+                b = keras.Variable(np.zeros((rank, layer.n_out), np.float32), name=key.replace("/", "_") + "_lora_b")
+                self.adapters[key] = (a, b)
+                self._patch(layer, a, b)
+
+    def _patch(self, layer, a, b):
+        def call(x):
+            y = Conv1D.call(layer, x)
+            dtype = layer.compute_dtype
+            x2d = tf.reshape(x, [-1, layer.n_in])  # [batch*seq, n_in]
+            delta = tf.matmul(tf.matmul(x2d, tf.cast(a, dtype)), tf.cast(b * self.scale, dtype))
+            return y + tf.reshape(delta, tf.shape(y))  # [..., n_out]
+
+        layer.call = call
+
+    @property
+    def variables(self):
+        return [v for pair in self.adapters.values() for v in pair]
+
+    def merged_tensors(self, model):
+        tensors = {checkpoint_key(v): tf.convert_to_tensor(v.value) for v in model.weights}
+        for key, (a, b) in self.adapters.items():
+            tensors[key] = tensors[key] + tf.matmul(a.value, b.value * self.scale)[None]  # [1, n_in, n_out]
+        return tensors
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The compiled steps
+
+class Trainer:
+    """A model, the variables it trains, their optimizer, and the train and eval steps compiled once."""
+
+    def __init__(self, model, config, *, loss_scaling=False):
+        self.model, self.config = model, config
+        self.lora = LoRA(model, rank=config.lora_rank, alpha=config.lora_alpha, seed=config.seed) \
+            if config.lora_rank else None
+        if config.recompute:
+            recompute_blocks(model)
+        if self.lora:
+            self.variables = self.lora.variables
+        elif config.only_train_transformer_layers:
+            self.variables = [v for v in model.trainable_variables if checkpoint_key(v).startswith("model/h")]
+        else:
+            self.variables = list(model.trainable_variables)
+        self.loss_scaling = loss_scaling
+        self.optimizer = make_optimizer(config, self.variables, loss_scaling=loss_scaling)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")  # steps tried (fp16 may skip)
+        self.data_index = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_index")  # batches consumed
+        self.state = tf.train.Checkpoint(optimizer=list(self.optimizer.variables), step=self.step,
+                                         data_index=self.data_index,
+                                         adapters=self.lora.variables if self.lora else [])
+        # XLA compiles the forward and backward pass; the optimizer's update runs outside it, because XLA on CPU
+        # writes updated variables to new buffers: a second copy of the weights (1558M would not fit in 24 GB).
+        # No autograph: the steps are plain TF code, and converting Keras' internals only slows tracing.
+        self._grads = tf.function(self._loss_and_grads, jit_compile=config.xla, autograph=False)
+        self._train = tf.function(self._train_step, autograph=False)
+        self._eval = tf.function(self._eval_step, jit_compile=config.xla, autograph=False)
+
+    def _loss_and_grads(self, tokens, weights, total_weight):
+        with tf.GradientTape() as tape:
+            logits = self.model(tokens[:, :-1])  # [batch, length, n_vocab] float32
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits)
+            loss = tf.reduce_sum(losses * weights) / total_weight
+            scaled = self.optimizer.scale_loss(loss) if self.loss_scaling else loss
+        grads = tape.gradient(scaled, self.variables)
+        return loss, [tf.convert_to_tensor(g) for g in grads]  # embedding gathers give IndexedSlices
+
+    def _train_step(self, tokens, weights):
+        """One optimizer step on `tokens [micro, batch, length + 1]` and loss `weights [micro, batch, length]`."""
+        # Each micro-batch's loss is divided by the weight of all of them, so the summed gradients are exactly
+        # those of one micro * batch batch (and padding counts nowhere).
+        total_weight = tf.maximum(tf.reduce_sum(weights), 1.0)
+        loss, grads = self._grads(tokens[0], weights[0], total_weight)
+        if self.config.accumulate_gradients > 1:  # a while loop: one micro-batch's activations live at a time
+            def body(i, loss, grads):
+                micro_loss, micro_grads = self._grads(tokens[i], weights[i], total_weight)
+                return i + 1, loss + micro_loss, [g + m for g, m in zip(grads, micro_grads)]
+
+            _, loss, grads = tf.while_loop(lambda i, *_: i < tf.shape(tokens)[0], body, (1, loss, grads))
+        if self.loss_scaling:  # the loss scaler skips non-finite steps itself
+            self.optimizer.apply(grads, self.variables)
+        else:  # a NaN step must not touch the weights
+            tf.cond(tf.math.is_finite(loss), lambda: self.optimizer.apply(grads, self.variables) or tf.no_op(),
+                    tf.no_op)
+        self.step.assign_add(1)
+        self.data_index.assign_add(tf.cast(tf.shape(tokens)[0], tf.int64))
+        return loss
+
+    def _eval_step(self, tokens, weights):
+        logits = self.model(tokens[:, :-1])
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits)
+        return tf.reduce_sum(losses * weights), tf.reduce_sum(weights)
+
+    def train_step(self, tokens, weights):
+        """Run one step; returns its loss (a float)."""
+        return float(self._train(tf.constant(tokens, tf.int32), tf.constant(weights, tf.float32)))
+
+    def evaluate(self, batches):
+        """Mean loss per target token over `batches`."""
+        total = count = 0.0
+        for batch in batches:
+            loss_sum, weight = self._eval(tf.constant(batch.tokens), tf.constant(batch.weights))
+            total, count = total + float(loss_sum), count + float(weight)
+        return total / max(count, 1.0)
+
+    @property
+    def learning_rate(self):
+        return float(self.optimizer.learning_rate)
+
+    def weights_to_save(self):
+        """{checkpoint key: tensor}: the model as plain GPT-2 weights (LoRA merged)."""
+        if self.lora:
+            return self.lora.merged_tensors(self.model)
+        return {checkpoint_key(v): tf.convert_to_tensor(v.value) for v in self.model.weights}
+
+    def weights_are_finite(self):
+        return all(bool(tf.reduce_all(tf.math.is_finite(v.value))) for v in self.variables)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run dir
+
+class RunDir:
+    """Checkpoints in a run dir: step-numbered OpenAI-layout weights plus training state, named by `checkpoint`."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise GPT2TFError(f"cannot write to --output_dir {self.path} ({err.strerror}); choose a writable "
+                              f"directory") from None
+
+    def checkpoints(self):
+        """The steps of the checkpoints the state file lists, oldest first (empty for a new run)."""
+        state = self.path / STATE_FILE
+        if not state.is_file():
+            return []
+        text = state.read_text(encoding="utf-8")
+        steps = [int(s) for s in re.findall(r'^all_model_checkpoint_paths:\s*"model\.ckpt-(\d+)"', text, re.M)]
+        latest = re.search(r'^model_checkpoint_path:\s*"model\.ckpt-(\d+)"', text, re.M)
+        if not latest:
+            raise GPT2TFError(f"{state} does not name a step checkpoint (model.ckpt-<step>): {self.path} is a model "
+                              f"dir, not a run dir; pass it as --model_dir and choose another --output_dir")
+        return [s for s in steps if s != int(latest.group(1))] + [int(latest.group(1))]
+
+    def weights_prefix(self, step):
+        return str(self.path / WEIGHTS_PREFIX.format(step=step))
+
+    def state_prefix(self, step):
+        return str(self.path / STATE_DIR / f"ckpt-{step}")
+
+    def write_model_files(self, hparams):
+        """hparams.json and the vocab files: what makes the run dir a model dir besides its weights."""
+        hparams.to_json(self.path / HPARAMS_FILE)
+        for name in VOCAB_FILES:
+            if not (self.path / name).is_file():
+                shutil.copyfile(VOCAB_DIR / name, self.path / f"{name}.tmp-{os.getpid()}")
+                os.replace(self.path / f"{name}.tmp-{os.getpid()}", self.path / name)
+
+    def save(self, step, tensors, state, keep):
+        """Write checkpoint `step`: weights, training state, then the state file naming it; keep the last `keep`."""
+        tag = f".tmp-{os.getpid()}"
+        names = sorted(tensors)
+        prefix = self.weights_prefix(step)
+        tf.raw_ops.SaveV2(prefix=prefix + tag, tensor_names=names, shape_and_slices=[""] * len(names),
+                          tensors=[tensors[n] for n in names])
+        _replace_bundle(prefix + tag, prefix)
+        (self.path / STATE_DIR).mkdir(exist_ok=True)
+        written = state.write(self.state_prefix(step) + tag)
+        _replace_bundle(written, self.state_prefix(step))
+        kept = [s for s in self.checkpoints() if s != step][-(keep - 1):] if keep > 1 else []
+        kept.append(step)
+        lines = [f'model_checkpoint_path: "{WEIGHTS_PREFIX.format(step=step)}"']
+        lines += [f'all_model_checkpoint_paths: "{WEIGHTS_PREFIX.format(step=s)}"' for s in kept]
+        _write_atomic(self.path / STATE_FILE, "\n".join(lines) + "\n")  # last: the checkpoint now exists
+        self._prune(kept)
+
+    def _prune(self, kept):
+        keep = {WEIGHTS_PREFIX.format(step=s) for s in kept} | {f"ckpt-{s}" for s in kept}
+        for directory in (self.path, self.path / STATE_DIR):
+            for f in directory.glob("*ckpt-*"):
+                if f.name.split(".index")[0].split(".data-")[0] not in keep:
+                    f.unlink(missing_ok=True)
+
+    def truncate_metrics(self, step):
+        """Drop metrics logged after `step`: a resumed run logs those steps again."""
+        path = self.path / METRICS_FILE
+        if path.is_file():
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+                     if line.strip() and json.loads(line).get("step", 0) <= step]
+            _write_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def _replace_bundle(temp_prefix, prefix):
+    """Rename a TF bundle (`.index` + `.data-*`) written under `temp_prefix` to `prefix`; the index goes last."""
+    temp = Path(temp_prefix)
+    for data in sorted(temp.parent.glob(temp.name + ".data-*")):
+        os.replace(data, prefix + data.name[len(temp.name):])
+    os.replace(f"{temp_prefix}.index", f"{prefix}.index")
+
+
+def _write_atomic(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _step_of(prefix):
+    match = re.search(r"model\.ckpt-(\d+)$", str(prefix))
+    return int(match.group(1)) if match else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+class _StopRequest:
+    """Ctrl-C (or SIGTERM) asks the loop to checkpoint and stop after the current step; a second press kills."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # the next press acts at once
+        print("\nstopping after this step (press Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def finetune(config):
+    """Train as `config` says; returns the run dir (a model dir). Ctrl-C checkpoints, then raises KeyboardInterrupt."""
+    run = RunDir(config.output_dir)
+    start_from = _start_point(config, run)
+    hparams = _hparams(config, start_from)
+    length = config.length or hparams.n_ctx
+    if length > hparams.n_ctx:
+        raise GPT2TFError(f"--length {length} is longer than the model's context (n_ctx {hparams.n_ctx})")
+
+    tokenizer = get_encoder()
+    if len(tokenizer) > hparams.n_vocab:
+        raise GPT2TFError(f"the model's n_vocab ({hparams.n_vocab}) is smaller than the tokenizer's "
+                          f"{len(tokenizer)} ids; use --n_vocab {len(tokenizer)}")
+    train_data, val_data = _load_data(config, tokenizer, length)
+
+    policy, loss_scaling = resolve_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    model = _build_model(config, hparams, policy, start_from)
+    trainer = Trainer(model, config, loss_scaling=loss_scaling)
+    if start_from.state:
+        _restore_state(trainer, start_from.state)
+    run.write_model_files(hparams)
+    config.to_json(run.path / CONFIG_FILE)
+    start = int(trainer.step.numpy())
+    run.truncate_metrics(start)
+
+    end = min(config.total_steps, config.max_steps or config.total_steps)
+    batch_shape = dict(batch_size=config.batch_size, length=length, seed=config.seed)
+    val_batches = [val_data.batch(i, batch_size=config.batch_size, length=length, seed=0)
+                   for i in range(config.val_batches)] if val_data else []
+    saved_step = start_from.step if start_from.model_dir == run.path else None
+    writer = tf.summary.create_file_writer(str(run.path / "tensorboard"))
+    tokens_per_step = config.accumulate_gradients * config.batch_size * length
+    trained = sum(int(np.prod(v.shape)) for v in trainer.variables)
+    print(f"training {trained / 1e6:.2f}M of {hparams.num_parameters / 1e6:.1f}M parameters on {train_data.name}: "
+          f"steps {start}..{end} of {config.total_steps}, {tokens_per_step:,} tokens per step, {policy}, "
+          f"{config.optimizer}", file=sys.stderr)
+
+    def save(step):
+        nonlocal saved_step
+        if step == saved_step:
+            return
+        if not trainer.weights_are_finite():
+            raise GPT2TFError(f"the weights are no longer finite at step {step}; not saved. The last good "
+                              f"checkpoint is {_describe(run, saved_step)}; lower --base_lr or set --clip_norm")
+        run.save(step, trainer.weights_to_save(), trainer.state, config.keep_checkpoints)
+        saved_step = step
+
+    losses, window_seconds, window_tokens = [], 0.0, 0  # tokens/s counts training time only
+    step, loss = start, float("nan")
+    progress = tqdm(total=end, initial=start, desc="training", unit="step", file=sys.stderr, disable=None,
+                    dynamic_ncols=True)
+    with _StopRequest() as stop, writer.as_default(), progress:
+        while step < end and not stop.requested:
+            index = int(trainer.data_index.numpy())
+            micro = [train_data.batch(index + i, **batch_shape) for i in range(config.accumulate_gradients)]
+            lr = trainer.learning_rate
+            started = time.perf_counter()
+            loss = trainer.train_step(np.stack([b.tokens for b in micro]), np.stack([b.weights for b in micro]))
+            window_seconds += time.perf_counter() - started
+            step = int(trainer.step.numpy())
+            if not math.isfinite(loss):
+                if loss_scaling:
+                    tqdm.write(f"step {step}: loss {loss}; step skipped and loss scale lowered", file=sys.stderr)
+                    continue
+                raise GPT2TFError(f"the loss became {loss} at step {step} (learning rate {lr:.3g}); stopped. The last "
+                                  f"good checkpoint is {_describe(run, saved_step)}; lower --base_lr, keep "
+                                  f"--clip_norm on, or use --precision float32")
+            losses.append(loss)
+            window_tokens += tokens_per_step
+            progress.update(1)
+            if step % config.log_every == 0 or step == end:
+                record = {"step": step, "loss": round(float(np.mean(losses)), 5), "lr": float(f"{lr:.6g}"),
+                          "tokens_per_s": round(window_tokens / max(window_seconds, 1e-9), 1)}
+                _log(run, record)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}",
+                                     tok_s=f"{record['tokens_per_s']:.0f}")
+                if progress.disable:  # not a terminal: a plain line instead of the bar
+                    print(json.dumps(record), file=sys.stderr, flush=True)
+                losses, window_seconds, window_tokens = [], 0.0, 0
+            if val_batches and ((config.val_every and step % config.val_every == 0)
+                                or (not config.val_every and step % config.steps_per_epoch == 0) or step == end):
+                val_loss = trainer.evaluate(val_batches)
+                _log(run, {"step": step, "val_loss": round(val_loss, 5),
+                           "val_perplexity": round(math.exp(min(val_loss, 50)), 3)})
+                tqdm.write(f"step {step}: validation loss {val_loss:.4f}, perplexity {math.exp(min(val_loss, 50)):.2f}",
+                           file=sys.stderr)
+            if config.sample_every and step % config.sample_every == 0:
+                tqdm.write(f"--- sample at step {step} ---\n{_sample(model, tokenizer, config, step)}\n---",
+                           file=sys.stderr)
+            if config.save_every and step % config.save_every == 0:
+                save(step)
+        save(step)
+    _print_usage(run, config, step, loss, interrupted=stop.requested)
+    if stop.requested:
+        raise KeyboardInterrupt
+    return run.path
+
+
+def _load_data(config, tokenizer, length):
+    """(training data, validation data or None), each checked to hold at least one window."""
+    def load(path, split):
+        dataset = load_dataset(config.data_loader, path, tokenizer=tokenizer, split=split,
+                               feature=config.text_feature, cache_dir=config.cache_dir)
+        dataset.check_fits(length)
+        if config.summary_only:  # cnndm's Examples
+            dataset.loss_on = "completion"
+        return dataset
+
+    val_data = load(config.val_dataset_path, config.val_split) if config.val_dataset_path else None
+    return load(config.dataset_path, config.split), val_data
+
+
+def _restore_state(trainer, prefix):
+    try:
+        trainer.state.read(prefix).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as err:
+        raise GPT2TFError(f"cannot restore the training state {prefix} ({str(err).splitlines()[0]}): it was saved "
+                          f"with another --optimizer, --precision, --lora_rank or --only_train_transformer_layers; "
+                          f"use the run's own settings") from None
+
+
+def _print_usage(run, config, step, loss, *, interrupted):
+    """Where the model is and what to do with it."""
+    if interrupted or step < config.total_steps:
+        print(f"\n{'interrupted' if interrupted else 'stopped'} at step {step} of {config.total_steps}; saved in "
+              f"{run.path}. Continue with: python finetune.py --output_dir {run.path}", file=sys.stderr)
+        return
+    print(f"\ndone: step {step}, loss {loss:.4f}. The model is {run.path} (a GPT-2 model dir):\n"
+          f"  python inference.py --model_dir {run.path} --starter \"...\"\n"
+          f"  python -c \"import gpt2tf; model = gpt2tf.load_model('{run.path}')\"\n"
+          f"  python finetune.py --output_dir {run.path} --num_epoch {config.num_epoch + 1}   # train longer",
+          file=sys.stderr)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StartPoint:
+    """What a run starts from; all None for a new run (weights from --model_dir or a random init)."""
+
+    model_dir: Path = None  # holds the hparams.json
+    weights: str = None  # checkpoint prefix
+    state: str = None  # training-state prefix (optimizer, step, data position), when there is one
+    step: int = None
+
+
+def _start_point(config, run):
+    checkpoints = run.checkpoints()
+    if config.restore_from == "latest" and checkpoints:
+        step = checkpoints[-1]
+        return _StartPoint(run.path, run.weights_prefix(step), run.state_prefix(step), step)
+    if config.restore_from in ("latest", "fresh"):
+        return _StartPoint()
+    source_dir, prefix = resolve_checkpoint(config.restore_from)
+    step = _step_of(prefix)
+    state = RunDir(source_dir).state_prefix(step) if step is not None else None
+    return _StartPoint(Path(source_dir), prefix, state if Path(f"{state}.index").is_file() else None, step)
+
+
+def _hparams(config, start_from):
+    if start_from.model_dir is not None:
+        return load_hparams(start_from.model_dir)
+    if config.init == "random":
+        given = {n: getattr(config, n) for n in HPARAM_FIELDS if getattr(config, n) is not None}
+        base = load_hparams(config.model_dir) if config.model_dir else HParams()
+        return base.replace(**given)
+    return load_hparams(resolve_checkpoint(config.model_dir)[0])
+
+
+def _build_model(config, hparams, policy, start_from):
+    """The model with its starting weights: a checkpoint to resume, the pretrained model, or a random init."""
+    weights = start_from.weights
+    if config.lora_rank and start_from.state:
+        weights = resolve_checkpoint(config.model_dir)[1]  # the saved weights have the adapters merged in
+    if weights:
+        model = GPT2(hparams, initializer="empty", dtype=policy)
+        restore_weights(model, weights)
+        return model
+    if config.init == "random":
+        return GPT2(hparams, initializer="random", dtype=policy)
+    return load_model(config.model_dir, dtype=policy)
+
+
+def _describe(run, step):
+    return f"step {step} in {run.path}" if step is not None else "none (nothing was saved)"
+
+
+def _log(run, record):
+    with open(run.path / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    for name, value in record.items():
+        if name != "step":  # what tf.summary.scalar writes, without needing the tensorboard package
+            tf.summary.write(name, tf.constant(value, tf.float32), step=record["step"], metadata=_SCALAR_METADATA)
+
+
+def _sample(model, tokenizer, config, step):
+    from gpt2tf.sample import generate
+
+    prompt = tokenizer.encode(config.sample_prompt) if config.sample_prompt else []
+    (ids,) = generate(model, [prompt], length=config.sample_length, top_k=40, seed=config.seed + step)
+    return config.sample_prompt + tokenizer.decode(ids)
