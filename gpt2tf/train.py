@@ -600,7 +600,7 @@ def finetune(config):
     writer = tf.summary.create_file_writer(str(run.path / "tensorboard"))
     tokens_per_step = config.accumulate_gradients * config.batch_size * length
     trained = sum(int(np.prod(v.shape)) for v in trainer.variables)
-    print(f"training {trained / 1e6:.2f}M of {hparams.num_parameters / 1e6:.1f}M parameters on {train_data.name}: "
+    print(f"training {trained / 1e6:.2f}M of {hparams.num_parameters / 1e6:.2f}M parameters on {train_data.name}: "
           f"steps {start}..{end} of {config.total_steps}, {tokens_per_step:,} tokens per step, {policy}, "
           f"{config.optimizer}", file=sys.stderr)
 
