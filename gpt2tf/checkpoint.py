@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.files import write_text_atomic
 from gpt2tf.hparams import HParams
 from gpt2tf.model import GPT2
 
@@ -83,12 +84,27 @@ def resolve_checkpoint(path):
 
 
 def _prefix_from_state(state):
+    latest, _ = read_state_file(state.parent)
+    return Path(latest)
+
+
+def read_state_file(model_dir):
+    """`(latest, all)`: the prefixes the `checkpoint` state file names (as written, usually relative)."""
+    state = Path(model_dir) / STATE_FILE
     text = state.read_text(encoding="utf-8", errors="replace")
-    match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
-    if not match:
+    unquote = lambda m: m.encode("utf-8").decode("unicode_escape")  # noqa: E731
+    latest = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
+    if not latest:
         raise GPT2TFError(f"{state} has no model_checkpoint_path line; it should read "
                           f'model_checkpoint_path: "{PREFIX_NAME}"')
-    return Path(match.group(1).encode("utf-8").decode("unicode_escape"))
+    every = re.findall(r'^all_model_checkpoint_paths:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
+    return unquote(latest.group(1)), [unquote(p) for p in every]
+
+
+def write_state_file(model_dir, prefixes):
+    """Name `prefixes[-1]` as the latest checkpoint and all of them as kept; atomic, so write it last."""
+    lines = [f'model_checkpoint_path: "{prefixes[-1]}"'] + [f'all_model_checkpoint_paths: "{p}"' for p in prefixes]
+    write_text_atomic(Path(model_dir) / STATE_FILE, "\n".join(lines) + "\n")
 
 
 def load_hparams(model_dir):
@@ -219,31 +235,18 @@ def write_synthetic_checkpoint(model_dir, hparams, *, seed=0):
 def write_model_dir(model_dir, hparams, tensors):
     """Write hparams, vocab and a single-shard bundle of `tensors` ({key: tensor}) in OpenAI's layout.
 
-    A new dir is written beside its final name and renamed into place. An existing dir gets every file under a
-    temporary name first and the `checkpoint` state file last, so an interruption never leaves a dir that looks
-    complete but mixes old and new tensors undetected (the bundle's size and checksums are verified on load).
+    A new dir is written beside its final name and renamed into place. In an existing dir every file is written
+    under a temporary name and renamed, and the `checkpoint` state file goes last, so an interruption never leaves
+    a dir that looks complete but mixes old and new tensors undetected (sizes and checksums are verified on load).
     """
     model_dir = Path(model_dir)
     fresh = not model_dir.exists()
     work_dir = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}") if fresh else model_dir
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
-        tag = f".tmp-{os.getpid()}"
-        names = sorted(tensors)
-        tf.raw_ops.SaveV2(prefix=str(work_dir / (PREFIX_NAME + tag)), tensor_names=names,
-                          shape_and_slices=[""] * len(names), tensors=[tensors[n] for n in names])
-        staged = {PREFIX_NAME + tag + ".data-00000-of-00001": PREFIX_NAME + ".data-00000-of-00001",
-                  PREFIX_NAME + tag + ".index": PREFIX_NAME + ".index"}
-        for vocab_file in VOCAB_FILES:
-            shutil.copyfile(VOCAB_DIR / vocab_file, work_dir / (vocab_file + tag))
-            staged[vocab_file + tag] = vocab_file
-        hparams.to_json(work_dir / (HPARAMS_FILE + tag))
-        staged[HPARAMS_FILE + tag] = HPARAMS_FILE
-        (work_dir / (STATE_FILE + tag)).write_text(
-            f'model_checkpoint_path: "{PREFIX_NAME}"\nall_model_checkpoint_paths: "{PREFIX_NAME}"\n')
-        staged[STATE_FILE + tag] = STATE_FILE  # last: the dir names its checkpoint only once all is in place
-        for temp, final in staged.items():
-            os.replace(work_dir / temp, work_dir / final)
+        write_bundle(work_dir / PREFIX_NAME, tensors)
+        write_model_files(work_dir, hparams)
+        write_state_file(work_dir, [PREFIX_NAME])
         if fresh:
             os.replace(work_dir, model_dir)
     except (OSError, tf.errors.OpError) as err:
@@ -254,3 +257,29 @@ def write_model_dir(model_dir, hparams, tensors):
             shutil.rmtree(work_dir, ignore_errors=True)
         for leftover in model_dir.glob(f"*.tmp-{os.getpid()}*") if model_dir.exists() else ():
             leftover.unlink(missing_ok=True)
+
+
+def write_model_files(model_dir, hparams):
+    """hparams.json and the vocab files: what makes a dir a model dir besides its weights."""
+    hparams.to_json(Path(model_dir) / HPARAMS_FILE)
+    for name in VOCAB_FILES:
+        temp = Path(model_dir) / f"{name}.tmp-{os.getpid()}"
+        shutil.copyfile(VOCAB_DIR / name, temp)
+        os.replace(temp, Path(model_dir) / name)
+
+
+def write_bundle(prefix, tensors):
+    """Write {key: tensor} as a single-shard TF bundle at `prefix` (under a temporary name, then renamed)."""
+    temp = f"{prefix}.tmp-{os.getpid()}"
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(prefix=temp, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tensors[n] for n in names])
+    replace_bundle(temp, str(prefix))
+
+
+def replace_bundle(temp_prefix, prefix):
+    """Rename a TF bundle (`.index` + `.data-*`) written under `temp_prefix` to `prefix`; the index goes last."""
+    temp = Path(temp_prefix)
+    for data in sorted(temp.parent.glob(temp.name + ".data-*")):
+        os.replace(data, prefix + data.name[len(temp.name):])
+    os.replace(f"{temp_prefix}.index", f"{prefix}.index")

@@ -5,9 +5,9 @@ Field names are the keys of OpenAI's `hparams.json`, verbatim, so a file round-t
 
 import dataclasses
 import json
-import os
 
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.files import write_text_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +68,8 @@ class HParams:
         return cls.from_dict(values, source=str(path))
 
     def to_json(self, path):
-        """Write `hparams.json` atomically (temp file + rename)."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(dataclasses.asdict(self), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        """Write `hparams.json` atomically."""
+        write_text_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

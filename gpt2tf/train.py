@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import sys
 import threading
@@ -34,11 +33,13 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
-from gpt2tf.checkpoint import (HPARAMS_FILE, STATE_FILE, VOCAB_DIR, VOCAB_FILES, checkpoint_key, load_hparams,
-                               load_model, resolve_checkpoint, restore_weights)
+from gpt2tf.checkpoint import (STATE_FILE, checkpoint_key, load_hparams, load_model, read_state_file,
+                               replace_bundle, resolve_checkpoint, restore_weights, write_bundle, write_model_files,
+                               write_state_file)
 from gpt2tf.data import LOADERS, load_dataset
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.files import write_text_atomic
 from gpt2tf.hparams import HParams
 from gpt2tf.model import GPT2, Conv1D
 from gpt2tf.schedules import SCHEDULES, LearningRate, parse_epochs
@@ -132,7 +133,7 @@ class TrainConfig:
 
     def to_json(self, path):
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in SESSION_FIELDS}
-        _write_atomic(path, json.dumps(values, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(values, indent=2) + "\n")
 
 
 def configure(flags):
@@ -458,16 +459,15 @@ class RunDir:
 
     def checkpoints(self):
         """The steps of the checkpoints the state file lists, oldest first (empty for a new run)."""
-        state = self.path / STATE_FILE
-        if not state.is_file():
+        if not (self.path / STATE_FILE).is_file():
             return []
-        text = state.read_text(encoding="utf-8")
-        steps = [int(s) for s in re.findall(r'^all_model_checkpoint_paths:\s*"model\.ckpt-(\d+)"', text, re.M)]
-        latest = re.search(r'^model_checkpoint_path:\s*"model\.ckpt-(\d+)"', text, re.M)
-        if not latest:
-            raise GPT2TFError(f"{state} does not name a step checkpoint (model.ckpt-<step>): {self.path} is a model "
-                              f"dir, not a run dir; pass it as --model_dir and choose another --output_dir")
-        return [s for s in steps if s != int(latest.group(1))] + [int(latest.group(1))]
+        latest, every = read_state_file(self.path)
+        if _step_of(latest) is None:
+            raise GPT2TFError(f"{self.path / STATE_FILE} does not name a step checkpoint (model.ckpt-<step>): "
+                              f"{self.path} is a model dir, not a run dir; pass it as --model_dir and choose "
+                              f"another --output_dir")
+        steps = [_step_of(p) for p in every if _step_of(p) is not None]
+        return [s for s in steps if s != _step_of(latest)] + [_step_of(latest)]
 
     def weights_prefix(self, step):
         return str(self.path / WEIGHTS_PREFIX.format(step=step))
@@ -476,29 +476,16 @@ class RunDir:
         return str(self.path / STATE_DIR / f"ckpt-{step}")
 
     def write_model_files(self, hparams):
-        """hparams.json and the vocab files: what makes the run dir a model dir besides its weights."""
-        hparams.to_json(self.path / HPARAMS_FILE)
-        for name in VOCAB_FILES:
-            if not (self.path / name).is_file():
-                shutil.copyfile(VOCAB_DIR / name, self.path / f"{name}.tmp-{os.getpid()}")
-                os.replace(self.path / f"{name}.tmp-{os.getpid()}", self.path / name)
+        write_model_files(self.path, hparams)
 
     def save(self, step, tensors, state, keep):
         """Write checkpoint `step`: weights, training state, then the state file naming it; keep the last `keep`."""
-        tag = f".tmp-{os.getpid()}"
-        names = sorted(tensors)
-        prefix = self.weights_prefix(step)
-        tf.raw_ops.SaveV2(prefix=prefix + tag, tensor_names=names, shape_and_slices=[""] * len(names),
-                          tensors=[tensors[n] for n in names])
-        _replace_bundle(prefix + tag, prefix)
+        write_bundle(self.weights_prefix(step), tensors)
         (self.path / STATE_DIR).mkdir(exist_ok=True)
-        written = state.write(self.state_prefix(step) + tag)
-        _replace_bundle(written, self.state_prefix(step))
+        replace_bundle(state.write(self.state_prefix(step) + f".tmp-{os.getpid()}"), self.state_prefix(step))
         kept = [s for s in self.checkpoints() if s != step][-(keep - 1):] if keep > 1 else []
         kept.append(step)
-        lines = [f'model_checkpoint_path: "{WEIGHTS_PREFIX.format(step=step)}"']
-        lines += [f'all_model_checkpoint_paths: "{WEIGHTS_PREFIX.format(step=s)}"' for s in kept]
-        _write_atomic(self.path / STATE_FILE, "\n".join(lines) + "\n")  # last: the checkpoint now exists
+        write_state_file(self.path, [WEIGHTS_PREFIX.format(step=s) for s in kept])  # last: the checkpoint exists
         self._prune(kept)
 
     def _prune(self, kept):
@@ -514,24 +501,7 @@ class RunDir:
         if path.is_file():
             lines = [line for line in path.read_text(encoding="utf-8").splitlines()
                      if line.strip() and json.loads(line).get("step", 0) <= step]
-            _write_atomic(path, "".join(line + "\n" for line in lines))
-
-
-def _replace_bundle(temp_prefix, prefix):
-    """Rename a TF bundle (`.index` + `.data-*`) written under `temp_prefix` to `prefix`; the index goes last."""
-    temp = Path(temp_prefix)
-    for data in sorted(temp.parent.glob(temp.name + ".data-*")):
-        os.replace(data, prefix + data.name[len(temp.name):])
-    os.replace(f"{temp_prefix}.index", f"{prefix}.index")
-
-
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+            write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def _step_of(prefix):

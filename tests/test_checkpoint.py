@@ -11,7 +11,6 @@ import tensorflow as tf
 import gpt2tf
 from gpt2tf.checkpoint import checkpoint_key, openai_tensor_shapes
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.hparams import HParams
 
 OPENAI_FILES = ["checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
                 "model.ckpt.index", "vocab.bpe"]

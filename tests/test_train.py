@@ -209,19 +209,21 @@ def test_run_dir_is_a_model_dir_with_the_last_k_checkpoints(tmp_path, bpe_model_
 
 def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, bpe_model_dir, corpus, monkeypatch):
     cfg = config(tmp_path, bpe_model_dir, corpus, save_every=2, num_epoch=1)
-    original = train._write_atomic
+    import gpt2tf.checkpoint as checkpoint_module
+
+    original = checkpoint_module.write_text_atomic  # what writes the `checkpoint` state file
 
     def dying(path, text):  # the process dies just before the state file would name the new checkpoint
         if Path(path).name == "checkpoint" and "model.ckpt-3" in text:
             raise OSError("killed")
         return original(path, text)
 
-    monkeypatch.setattr(train, "_write_atomic", dying)
+    monkeypatch.setattr(checkpoint_module, "write_text_atomic", dying)
     with pytest.raises(OSError):
         train.finetune(cfg)
     assert train.RunDir(cfg.output_dir).checkpoints() == [2]
     before = weights_of(gpt2tf.load_model(cfg.output_dir))
-    monkeypatch.setattr(train, "_write_atomic", original)
+    monkeypatch.setattr(checkpoint_module, "write_text_atomic", original)
     train.finetune(train.configure({"output_dir": cfg.output_dir}))  # resumes from step 2
     assert train.RunDir(cfg.output_dir).checkpoints() == [2, 3]
     assert any(not np.array_equal(before[k], v) for k, v in weights_of(gpt2tf.load_model(cfg.output_dir)).items())
