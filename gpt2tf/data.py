@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gpt2tf.encoder import ENDOFTEXT
+from gpt2tf.encoder import ENDOFTEXT, split_exact
 from gpt2tf.errors import GPT2TFError
 
 CACHE_VERSION = 1  # bump when the cached arrays would change for the same input
@@ -113,7 +113,8 @@ class Examples:
 def encode_texts(tokenizer, texts, *, desc, allowed_special=frozenset()):
     """Each text's ids as a uint16/int32 array, encoded on all cores in chunks with a progress bar."""
     dtype = _token_dtype(tokenizer)
-    pieces = [_split_exact(text) for text in texts]  # long texts in parts, so one big file uses every core
+    # Long texts in parts, so one big file uses every core; an empty text has no parts (and no ids).
+    pieces = [list(split_exact(text, ENCODE_CHUNK_CHARS // 4)) if text else [] for text in texts]
     flat = [part for parts in pieces for part in parts]
     encoded = []
     with tqdm(total=sum(map(len, flat)), desc=desc, unit="char", unit_scale=True, file=sys.stderr,
@@ -132,22 +133,6 @@ def encode_texts(tokenizer, texts, *, desc, allowed_special=frozenset()):
         out.append(np.concatenate(encoded[start:start + len(parts)]) if parts else np.zeros(0, dtype))
         start += len(parts)
     return out
-
-
-def _split_exact(text, size=ENCODE_CHUNK_CHARS // 4):
-    """`text` in parts of about `size` characters whose encodings, concatenated, are the encoding of the whole."""
-    # A "\n" with non-space characters on both sides is always a pre-split piece of its own (see
-    # gpt2tf.encoder._chunks), so no BPE merge crosses a cut made just after it.
-    parts, start = [], 0
-    while len(text) - start > 2 * size:
-        cut = text.find("\n", start + size)
-        while cut != -1 and (text[cut - 1].isspace() or text[cut + 1:cut + 2].isspace()):
-            cut = text.find("\n", cut + 1)
-        if cut == -1:
-            break
-        parts.append(text[start:cut + 1])
-        start = cut + 1
-    return parts + [text[start:]] if text else []
 
 
 def _token_dtype(tokenizer):

@@ -26,7 +26,7 @@ HEAP_BPE_BYTES = 32
 CACHE_MAX_CHARS = 64
 # Below this many characters in total, `encode_batch` does not start worker processes.
 PARALLEL_MIN_CHARS = 1 << 20
-# Texts longer than this are encoded in chunks of about this many characters (see `_chunks`).
+# Texts longer than this are encoded in chunks of about this many characters (see `split_exact`).
 CHUNK_CHARS = 1 << 16
 
 
@@ -97,14 +97,16 @@ class _PieceCache(dict):
         return ids
 
 
-def _chunks(text: str):
-    """`text` in pieces of about CHUNK_CHARS that pre-split exactly as the whole does."""
+def split_exact(text: str, size: int | None = None):
+    """`text` in pieces of about `size` (default CHUNK_CHARS) characters that pre-split exactly as the whole does,
+    so their encodings, concatenated, are the encoding of the whole (used to encode long texts in parallel too)."""
+    size = size or CHUNK_CHARS
     # A "\n" between two non-whitespace characters is always a piece of its own (no alternative of PATTERN takes
     # it together with a neighbour, and \s+(?!\S) or \s+ match it alone whether text follows or not), so cutting
     # just after it changes no piece. str.isspace() is true for every \s character (tested), so it is safe here.
     start = 0
-    while len(text) - start > 2 * CHUNK_CHARS:
-        cut = text.find("\n", start + CHUNK_CHARS)
+    while len(text) - start > 2 * size:
+        cut = text.find("\n", start + size)
         while cut != -1 and (text[cut - 1].isspace() or text[cut + 1 : cut + 2].isspace()):
             cut = text.find("\n", cut + 1)
         if cut == -1:
@@ -177,7 +179,7 @@ class Encoder:
     def _encode_ordinary(self, text: str) -> list[int]:
         ids = []
         lookup = self._cache.__getitem__  # a miss runs BPE, so a hit never leaves C code
-        for chunk in _chunks(text):
+        for chunk in split_exact(text):
             ids.extend(chain.from_iterable(map(lookup, self._pieces(chunk))))
         return ids
 

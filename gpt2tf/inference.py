@@ -7,13 +7,12 @@ calls `gpt2tf.sample` and prints plain text or JSON lines, streaming when one sa
 import codecs
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.sample import SamplerConfig, generate_stream
+from gpt2tf.sample import SamplerConfig, cut_at_stop, generate_stream, random_seed
 
 DEFAULT_TOP_K = 40  # used unless --nucleus or an explicit --top_k says otherwise
 DEFAULT_TOP_P = 0.9  # what --nucleus uses when --top_p is not given
@@ -106,14 +105,15 @@ def run(config, out=sys.stdout):
     _generate_and_print(model, encoder, config, prompts, out)
 
 
-def _generate_and_print(model, encoder, config, prompts, out, *, header=True):
-    seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
+def _generate_and_print(model, encoder, config, prompts, out):
+    seed = config.seed if config.seed is not None else random_seed()  # drawn here so that jsonl can report it
+    stop = [unescape(s) for s in config.stop]
     stream = config.output == "plain" and (config.batch_size == 1 or len(prompts) * config.nsamples == 1)
     decoders = {}  # row -> incremental UTF-8 decoder, for streaming text that splits characters across tokens
     collected = {}
     rows = generate_stream(
         model, [encoder.encode(p) for p in prompts], length=config.output_length, config=config.sampler(),
-        seed=seed, nsamples=config.nsamples, batch_size=config.batch_size, stop=[unescape(s) for s in config.stop],
+        seed=seed, nsamples=config.nsamples, batch_size=config.batch_size, stop=stop,
         stop_at_eos=not config.no_eos_stop, truncate_prompt=config.truncate_prompt,
         chunk_steps=1 if stream else 32, jit_compile=not config.no_xla, encoder=encoder)
     current = None
@@ -124,25 +124,20 @@ def _generate_and_print(model, encoder, config, prompts, out, *, header=True):
                 if current is not None:
                     out.write("\n")
                 current = row
-                if header:
-                    _print_header(out, row, config.nsamples)
+                _print_header(out, row, config.nsamples)
                 decoders[row] = codecs.getincrementaldecoder("utf-8")(errors="replace")
             out.write(decoders[row].decode(encoder.decode_bytes(ids)))
             out.flush()
     if stream and current is not None:
         out.write("\n")
-    stop = [unescape(s) for s in config.stop]
     for row in range(len(prompts) * config.nsamples):
         ids = collected.get(row, [])
-        text = encoder.decode(ids)
-        cut = [text.find(s) for s in stop if s and s in text]
-        text = text[:min(cut)] if cut else text
+        text = cut_at_stop(encoder.decode(ids), stop)
         if config.output == "jsonl":
             out.write(json.dumps({"prompt": prompts[row // config.nsamples], "sample": row % config.nsamples,
                                   "text": text, "tokens": ids, "seed": seed}, ensure_ascii=False) + "\n")
         elif not stream or row not in decoders:  # streamed rows are already out; an empty one gets its header
-            if header:
-                _print_header(out, row, config.nsamples)
+            _print_header(out, row, config.nsamples)
             out.write(text + "\n")
     out.flush()
 

@@ -209,6 +209,11 @@ def _round_up(n, multiple):
     return -(-n // multiple) * multiple
 
 
+def random_seed():
+    """A fresh seed for when none is given (a non-negative int32, as the stateless generators take)."""
+    return int.from_bytes(os.urandom(4), "little") >> 1
+
+
 def _prepare_prompts(prompts, length, n_ctx, truncate_prompt):
     prepared = []
     for i, prompt in enumerate(prompts):
@@ -243,7 +248,7 @@ def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None
     if length >= n_ctx:
         raise GPT2TFError(f"length {length} must be below the model's context of {n_ctx} tokens")
     if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little") >> 1
+        seed = random_seed()
     stop = [s for s in stop if s]
     encoder = encoder or (get_encoder() if stop else None)
     rows = [p for p in _prepare_prompts(prompts, length, n_ctx, truncate_prompt) for _ in range(nsamples)]
@@ -344,9 +349,10 @@ def generate_text(model, prompts, *, encoder=None, stop=(), **kwargs):
     encoder = encoder or get_encoder()
     outputs = generate(model, [encoder.encode(p) for p in prompts], stop=stop, **kwargs)
     texts = [encoder.decode(ids) for ids in outputs]
-    return [_cut_text(t, stop) for t in texts]
+    return [cut_at_stop(t, stop) for t in texts]
 
 
-def _cut_text(text, stop):
+def cut_at_stop(text, stop):
+    """`text` up to the earliest of the `stop` strings in it."""
     hits = [text.find(s) for s in stop if s and s in text]
     return text[:min(hits)] if hits else text

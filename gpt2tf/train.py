@@ -291,20 +291,6 @@ def make_optimizer(config, variables, *, loss_scaling):
 # ---------------------------------------------------------------------------------------------------------------
 # Changes to a built model: recomputed blocks and LoRA adapters
 
-def recompute_blocks(model):
-    """Make each block keep only its input for the backward pass and recompute the rest there."""
-    for block in model.h:
-        forward = block.call
-
-        def call(x, mask, cache=None, cache_index=None, forward=forward):
-            if cache is not None:  # decoding: no backward pass
-                return forward(x, mask, cache, cache_index)
-            # tf.recompute_grad finds the block's variables by watching them, and the mask is a closure constant.
-            return tf.recompute_grad(lambda h: forward(h, mask)[0])(x), None
-
-        block.call = call  # Keras' __call__ dispatches to the instance attribute
-
-
 class LoRA:
     """Low-rank adapters on every attention and MLP projection: `y = x W + b + (x A) B * alpha / rank`.
 
@@ -357,8 +343,7 @@ class Trainer:
         self.model, self.config = model, config
         self.lora = LoRA(model, rank=config.lora_rank, alpha=config.lora_alpha, seed=config.seed) \
             if config.lora_rank else None
-        if config.recompute:
-            recompute_blocks(model)
+        model.recompute = config.recompute
         if self.lora:
             self.variables = self.lora.variables
         elif config.only_train_transformer_layers:

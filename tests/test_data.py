@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gpt2tf import data
-from gpt2tf.encoder import Encoder, get_encoder
+from gpt2tf.encoder import Encoder, get_encoder, split_exact
 from gpt2tf.errors import GPT2TFError
 
 EOT = 50256
@@ -121,7 +121,7 @@ def test_tokenising_is_cached_by_content_and_tokenizer(tmp_path, enc, monkeypatc
 
 def test_split_for_parallel_encoding_is_exact(enc):
     text = "First line.\nSecond line, longer.\n\n  indented\nword\n" * 200
-    parts = data._split_exact(text, size=300)
+    parts = list(split_exact(text, 300))  # how encode_texts cuts long texts for parallel encoding
     assert len(parts) > 5 and "".join(parts) == text
     assert sum((enc.encode(p) for p in parts), []) == enc.encode(text)
 

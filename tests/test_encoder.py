@@ -183,13 +183,13 @@ def test_factored_contractions_split_like_openais_pattern(corpus):
 def test_chunking_changes_no_token(enc, reference, monkeypatch):
     text = "".join(_adversarial_documents(random.Random(7), 300))
     monkeypatch.setattr(encoder_module, "CHUNK_CHARS", 50)
-    assert len(list(encoder_module._chunks(text))) > 100
-    assert "".join(encoder_module._chunks(text)) == text
+    assert len(list(encoder_module.split_exact(text))) > 100
+    assert "".join(encoder_module.split_exact(text)) == text
     assert enc.encode(text) == reference.encode_ordinary(text)
 
 
 def test_whitespace_is_a_subset_of_str_isspace():
-    # `_chunks` uses str.isspace() to find cuts; that is safe only if every \s of `regex` is isspace().
+    # `split_exact` uses str.isspace() to find cuts; that is safe only if every \s of `regex` is isspace().
     everything = "".join(chr(cp) for cp in range(0x110000))
     assert all(c.isspace() for c in regex.findall(r"\s", everything))
 
