@@ -523,18 +523,23 @@ class _StopRequest:
 
 def finetune(config):
     """Train as `config` says; returns the run dir (a model dir). Ctrl-C checkpoints, then raises KeyboardInterrupt."""
+    created = not Path(config.output_dir).exists()
     run = RunDir(config.output_dir)
-    start_from = _start_point(config, run)
-    hparams = _hparams(config, start_from)
-    length = config.length or hparams.n_ctx
-    if length > hparams.n_ctx:
-        raise GPT2TFError(f"--length {length} is longer than the model's context (n_ctx {hparams.n_ctx})")
-
-    tokenizer = get_encoder()
-    if len(tokenizer) > hparams.n_vocab:
-        raise GPT2TFError(f"the model's n_vocab ({hparams.n_vocab}) is smaller than the tokenizer's "
-                          f"{len(tokenizer)} ids; use --n_vocab {len(tokenizer)}")
-    train_data, val_data = _load_data(config, tokenizer, length)
+    try:
+        start_from = _start_point(config, run)
+        hparams = _hparams(config, start_from)
+        length = config.length or hparams.n_ctx
+        if length > hparams.n_ctx:
+            raise GPT2TFError(f"--length {length} is longer than the model's context (n_ctx {hparams.n_ctx})")
+        tokenizer = get_encoder()
+        if len(tokenizer) > hparams.n_vocab:
+            raise GPT2TFError(f"the model's n_vocab ({hparams.n_vocab}) is smaller than the tokenizer's "
+                              f"{len(tokenizer)} ids; use --n_vocab {len(tokenizer)}")
+        train_data, val_data = _load_data(config, tokenizer, length)
+    except GPT2TFError:
+        if created and not any(run.path.iterdir()):
+            run.path.rmdir()  # a run that never started leaves no empty dir behind
+        raise
 
     policy, loss_scaling = resolve_precision(config.precision)
     keras.utils.set_random_seed(config.seed)

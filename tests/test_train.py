@@ -319,3 +319,10 @@ def test_finetune_script_smoke(tmp_path, bpe_model_dir, corpus):
     assert f"python inference.py --model_dir {out}" in result.stderr
     assert gpt2tf.load_model(out).hparams == BPE_TINY
     shutil.rmtree(out)
+
+
+def test_a_run_that_never_starts_leaves_no_empty_output_dir(tmp_path, bpe_model_dir, corpus):
+    cfg = config(tmp_path, bpe_model_dir, corpus, dataset_path=str(tmp_path / "missing.txt"))
+    with pytest.raises(GPT2TFError, match="does not exist"):
+        train.finetune(cfg)
+    assert not (tmp_path / "run").exists()
