@@ -4,9 +4,11 @@ Layer and weight names are OpenAI's (`wte`, `wpe`, `h{i}/ln_1`, `attn/c_attn`, `
 variable's `path` equals its checkpoint key (`model/h0/attn/c_attn/w`) and restoring is a loop. Under a
 mixed-precision policy the matmuls run in the compute dtype while LayerNorm, softmax and logits stay in float32.
 
-The key/value cache for decoding is a tuple with one tensor per layer, each `[batch, 2, n_head, max_length,
-head_size]` (keys then values), preallocated by `init_cache` and written in place at `cache_index` with a
+The key/value cache for decoding is a tuple with one `(keys, values)` pair per layer, each `[batch, n_head,
+max_length, head_size]`, preallocated by `init_cache` and written in place at `cache_index` with a
 dynamic-update-slice, so a decode loop under `tf.function(jit_compile=True)` keeps fixed shapes and never retraces.
+Keys and values are separate tensors so attention reads them where they are: slicing one stacked tensor would make
+XLA copy the whole cache every step.
 """
 
 import math
@@ -15,6 +17,7 @@ import keras
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
+from gpt2tf import native
 from gpt2tf.hparams import HParams
 
 LAYER_NORM_EPSILON = 1e-5  # OpenAI's value; the ancestor project's 1e-14 was a bug.
@@ -76,7 +79,7 @@ class Conv1D(keras.layers.Layer):
         dtype = self.compute_dtype
         shape = tf.shape(x)
         x2d = tf.reshape(x, [-1, self.n_in])  # [batch*seq, n_in]: one plain matmul beats a batched one on CPU
-        y = tf.nn.bias_add(tf.matmul(x2d, tf.cast(self.w[0], dtype)), tf.cast(self.b, dtype))
+        y = tf.nn.bias_add(native.matmul(x2d, tf.cast(self.w[0], dtype)), tf.cast(self.b, dtype))
         return tf.reshape(y, tf.concat([shape[:-1], [self.n_out]], 0))  # [..., n_out]
 
 
@@ -99,18 +102,33 @@ class Attention(keras.layers.Layer):
         qkv = self.c_attn(x)  # [batch, seq, 3 * n_embd]: q, k, v concatenated in that order
         qkv = tf.reshape(qkv, [batch, seq, 3, self.n_head, self.head_size])
         q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # each [batch, n_head, seq, head_size]
-        if cache is not None:
-            # Write this call's keys and values at cache_index, then attend over the whole preallocated length;
-            # the mask hides slots not yet written.
-            new_kv = tf.cast(tf.stack([k, v], axis=1), cache.dtype)  # [batch, 2, n_head, seq, head_size]
-            cache = xla.dynamic_update_slice(cache, new_kv, tf.stack([0, 0, 0, cache_index, 0]))
-            k, v = tf.unstack(tf.cast(cache, x.dtype), axis=1)  # each [batch, n_head, max_length, head_size]
         # Scale q rather than the scores (fewer multiplies, no fp16 overflow); same value as OpenAI's w * rsqrt(hs).
         q = q * tf.cast(1.0 / math.sqrt(self.head_size), q.dtype)
-        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)  # [batch, n_head, seq, keys]
-        scores = tf.where(mask, scores, MASKED_SCORE)
-        probs = tf.cast(tf.nn.softmax(scores, axis=-1), x.dtype)
-        out = tf.matmul(probs, v)  # [batch, n_head, seq, head_size]
+        if cache is None:
+            scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)  # [batch, n_head, seq, seq]
+            probs = tf.cast(tf.nn.softmax(tf.where(mask, scores, MASKED_SCORE), axis=-1), x.dtype)
+            out = tf.matmul(probs, v)  # [batch, n_head, seq, head_size]
+        else:
+            # Attend over the cache as it was (slots before cache_index) and over this call's own keys, one softmax
+            # across both; then write this call's keys and values at cache_index. Reading the cache only before
+            # the write lets XLA update it in place: attending over the updated cache would make it copy the cache.
+            cached_mask, own_mask = mask
+            old_k, old_v = (tf.cast(c, x.dtype) for c in cache)  # each [batch, n_head, max_length, head_size]
+            old_scores = tf.where(cached_mask, tf.cast(tf.matmul(q, old_k, transpose_b=True), tf.float32),
+                                  MASKED_SCORE)  # [batch, n_head, seq, max_length]
+            own_scores = tf.where(own_mask, tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32),
+                                  MASKED_SCORE)  # [batch, n_head, seq, seq]
+            top = tf.maximum(tf.reduce_max(old_scores, -1, keepdims=True), tf.reduce_max(own_scores, -1, keepdims=True))
+            old_exp, own_exp = tf.exp(old_scores - top), tf.exp(own_scores - top)
+            total = tf.reduce_sum(old_exp, -1, keepdims=True) + tf.reduce_sum(own_exp, -1, keepdims=True)
+            out = (tf.matmul(tf.cast(old_exp / total, x.dtype), old_v) +
+                   tf.matmul(tf.cast(own_exp / total, x.dtype), v))  # [batch, n_head, seq, head_size]
+            # `after` (exactly 0) makes the write depend on the reads above, so XLA can see the old cache is no
+            # longer needed when it is written and updates it in place; otherwise it copies it every step.
+            after = tf.cast(out[0, 0, 0, 0], tf.float32) * 0.0
+            at = tf.stack([0, 0, cache_index, 0])
+            cache = tuple(xla.dynamic_update_slice(old, tf.cast(tf.cast(new, tf.float32) + after, old.dtype), at)
+                          for old, new in zip(cache, (k, v)))
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, seq, self.n_head * self.head_size])
         return self.c_proj(out), cache
 
@@ -204,26 +222,31 @@ class GPT2(keras.Model):
             block.recompute = bool(on)
 
     def init_cache(self, batch_size, max_length):
-        """A zero key/value cache: one `[batch, 2, n_head, max_length, head_size]` tensor per layer."""
+        """A zero key/value cache: one `(keys, values)` pair per layer, each `[batch, n_head, max_length, head_size]`."""
         hp = self.hparams
-        shape = [batch_size, 2, hp.n_head, max_length, hp.head_size]
-        return tuple(tf.zeros(shape, self.compute_dtype) for _ in range(hp.n_layer))
+        shape = [batch_size, hp.n_head, max_length, hp.head_size]
+        return tuple((tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype))
+                     for _ in range(hp.n_layer))
 
     def call(self, token_ids, cache=None, cache_index=None, padding_mask=None):
         token_ids = tf.convert_to_tensor(token_ids)
         seq = tf.shape(token_ids)[1]
         start = tf.zeros([], tf.int32) if cache_index is None else tf.cast(cache_index, tf.int32)
-        key_length = seq if cache is None else tf.shape(cache[0])[3]
         query_pos = start + tf.range(seq)  # slot of each given token in the sequence (or cache)
-        mask = tf.range(key_length)[None, :] <= query_pos[:, None]  # [seq, keys] causal
-        mask = mask[None, None]  # [1, 1, seq, keys]
+        mask = (tf.range(seq)[None, :] <= tf.range(seq)[:, None])[None, None]  # [1, 1, seq, seq] causal
         if padding_mask is None:
             positions = query_pos[None]  # [1, seq]
         else:
-            padding_mask = tf.cast(padding_mask, tf.bool)  # [batch, keys]
-            mask = tf.logical_and(mask, padding_mask[:, None, None, :])  # [batch, 1, seq, keys]
+            padding_mask = tf.cast(padding_mask, tf.bool)  # [batch, seq], or [batch, max_length] with a cache
             real_before = tf.cumsum(tf.cast(padding_mask, tf.int32), axis=1)  # [batch, keys]
             positions = tf.maximum(tf.gather(real_before, query_pos, axis=1) - 1, 0)  # [batch, seq]
+            mask = mask & tf.gather(padding_mask, query_pos, axis=1)[:, None, None, :]  # [batch, 1, seq, seq]
+        if cache is not None:
+            # With a cache, tokens see the cached slots before `start` (real ones only) and, causally, each other.
+            cached = tf.range(tf.shape(cache[0][0])[2]) < start  # [max_length]
+            cached = cached[None, None, None, :] if padding_mask is None else (
+                cached[None, :] & padding_mask)[:, None, None, :]  # [batch or 1, 1, 1, max_length]
+            mask = (cached, mask)
 
         x = tf.cast(tf.gather(self.wte, token_ids) + tf.gather(self.wpe, positions), self.compute_dtype)
         new_cache = []
@@ -232,7 +255,7 @@ class GPT2(keras.Model):
             new_cache.append(layer_cache)
         x = self.ln_f(x)  # float32
         d = self.hparams.n_embd
-        logits = tf.matmul(tf.reshape(x, [-1, d]), tf.cast(self.wte, tf.float32), transpose_b=True)  # tied
+        logits = native.matmul(tf.reshape(x, [-1, d]), tf.cast(self.wte, tf.float32), transpose_b=True)  # tied
         logits = tf.reshape(logits, [tf.shape(token_ids)[0], seq, self.hparams.n_vocab])  # [batch, seq, n_vocab]
         if cache is None:
             return logits

@@ -30,6 +30,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from gpt2tf import native
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
 
@@ -142,31 +143,46 @@ class Decoder:
     10-20x slower. The prefill runs once per batch, so it skips XLA: compiling it would cost more than it saves.
     """
 
-    def __init__(self, model, config, *, eos_id, jit_compile=True):
+    def __init__(self, model, config, *, eos_id, jit_compile=True, use_native=True):
         self.model, self.config, self.eos_id = model, config, eos_id
+        self.use_native = jit_compile and use_native  # the native kernel runs only inside XLA
         self.vocab_size = model.hparams.n_vocab
         self.prefill = tf.function(self._prefill, autograph=False)
         self.step = tf.function(self._step, jit_compile=jit_compile, autograph=False)
         self.decode_chunk = tf.function(self._decode_chunk, jit_compile=False, autograph=False)
 
-    def _prefill(self, prompt, padding_mask):
+    def cache_variables(self, batch, max_length):
+        """A key/value cache the compiled step updates in place: one variable per layer, for one generate call.
+
+        As variables (passed to the compiled functions as arguments, so one trace serves every call), XLA aliases
+        the step's updated cache with its input and writes one position per step; a cache passed in and returned
+        as tensors would be copied whole every step (all layers, batch x max_length keys and values).
+        """
+        return tuple((tf.Variable(keys, trainable=False), tf.Variable(values, trainable=False))
+                     for keys, values in self.model.init_cache(batch, max_length))
+
+    def _prefill(self, prompt, padding_mask, cache):
         """prompt: int32 [batch, prompt_len], left-padded; padding_mask: bool [batch, total_len]."""
         batch, prompt_len = prompt.shape
-        cache = self.model.init_cache(batch, padding_mask.shape[1])
-        logits, cache = self.model(prompt, cache=cache, cache_index=0, padding_mask=padding_mask)
+        fresh = self.model.init_cache(batch, padding_mask.shape[1])  # zeros: nothing of an earlier call survives
+        logits, filled = self.model(prompt, cache=fresh, cache_index=0, padding_mask=padding_mask)
+        _assign(cache, filled)
         seen = tf.zeros([batch, self.vocab_size], tf.bool)  # tokens present in each row, for the penalty
         if self.config.repetition_penalty != 1.0:
             rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, prompt_len])
             real = tf.cast(padding_mask[:, :prompt_len], tf.int32)  # [batch, prompt_len]
             seen = tf.scatter_nd(tf.stack([rows, prompt], -1), real, [batch, self.vocab_size]) > 0
-        return logits[:, -1], cache, seen
+        return logits[:, -1], seen
 
-    def _step(self, token, cache, index, padding_mask):
-        """One token per row through the model: logits [batch, vocab] and the updated cache."""
-        logits, cache = self.model(token[:, None], cache=cache, cache_index=index, padding_mask=padding_mask)
-        return logits[:, 0], cache
+    def _step(self, token, index, padding_mask, cache):
+        """One token per row through the model: logits [batch, vocab]; the cache variables updated in place."""
+        with native.use_in_decode_step(self.use_native):
+            logits, updated = self.model(token[:, None], cache=tuple((k.read_value(), v.read_value()) for k, v in cache),
+                                         cache_index=index, padding_mask=padding_mask)
+        _assign(cache, updated)
+        return logits[:, 0]
 
-    def _decode_chunk(self, state, steps):
+    def _decode_chunk(self, state, steps, cache):
         """Run up to `steps` decode steps from `state` (a dict of tensors), stopping early once all rows are done."""
         config, eos_id = self.config, self.eos_id
         end = tf.shape(state["tokens"])[1]
@@ -186,11 +202,17 @@ class Decoder:
             if config.repetition_penalty != 1.0:
                 seen = seen | (tf.one_hot(token, self.vocab_size) > 0)
             # Finished rows write eos_id, which a small-vocabulary model may not have: feed it a valid id instead.
-            logits, cache = self.step(tf.minimum(token, self.vocab_size - 1), s["cache"], index, s["padding_mask"])
-            return i + 1, dict(s, tokens=tokens, done=done, seen=seen, logits=logits, cache=cache, index=index + 1)
+            logits = self.step(tf.minimum(token, self.vocab_size - 1), index, s["padding_mask"], cache)
+            return i + 1, dict(s, tokens=tokens, done=done, seen=seen, logits=logits, index=index + 1)
 
         _, state = tf.while_loop(cond, body, (tf.constant(0), state))
         return state
+
+
+def _assign(variables, values):
+    for layer_variables, layer_values in zip(variables, values):
+        for variable, value in zip(layer_variables, layer_values):
+            variable.assign(value)
 
 
 _decoders = weakref.WeakKeyDictionary()
@@ -199,9 +221,9 @@ _decoders = weakref.WeakKeyDictionary()
 def decoder_for(model, config, *, eos_id=EOT_ID, jit_compile=True):
     """The compiled functions for (model, config), built once and reused by every later call."""
     per_model = _decoders.setdefault(model, {})
-    key = (config, eos_id, jit_compile)
+    key = (config, eos_id, jit_compile, native.requested())
     if key not in per_model:
-        per_model[key] = Decoder(model, config, eos_id=eos_id, jit_compile=jit_compile)
+        per_model[key] = Decoder(model, config, eos_id=eos_id, jit_compile=jit_compile, use_native=key[-1])
     return per_model[key]
 
 
@@ -254,6 +276,7 @@ def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None
     rows = [p for p in _prepare_prompts(prompts, length, n_ctx, truncate_prompt) for _ in range(nsamples)]
     batch_size = min(batch_size or len(rows), len(rows))
     decoder = decoder_for(model, config, jit_compile=jit_compile)
+    cache = None  # the batches of this call share one cache while their lengths agree; it dies with the call
 
     for first in range(0, len(rows), batch_size):
         ids = list(range(first, min(first + batch_size, len(rows))))
@@ -267,16 +290,18 @@ def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None
         for r, p in enumerate(batch):  # left-pad: every row's last prompt token sits at prompt_len - 1
             prompt[r, prompt_len - len(p):] = p
             padding_mask[r, :prompt_len - len(p)] = False
-        logits, cache, seen = decoder.prefill(tf.constant(prompt), tf.constant(padding_mask))
+        if cache is None or cache[0][0].shape[2] != padding_mask.shape[1]:
+            cache = decoder.cache_variables(batch_size, padding_mask.shape[1])
+        logits, seen = decoder.prefill(tf.constant(prompt), tf.constant(padding_mask), cache)
         done = np.arange(batch_size) >= real_rows  # padding rows count as done from the start
         state = dict(tokens=tf.constant(np.pad(prompt, [(0, 0), (0, length)])),
-                     padding_mask=tf.constant(padding_mask), cache=cache, logits=logits, seen=seen,
+                     padding_mask=tf.constant(padding_mask), logits=logits, seen=seen,
                      row_seeds=tf.constant([[seed, i % nsamples] for i in ids], tf.int32),
                      start=tf.constant(prompt_len, tf.int32), index=tf.constant(prompt_len, tf.int32),
                      done=tf.constant(done), stop_at_eos=tf.constant(stop_at_eos))
         emitted = [0] * batch_size
         while not done.all():
-            state = decoder.decode_chunk(state, tf.constant(chunk_steps))
+            state = decoder.decode_chunk(state, tf.constant(chunk_steps), cache)
             tokens = state["tokens"].numpy()[:, prompt_len:int(state["index"])]  # [batch, generated so far]
             eos_done = state["done"].numpy()
             for r in np.flatnonzero(~done):

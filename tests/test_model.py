@@ -73,14 +73,14 @@ def test_cached_steps_equal_full_forward(tiny_model, tiny_hparams):
     full = tiny_model(tf.constant(tokens)).numpy()
     cache = tiny_model.init_cache(1, 24)
     assert len(cache) == tiny_hparams.n_layer
-    assert cache[0].shape == (1, 2, tiny_hparams.n_head, 24, tiny_hparams.head_size)
+    assert [c.shape for c in cache[0]] == [(1, tiny_hparams.n_head, 24, tiny_hparams.head_size)] * 2  # keys, values
     logits, cache = tiny_model(tf.constant(tokens[:, :7]), cache=cache, cache_index=0)  # prefill in one pass
     steps = [logits.numpy()]
     for i in range(7, 20):
         logits, cache = tiny_model(tf.constant(tokens[:, i:i + 1]), cache=cache, cache_index=i)
         steps.append(logits.numpy())
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
-    assert cache[0].shape == (1, 2, tiny_hparams.n_head, 24, tiny_hparams.head_size)  # fixed shape
+    assert [c.shape for c in cache[0]] == [(1, tiny_hparams.n_head, 24, tiny_hparams.head_size)] * 2  # fixed
 
 
 def test_left_padding_gives_the_same_logits(tiny_model, tiny_hparams):
@@ -133,7 +133,7 @@ def test_mixed_precision(tiny_model_dir, tiny_model, tiny_hparams, policy, atol)
     full = tiny_model(tokens).numpy()
     assert np.abs(logits.numpy() - full).max() < atol
     cache = model.init_cache(1, 16)
-    assert cache[0].dtype == model.compute_dtype
+    assert cache[0][0].dtype == model.compute_dtype
     compiled = tf.function(lambda t: model(t), jit_compile=True)
     assert np.abs(compiled(tokens).numpy() - full).max() < atol
 

@@ -1,0 +1,145 @@
+"""The decode step's matrix products on all CPU cores: a small C++ kernel registered as an XLA custom call.
+
+XLA's CPU dot runs a matrix-vector product (batch 1 decoding) on one core, and for a few rows (batch 8) packs the
+weights first: both leave most of the memory bandwidth unused, and decoding is bound by reading every weight once
+per step. `native_matmul.cc` reads each weight once, straight from memory, on every core. It is built on first use
+with the system C++ compiler (about a second), cached under `~/.cache/gpt2tf/` (or `$GPT2TF_CACHE_DIR`), loaded into
+the process and registered with XLA as the custom-call targets `gpt2tf_matmul_nn` / `gpt2tf_matmul_nt`.
+
+It is used only where it helps and is safe: inside the compiled decode step (`use_in_decode_step`), for float32
+products of at most `MAX_ROWS` rows, on an x86-64 CPU with AVX2 and FMA, when no GPU is visible. Anywhere else,
+or if it cannot be built (no compiler, another architecture), `matmul` is `tf.matmul` and decoding runs on XLA's
+own dot — slower, same results to float rounding. `GPT2TF_NATIVE=0` turns it off; `GPT2TF_NATIVE_THREADS` sets
+its thread count (default: the CPUs this process may run on).
+"""
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+
+SOURCE = Path(__file__).with_name("native_matmul.cc")
+MAX_ROWS = 16  # beyond this many rows (a prompt's prefill, training) XLA's and Eigen's GEMMs are the right tool
+COMPILE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-D_GLIBCXX_USE_CXX11_ABI=1"]
+# xla::CustomCallTargetRegistry::Global() and ::Register(const std::string&, void*, const std::string&)
+_REGISTRY_SYMBOLS = ("_ZN3xla24CustomCallTargetRegistry6GlobalEv",
+                     "_ZN3xla24CustomCallTargetRegistry8RegisterERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIc"
+                     "EEEPvS8_")
+
+_lock = threading.Lock()
+_loaded = None  # None: not tried yet; then True or False
+_context = threading.local()
+
+
+def requested():
+    """False when the user turned the kernel off with GPT2TF_NATIVE=0."""
+    return os.environ.get("GPT2TF_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def available():
+    """Whether the kernel is built, loaded and registered with XLA (tries once per process; never raises)."""
+    global _loaded
+    with _lock:
+        if _loaded is None:
+            try:
+                _loaded = _load()
+            except Exception as e:  # noqa: BLE001 -- any failure means: use XLA's own dot, and say why once
+                warnings.warn(f"gpt2tf: the native decode kernel is unavailable ({e}); decoding uses XLA's own "
+                              f"dot (slower on CPU, same results)", RuntimeWarning, stacklevel=2)
+                _loaded = False
+        return _loaded
+
+
+def _supported_here():
+    if not requested():
+        return False
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if tf.config.list_physical_devices("GPU"):
+        return False  # the step runs on the GPU, where XLA's own dot is the fast one
+    return True
+
+
+def _load():
+    if not _supported_here():
+        return False
+    library = ctypes.CDLL(str(_build()))
+    registry = _registry_addresses()
+    threads = int(os.environ.get("GPT2TF_NATIVE_THREADS") or len(os.sched_getaffinity(0)))
+    library.gpt2tf_register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    if library.gpt2tf_register(registry[0], registry[1], threads) != 0:
+        return False  # this CPU lacks AVX2/FMA
+    return True
+
+
+def _build():
+    """The compiled kernel's path: built once per (source, compiler) and cached; an atomic rename publishes it."""
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not compiler:
+        raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(COMPILE_FLAGS).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("GPT2TF_CACHE_DIR") or Path.home() / ".cache" / "gpt2tf")
+    target = cache / f"native_matmul-{key}.so"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=target.name, suffix=".part", dir=cache)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *COMPILE_FLAGS, str(SOURCE), "-o", partial], capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {result.stderr.strip().splitlines()[-1:]}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+def _registry_addresses():
+    """Addresses of XLA's custom-call registry functions inside the TensorFlow library this process loaded."""
+    for name in ("libtensorflow_cc.so.2", "libtensorflow_framework.so.2", "python/_pywrap_tensorflow_internal.so"):
+        path = os.path.join(tf.sysconfig.get_lib(), name)
+        if not os.path.exists(path):
+            continue
+        library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # the copy already loaded, never a second
+        try:
+            return [ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value for symbol in _REGISTRY_SYMBOLS]
+        except AttributeError:
+            continue
+    raise RuntimeError(f"XLA's custom-call registry is not exported by TensorFlow {tf.__version__}")
+
+
+@contextlib.contextmanager
+def use_in_decode_step(enabled=True):
+    """While tracing a function under this context (compiled with jit_compile=True), `matmul` may use the kernel."""
+    previous = getattr(_context, "enabled", False)
+    _context.enabled = enabled
+    try:
+        yield
+    finally:
+        _context.enabled = previous
+
+
+def matmul(x, w, transpose_b=False):
+    """`tf.matmul(x, w, transpose_b=...)` for 2-D x and w; the native kernel where `use_in_decode_step` allows it."""
+    rows, inner = x.shape
+    cols = w.shape[0] if transpose_b else w.shape[1]
+    if (getattr(_context, "enabled", False) and x.dtype == tf.float32 and w.dtype == tf.float32
+            and rows is not None and inner is not None and rows <= MAX_ROWS and available()):
+        target = "gpt2tf_matmul_nt" if transpose_b else "gpt2tf_matmul_nn"
+        return gen_xla_ops.xla_custom_call_v2([x, w], target, f"{rows},{inner},{cols}", False, [tf.float32],
+                                              [[rows, cols]])[0]
+    return tf.matmul(x, w, transpose_b=transpose_b)

@@ -1,0 +1,130 @@
+"""The native decode kernel: products against NumPy, used in the compiled step, same tokens as XLA's own dot."""
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import gpt2tf
+from gpt2tf import native, sample
+
+
+def _cpu_has_avx2_fma():
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+    return "avx2" in flags and "fma" in flags
+
+
+SUPPORTED = (platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64") and _cpu_has_avx2_fma()
+             and (shutil.which("c++") or shutil.which("g++")) and native.requested()
+             and not tf.config.list_physical_devices("GPU"))
+needs_kernel = pytest.mark.skipif(not SUPPORTED, reason="the native kernel needs Linux x86-64, AVX2+FMA, a C++ "
+                                                        "compiler and no GPU")
+
+
+@needs_kernel
+def test_kernel_builds_and_registers_here():
+    assert native.available()
+
+
+def _compiled_product(transpose_b):
+    @tf.function(jit_compile=True)
+    def product(x, w):
+        with native.use_in_decode_step():
+            return native.matmul(x, w, transpose_b=transpose_b)
+    return product
+
+
+@needs_kernel
+@pytest.mark.parametrize("transpose_b", [False, True])
+@pytest.mark.parametrize("m,k,n", [(1, 16, 48), (1, 768, 2304), (2, 17, 5), (3, 33, 100), (8, 768, 3072),
+                                   (5, 3072, 768), (16, 40, 257), (1, 7, 1)])
+def test_products_match_numpy(m, k, n, transpose_b):
+    rng = np.random.default_rng(m * 1000 + k + n)
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    w = rng.normal(size=(n, k) if transpose_b else (k, n)).astype(np.float32)
+    product = _compiled_product(transpose_b)
+    got = product(tf.constant(x), tf.constant(w)).numpy()
+    want = x.astype(np.float64) @ (w.T if transpose_b else w).astype(np.float64)
+    assert "gpt2tf_matmul" in product.experimental_get_compiler_ir(tf.constant(x), tf.constant(w))(stage="hlo")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+
+
+def test_outside_the_decode_step_it_is_tf_matmul():
+    x, w = tf.ones([2, 8]), tf.ones([8, 4])
+
+    @tf.function(jit_compile=True)
+    def plain(x, w):
+        return native.matmul(x, w)
+
+    @tf.function(jit_compile=True)
+    def many_rows(x, w):
+        with native.use_in_decode_step():
+            return native.matmul(tf.tile(x, [native.MAX_ROWS, 1]), w)  # a prefill's worth of rows
+
+    for fn in (plain, many_rows):
+        assert "custom-call" not in fn.experimental_get_compiler_ir(x, w)(stage="hlo")
+    np.testing.assert_array_equal(plain(x, w).numpy(), np.full([2, 4], 8.0))
+
+
+@needs_kernel
+def test_concurrent_calls_are_correct():
+    """Two threads in the kernel at once: one gets the pool, the other computes alone; both right."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(4, 512)).astype(np.float32))
+    w = tf.constant(rng.normal(size=(512, 1024)).astype(np.float32))
+    want = x.numpy().astype(np.float64) @ w.numpy().astype(np.float64)
+    product = _compiled_product(False)
+    product(x, w)
+    errors = []
+
+    def run():
+        for _ in range(30):
+            errors.append(np.abs(product(x, w).numpy() - want).max())
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 90 and max(errors) < 1e-3
+
+
+@needs_kernel
+def test_decode_step_uses_the_kernel_and_gives_the_same_tokens(small_model_dir, monkeypatch):
+    model = gpt2tf.load_model(small_model_dir)
+    prompts = [[464, 2068, 7586], [10, 11]]
+    kwargs = dict(length=20, temperature=0, batch_size=2, stop_at_eos=False)
+    with_kernel = sample.generate(model, prompts, **kwargs)
+    decoder = sample.decoder_for(model, sample.SamplerConfig(temperature=0))
+    assert decoder.use_native
+    cache = decoder.cache_variables(2, 84)
+    hlo = decoder.step.experimental_get_compiler_ir(tf.constant([1, 2]), tf.constant(64), tf.ones([2, 84], tf.bool),
+                                                    cache)(stage="hlo")
+    assert hlo.count("gpt2tf_matmul_nn") == 4 * model.hparams.n_layer and "gpt2tf_matmul_nt" in hlo
+    monkeypatch.setenv("GPT2TF_NATIVE", "0")
+    assert not sample.decoder_for(model, sample.SamplerConfig(temperature=0)).use_native
+    assert sample.generate(model, prompts, **kwargs) == with_kernel
+
+
+def test_no_compiler_falls_back_with_a_warning(small_model_dir, tmp_path):
+    code = ("import warnings, gpt2tf, gpt2tf.sample as s, gpt2tf.native as n\n"
+            "m = gpt2tf.load_model(%r)\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    out = s.generate(m, [[1, 2, 3]], length=5, temperature=0, stop_at_eos=False)\n"
+            "print(n.available(), len(out[0]), any('native decode kernel is unavailable' in str(x.message) "
+            "for x in w))" % str(small_model_dir))
+    env = dict(os.environ, CXX="/bin/false", GPT2TF_CACHE_DIR=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    expected = "False 5 True" if SUPPORTED else "False 5 False"
+    assert out.strip().splitlines()[-1] == expected
+    assert not list(tmp_path.glob("*.so"))
