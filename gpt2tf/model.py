@@ -77,10 +77,12 @@ class Conv1D(keras.layers.Layer):
 
     def call(self, x):
         dtype = self.compute_dtype
-        shape = tf.shape(x)
         x2d = tf.reshape(x, [-1, self.n_in])  # [batch*seq, n_in]: one plain matmul beats a batched one on CPU
-        y = tf.nn.bias_add(native.matmul(x2d, tf.cast(self.w[0], dtype)), tf.cast(self.b, dtype))
-        return tf.reshape(y, tf.concat([shape[:-1], [self.n_out]], 0))  # [..., n_out]
+        w = tf.reshape(tf.cast(self.w, dtype), [self.n_in, self.n_out])
+        y = tf.nn.bias_add(native.matmul(x2d, w), tf.cast(self.b, dtype))
+        if x.shape.is_fully_defined():  # static shapes (the compiled decode step): fewer ops to trace and compile
+            return tf.reshape(y, x.shape[:-1] + [self.n_out])
+        return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.n_out]], 0))  # [..., n_out]
 
 
 class Attention(keras.layers.Layer):

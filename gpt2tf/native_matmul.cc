@@ -29,30 +29,28 @@ namespace {
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels. Each computes output columns [j0, j1) of its product.
 
-// y[i, j] = sum_k x[i, k] w[k, j]. Walks w eight rows at a time (eight sequential streams), each 32-column chunk of
-// those rows applied to every x row while it is in L1. The partial sums live in a per-thread scratch whose row
-// stride is not a multiple of 4 KiB: with y's own stride (n floats, often 3 x 4 KiB) the stores to y alias the
-// loads from w in the store buffer and the kernel runs at half speed.
-GPT2TF_AVX2 void matmul_nn(const float* __restrict x, const float* __restrict w, float* __restrict y, long m, long k,
-                           long n, long j0, long j1) {
+// out[i, j - j0] = sum over rows r in [k0, k1) of x[i, r] w[r, j], for columns [j0, j1); x is [m, k], w is [k, n].
+// Walks w eight rows at a time (eight sequential streams), each 32-column chunk of those rows applied to every x
+// row while it is in L1. `out` has row stride `stride`, chosen by the caller not to be a multiple of 4 KiB: with y's
+// own stride (n floats, often 3 x 4 KiB) the stores alias the loads from w in the store buffer and the kernel runs
+// at half speed.
+GPT2TF_AVX2 void nn_block(const float* __restrict x, const float* __restrict w, float* __restrict out, long m,
+                          long k, long n, long k0, long k1, long j0, long j1, long stride) {
   constexpr long kRows = 8;
-  const long width = j1 - j0, vec_width = width / 32 * 32, stride = vec_width + 40;
-  thread_local std::vector<float> scratch_buffer;
-  if (static_cast<long>(scratch_buffer.size()) < m * stride + 16) scratch_buffer.resize(m * stride + 16);
-  float* scratch = scratch_buffer.data();
-  std::memset(scratch, 0, m * stride * sizeof(float));
-  for (long k0 = 0; k0 < k; k0 += kRows) {
-    const long rows = k - k0 < kRows ? k - k0 : kRows;
-    const float* wk = w + k0 * n + j0;
-    for (long j = 0; j < vec_width; j += 32) {
+  const long vec_end = j0 + (j1 - j0) / 32 * 32;
+  for (long i = 0; i < m; ++i) std::memset(out + i * stride, 0, (j1 - j0) * sizeof(float));
+  for (long r0 = k0; r0 < k1; r0 += kRows) {
+    const long rows = k1 - r0 < kRows ? k1 - r0 : kRows;
+    const float* wr0 = w + r0 * n;
+    for (long j = j0; j < vec_end; j += 32) {
       for (long i = 0; i < m; ++i) {
-        const float* xi = x + i * k + k0;
-        float* yi = scratch + i * stride + j;
+        const float* xi = x + i * k + r0;
+        float* yi = out + i * stride + (j - j0);
         __m256 a0 = _mm256_loadu_ps(yi), a1 = _mm256_loadu_ps(yi + 8), a2 = _mm256_loadu_ps(yi + 16),
                a3 = _mm256_loadu_ps(yi + 24);
         for (long r = 0; r < rows; ++r) {
           const __m256 s = _mm256_broadcast_ss(xi + r);
-          const float* wr = wk + r * n + j;
+          const float* wr = wr0 + r * n + j;
           a0 = _mm256_fmadd_ps(s, _mm256_loadu_ps(wr), a0);
           a1 = _mm256_fmadd_ps(s, _mm256_loadu_ps(wr + 8), a1);
           a2 = _mm256_fmadd_ps(s, _mm256_loadu_ps(wr + 16), a2);
@@ -64,15 +62,25 @@ GPT2TF_AVX2 void matmul_nn(const float* __restrict x, const float* __restrict w,
         _mm256_storeu_ps(yi + 24, a3);
       }
     }
+    for (long j = vec_end; j < j1; ++j)  // a last chunk narrower than 32 columns
+      for (long i = 0; i < m; ++i) {
+        float a = out[i * stride + (j - j0)];
+        for (long r = r0; r < r0 + rows; ++r) a += x[i * k + r] * w[r * n + j];
+        out[i * stride + (j - j0)] = a;
+      }
   }
-  for (long i = 0; i < m; ++i) {
-    std::memcpy(y + i * n + j0, scratch + i * stride, vec_width * sizeof(float));
-    for (long j = j0 + vec_width; j < j1; ++j) {  // a last chunk narrower than 32 columns
-      float a = 0.f;
-      for (long t = 0; t < k; ++t) a += x[i * k + t] * w[t * n + j];
-      y[i * n + j] = a;
-    }
-  }
+}
+
+inline long padded_stride(long width) { return (width + 15) / 16 * 16 + 24; }  // never a multiple of 4 KiB
+
+// Columns [j0, j1) of y = x @ w, all rows of w: through a per-thread scratch (see nn_block), then copied to y.
+GPT2TF_AVX2 void matmul_nn(const float* __restrict x, const float* __restrict w, float* __restrict y, long m, long k,
+                           long n, long j0, long j1) {
+  const long stride = padded_stride(j1 - j0);
+  thread_local std::vector<float> scratch;
+  if (static_cast<long>(scratch.size()) < m * stride) scratch.resize(m * stride);
+  nn_block(x, w, scratch.data(), m, k, n, 0, k, j0, j1, stride);
+  for (long i = 0; i < m; ++i) std::memcpy(y + i * n + j0, scratch.data() + i * stride, (j1 - j0) * sizeof(float));
 }
 
 GPT2TF_AVX2 inline float sum8(__m256 v) {
@@ -157,8 +165,16 @@ struct Task {
   float* y;
   long m, k, n, align;
   int parts;
+  float* partials = nullptr;  // row split: part p's partial sums [m, padded_stride(n)], summed by the caller
 
   void Run(int part) const {
+    if (partials != nullptr) {  // rows [k0, k1) of w: each part streams one contiguous block of memory
+      const long per = (k + parts - 1) / parts, k0 = part * per, k1 = k0 + per < k ? k0 + per : k;
+      const long stride = padded_stride(n);
+      if (k0 < k1) nn_block(x, w, partials + part * m * stride, m, k, n, k0, k1, 0, n, stride);
+      else std::memset(partials + part * m * stride, 0, m * stride * sizeof(float));
+      return;
+    }
     const long per = ((n + parts - 1) / parts + align - 1) / align * align;
     const long j0 = part * per, j1 = j0 + per < n ? j0 + per : n;
     if (j0 < j1) kernel(x, w, y, m, k, n, j0, j1);
@@ -171,13 +187,14 @@ class Pool {
     for (int t = 1; t < threads_; ++t) std::thread([this, t] { Work(t); }).detach();
   }
 
-  void Run(const Task& task) {
+  // Runs the task's parts; returns how many (1 if it ran alone on the calling thread).
+  int Run(const Task& task) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock() || threads_ == 1 || getpid() != pid_) {
       Task alone = task;
       alone.parts = 1;
       alone.Run(0);
-      return;
+      return 1;
     }
     pending_.store(threads_ - 1, std::memory_order_relaxed);
     {
@@ -188,6 +205,7 @@ class Pool {
     cv_.notify_all();
     task.Run(0);
     while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+    return threads_;
   }
 
   int threads() const { return threads_; }
@@ -228,9 +246,30 @@ void CustomCall(void* out, const void** in, const char* opaque, size_t opaque_le
     dims[d] = std::strtol(p, &next, 10);
     p = next + 1;
   }
+  const long m = dims[0], k = dims[1], n = dims[2];
   Task task{kTransposed ? matmul_nt : matmul_nn, static_cast<const float*>(in[0]), static_cast<const float*>(in[1]),
-            static_cast<float*>(out), dims[0], dims[1], dims[2], kTransposed ? 4 : 32, pool->threads()};
-  pool->Run(task);
+            static_cast<float*>(out), m, k, n, kTransposed ? 4 : 32, pool->threads()};
+  // Narrow w (n / threads < 1024 columns: c_proj's [768, 768] and [3072, 768]) streams better split by rows, each
+  // thread reading one contiguous block; the partial sums are then added here.
+  thread_local std::vector<float> partials;
+  const bool by_rows = !kTransposed && task.parts > 1 && n < 1024L * task.parts && k >= 64L * task.parts;
+  if (by_rows) {
+    const long stride = padded_stride(n);
+    if (static_cast<long>(partials.size()) < task.parts * m * stride) partials.resize(task.parts * m * stride);
+    task.partials = partials.data();
+  }
+  const int parts = pool->Run(task);
+  if (by_rows) {
+    const long stride = padded_stride(n);
+    for (long i = 0; i < m; ++i) {
+      float* yi = task.y + i * n;
+      std::memcpy(yi, task.partials + i * stride, n * sizeof(float));
+      for (int q = 1; q < parts; ++q) {
+        const float* pq = task.partials + (q * m + i) * stride;
+        for (long j = 0; j < n; ++j) yi[j] += pq[j];
+      }
+    }
+  }
 }
 
 }  // namespace

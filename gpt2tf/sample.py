@@ -25,6 +25,7 @@ buckets, so new prompts and new calls reuse the compiled functions.
 
 import dataclasses
 import os
+import threading
 import weakref
 
 import numpy as np
@@ -147,6 +148,8 @@ class Decoder:
         self.model, self.config, self.eos_id = model, config, eos_id
         self.use_native = jit_compile and use_native  # the native kernel runs only inside XLA
         self.vocab_size = model.hparams.n_vocab
+        self.jit_compile = jit_compile
+        self._compiled = set()  # (batch, prompt_len, total_len) whose decode step XLA has compiled
         self.prefill = tf.function(self._prefill, autograph=False)
         self.step = tf.function(self._step, jit_compile=jit_compile, autograph=False)
         self.decode_chunk = tf.function(self._decode_chunk, jit_compile=False, autograph=False)
@@ -160,6 +163,39 @@ class Decoder:
         """
         return tuple((tf.Variable(keys, trainable=False), tf.Variable(values, trainable=False))
                      for keys, values in self.model.init_cache(batch, max_length))
+
+    def compile_in_background(self, batch, prompt_len, total_len, cache):
+        """Compile the decode step for these shapes on another thread, so XLA's compilation (seconds) overlaps the
+        prompt's prefill; returns a function that waits for it. Nothing to do once these shapes are compiled.
+
+        The trial step writes a throwaway key/value at slot `prompt_len` of `cache`; decoding never reads a slot
+        before writing it (attention sees only the slots before the current one), so it is harmless.
+        """
+        key = (batch, prompt_len, total_len)
+        if not self.jit_compile or key in self._compiled:
+            return lambda: None
+        self._compiled.add(key)
+        state = initial_state(np.zeros([batch, prompt_len], np.int32), np.ones([batch, total_len], bool),
+                              tf.zeros([batch, self.vocab_size]), tf.zeros([batch, self.vocab_size], tf.bool),
+                              np.zeros([batch, 2], np.int32), np.zeros(batch, bool), True)
+        steps = tf.constant(1)
+        self.decode_chunk.get_concrete_function(state, steps, cache)  # tracing stays on this thread
+        failure = []
+
+        def run():
+            try:
+                self.decode_chunk(state, steps, cache)["index"].numpy()
+            except Exception as e:  # noqa: BLE001 -- handed to the caller by wait()
+                failure.append(e)
+
+        thread = threading.Thread(target=run, name="gpt2tf-compile", daemon=True)
+        thread.start()
+
+        def wait():
+            thread.join()
+            if failure:
+                raise failure[0]
+        return wait
 
     def _prefill(self, prompt, padding_mask, cache):
         """prompt: int32 [batch, prompt_len], left-padded; padding_mask: bool [batch, total_len]."""
@@ -207,6 +243,15 @@ class Decoder:
 
         _, state = tf.while_loop(cond, body, (tf.constant(0), state))
         return state
+
+
+def initial_state(prompt, padding_mask, logits, seen, row_seeds, done, stop_at_eos):
+    """The decode loop's state before its first step: prompts (left-padded) prefilled, nothing generated yet."""
+    prompt_len = prompt.shape[1]
+    return dict(tokens=tf.constant(np.pad(prompt, [(0, 0), (0, padding_mask.shape[1] - prompt_len)])),
+                padding_mask=tf.constant(padding_mask), logits=logits, seen=seen,
+                row_seeds=tf.constant(row_seeds, tf.int32), start=tf.constant(prompt_len, tf.int32),
+                index=tf.constant(prompt_len, tf.int32), done=tf.constant(done), stop_at_eos=tf.constant(stop_at_eos))
 
 
 def _assign(variables, values):
@@ -292,13 +337,12 @@ def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None
             padding_mask[r, :prompt_len - len(p)] = False
         if cache is None or cache[0][0].shape[2] != padding_mask.shape[1]:
             cache = decoder.cache_variables(batch_size, padding_mask.shape[1])
+        compiled = decoder.compile_in_background(batch_size, prompt_len, padding_mask.shape[1], cache)
         logits, seen = decoder.prefill(tf.constant(prompt), tf.constant(padding_mask), cache)
+        compiled()
         done = np.arange(batch_size) >= real_rows  # padding rows count as done from the start
-        state = dict(tokens=tf.constant(np.pad(prompt, [(0, 0), (0, length)])),
-                     padding_mask=tf.constant(padding_mask), logits=logits, seen=seen,
-                     row_seeds=tf.constant([[seed, i % nsamples] for i in ids], tf.int32),
-                     start=tf.constant(prompt_len, tf.int32), index=tf.constant(prompt_len, tf.int32),
-                     done=tf.constant(done), stop_at_eos=tf.constant(stop_at_eos))
+        state = initial_state(prompt, padding_mask, logits, seen, [[seed, i % nsamples] for i in ids], done,
+                              stop_at_eos)
         emitted = [0] * batch_size
         while not done.all():
             state = decoder.decode_chunk(state, tf.constant(chunk_steps), cache)

@@ -46,7 +46,8 @@ def _compiled_product(transpose_b):
 @needs_kernel
 @pytest.mark.parametrize("transpose_b", [False, True])
 @pytest.mark.parametrize("m,k,n", [(1, 16, 48), (1, 768, 2304), (2, 17, 5), (3, 33, 100), (8, 768, 3072),
-                                   (5, 3072, 768), (16, 40, 257), (1, 7, 1)])
+                                   (5, 3072, 768), (16, 40, 257), (1, 7, 1),
+                                   (3, 1001, 333), (2, 129, 70)])  # the last two: split by rows
 def test_products_match_numpy(m, k, n, transpose_b):
     rng = np.random.default_rng(m * 1000 + k + n)
     x = rng.normal(size=(m, k)).astype(np.float32)

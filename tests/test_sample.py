@@ -206,6 +206,8 @@ def test_stops_at_end_of_text(eos_model):
 
 def test_early_exit_when_all_rows_stop(eos_model, monkeypatch):
     decoder = sample.decoder_for(eos_model, sample.SamplerConfig(temperature=0))
+    list(sample.generate_stream(eos_model, [[1], [2, 3]], length=60, config=sample.SamplerConfig(temperature=0),
+                                chunk_steps=4))  # compiles these shapes first: the calls counted below are decoding
     calls, compiled = [], decoder.decode_chunk
     monkeypatch.setattr(decoder, "decode_chunk", lambda *args: calls.append(compiled(*args)) or calls[-1])
     rows = list(sample.generate_stream(eos_model, [[1], [2, 3]], length=60,
