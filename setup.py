@@ -12,6 +12,8 @@ from setuptools import find_packages, setup
 #   requests          streaming HTTP with Range requests for resumable model downloads
 #   tqdm              progress bars for downloads, tokenisation and training (silent when not a terminal)
 #   tensorflow-datasets  the `tfds` data loader and cnn_dailymail from tfds (and tfds.testing.mock_data in tests)
+# Not a dependency: a C++ compiler (g++/clang++). If present, gpt2tf builds its small decode kernel
+#   (gpt2tf/native_matmul.cc) on first use; without one, decoding falls back to XLA's own dot.
 INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "requests", "tqdm", "tensorflow-datasets"]
 
 # Test-only: pytest runs the suite; tiktoken (built offline from our bundled vocab files) is the independent
@@ -25,7 +27,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["gpt2tf", "gpt2tf.*"]),
-    package_data={"gpt2tf": ["vocab/encoder.json", "vocab/vocab.bpe"]},
+    package_data={"gpt2tf": ["vocab/encoder.json", "vocab/vocab.bpe", "native_matmul.cc"]},
     include_package_data=True,
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,

@@ -3,9 +3,10 @@
     python bench/generate.py                     # batch 1 and 8, four variants, first-call time, peers if installed
     python bench/generate.py --batch_sizes 1 --variants cache_xla
 
-Variants: `cache_xla` (the library default: KV cache, XLA-compiled step), `cache` (KV cache, no XLA), and two
-no-cache baselines that rerun the whole fixed-length sequence every step (`nocache_xla`, `nocache`). All greedy, so
-every variant does the same work; `topk_topp` adds the cost of top-k 40 + top-p 0.9 sampling to `cache_xla`.
+Variants: `cache_xla` (the library default: KV cache, XLA-compiled step with the native matmul kernel),
+`cache_xla_plain` (the same with GPT2TF_NATIVE=0: XLA's own dot), `cache` (KV cache, no XLA), and two no-cache
+baselines that rerun the whole fixed-length sequence every step (`nocache_xla`, `nocache`). All greedy, so every
+variant does the same work; `topk_topp` adds the cost of top-k 40 + top-p 0.9 sampling to `cache_xla`.
 Decode time excludes the prompt: it is (time for 128 new tokens) - (time for 1), over 127 steps (8 steps for the
 no-cache baselines, whose every step runs a full forward pass over 128 tokens: the mean length such a loop
 processes while it grows the 64-token prompt to 192). `first_call_s` is
@@ -76,12 +77,18 @@ def measure(model, variant, batch, repeat):
     from gpt2tf import sample
 
     prompts = _prompts(batch)
+    native_setting = os.environ.get("GPT2TF_NATIVE", "1")
     if variant.startswith("nocache"):
         run = lambda n: _nocache_generate(model, prompts, n, variant == "nocache_xla")  # noqa: E731
     else:
         kwargs = dict(temperature=0) if variant != "topk_topp" else dict(top_k=40, top_p=0.9, seed=0)
-        run = lambda n: sample.generate(model, prompts, length=n, stop_at_eos=False,  # noqa: E731
-                                        jit_compile=variant != "cache", **kwargs)
+        def run(n):
+            os.environ["GPT2TF_NATIVE"] = "0" if variant == "cache_xla_plain" else native_setting
+            try:
+                return sample.generate(model, prompts, length=n, stop_at_eos=False, jit_compile=variant != "cache",
+                                       **kwargs)
+            finally:
+                os.environ["GPT2TF_NATIVE"] = native_setting
     # A no-cache step always runs the whole fixed-length sequence, so a few steps measure it as well as 128 do.
     steps = NEW if not variant.startswith("nocache") else 9
     run(steps)  # warm-up: traces and compiles
@@ -163,8 +170,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="124M")
     parser.add_argument("--batch_sizes", default="1,8")
-    parser.add_argument("--variants", default="cache_xla,cache,nocache_xla,nocache,topk_topp")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--variants", default="cache_xla,cache_xla_plain,cache,nocache_xla,nocache,topk_topp")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is reported")
     parser.add_argument("--no_first_call", action="store_true")
     parser.add_argument("--no_peers", action="store_true")
     args = parser.parse_args()

@@ -25,6 +25,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
@@ -51,12 +52,15 @@ def available():
     global _loaded
     with _lock:
         if _loaded is None:
+            _loaded = False  # settled before anything below can raise (even a warning turned into an error)
             try:
                 _loaded = _load()
             except Exception as e:  # noqa: BLE001 -- any failure means: use XLA's own dot, and say why once
-                warnings.warn(f"gpt2tf: the native decode kernel is unavailable ({e}); decoding uses XLA's own "
-                              f"dot (slower on CPU, same results)", RuntimeWarning, stacklevel=2)
-                _loaded = False
+                try:
+                    warnings.warn(f"gpt2tf: the native decode kernel is unavailable ({e}); decoding uses XLA's "
+                                  f"own dot (slower on CPU, same results)", RuntimeWarning, stacklevel=2)
+                except Exception:  # noqa: BLE001 -- warnings configured as errors: the fallback still stands
+                    pass
         return _loaded
 
 
@@ -75,11 +79,39 @@ def _load():
         return False
     library = ctypes.CDLL(str(_build()))
     registry = _registry_addresses()
-    threads = int(os.environ.get("GPT2TF_NATIVE_THREADS") or len(os.sched_getaffinity(0)))
+    threads = int(os.environ.get("GPT2TF_NATIVE_THREADS") or _usable_cpus())
     library.gpt2tf_register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     if library.gpt2tf_register(registry[0], registry[1], threads) != 0:
         return False  # this CPU lacks AVX2/FMA
+    _self_test()
     return True
+
+
+def _usable_cpus():
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (containers)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def _self_test():
+    """Run one product through XLA, so a registry XLA does not look in fails here, not in the user's decode step."""
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(2, 40)).astype(np.float32), rng.normal(size=(40, 24)).astype(np.float32)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def product(x, w):
+        return _custom_call(x, w, False)
+
+    with tf.init_scope():  # available() may be first asked while a function is being traced
+        got = product(tf.constant(x), tf.constant(w)).numpy()
+    if not np.allclose(got, x @ w, rtol=1e-4, atol=1e-4):
+        raise RuntimeError("the kernel's self-test gave wrong products")
 
 
 def _build():
@@ -87,7 +119,7 @@ def _build():
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if not compiler:
         raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + " ".join(COMPILE_FLAGS).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("GPT2TF_CACHE_DIR") or Path.home() / ".cache" / "gpt2tf")
     target = cache / f"native_matmul-{key}.so"
@@ -98,7 +130,7 @@ def _build():
     os.close(fd)
     try:
         result = subprocess.run([compiler, *COMPILE_FLAGS, str(SOURCE), "-o", partial], capture_output=True,
-                                text=True)
+                                text=True, timeout=300)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {result.stderr.strip().splitlines()[-1:]}")
         os.replace(partial, target)
@@ -114,10 +146,10 @@ def _registry_addresses():
         path = os.path.join(tf.sysconfig.get_lib(), name)
         if not os.path.exists(path):
             continue
-        library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # the copy already loaded, never a second
         try:
+            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # the copy already loaded, never a second
             return [ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value for symbol in _REGISTRY_SYMBOLS]
-        except AttributeError:
+        except (OSError, AttributeError):  # not loaded in this process, or without the symbols
             continue
     raise RuntimeError(f"XLA's custom-call registry is not exported by TensorFlow {tf.__version__}")
 
@@ -139,7 +171,12 @@ def matmul(x, w, transpose_b=False):
     cols = w.shape[0] if transpose_b else w.shape[1]
     if (getattr(_context, "enabled", False) and x.dtype == tf.float32 and w.dtype == tf.float32
             and rows is not None and inner is not None and rows <= MAX_ROWS and available()):
-        target = "gpt2tf_matmul_nt" if transpose_b else "gpt2tf_matmul_nn"
-        return gen_xla_ops.xla_custom_call_v2([x, w], target, f"{rows},{inner},{cols}", False, [tf.float32],
-                                              [[rows, cols]])[0]
+        return _custom_call(x, w, transpose_b)
     return tf.matmul(x, w, transpose_b=transpose_b)
+
+
+def _custom_call(x, w, transpose_b):
+    (rows, inner), cols = x.shape, (w.shape[0] if transpose_b else w.shape[1])
+    target = "gpt2tf_matmul_nt" if transpose_b else "gpt2tf_matmul_nn"
+    return gen_xla_ops.xla_custom_call_v2([x, w], target, f"{rows},{inner},{cols}", False, [tf.float32],
+                                          [[rows, cols]])[0]

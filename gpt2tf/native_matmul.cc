@@ -20,6 +20,10 @@
 #include <vector>
 #include <unistd.h>
 
+#if !defined(__GLIBCXX__)
+#error "gpt2tf_register passes std::string to TensorFlow, which is built with libstdc++"
+#endif
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define GPT2TF_AVX2 __attribute__((target("avx2,fma")))

@@ -180,22 +180,15 @@ class Decoder:
                               np.zeros([batch, 2], np.int32), np.zeros(batch, bool), True)
         steps = tf.constant(1)
         self.decode_chunk.get_concrete_function(state, steps, cache)  # tracing stays on this thread
-        failure = []
-
         def run():
             try:
                 self.decode_chunk(state, steps, cache)["index"].numpy()
-            except Exception as e:  # noqa: BLE001 -- handed to the caller by wait()
-                failure.append(e)
+            except Exception:  # noqa: BLE001 -- the real first step will compile again and report the error
+                self._compiled.discard(key)
 
         thread = threading.Thread(target=run, name="gpt2tf-compile", daemon=True)
         thread.start()
-
-        def wait():
-            thread.join()
-            if failure:
-                raise failure[0]
-        return wait
+        return thread.join
 
     def _prefill(self, prompt, padding_mask, cache):
         """prompt: int32 [batch, prompt_len], left-padded; padding_mask: bool [batch, total_len]."""
