@@ -253,10 +253,10 @@ void CustomCall(void* out, const void** in, const char* opaque, size_t opaque_le
   const long m = dims[0], k = dims[1], n = dims[2];
   Task task{kTransposed ? matmul_nt : matmul_nn, static_cast<const float*>(in[0]), static_cast<const float*>(in[1]),
             static_cast<float*>(out), m, k, n, kTransposed ? 4 : 32, pool->threads()};
-  // Narrow w (n / threads < 1024 columns: c_proj's [768, 768] and [3072, 768]) streams better split by rows, each
-  // thread reading one contiguous block; the partial sums are then added here.
+  // w split by rows streams faster than split by columns (measured: ~20% at one row, ~15% at eight): each thread
+  // reads one contiguous block of memory. The partial sums ([m, n] per thread, small) are added here.
   thread_local std::vector<float> partials;
-  const bool by_rows = !kTransposed && task.parts > 1 && n < 1024L * task.parts && k >= 64L * task.parts;
+  const bool by_rows = !kTransposed && task.parts > 1 && k >= 64L * task.parts;
   if (by_rows) {
     const long stride = padded_stride(n);
     if (static_cast<long>(partials.size()) < task.parts * m * stride) partials.resize(task.parts * m * stride);
