@@ -137,6 +137,9 @@ def _build():
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+    for stale in cache.glob("native_matmul-*.so"):  # builds of other versions (a process using one keeps its copy)
+        if stale != target:
+            stale.unlink(missing_ok=True)
     return target
 
 

@@ -129,3 +129,16 @@ def test_no_compiler_falls_back_with_a_warning(small_model_dir, tmp_path):
     expected = "False 5 True" if SUPPORTED else "False 5 False"
     assert out.strip().splitlines()[-1] == expected
     assert not list(tmp_path.glob("*.so"))
+
+
+@needs_kernel
+def test_build_is_cached_and_replaces_older_builds(tmp_path):
+    stale = tmp_path / "native_matmul-0123456789abcdef.so"
+    stale.write_bytes(b"an older build")
+    code = "import gpt2tf.native as n; print(n.available())"
+    env = dict(os.environ, GPT2TF_CACHE_DIR=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
+    for _ in range(2):  # the second run loads the cached build
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.strip().splitlines()[-1] == "True"
+    builds = list(tmp_path.iterdir())
+    assert len(builds) == 1 and builds[0].name.startswith("native_matmul-") and builds[0] != stale
