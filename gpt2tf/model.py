@@ -125,8 +125,8 @@ class Attention(keras.layers.Layer):
             total = tf.reduce_sum(old_exp, -1, keepdims=True) + tf.reduce_sum(own_exp, -1, keepdims=True)
             out = (tf.matmul(tf.cast(old_exp / total, x.dtype), old_v) +
                    tf.matmul(tf.cast(own_exp / total, x.dtype), v))  # [batch, n_head, seq, head_size]
-            # `after` (0 for finite values) makes the write depend on the reads above, so XLA can see the old cache is no
-            # longer needed when it is written and updates it in place; otherwise it copies it every step.
+            # `after` (0 for finite values) makes the write depend on the reads above, so XLA can see the old cache
+            # is no longer needed when it is written and updates it in place; otherwise it copies it every step.
             after = tf.cast(out[:, :1, :1, :1], tf.float32) * 0.0  # per row: a NaN stays in its own row
             at = tf.stack([0, 0, cache_index, 0])
             cache = tuple(xla.dynamic_update_slice(old, tf.cast(tf.cast(new, tf.float32) + after, old.dtype), at)
@@ -224,7 +224,7 @@ class GPT2(keras.Model):
             block.recompute = bool(on)
 
     def init_cache(self, batch_size, max_length):
-        """A zero key/value cache: one `(keys, values)` pair per layer, each `[batch, n_head, max_length, head_size]`."""
+        """A zero key/value cache: a `(keys, values)` pair per layer, each `[batch, n_head, max_length, head_size]`."""
         hp = self.hparams
         shape = [batch_size, hp.n_head, max_length, hp.head_size]
         return tuple((tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype))

@@ -180,6 +180,7 @@ class Decoder:
                               np.zeros([batch, 2], np.int32), np.zeros(batch, bool), True)
         steps = tf.constant(1)
         self.decode_chunk.get_concrete_function(state, steps, cache)  # tracing stays on this thread
+
         def run():
             try:
                 self.decode_chunk(state, steps, cache)["index"].numpy()
@@ -205,9 +206,9 @@ class Decoder:
 
     def _step(self, token, index, padding_mask, cache):
         """One token per row through the model: logits [batch, vocab]; the cache variables updated in place."""
+        current = tuple((keys.read_value(), values.read_value()) for keys, values in cache)
         with native.use_in_decode_step(self.use_native):
-            logits, updated = self.model(token[:, None], cache=tuple((k.read_value(), v.read_value()) for k, v in cache),
-                                         cache_index=index, padding_mask=padding_mask)
+            logits, updated = self.model(token[:, None], cache=current, cache_index=index, padding_mask=padding_mask)
         _assign(cache, updated)
         return logits[:, 0]
 
