@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
+from gpt2tf.errors import GPT2TFError
+
 SOURCE = Path(__file__).with_name("native_matmul.cc")
 MAX_ROWS = 16  # beyond this many rows (a prompt's prefill, training) XLA's and Eigen's GEMMs are the right tool
 COMPILE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-D_GLIBCXX_USE_CXX11_ABI=1"]
@@ -43,12 +45,33 @@ _context = threading.local()
 
 
 def requested():
-    """False when the user turned the kernel off with GPT2TF_NATIVE=0."""
-    return os.environ.get("GPT2TF_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+    """False when the user turned the kernel off with GPT2TF_NATIVE=0; checks GPT2TF_NATIVE_THREADS when it is on.
+
+    The decoder asks this before it traces anything, so a bad setting is a one-line GPT2TFError, not an error
+    raised (and rewrapped by Keras) from inside a layer being traced.
+    """
+    on = os.environ.get("GPT2TF_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+    if on:
+        _requested_threads()
+    return on
+
+
+def _requested_threads():
+    """GPT2TF_NATIVE_THREADS as a positive int, or None if unset; a bad value is the user's error to fix."""
+    value = os.environ.get("GPT2TF_NATIVE_THREADS", "").strip()
+    if not value:
+        return None
+    if not (value.isdigit() and int(value) > 0):
+        raise GPT2TFError(f"GPT2TF_NATIVE_THREADS must be a positive number of threads, got {value!r}: fix or "
+                          f"unset it")
+    return int(value)
 
 
 def available():
-    """Whether the kernel is built, loaded and registered with XLA (tries once per process; never raises)."""
+    """Whether the kernel is built, loaded and registered with XLA (tries once per process).
+
+    Never raises: a missing compiler or an unsupported machine means XLA's own dot, with one warning.
+    """
     global _loaded
     with _lock:
         if _loaded is None:
@@ -79,7 +102,7 @@ def _load():
         return False
     library = ctypes.CDLL(str(_build()))
     registry = _registry_addresses()
-    threads = int(os.environ.get("GPT2TF_NATIVE_THREADS") or _usable_cpus())
+    threads = _requested_threads() or _usable_cpus()
     library.gpt2tf_register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     if library.gpt2tf_register(registry[0], registry[1], threads) != 0:
         return False  # this CPU lacks AVX2/FMA

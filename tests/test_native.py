@@ -142,3 +142,15 @@ def test_build_is_cached_and_replaces_older_builds(tmp_path):
         assert out.stdout.strip().splitlines()[-1] == "True"
     builds = list(tmp_path.iterdir())
     assert len(builds) == 1 and builds[0].name.startswith("native_matmul-") and builds[0] != stale
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2"])
+def test_bad_thread_count_is_a_one_line_error(small_model_dir, value):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the script quiets TF itself
+    env["GPT2TF_NATIVE_THREADS"] = value
+    result = subprocess.run([sys.executable, os.path.join(root, "inference.py"), "--model_dir", str(small_model_dir),
+                             "--starter", "hi", "--output_length", "2"], capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: GPT2TF_NATIVE_THREADS must be a positive number of threads, got "
+                                     f"{value!r}: fix or unset it")

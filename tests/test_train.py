@@ -19,16 +19,9 @@ from gpt2tf.cli import run
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import HParams
 from gpt2tf.model import GPT2
+from conftest import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
-BPE_TINY = HParams(n_vocab=50257, n_ctx=32, n_embd=16, n_head=2, n_layer=2)  # GPT-2's vocab, tiny elsewhere
-
-
-@pytest.fixture(scope="module")
-def bpe_model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bpe") / "model"
-    gpt2tf.write_synthetic_checkpoint(path, BPE_TINY, seed=3)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +31,8 @@ def corpus(tmp_path_factory):
     return path
 
 
-def config(tmp_path, bpe_model_dir, corpus, **changes):
-    values = dict(model_dir=str(bpe_model_dir), dataset_path=str(corpus), output_dir=str(tmp_path / "run"),
+def config(tmp_path, small_model_dir, corpus, **changes):
+    values = dict(model_dir=str(small_model_dir), dataset_path=str(corpus), output_dir=str(tmp_path / "run"),
                   length=16, batch_size=2, num_epoch=2, steps_per_epoch=3, save_every=0, log_every=1,
                   cache_dir=str(tmp_path / "cache"), xla=False)  # XLA's compile costs ~6 s; one test below uses it
     values.update(changes)
@@ -157,13 +150,13 @@ def final_state(run_dir):
     return weights_of(model), [m for m in metrics if "loss" in m]
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, bpe_model_dir, corpus, monkeypatch):
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, small_model_dir, corpus, monkeypatch):
     common = dict(accumulate_gradients=2, optimizer="adam", base_lr=3e-3, decay_epochs="1")
-    whole = train.finetune(config(tmp_path / "a", bpe_model_dir, corpus, **common))
+    whole = train.finetune(config(tmp_path / "a", small_model_dir, corpus, **common))
     assert train.RunDir(whole).checkpoints() == [6]
 
     # Stop at step 2 with max_steps, then "Ctrl-C" during step 4: each stop checkpoints, and each resume continues.
-    parts = config(tmp_path / "b", bpe_model_dir, corpus, max_steps=2, **common)
+    parts = config(tmp_path / "b", small_model_dir, corpus, max_steps=2, **common)
     train.finetune(parts)
     assert train.RunDir(parts.output_dir).checkpoints() == [2]
     batch = data.TokenStream.batch
@@ -188,8 +181,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, bpe_m
     assert [m["lr"] for m in metrics_a] == pytest.approx([3e-3] * 3 + [3e-4] * 3)  # decay at epoch 1 = step 3
 
 
-def test_run_dir_is_a_model_dir_with_the_last_k_checkpoints(tmp_path, bpe_model_dir, corpus):
-    run_dir = train.finetune(config(tmp_path, bpe_model_dir, corpus, save_every=1, keep_checkpoints=2,
+def test_run_dir_is_a_model_dir_with_the_last_k_checkpoints(tmp_path, small_model_dir, corpus):
+    run_dir = train.finetune(config(tmp_path, small_model_dir, corpus, save_every=1, keep_checkpoints=2,
                                     val_dataset_path=str(corpus), val_batches=2))
     assert train.RunDir(run_dir).checkpoints() == [5, 6]
     assert sorted(p.name for p in run_dir.glob("model.ckpt-*")) == [
@@ -199,7 +192,7 @@ def test_run_dir_is_a_model_dir_with_the_last_k_checkpoints(tmp_path, bpe_model_
         "ckpt-5.data-00000-of-00001", "ckpt-5.index", "ckpt-6.data-00000-of-00001", "ckpt-6.index"]
     assert {"hparams.json", "encoder.json", "vocab.bpe", "checkpoint"} <= {p.name for p in run_dir.iterdir()}
     model = gpt2tf.load_model(run_dir)
-    assert model.hparams == BPE_TINY
+    assert model.hparams == SMALL
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"step", "loss", "lr", "tokens_per_s"} <= set(metrics[0])
     assert [m["step"] for m in metrics if "val_loss" in m] == [3, 6]  # each epoch's end
@@ -207,8 +200,8 @@ def test_run_dir_is_a_model_dir_with_the_last_k_checkpoints(tmp_path, bpe_model_
     assert not [p for p in run_dir.rglob("*") if ".tmp-" in p.name]
 
 
-def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, bpe_model_dir, corpus, monkeypatch):
-    cfg = config(tmp_path, bpe_model_dir, corpus, save_every=2, num_epoch=1)
+def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, small_model_dir, corpus, monkeypatch):
+    cfg = config(tmp_path, small_model_dir, corpus, save_every=2, num_epoch=1)
     import gpt2tf.checkpoint as checkpoint_module
 
     original = checkpoint_module.write_text_atomic  # what writes the `checkpoint` state file
@@ -229,8 +222,8 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, bpe_model_dir, c
     assert any(not np.array_equal(before[k], v) for k, v in weights_of(gpt2tf.load_model(cfg.output_dir)).items())
 
 
-def test_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path, bpe_model_dir, corpus):
-    cfg = config(tmp_path, bpe_model_dir, corpus, optimizer="sgd", base_lr=1e30, clip_norm=0.0, save_every=1)
+def test_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path, small_model_dir, corpus):
+    cfg = config(tmp_path, small_model_dir, corpus, optimizer="sgd", base_lr=1e30, clip_norm=0.0, save_every=1)
     with pytest.raises(GPT2TFError, match=r"(loss became (nan|inf)|no longer finite).*last good checkpoint"):
         train.finetune(cfg)
     steps = train.RunDir(cfg.output_dir).checkpoints()
@@ -247,11 +240,11 @@ def test_from_scratch_with_hparams_flags(tmp_path, corpus):
     assert gpt2tf.load_model(run_dir).hparams == HParams(n_ctx=16, n_embd=8, n_head=2, n_layer=1)
 
 
-def test_lora_run_saves_merged_weights_and_resumes(tmp_path, bpe_model_dir, corpus):
-    cfg = config(tmp_path, bpe_model_dir, corpus, lora_rank=2, base_lr=1e-2, max_steps=2)
+def test_lora_run_saves_merged_weights_and_resumes(tmp_path, small_model_dir, corpus):
+    cfg = config(tmp_path, small_model_dir, corpus, lora_rank=2, base_lr=1e-2, max_steps=2)
     train.finetune(cfg)
     at_2 = weights_of(gpt2tf.load_model(cfg.output_dir))
-    assert any(not np.array_equal(at_2[k], v) for k, v in weights_of(gpt2tf.load_model(bpe_model_dir)).items())
+    assert any(not np.array_equal(at_2[k], v) for k, v in weights_of(gpt2tf.load_model(small_model_dir)).items())
     train.finetune(train.configure({"output_dir": cfg.output_dir}))
     assert train.RunDir(cfg.output_dir).checkpoints()[-1] == 6
 
@@ -276,10 +269,10 @@ def cli_path():
     sys.path.remove(str(ROOT))
 
 
-def test_cli_bad_inputs_are_one_line_errors(tmp_path, bpe_model_dir, corpus, capsys, cli_path):
-    base = ["--model_dir", str(bpe_model_dir), "--dataset_path", str(corpus), "--output_dir", str(tmp_path / "r")]
+def test_cli_bad_inputs_are_one_line_errors(tmp_path, small_model_dir, corpus, capsys, cli_path):
+    base = ["--model_dir", str(small_model_dir), "--dataset_path", str(corpus), "--output_dir", str(tmp_path / "r")]
     assert "invalid choice: 'coqa'" in cli_error(capsys, base + ["--data_loader", "coqa"])
-    assert "does not exist" in cli_error(capsys, ["--model_dir", str(bpe_model_dir), "--dataset_path",
+    assert "does not exist" in cli_error(capsys, ["--model_dir", str(small_model_dir), "--dataset_path",
                                                   str(tmp_path / "none.txt"), "--output_dir", str(tmp_path / "r")])
     (tmp_path / "short.txt").write_text("Too short.")
     assert "too few for one training window" in cli_error(
@@ -296,7 +289,7 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, bpe_model_dir, corpus, cap
     assert "give --output_dir" in cli_error(capsys, base[:4])
     assert "--batch_size must be at least 1" in cli_error(capsys, base + ["--batch_size", "0"])
     assert "--summary_only needs --data_loader cnndm" in cli_error(capsys, base + ["--summary_only"])
-    assert "longer than the model's context" in cli_error(capsys, base + ["--length", "64"])
+    assert "longer than the model's context" in cli_error(capsys, base + ["--length", str(SMALL.n_ctx + 1)])
 
 
 def test_cli_defaults_come_from_the_config(cli_path):
@@ -307,22 +300,22 @@ def test_cli_defaults_come_from_the_config(cli_path):
     assert train.TrainConfig().decay_lr == 0.1 and train.TrainConfig().xla
 
 
-def test_finetune_script_smoke(tmp_path, bpe_model_dir, corpus):
+def test_finetune_script_smoke(tmp_path, small_model_dir, corpus):
     """One step through the real script in a fresh process; the run dir then loads as a model."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "finetune.py"), "--model_dir", str(bpe_model_dir), "--dataset_path", str(corpus),
+        [sys.executable, str(ROOT / "finetune.py"), "--model_dir", str(small_model_dir), "--dataset_path", str(corpus),
          "--output_dir", str(out), "--num_epoch", "1", "--steps_per_epoch", "1", "--length", "8", "--no_xla"],
         env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"python inference.py --model_dir {out}" in result.stderr
-    assert gpt2tf.load_model(out).hparams == BPE_TINY
+    assert gpt2tf.load_model(out).hparams == SMALL
     shutil.rmtree(out)
 
 
-def test_a_run_that_never_starts_leaves_no_empty_output_dir(tmp_path, bpe_model_dir, corpus):
-    cfg = config(tmp_path, bpe_model_dir, corpus, dataset_path=str(tmp_path / "missing.txt"))
+def test_a_run_that_never_starts_leaves_no_empty_output_dir(tmp_path, small_model_dir, corpus):
+    cfg = config(tmp_path, small_model_dir, corpus, dataset_path=str(tmp_path / "missing.txt"))
     with pytest.raises(GPT2TFError, match="does not exist"):
         train.finetune(cfg)
     assert not (tmp_path / "run").exists()
