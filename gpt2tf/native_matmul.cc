@@ -10,7 +10,9 @@
 // loaded into the TensorFlow process, registered with XLA through `gpt2tf_register`. It links against nothing of
 // TensorFlow: the registry's two entry points are passed in as addresses.
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -158,74 +160,104 @@ GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// A small pool: the calling thread plus (threads - 1) workers that spin briefly between calls (a decode step makes
-// ~50 calls a few microseconds apart), then sleep. If a second call arrives while the pool is busy (XLA may run
-// independent thunks concurrently), or in a forked child that has no workers, the call runs on its own thread.
+// Work sharing. A product is cut into chunks by its shape alone: blocks of rows of w when k is long (each chunk
+// streams one contiguous block of memory and writes its own partial sums, added in chunk order), else blocks of
+// output columns. Threads claim chunks one at a time, so a thread the OS has descheduled holds up one chunk, not
+// half of the product; and because neither the cut nor the order of the sums depends on which thread ran which
+// chunk, or on how many threads there are, the result is the same bits every time.
+
+constexpr long kMaxChunks = 0xffff;  // chunk counts and indices share one 64-bit word with a generation number
+
+inline long round_up(long a, long b) { return (a + b - 1) / b * b; }
 
 struct Task {
   void (*kernel)(const float*, const float*, float*, long, long, long, long, long);
   const float* x;
   const float* w;
   float* y;
-  long m, k, n, align;
-  int parts;
-  float* partials = nullptr;  // row split: part p's partial sums [m, padded_stride(n)], summed by the caller
+  long m, k, n;
+  bool by_rows;
+  long chunk;   // rows of w (by_rows) or output columns per chunk
+  long chunks;
+  float* partials = nullptr;  // by_rows: chunk c's partial sums, [m, padded_stride(n)] at c * m * padded_stride(n)
 
-  void Run(int part) const {
-    if (partials != nullptr) {  // rows [k0, k1) of w: each part streams one contiguous block of memory
-      const long per = (k + parts - 1) / parts, k0 = part * per, k1 = k0 + per < k ? k0 + per : k;
-      const long stride = padded_stride(n);
-      if (k0 < k1) nn_block(x, w, partials + part * m * stride, m, k, n, k0, k1, 0, n, stride);
-      else std::memset(partials + part * m * stride, 0, m * stride * sizeof(float));
-      return;
+  Task(bool transposed, const float* x_, const float* w_, float* y_, long m_, long k_, long n_)
+      : kernel(transposed ? matmul_nt : matmul_nn), x(x_), w(w_), y(y_), m(m_), k(k_), n(n_) {
+    const long rows = round_up(std::max({128L, 16 * m, (k + kMaxChunks - 1) / kMaxChunks}), 8);  // partial sums
+    by_rows = !transposed && k >= 2 * rows;                            // stay a small fraction of the weights read
+    const long align = transposed ? 4 : 32;                            // the kernels' column blocks
+    chunk = by_rows ? rows : round_up(std::max(256L, (n + kMaxChunks - 1) / kMaxChunks), align);
+    chunks = by_rows ? (k + chunk - 1) / chunk : (n + chunk - 1) / chunk;
+  }
+
+  void Run(long c) const {
+    if (by_rows) {
+      const long k0 = c * chunk, k1 = std::min(k0 + chunk, k), stride = padded_stride(n);
+      nn_block(x, w, partials + c * m * stride, m, k, n, k0, k1, 0, n, stride);
+    } else {
+      const long j0 = c * chunk, j1 = std::min(j0 + chunk, n);
+      kernel(x, w, y, m, k, n, j0, j1);
     }
-    const long per = ((n + parts - 1) / parts + align - 1) / align * align;
-    const long j0 = part * per, j1 = j0 + per < n ? j0 + per : n;
-    if (j0 < j1) kernel(x, w, y, m, k, n, j0, j1);
   }
 };
 
+// The calling thread plus (threads - 1) workers, which spin briefly between products (a decode step makes ~50 of
+// them, microseconds apart), then sleep. A product that arrives while the pool is busy (XLA may run independent
+// thunks concurrently), or in a forked child that has no workers, runs all its chunks on its own thread.
 class Pool {
  public:
   explicit Pool(int threads) : threads_(threads), pid_(getpid()) {
-    for (int t = 1; t < threads_; ++t) std::thread([this, t] { Work(t); }).detach();
+    for (int t = 1; t < threads_; ++t) std::thread([this] { Work(); }).detach();
   }
 
-  // Runs the task's parts; returns how many (1 if it ran alone on the calling thread).
-  int Run(const Task& task) {
+  void Run(const Task& task) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (!busy.owns_lock() || threads_ == 1 || getpid() != pid_) {
-      Task alone = task;
-      alone.parts = 1;
-      alone.Run(0);
-      return 1;
+    if (!busy.owns_lock() || threads_ == 1 || task.chunks == 1 || getpid() != pid_) {
+      for (long c = 0; c < task.chunks; ++c) task.Run(c);
+      return;
     }
-    pending_.store(threads_ - 1, std::memory_order_relaxed);
-    {
+    task_ = &task;
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t generation = (state_.load(std::memory_order_relaxed) >> 32) + 1;
+    state_.store(generation << 32 | static_cast<uint64_t>(task.chunks) << 16);  // chunk 0 is next; seq_cst
+    if (sleepers_.load() > 0) {  // seq_cst against the worker's increment: a worker going to sleep sees the task
       std::lock_guard<std::mutex> lock(mu_);
-      task_ = &task;
-      generation_.fetch_add(1, std::memory_order_release);
+      cv_.notify_all();
     }
-    cv_.notify_all();
-    task.Run(0);
-    while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
-    return threads_;
+    Claim();
+    while (done_.load(std::memory_order_acquire) != task.chunks) _mm_pause();
   }
-
-  int threads() const { return threads_; }
 
  private:
-  void Work(int part) {
-    unsigned long seen = 0;
+  // Runs chunks of the current task until none is left; returns the task's generation.
+  uint64_t Claim() {
+    uint64_t s = state_.load(std::memory_order_acquire);
     for (;;) {
-      for (int spin = 0; spin < 20000 && generation_.load(std::memory_order_acquire) == seen; ++spin) _mm_pause();
-      if (generation_.load(std::memory_order_acquire) == seen) {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      const long chunks = (s >> 16) & kMaxChunks, next = s & kMaxChunks;
+      if (next >= chunks) return s >> 32;
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        task_->Run(next);  // task_ stays valid: its caller waits for this chunk to be done
+        done_.fetch_add(1, std::memory_order_release);
+        s = state_.load(std::memory_order_acquire);
       }
-      seen = generation_.load(std::memory_order_acquire);
-      task_->Run(part);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  uint64_t Generation() const { return state_.load(std::memory_order_acquire) >> 32; }
+
+  void Work() {
+    uint64_t seen = 0;
+    for (;;) {
+      for (int spin = 0; spin < 20000 && Generation() == seen; ++spin) _mm_pause();
+      if (Generation() == seen) {
+        sleepers_.fetch_add(1);  // seq_cst: then either Run sees a sleeper, or the wait below sees the task
+        {
+          std::unique_lock<std::mutex> lock(mu_);
+          cv_.wait(lock, [&] { return state_.load() >> 32 != seen; });
+        }
+        sleepers_.fetch_sub(1);
+      }
+      seen = Claim();
     }
   }
 
@@ -233,12 +265,25 @@ class Pool {
   const pid_t pid_;
   std::mutex mu_, busy_;
   std::condition_variable cv_;
-  std::atomic<unsigned long> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> state_{0};  // generation << 32 | chunks << 16 | next chunk
+  std::atomic<long> done_{0};
+  std::atomic<int> sleepers_{0};
   const Task* task_ = nullptr;
 };
 
 Pool* pool = nullptr;  // created once by gpt2tf_register, never destroyed (its workers outlive main)
+
+GPT2TF_AVX2 void add_partials(const Task& task) {
+  const long stride = padded_stride(task.n);
+  for (long i = 0; i < task.m; ++i) {
+    float* yi = task.y + i * task.n;
+    std::memcpy(yi, task.partials + i * stride, task.n * sizeof(float));
+    for (long c = 1; c < task.chunks; ++c) {
+      const float* pc = task.partials + (c * task.m + i) * stride;
+      for (long j = 0; j < task.n; ++j) yi[j] += pc[j];
+    }
+  }
+}
 
 template <bool kTransposed>
 void CustomCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
@@ -250,30 +295,16 @@ void CustomCall(void* out, const void** in, const char* opaque, size_t opaque_le
     dims[d] = std::strtol(p, &next, 10);
     p = next + 1;
   }
-  const long m = dims[0], k = dims[1], n = dims[2];
-  Task task{kTransposed ? matmul_nt : matmul_nn, static_cast<const float*>(in[0]), static_cast<const float*>(in[1]),
-            static_cast<float*>(out), m, k, n, kTransposed ? 4 : 32, pool->threads()};
-  // w split by rows streams faster than split by columns (measured: ~20% at one row, ~15% at eight): each thread
-  // reads one contiguous block of memory. The partial sums ([m, n] per thread, small) are added here.
+  Task task(kTransposed, static_cast<const float*>(in[0]), static_cast<const float*>(in[1]), static_cast<float*>(out),
+            dims[0], dims[1], dims[2]);
   thread_local std::vector<float> partials;
-  const bool by_rows = !kTransposed && task.parts > 1 && k >= 64L * task.parts;
-  if (by_rows) {
-    const long stride = padded_stride(n);
-    if (static_cast<long>(partials.size()) < task.parts * m * stride) partials.resize(task.parts * m * stride);
+  if (task.by_rows) {
+    const long size = task.chunks * task.m * padded_stride(task.n);
+    if (static_cast<long>(partials.size()) < size) partials.resize(size);
     task.partials = partials.data();
   }
-  const int parts = pool->Run(task);
-  if (by_rows) {
-    const long stride = padded_stride(n);
-    for (long i = 0; i < m; ++i) {
-      float* yi = task.y + i * n;
-      std::memcpy(yi, task.partials + i * stride, n * sizeof(float));
-      for (int q = 1; q < parts; ++q) {
-        const float* pq = task.partials + (q * m + i) * stride;
-        for (long j = 0; j < n; ++j) yi[j] += pq[j];
-      }
-    }
-  }
+  pool->Run(task);
+  if (task.by_rows) add_partials(task);
 }
 
 }  // namespace
