@@ -116,15 +116,10 @@ class Attention(keras.layers.Layer):
             # the write lets XLA update it in place: attending over the updated cache would make it copy the cache.
             cached_mask, own_mask = mask
             old_k, old_v = (tf.cast(c, x.dtype) for c in cache)  # each [batch, n_head, max_length, head_size]
-            old_scores = tf.where(cached_mask, tf.cast(tf.matmul(q, old_k, transpose_b=True), tf.float32),
-                                  MASKED_SCORE)  # [batch, n_head, seq, max_length]
-            own_scores = tf.where(own_mask, tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32),
-                                  MASKED_SCORE)  # [batch, n_head, seq, seq]
-            top = tf.maximum(tf.reduce_max(old_scores, -1, keepdims=True), tf.reduce_max(own_scores, -1, keepdims=True))
-            old_exp, own_exp = tf.exp(old_scores - top), tf.exp(own_scores - top)
-            total = tf.reduce_sum(old_exp, -1, keepdims=True) + tf.reduce_sum(own_exp, -1, keepdims=True)
-            out = (tf.matmul(tf.cast(old_exp / total, x.dtype), old_v) +
-                   tf.matmul(tf.cast(own_exp / total, x.dtype), v))  # [batch, n_head, seq, head_size]
+            if native.attention_applies(q, cache):  # the compiled decode step on a CPU: the kernel's attention
+                out = native.attend(q, old_k, old_v, k, v, cached_mask, own_mask)
+            else:
+                out = self._attend_cache(q, k, v, old_k, old_v, cached_mask, own_mask)
             # `after` (0 for finite values) makes the write depend on the reads above, so XLA can see the old cache
             # is no longer needed when it is written and updates it in place; otherwise it copies it every step.
             after = tf.cast(out[:, :1, :1, :1], tf.float32) * 0.0  # per row: a NaN stays in its own row
@@ -133,6 +128,19 @@ class Attention(keras.layers.Layer):
                           for old, new in zip(cache, (k, v)))
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, seq, self.n_head * self.head_size])
         return self.c_proj(out), cache
+
+    @staticmethod
+    def _attend_cache(q, k, v, old_k, old_v, cached_mask, own_mask):
+        """Attention over the cache as it was (masked slots excluded) and over this call's own keys, one softmax."""
+        old_scores = tf.where(cached_mask, tf.cast(tf.matmul(q, old_k, transpose_b=True), tf.float32),
+                              MASKED_SCORE)  # [batch, n_head, seq, max_length]
+        own_scores = tf.where(own_mask, tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32),
+                              MASKED_SCORE)  # [batch, n_head, seq, seq]
+        top = tf.maximum(tf.reduce_max(old_scores, -1, keepdims=True), tf.reduce_max(own_scores, -1, keepdims=True))
+        old_exp, own_exp = tf.exp(old_scores - top), tf.exp(own_scores - top)
+        total = tf.reduce_sum(old_exp, -1, keepdims=True) + tf.reduce_sum(own_exp, -1, keepdims=True)
+        return (tf.matmul(tf.cast(old_exp / total, q.dtype), old_v) +
+                tf.matmul(tf.cast(own_exp / total, q.dtype), v))  # [batch, n_head, seq, head_size]
 
 
 class MLP(keras.layers.Layer):
@@ -230,7 +238,8 @@ class GPT2(keras.Model):
         return tuple((tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype))
                      for _ in range(hp.n_layer))
 
-    def call(self, token_ids, cache=None, cache_index=None, padding_mask=None):
+    def embed(self, token_ids, cache_index=None, padding_mask=None, max_length=None):
+        """The blocks' input `[batch, seq, n_embd]` and attention mask for these tokens (see `call`)."""
         token_ids = tf.convert_to_tensor(token_ids)
         seq = tf.shape(token_ids)[1]
         start = tf.zeros([], tf.int32) if cache_index is None else tf.cast(cache_index, tf.int32)
@@ -243,22 +252,33 @@ class GPT2(keras.Model):
             real_before = tf.cumsum(tf.cast(padding_mask, tf.int32), axis=1)  # [batch, keys]
             positions = tf.maximum(tf.gather(real_before, query_pos, axis=1) - 1, 0)  # [batch, seq]
             mask = mask & tf.gather(padding_mask, query_pos, axis=1)[:, None, None, :]  # [batch, 1, seq, seq]
-        if cache is not None:
+        if max_length is not None:
             # With a cache, tokens see the cached slots before `start` (real ones only) and, causally, each other.
-            cached = tf.range(tf.shape(cache[0][0])[2]) < start  # [max_length]
+            cached = tf.range(max_length) < start  # [max_length]
             cached = cached[None, None, None, :] if padding_mask is None else (
                 cached[None, :] & padding_mask)[:, None, None, :]  # [batch or 1, 1, 1, max_length]
             mask = (cached, mask)
-
         x = tf.cast(tf.gather(self.wte, token_ids) + tf.gather(self.wpe, positions), self.compute_dtype)
+        return x, mask
+
+    def head(self, x):
+        """Float32 logits `[batch, seq, n_vocab]` from the last block's output."""
+        x = self.ln_f(x)  # float32
+        d = self.hparams.n_embd
+        logits = native.matmul(tf.reshape(x, [-1, d]), tf.cast(self.wte, tf.float32), transpose_b=True)  # tied
+        if x.shape.is_fully_defined():
+            return tf.reshape(logits, x.shape[:-1] + [self.hparams.n_vocab])
+        return tf.reshape(logits, tf.concat([tf.shape(x)[:-1], [self.hparams.n_vocab]], 0))  # [batch, seq, n_vocab]
+
+    def call(self, token_ids, cache=None, cache_index=None, padding_mask=None):
+        x, mask = self.embed(token_ids, cache_index, padding_mask,
+                             None if cache is None else tf.shape(cache[0][0])[2])
+        start = tf.zeros([], tf.int32) if cache_index is None else tf.cast(cache_index, tf.int32)
         new_cache = []
         for i, block in enumerate(self.h):
             x, layer_cache = block(x, mask, None if cache is None else cache[i], start)
             new_cache.append(layer_cache)
-        x = self.ln_f(x)  # float32
-        d = self.hparams.n_embd
-        logits = native.matmul(tf.reshape(x, [-1, d]), tf.cast(self.wte, tf.float32), transpose_b=True)  # tied
-        logits = tf.reshape(logits, [tf.shape(token_ids)[0], seq, self.hparams.n_vocab])  # [batch, seq, n_vocab]
+        logits = self.head(x)
         if cache is None:
             return logits
         return logits, tuple(new_cache)

@@ -201,6 +201,30 @@ def matmul(x, w, transpose_b=False):
     return tf.matmul(x, w, transpose_b=transpose_b)
 
 
+def attention_applies(q, cache):
+    """Whether `attend` runs the kernel for this query and cache (else the caller computes attention itself)."""
+    return (getattr(_context, "enabled", False) and q.dtype == tf.float32 and q.shape.is_fully_defined()
+            and q.shape[2] == 1 and cache[0].shape.is_fully_defined() and cache[0].dtype == tf.float32
+            and available())
+
+
+def attend(q, keys, values, own_k, own_v, cached_mask, own_mask):
+    """Attention of one new token per sequence over the cache: [batch, n_head, 1, head_size].
+
+    q, own_k, own_v: [batch, n_head, 1, head_size] (q already scaled); keys, values: the cache before this token,
+    [batch, n_head, max_length, head_size]; cached_mask: bool, broadcastable to [batch, 1, 1, max_length]; own_mask:
+    bool, broadcastable to [batch, 1, 1, 1]. Masked scores count as -1e10, as in the model's own code.
+    """
+    batch, heads, length, size = keys.shape
+    mask = tf.reshape(tf.cast(tf.broadcast_to(cached_mask, [batch, 1, 1, length]), tf.float32), [batch, length])
+    own = tf.reshape(tf.cast(tf.broadcast_to(own_mask, [batch, 1, 1, 1]), tf.float32), [batch])
+    rows = [batch, heads, size]
+    out = gen_xla_ops.xla_custom_call_v2(
+        [tf.reshape(q, rows), keys, values, tf.reshape(own_k, rows), tf.reshape(own_v, rows), mask, own],
+        "gpt2tf_attend", f"{batch},{heads},{length},{size}", False, [tf.float32], [rows])[0]
+    return tf.reshape(out, [batch, heads, 1, size])
+
+
 def _custom_call(x, w, transpose_b):
     (rows, inner), cols = x.shape, (w.shape[0] if transpose_b else w.shape[1])
     target = "gpt2tf_matmul_nt" if transpose_b else "gpt2tf_matmul_nn"

@@ -11,6 +11,7 @@
 // TensorFlow: the registry's two entry points are passed in as addresses.
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <condition_variable>
@@ -160,6 +161,110 @@ GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Attention of one new token per sequence over the key/value cache (the decode step), per (sequence, head):
+//   scores_j = q . k_j for the cached slots j whose mask is 1, and for the token's own key if its mask is 1;
+//   out = sum_j softmax(scores)_j v_j
+// as the model's XLA code computes it with masked scores set to -1e10 (exactly 0 after the softmax). Only the slots
+// up to the last unmasked one are read (XLA's dot reads the whole cache, future slots included).
+
+struct Attend {
+  const float *q, *keys, *values, *own_k, *own_v, *mask, *own_mask;  // [b,h,d] [b,h,L,d] x2 [b,h,d] x2 [b,L] [b]
+  float* out;                                                           // [b, h, d]
+  long b, h, L, d;
+};
+
+// exp(x) for x <= 0 to ~1 ulp: Cephes' expf (range reduction by ln 2, degree-6 polynomial), eight at a time.
+GPT2TF_AVX2 inline __m256 exp8(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+GPT2TF_AVX2 inline float dot(const float* a, const float* b, long d) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+  long t = 0;
+  for (; t + 16 <= d; t += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + t + 8), _mm256_loadu_ps(b + t + 8), s1);
+  }
+  for (; t + 8 <= d; t += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t), s0);
+  float r = sum8(_mm256_add_ps(s0, s1));
+  for (; t < d; ++t) r += a[t] * b[t];
+  return r;
+}
+
+GPT2TF_AVX2 inline void axpy(float a, const float* x, float* y, long d) {  // y += a x
+  const __m256 va = _mm256_set1_ps(a);
+  long t = 0;
+  for (; t + 8 <= d; t += 8) _mm256_storeu_ps(y + t, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + t), _mm256_loadu_ps(y + t)));
+  for (; t < d; ++t) y[t] += a * x[t];
+}
+
+GPT2TF_AVX2 void attend_one(const Attend& a, long unit) {  // unit = sequence * h + head
+  const long seq = unit / a.h, L = a.L, d = a.d;
+  const float* q = a.q + unit * d;
+  const float* keys = a.keys + unit * L * d;
+  const float* values = a.values + unit * L * d;
+  const float* mask = a.mask + seq * L;
+  const bool own = a.own_mask[seq] != 0.f;
+  float* out = a.out + unit * d;
+  std::fill(out, out + d, 0.f);
+  long limit = L;
+  while (limit > 0 && mask[limit - 1] == 0.f) --limit;
+  if (limit == 0 && !own) {  // every score masked: the softmax of equal scores, an average over all L + 1 slots
+    const float w = 1.f / static_cast<float>(L + 1);
+    for (long j = 0; j < L; ++j) axpy(w, values + j * d, out, d);
+    axpy(w, a.own_v + unit * d, out, d);
+    return;
+  }
+  thread_local std::vector<float> scores;
+  if (static_cast<long>(scores.size()) < limit + 8) scores.resize(limit + 8);
+  float top = own ? dot(q, a.own_k + unit * d, d) : -INFINITY;
+  const float own_score = top;
+  for (long j = 0; j < limit; ++j) {
+    scores[j] = mask[j] != 0.f ? dot(q, keys + j * d, d) : -INFINITY;
+    top = std::max(top, scores[j]);
+  }
+  const __m256 vtop = _mm256_set1_ps(top);
+  __m256 vtotal = _mm256_setzero_ps();
+  long j = 0;
+  for (; j + 8 <= limit; j += 8) {  // exp(score - top), 0 where masked
+    const __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_loadu_ps(&scores[j]), vtop)),
+                                   _mm256_cmp_ps(_mm256_loadu_ps(mask + j), _mm256_setzero_ps(), _CMP_NEQ_OQ));
+    _mm256_storeu_ps(&scores[j], e);
+    vtotal = _mm256_add_ps(vtotal, e);
+  }
+  float total = sum8(vtotal);
+  for (; j < limit; ++j) {
+    float e[8] = {scores[j] - top, 0, 0, 0, 0, 0, 0, 0};
+    _mm256_storeu_ps(e, exp8(_mm256_loadu_ps(e)));
+    scores[j] = mask[j] != 0.f ? e[0] : 0.f;
+    total += scores[j];
+  }
+  float own_weight = 0.f;
+  if (own) {
+    float e[8] = {own_score - top, 0, 0, 0, 0, 0, 0, 0};
+    _mm256_storeu_ps(e, exp8(_mm256_loadu_ps(e)));
+    own_weight = e[0];
+    total += own_weight;
+  }
+  const float inverse = 1.f / total;
+  for (long i = 0; i < limit; ++i)
+    if (scores[i] != 0.f) axpy(scores[i] * inverse, values + i * d, out, d);
+  if (own) axpy(own_weight * inverse, a.own_v + unit * d, out, d);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Work sharing. A product is cut into chunks by its shape alone: blocks of rows of w when k is long (each chunk
 // streams one contiguous block of memory and writes its own partial sums, added in chunk order), else blocks of
 // output columns. Threads claim chunks one at a time, so a thread the OS has descheduled holds up one chunk, not
@@ -171,15 +276,18 @@ constexpr long kMaxChunks = 0xffff;  // chunk counts and indices share one 64-bi
 inline long round_up(long a, long b) { return (a + b - 1) / b * b; }
 
 struct Task {
-  void (*kernel)(const float*, const float*, float*, long, long, long, long, long);
-  const float* x;
-  const float* w;
-  float* y;
-  long m, k, n;
-  bool by_rows;
-  long chunk;   // rows of w (by_rows) or output columns per chunk
-  long chunks;
+  void (*kernel)(const float*, const float*, float*, long, long, long, long, long) = nullptr;
+  const float* x = nullptr;
+  const float* w = nullptr;
+  float* y = nullptr;
+  long m = 0, k = 0, n = 0;
+  bool by_rows = false;
+  long chunk = 0;  // rows of w (by_rows) or output columns per chunk
+  long chunks = 0;
   float* partials = nullptr;  // by_rows: chunk c's partial sums, [m, padded_stride(n)] at c * m * padded_stride(n)
+  const Attend* attend = nullptr;  // set: chunk c is (sequence, head) c of an attention
+
+  explicit Task(const Attend* a) : attend(a) { chunks = a->b * a->h; }
 
   Task(bool transposed, const float* x_, const float* w_, float* y_, long m_, long k_, long n_)
       : kernel(transposed ? matmul_nt : matmul_nn), x(x_), w(w_), y(y_), m(m_), k(k_), n(n_) {
@@ -191,7 +299,9 @@ struct Task {
   }
 
   void Run(long c) const {
-    if (by_rows) {
+    if (attend != nullptr) {
+      attend_one(*attend, c);
+    } else if (by_rows) {
       const long k0 = c * chunk, k1 = std::min(k0 + chunk, k), stride = padded_stride(n);
       nn_block(x, w, partials + c * m * stride, m, k, n, k0, k1, 0, n, stride);
     } else {
@@ -307,6 +417,21 @@ void CustomCall(void* out, const void** in, const char* opaque, size_t opaque_le
   if (task.by_rows) add_partials(task);
 }
 
+void AttendCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
+  long dims[4] = {0, 0, 0, 0};
+  const char* p = opaque;
+  const char* end = opaque + opaque_len;
+  for (int i = 0; i < 4 && p < end; ++i) {
+    char* next;
+    dims[i] = std::strtol(p, &next, 10);
+    p = next + 1;
+  }
+  const auto f = [&](int i) { return static_cast<const float*>(in[i]); };
+  const Attend a{f(0), f(1), f(2), f(3), f(4), f(5), f(6), static_cast<float*>(out), dims[0], dims[1], dims[2],
+                 dims[3]};
+  pool->Run(Task(&a));
+}
+
 }  // namespace
 
 extern "C" int gpt2tf_register(void* registry_global, void* registry_register, int threads) {
@@ -318,6 +443,7 @@ extern "C" int gpt2tf_register(void* registry_global, void* registry_register, i
   auto add = reinterpret_cast<void (*)(void*, const std::string&, void*, const std::string&)>(registry_register);
   add(registry, "gpt2tf_matmul_nn", reinterpret_cast<void*>(&CustomCall<false>), "Host");
   add(registry, "gpt2tf_matmul_nt", reinterpret_cast<void*>(&CustomCall<true>), "Host");
+  add(registry, "gpt2tf_attend", reinterpret_cast<void*>(&AttendCall), "Host");
   return 0;
 }
 

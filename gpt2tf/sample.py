@@ -150,8 +150,17 @@ class Decoder:
         self.vocab_size = model.hparams.n_vocab
         self.jit_compile = jit_compile
         self._compiled = set()  # (batch, prompt_len, total_len) whose decode step XLA has compiled
-        self.prefill = tf.function(self._prefill, autograph=False)
-        self.step = tf.function(self._step, jit_compile=jit_compile, autograph=False)
+        # One compiled function serves every block: the blocks differ only in their weights, passed as arguments.
+        # That is one trace and one XLA compilation of a block instead of the whole network's (seconds less on the
+        # first call). A model whose blocks are not alike (LoRA adapters patched into their layers) gets a
+        # function per block instead.
+        self._shared = _alike(model.h)
+        self._weights = [([w.value for w in block.trainable_variables], [w.value for w in block.non_trainable_variables])
+                         for block in model.h]
+        self.block = tf.function(self._block, jit_compile=jit_compile, autograph=False)
+        self.head = tf.function(self._head, jit_compile=jit_compile, autograph=False)
+        self.embed = tf.function(self._embed, jit_compile=jit_compile, autograph=False)
+        self.step = tf.function(self._step, autograph=False)
         self.decode_chunk = tf.function(self._decode_chunk, jit_compile=False, autograph=False)
 
     def cache_variables(self, batch, max_length):
@@ -191,26 +200,52 @@ class Decoder:
         thread.start()
         return thread.join
 
-    def _prefill(self, prompt, padding_mask, cache):
-        """prompt: int32 [batch, prompt_len], left-padded; padding_mask: bool [batch, total_len]."""
+    def prefill(self, prompt, padding_mask, cache):
+        """prompt: int32 [batch, prompt_len], left-padded; padding_mask: bool [batch, total_len].
+
+        Runs eagerly around the compiled blocks: there is no graph of its own to trace for each prompt length.
+        Returns the logits after the prompt's last token and the tokens each row has seen (for the penalty).
+        """
         batch, prompt_len = prompt.shape
-        fresh = self.model.init_cache(batch, padding_mask.shape[1])  # zeros: nothing of an earlier call survives
-        logits, filled = self.model(prompt, cache=fresh, cache_index=0, padding_mask=padding_mask)
-        _assign(cache, filled)
-        seen = tf.zeros([batch, self.vocab_size], tf.bool)  # tokens present in each row, for the penalty
+        logits = self._forward(prompt, tf.constant(0), padding_mask, cache)
+        seen = tf.zeros([batch, self.vocab_size], tf.bool)
         if self.config.repetition_penalty != 1.0:
             rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, prompt_len])
             real = tf.cast(padding_mask[:, :prompt_len], tf.int32)  # [batch, prompt_len]
             seen = tf.scatter_nd(tf.stack([rows, prompt], -1), real, [batch, self.vocab_size]) > 0
-        return logits[:, -1], seen
+        return logits, seen
 
     def _step(self, token, index, padding_mask, cache):
         """One token per row through the model: logits [batch, vocab]; the cache variables updated in place."""
-        current = tuple((keys.read_value(), values.read_value()) for keys, values in cache)
+        return self._forward(token[:, None], index, padding_mask, cache)
+
+    def _forward(self, tokens, index, padding_mask, cache):
+        """tokens [batch, seq] at slots index.. of the cache: the last token's logits [batch, vocab].
+
+        The cache is written in place (slots index..index+seq-1 of every layer) by the compiled blocks.
+        """
+        x, mask = self.embed(tokens, index, padding_mask)
+        for i, layer_cache in enumerate(cache):
+            x = self.block(x, mask, index, self._weights[i], layer_cache, None if self._shared else i)
+        return self.head(x[:, -1:] if x.shape[1] != 1 else x)  # the prefill shares the step's compiled head
+
+    def _embed(self, tokens, index, padding_mask):
+        return self.model.embed(tokens, cache_index=index, padding_mask=padding_mask, max_length=padding_mask.shape[1])
+
+    def _block(self, x, mask, index, weights, cache, layer):
+        """Block `layer` (or, for alike blocks, block 0 run with `weights`) on x; its cache variables updated."""
+        keys, values = cache
         with native.use_in_decode_step(self.use_native):
-            logits, updated = self.model(token[:, None], cache=current, cache_index=index, padding_mask=padding_mask)
-        _assign(cache, updated)
-        return logits[:, 0]
+            (x, (new_keys, new_values)), _ = self.model.h[layer or 0].stateless_call(
+                *weights, x, mask, (keys.read_value(), values.read_value()), index)
+        keys.assign(new_keys)
+        values.assign(new_values)
+        return x
+
+    def _head(self, x):
+        """x: [batch, 1, n_embd] after the last block; the logits [batch, vocab]."""
+        with native.use_in_decode_step(self.use_native):
+            return self.model.head(x)[:, 0]
 
     def _decode_chunk(self, state, steps, cache):
         """Run up to `steps` decode steps from `state` (a dict of tensors), stopping early once all rows are done."""
@@ -248,10 +283,12 @@ def initial_state(prompt, padding_mask, logits, seen, row_seeds, done, stop_at_e
                 index=tf.constant(prompt_len, tf.int32), done=tf.constant(done), stop_at_eos=tf.constant(stop_at_eos))
 
 
-def _assign(variables, values):
-    for layer_variables, layer_values in zip(variables, values):
-        for variable, value in zip(layer_variables, layer_values):
-            variable.assign(value)
+def _alike(blocks):
+    """Whether the blocks compute the same function of their own weights (nothing patched into one of them)."""
+    def signature(block):
+        patched = any("call" in vars(layer) for layer in block._flatten_layers())
+        return patched, [(w.path.split(block.name + "/", 1)[-1], tuple(w.shape), w.dtype) for w in block.weights]
+    return all(not signature(b)[0] and signature(b)[1] == signature(blocks[0])[1] for b in blocks)
 
 
 _decoders = weakref.WeakKeyDictionary()

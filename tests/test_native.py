@@ -59,6 +59,44 @@ def test_products_match_numpy(m, k, n, transpose_b):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
+def _numpy_attention(q, keys, values, own_k, own_v, cached_mask, own_mask):
+    """The model's rule in float64: masked scores are -1e10, one softmax over the cache and the token's own key."""
+    q, keys, values, own_k, own_v = (a.astype(np.float64) for a in (q, keys, values, own_k, own_v))
+    old = np.where(cached_mask[:, None, None, :], q @ np.swapaxes(keys, -1, -2), -1e10)  # [b, h, 1, L]
+    own = np.where(own_mask[:, None, None, None], np.sum(q * own_k, -1, keepdims=True), -1e10)  # [b, h, 1, 1]
+    scores = np.concatenate([old, own], -1)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return probs[..., :-1] @ values + probs[..., -1:] * own_v
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch,heads,length,size", [(1, 12, 192, 64), (3, 2, 37, 24), (4, 3, 9, 7)])
+def test_attention_matches_numpy(batch, heads, length, size):
+    rng = np.random.default_rng(length)
+    q, own_k, own_v = (rng.normal(size=(batch, heads, 1, size)).astype(np.float32) for _ in range(3))
+    keys, values = (rng.normal(size=(batch, heads, length, size)).astype(np.float32) for _ in range(2))
+    keys[:, :, length // 2:] = np.nan  # slots not yet written must never be read
+    cached = np.arange(length)[None, :] < length // 2  # [1, L]: the slots before this token
+    cached = np.repeat(cached, batch, 0)
+    cached[0, :3] = False  # left padding in row 0
+    own = np.ones(batch, bool)
+    if batch > 2:
+        own[1] = False  # a padding token: attends to the cache only
+        cached[2] = False  # ...and a row with nothing to attend to at all: the average of every slot
+        keys[2], values[2] = 0.0, rng.normal(size=(heads, length, size))
+
+    @tf.function(jit_compile=True)
+    def attend(*args):
+        with native.use_in_decode_step():
+            assert native.attention_applies(args[0], args[1:3])
+            return native.attend(*args)
+
+    got = attend(q, keys, values, own_k, own_v, cached[:, None, None, :], own[:, None, None, None]).numpy()
+    want = _numpy_attention(q, np.nan_to_num(keys), values, own_k, own_v, cached, own)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_outside_the_decode_step_it_is_tf_matmul():
     x, w = tf.ones([2, 8]), tf.ones([8, 4])
 
@@ -131,9 +169,13 @@ def test_decode_step_uses_the_kernel_and_gives_the_same_tokens(small_model_dir, 
     decoder = sample.decoder_for(model, sample.SamplerConfig(temperature=0))
     assert decoder.use_native
     cache = decoder.cache_variables(2, 84)
-    hlo = decoder.step.experimental_get_compiler_ir(tf.constant([1, 2]), tf.constant(64), tf.ones([2, 84], tf.bool),
-                                                    cache)(stage="hlo")
-    assert hlo.count("gpt2tf_matmul_nn") == 4 * model.hparams.n_layer and "gpt2tf_matmul_nt" in hlo
+    d = model.hparams.n_embd
+    x, mask = tf.zeros([2, 1, d]), (tf.ones([2, 1, 1, 84], tf.bool), tf.ones([2, 1, 1, 1], tf.bool))
+    block = decoder.block.experimental_get_compiler_ir(x, mask, tf.constant(64), decoder._weights[0], cache[0],
+                                                       None)(stage="hlo")
+    head = decoder.head.experimental_get_compiler_ir(x)(stage="hlo")
+    assert block.count("gpt2tf_matmul_nn") == 4 and "gpt2tf_matmul_nt" in head  # every product of the step
+    assert block.count("gpt2tf_attend") == 1  # and the attention over the cache
     monkeypatch.setenv("GPT2TF_NATIVE", "0")
     assert not sample.decoder_for(model, sample.SamplerConfig(temperature=0)).use_native
     assert sample.generate(model, prompts, **kwargs) == with_kernel

@@ -181,8 +181,29 @@ def test_no_retracing_for_new_prompts_or_calls(small_model):
     for prompt in ([1], [1, 2, 3, 4, 5], list(range(20, 40))):  # all in one length bucket
         sample.generate(small_model, [prompt], length=10, top_k=7, seed=1, stop_at_eos=False)
     sample.generate(small_model, [[9, 9]], length=10, top_k=7, seed=2, stop_at_eos=False)
-    assert decoder.prefill.experimental_get_tracing_count() == 1
+    # One compiled block serves every layer: traced for the prompt's shape and for one token, not once per layer.
+    assert SMALL.n_layer > 1 and decoder.block.experimental_get_tracing_count() == 2
+    assert decoder.head.experimental_get_tracing_count() == 1 and decoder.embed.experimental_get_tracing_count() == 2
     assert decoder.decode_chunk.experimental_get_tracing_count() == 1
+
+
+def test_blocks_with_patched_layers_get_their_own_function(small_dir):
+    """LoRA patches each layer's call with its own adapters: the decoder must not run block 0's code for all."""
+    from gpt2tf.train import LoRA
+
+    model = gpt2tf.load_model(small_dir)
+    lora = LoRA(model, rank=2, alpha=4.0, seed=0)
+    rng = np.random.default_rng(0)
+    for _, b in lora.adapters.values():
+        b.assign(rng.normal(0, 0.5, b.shape).astype(np.float32))  # adapters that change the output
+    prompt = [464, 2068, 7586]
+    tokens = list(prompt)
+    for _ in range(12):  # greedy over the adapted model's full forward pass, no cache
+        tokens.append(int(np.argmax(model(tf.constant([tokens]))[0, -1])))
+    (out,) = sample.generate(model, [prompt], length=12, temperature=0, stop_at_eos=False)
+    decoder = sample.decoder_for(model, sample.SamplerConfig(temperature=0))
+    assert not decoder._shared and decoder.block.experimental_get_tracing_count() == 2 * SMALL.n_layer
+    assert out == tokens[len(prompt):]
 
 
 @pytest.fixture(scope="module")
