@@ -1,16 +1,18 @@
-"""The decode step's matrix products on all CPU cores: a small C++ kernel registered as an XLA custom call.
+"""The decode step's matrix products and attention on all CPU cores: small C++ kernels registered as XLA custom calls.
 
 XLA's CPU dot runs a matrix-vector product (batch 1 decoding) on one core, and for a few rows (batch 8) packs the
 weights first: both leave most of the memory bandwidth unused, and decoding is bound by reading every weight once
-per step. `native_matmul.cc` reads each weight once, straight from memory, on every core. It is built on first use
-with the system C++ compiler (about a second), cached under `~/.cache/gpt2tf/` (or `$GPT2TF_CACHE_DIR`), loaded into
-the process and registered with XLA as the custom-call targets `gpt2tf_matmul_nn` / `gpt2tf_matmul_nt`.
+per step. `native_matmul.cc` reads each weight once, straight from memory, on every core, and computes the step's
+attention over the key/value cache reading only the slots written so far. It is built on first use with the system
+C++ compiler (about a second), cached under `~/.cache/gpt2tf/` (or `$GPT2TF_CACHE_DIR`), loaded into the process
+and registered with XLA as the custom-call targets `gpt2tf_matmul_nn` / `gpt2tf_matmul_nt` / `gpt2tf_attend`.
 
 It is used only where it helps and is safe: inside the compiled decode step (`use_in_decode_step`), for float32
-products of at most `MAX_ROWS` rows, on an x86-64 CPU with AVX2 and FMA, when no GPU is visible. Anywhere else,
-or if it cannot be built (no compiler, another architecture), `matmul` is `tf.matmul` and decoding runs on XLA's
-own dot — slower, same results to float rounding. `GPT2TF_NATIVE=0` turns it off; `GPT2TF_NATIVE_THREADS` sets
-its thread count (default: the CPUs this process may run on).
+products of at most `MAX_ROWS` rows and one-token attention, on an x86-64 CPU with AVX2 and FMA, when no GPU is
+visible. Anywhere else, or if it cannot be built (no compiler, another architecture), `matmul` is `tf.matmul`, the
+model computes attention itself, and decoding runs on XLA's own ops — slower, same results to float rounding.
+`GPT2TF_NATIVE=0` turns it off; `GPT2TF_NATIVE_THREADS` sets its thread count (default: the CPUs this process may
+run on).
 """
 
 import contextlib

@@ -5,8 +5,10 @@
 //
 //   gpt2tf_matmul_nn: y[m, n] = x[m, k] @ w[k, n]      (w row-major: OpenAI's conv1d weights)
 //   gpt2tf_matmul_nt: y[m, n] = x[m, k] @ w[n, k]^T    (w row-major: the tied token embedding, for the logits)
+//   gpt2tf_attend:    one new token per sequence attending over the key/value cache (see attend_one)
 //
-// The backend config (XLA's "opaque" string) is "m,k,n". Built by gpt2tf/native.py with the system C++ compiler,
+// The backend config (XLA's "opaque" string) is "m,k,n" for the products, "batch,heads,max_length,head_size" for
+// attention. Built by gpt2tf/native.py with the system C++ compiler,
 // loaded into the TensorFlow process, registered with XLA through `gpt2tf_register`. It links against nothing of
 // TensorFlow: the registry's two entry points are passed in as addresses.
 

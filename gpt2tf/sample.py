@@ -17,10 +17,11 @@ Order of the filters, as in OpenAI's `sample.py`: repetition penalty → tempera
   or the other prompts in the batch.
 
 The loop: prompts are left-padded to a bucketed length, prefilled into a preallocated key/value cache in one pass,
-then decoded in chunks of steps by a graph-mode while loop whose model step is compiled by XLA
-(`tf.function(jit_compile=True)`); between chunks Python checks stop strings, streams text and exits early once
-every row has stopped. Shapes depend only on the batch size and the
-buckets, so new prompts and new calls reuse the compiled functions.
+then decoded in chunks of steps by a graph-mode while loop whose model step runs compiled by XLA
+(`tf.function(jit_compile=True)`: one compiled block, run for every layer with that layer's weights, between a
+compiled embedding and head); between chunks Python checks stop strings, streams text and exits early once every
+row has stopped. Shapes depend only on the batch size and the buckets, so new prompts and new calls reuse the
+compiled functions.
 """
 
 import dataclasses
@@ -137,11 +138,13 @@ def choose_tokens(logits, seen, row_seeds, step, config):
 # The compiled decode loop
 
 class Decoder:
-    """Compiled prefill, model step and decode-chunk functions for one model and sampler config (`decoder_for`).
+    """The prefill, model step and decode-chunk functions for one model and sampler config (`decoder_for`).
 
-    The one-token model step runs under XLA; the sampling ops (top-k, sort, random) run as ordinary TensorFlow
-    kernels inside the same graph loop, because XLA's CPU lowering of TopK/Sort and of the random generator is
-    10-20x slower. The prefill runs once per batch, so it skips XLA: compiling it would cost more than it saves.
+    The model runs as compiled pieces: the embedding, one block (run for each layer with its weights and cache as
+    arguments) and the head, each compiled by XLA once per shape; the prefill calls them eagerly at the prompt's
+    shape, the decode step from inside the graph loop at one token. The sampling ops (top-k, sort, random) run as
+    ordinary TensorFlow kernels inside that loop, because XLA's CPU lowering of TopK/Sort and of the random
+    generator is 10-20x slower.
     """
 
     def __init__(self, model, config, *, eos_id, jit_compile=True, use_native=True):
@@ -205,6 +208,8 @@ class Decoder:
 
         Runs eagerly around the compiled blocks: there is no graph of its own to trace for each prompt length.
         Returns the logits after the prompt's last token and the tokens each row has seen (for the penalty).
+        It writes cache slots [0, prompt_len) only: a slot beyond holds an earlier batch's key until the step that
+        writes it, and no step reads a slot before writing it.
         """
         batch, prompt_len = prompt.shape
         logits = self._forward(prompt, tf.constant(0), padding_mask, cache)
