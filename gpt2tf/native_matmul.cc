@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -233,9 +234,15 @@ GPT2TF_AVX2 void attend_one(const Attend& a, long unit) {  // unit = sequence * 
   if (static_cast<long>(scores.size()) < limit + 8) scores.resize(limit + 8);
   float top = own ? dot(q, a.own_k + unit * d, d) : -INFINITY;
   const float own_score = top;
+  bool nan = std::isnan(top);
   for (long j = 0; j < limit; ++j) {
     scores[j] = mask[j] != 0.f ? dot(q, keys + j * d, d) : -INFINITY;
+    nan |= std::isnan(scores[j]);
     top = std::max(top, scores[j]);
+  }
+  if (nan) {  // as XLA's softmax: a NaN score makes the whole output NaN (max and exp would hide it)
+    std::fill(out, out + d, std::numeric_limits<float>::quiet_NaN());
+    return;
   }
   const __m256 vtop = _mm256_set1_ps(top);
   __m256 vtotal = _mm256_setzero_ps();
@@ -289,7 +296,10 @@ struct Task {
   float* partials = nullptr;  // by_rows: chunk c's partial sums, [m, padded_stride(n)] at c * m * padded_stride(n)
   const Attend* attend = nullptr;  // set: chunk c is (sequence, head) c of an attention
 
-  explicit Task(const Attend* a) : attend(a) { chunks = a->b * a->h; }
+  explicit Task(const Attend* a) : attend(a) {  // chunks of whole (sequence, head) units
+    chunk = (a->b * a->h + kMaxChunks - 1) / kMaxChunks;
+    chunks = (a->b * a->h + chunk - 1) / chunk;
+  }
 
   Task(bool transposed, const float* x_, const float* w_, float* y_, long m_, long k_, long n_)
       : kernel(transposed ? matmul_nt : matmul_nn), x(x_), w(w_), y(y_), m(m_), k(k_), n(n_) {
@@ -302,7 +312,8 @@ struct Task {
 
   void Run(long c) const {
     if (attend != nullptr) {
-      attend_one(*attend, c);
+      for (long unit = c * chunk; unit < std::min((c + 1) * chunk, attend->b * attend->h); ++unit)
+        attend_one(*attend, unit);
     } else if (by_rows) {
       const long k0 = c * chunk, k1 = std::min(k0 + chunk, k), stride = padded_stride(n);
       nn_block(x, w, partials + c * m * stride, m, k, n, k0, k1, 0, n, stride);

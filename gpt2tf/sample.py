@@ -27,6 +27,7 @@ compiled functions.
 import dataclasses
 import os
 import threading
+import types
 import weakref
 
 import numpy as np
@@ -147,7 +148,7 @@ class Decoder:
     generator is 10-20x slower.
     """
 
-    def __init__(self, model, config, *, eos_id, jit_compile=True, use_native=True):
+    def __init__(self, model, config, *, eos_id, jit_compile=True, use_native=True, shared=None):
         self.model, self.config, self.eos_id = model, config, eos_id
         self.use_native = jit_compile and use_native  # the native kernel runs only inside XLA
         self.vocab_size = model.hparams.n_vocab
@@ -157,7 +158,7 @@ class Decoder:
         # That is one trace and one XLA compilation of a block instead of the whole network's (seconds less on the
         # first call). A model whose blocks are not alike (LoRA adapters patched into their layers) gets a
         # function per block instead.
-        self._shared = _alike(model.h)
+        self._shared = _alike(model.h) if shared is None else shared
         self._weights = [([w.value for w in block.trainable_variables], [w.value for w in block.non_trainable_variables])
                          for block in model.h]
         self.block = tf.function(self._block, jit_compile=jit_compile, autograph=False)
@@ -288,12 +289,20 @@ def initial_state(prompt, padding_mask, logits, seen, row_seeds, done, stop_at_e
                 index=tf.constant(prompt_len, tf.int32), done=tf.constant(done), stop_at_eos=tf.constant(stop_at_eos))
 
 
+_KERAS_WRAPPED = ("build", "quantize")  # methods Keras itself wraps on every layer instance
+
+
 def _alike(blocks):
-    """Whether the blocks compute the same function of their own weights (nothing patched into one of them)."""
+    """Whether the blocks compute the same function of their own weights: same layer classes, dtype policies and
+    weight names and shapes, and no method patched into a layer (as LoRA patches `call`)."""
     def signature(block):
-        patched = any("call" in vars(layer) for layer in block._flatten_layers())
-        return patched, [(w.path.split(block.name + "/", 1)[-1], tuple(w.shape), w.dtype) for w in block.weights]
-    return all(not signature(b)[0] and signature(b)[1] == signature(blocks[0])[1] for b in blocks)
+        layers = list(block._flatten_layers())
+        patched = any(isinstance(value, (types.FunctionType, types.MethodType)) and name not in _KERAS_WRAPPED
+                      for layer in layers for name, value in vars(layer).items())
+        return (patched, [(type(layer), layer.dtype_policy.name) for layer in layers],
+                [(w.path.split(block.name + "/", 1)[-1], tuple(w.shape), w.dtype) for w in block.weights])
+    first = signature(blocks[0])
+    return not first[0] and all(signature(b) == first for b in blocks[1:])
 
 
 _decoders = weakref.WeakKeyDictionary()
@@ -302,9 +311,10 @@ _decoders = weakref.WeakKeyDictionary()
 def decoder_for(model, config, *, eos_id=EOT_ID, jit_compile=True):
     """The compiled functions for (model, config), built once and reused by every later call."""
     per_model = _decoders.setdefault(model, {})
-    key = (config, eos_id, jit_compile, native.requested())
+    key = (config, eos_id, jit_compile, native.requested(), _alike(model.h))  # LoRA may patch blocks later
     if key not in per_model:
-        per_model[key] = Decoder(model, config, eos_id=eos_id, jit_compile=jit_compile, use_native=key[-1])
+        per_model[key] = Decoder(model, config, eos_id=eos_id, jit_compile=jit_compile, use_native=key[3],
+                                 shared=key[4])
     return per_model[key]
 
 
@@ -373,6 +383,9 @@ def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None
             padding_mask[r, :prompt_len - len(p)] = False
         if cache is None or cache[0][0].shape[2] != padding_mask.shape[1]:
             cache = decoder.cache_variables(batch_size, padding_mask.shape[1])
+        else:  # an earlier batch's keys: never read, but a NaN among them would still poison XLA's 0-weighted sum
+            for variable in (v for layer in cache for v in layer):
+                variable.assign(tf.zeros_like(variable))
         compiled = decoder.compile_in_background(batch_size, prompt_len, padding_mask.shape[1], cache)
         logits, seen = decoder.prefill(tf.constant(prompt), tf.constant(padding_mask), cache)
         compiled()

@@ -97,6 +97,26 @@ def test_attention_matches_numpy(batch, heads, length, size):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@needs_kernel
+def test_attention_nan_and_many_units():
+    """A NaN score makes its (sequence, head) NaN, as XLA's softmax does; more units than one chunk field holds."""
+    @tf.function(jit_compile=True)
+    def attend(*args):
+        with native.use_in_decode_step():
+            return native.attend(*args)
+
+    batch, heads, length, size = 5462, 12, 2, 3  # 65544 (sequence, head) units
+    rng = np.random.default_rng(0)
+    q, own_k, own_v = (rng.normal(size=(batch, heads, 1, size)).astype(np.float32) for _ in range(3))
+    keys, values = (rng.normal(size=(batch, heads, length, size)).astype(np.float32) for _ in range(2))
+    keys[7, 2, 0, 1] = np.nan
+    cached, own = np.ones([batch, 1, 1, length], bool), np.ones([batch, 1, 1, 1], bool)
+    got = attend(q, keys, values, own_k, own_v, cached, own).numpy()
+    want = _numpy_attention(q, keys, values, own_k, own_v, cached[:, 0, 0], own[:, 0, 0, 0])
+    assert np.isnan(got[7, 2]).all() and np.isnan(got).sum() == size
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # NaNs compare equal here
+
+
 def test_outside_the_decode_step_it_is_tf_matmul():
     x, w = tf.ones([2, 8]), tf.ones([8, 4])
 

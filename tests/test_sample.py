@@ -187,6 +187,25 @@ def test_no_retracing_for_new_prompts_or_calls(small_model):
     assert decoder.decode_chunk.experimental_get_tracing_count() == 1
 
 
+def test_a_later_batch_never_sees_an_earlier_batchs_cache(small_model, monkeypatch):
+    """Slots an earlier batch of the same call left behind (here NaN) do not leak into the next batch."""
+    monkeypatch.setenv("GPT2TF_NATIVE", "0")  # XLA's attention weighs every cache slot, masked ones by 0
+    prompts, kwargs = [[464, 2068], [10, 11, 12]], dict(length=6, temperature=0, stop_at_eos=False)
+    alone = [sample.generate(small_model, [p], **kwargs)[0] for p in prompts]
+    decoder = sample.decoder_for(small_model, sample.SamplerConfig(temperature=0))
+    chunk = decoder.decode_chunk
+
+    def leave_nans_behind(state, steps, cache):  # after the batch's last chunk: in the slots after its prompt
+        state = chunk(state, steps, cache)
+        assert int(state["index"] - state["start"]) == kwargs["length"]
+        for variable in (v for layer in cache for v in layer):
+            variable[:, :, int(state["start"]):].assign(tf.fill(variable[:, :, int(state["start"]):].shape, np.nan))
+        return state
+
+    monkeypatch.setattr(decoder, "decode_chunk", leave_nans_behind)
+    assert sample.generate(small_model, prompts, batch_size=1, **kwargs) == alone
+
+
 def test_blocks_with_patched_layers_get_their_own_function(small_dir):
     """LoRA patches each layer's call with its own adapters: the decoder must not run block 0's code for all."""
     from gpt2tf.train import LoRA
