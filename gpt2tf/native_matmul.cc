@@ -13,6 +13,7 @@
 // TensorFlow: the registry's two entry points are passed in as addresses.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <atomic>
 #include <cstdint>
@@ -408,16 +409,23 @@ GPT2TF_AVX2 void add_partials(const Task& task) {
   }
 }
 
-template <bool kTransposed>
-void CustomCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
-  long dims[3] = {0, 0, 0};
+// The backend config "a,b,c,..." as numbers (missing ones stay 0).
+template <int kCount>
+std::array<long, kCount> parse_dims(const char* opaque, size_t opaque_len) {
+  std::array<long, kCount> dims{};
   const char* p = opaque;
   const char* end = opaque + opaque_len;
-  for (int d = 0; d < 3 && p < end; ++d) {
+  for (int i = 0; i < kCount && p < end; ++i) {
     char* next;
-    dims[d] = std::strtol(p, &next, 10);
+    dims[i] = std::strtol(p, &next, 10);
     p = next + 1;
   }
+  return dims;
+}
+
+template <bool kTransposed>
+void CustomCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
+  const auto dims = parse_dims<3>(opaque, opaque_len);
   Task task(kTransposed, static_cast<const float*>(in[0]), static_cast<const float*>(in[1]), static_cast<float*>(out),
             dims[0], dims[1], dims[2]);
   thread_local std::vector<float> partials;
@@ -431,14 +439,7 @@ void CustomCall(void* out, const void** in, const char* opaque, size_t opaque_le
 }
 
 void AttendCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
-  long dims[4] = {0, 0, 0, 0};
-  const char* p = opaque;
-  const char* end = opaque + opaque_len;
-  for (int i = 0; i < 4 && p < end; ++i) {
-    char* next;
-    dims[i] = std::strtol(p, &next, 10);
-    p = next + 1;
-  }
+  const auto dims = parse_dims<4>(opaque, opaque_len);
   const auto f = [&](int i) { return static_cast<const float*>(in[i]); };
   const Attend a{f(0), f(1), f(2), f(3), f(4), f(5), f(6), static_cast<float*>(out), dims[0], dims[1], dims[2],
                  dims[3]};
