@@ -210,7 +210,8 @@ GPT2TF_AVX2 inline float dot(const float* a, const float* b, long d) {
 GPT2TF_AVX2 inline void axpy(float a, const float* x, float* y, long d) {  // y += a x
   const __m256 va = _mm256_set1_ps(a);
   long t = 0;
-  for (; t + 8 <= d; t += 8) _mm256_storeu_ps(y + t, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + t), _mm256_loadu_ps(y + t)));
+  for (; t + 8 <= d; t += 8)
+    _mm256_storeu_ps(y + t, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + t), _mm256_loadu_ps(y + t)));
   for (; t < d; ++t) y[t] += a * x[t];
 }
 

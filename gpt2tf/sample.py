@@ -159,8 +159,8 @@ class Decoder:
         # first call). A model whose blocks are not alike (LoRA adapters patched into their layers) gets a
         # function per block instead.
         self._shared = _alike(model.h) if shared is None else shared
-        self._weights = [([w.value for w in block.trainable_variables], [w.value for w in block.non_trainable_variables])
-                         for block in model.h]
+        self._weights = [([w.value for w in block.trainable_variables],
+                          [w.value for w in block.non_trainable_variables]) for block in model.h]
         self.block = tf.function(self._block, jit_compile=jit_compile, autograph=False)
         self.head = tf.function(self._head, jit_compile=jit_compile, autograph=False)
         self.embed = tf.function(self._embed, jit_compile=jit_compile, autograph=False)
