@@ -143,6 +143,15 @@ def test_greedy_equals_a_greedy_loop_over_the_reference(small_dir, small_model):
     assert out == tokens[len(prompt):]
 
 
+def test_without_xla_gives_the_same_tokens(small_model):
+    """--no_xla runs the same embed/block/head pieces as plain graph functions."""
+    for kwargs in (dict(temperature=0), dict(top_k=40, seed=3)):
+        prompts = [[464, 2068, 7586], [10]]
+        compiled = sample.generate(small_model, prompts, length=15, stop_at_eos=False, **kwargs)
+        assert sample.generate(small_model, prompts, length=15, stop_at_eos=False, jit_compile=False,
+                               **kwargs) == compiled
+
+
 def test_seeded_sampling_is_reproducible(small_model):
     kwargs = dict(length=20, top_k=40, seed=123, stop_at_eos=False)
     a = sample.generate(small_model, [[1, 2, 3]], **kwargs)
