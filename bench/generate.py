@@ -3,8 +3,8 @@
     python bench/generate.py                     # batch 1 and 8, four variants, first-call time, peers if installed
     python bench/generate.py --batch_sizes 1 --variants cache_xla
 
-Variants: `cache_xla` (the library default: KV cache, XLA-compiled step with the native matmul kernel),
-`cache_xla_plain` (the same with GPT2TF_NATIVE=0: XLA's own dot), `cache` (KV cache, no XLA), and two no-cache
+Variants: `cache_xla` (the library default: KV cache, XLA-compiled step with the native kernels),
+`cache_xla_plain` (the same with GPT2TF_NATIVE=0: XLA's own ops), `cache` (KV cache, no XLA), and two no-cache
 baselines that rerun the whole fixed-length sequence every step (`nocache_xla`, `nocache`). All greedy, so every
 variant does the same work; `topk_topp` adds the cost of top-k 40 + top-p 0.9 sampling to `cache_xla`.
 Decode time excludes the prompt: it is (time for 128 new tokens) - (time for 1), over 127 steps (8 steps for the

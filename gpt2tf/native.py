@@ -184,7 +184,8 @@ def _registry_addresses():
 
 @contextlib.contextmanager
 def use_in_decode_step(enabled=True):
-    """While tracing a function under this context (compiled with jit_compile=True), `matmul` may use the kernel."""
+    """While tracing a function under this context (compiled with jit_compile=True), `matmul` and `attend` may use
+    the kernels."""
     previous = getattr(_context, "enabled", False)
     _context.enabled = enabled
     try:
@@ -193,11 +194,15 @@ def use_in_decode_step(enabled=True):
         _context.enabled = previous
 
 
+def _in_decode_step():
+    return getattr(_context, "enabled", False)
+
+
 def matmul(x, w, transpose_b=False):
     """`tf.matmul(x, w, transpose_b=...)` for 2-D x and w; the native kernel where `use_in_decode_step` allows it."""
     rows, inner = x.shape
     cols = w.shape[0] if transpose_b else w.shape[1]
-    if (getattr(_context, "enabled", False) and x.dtype == tf.float32 and w.dtype == tf.float32
+    if (_in_decode_step() and x.dtype == tf.float32 and w.dtype == tf.float32
             and rows is not None and inner is not None and rows <= MAX_ROWS and available()):
         return _custom_call(x, w, transpose_b)
     return tf.matmul(x, w, transpose_b=transpose_b)
@@ -205,7 +210,7 @@ def matmul(x, w, transpose_b=False):
 
 def attention_applies(q, cache):
     """Whether `attend` runs the kernel for this query and cache (else the caller computes attention itself)."""
-    return (getattr(_context, "enabled", False) and q.dtype == tf.float32 and q.shape.is_fully_defined()
+    return (_in_decode_step() and q.dtype == tf.float32 and q.shape.is_fully_defined()
             and q.shape[2] == 1 and cache[0].shape.is_fully_defined() and cache[0].dtype == tf.float32
             and available())
 

@@ -164,7 +164,6 @@ class Decoder:
         self.block = tf.function(self._block, jit_compile=jit_compile, autograph=False)
         self.head = tf.function(self._head, jit_compile=jit_compile, autograph=False)
         self.embed = tf.function(self._embed, jit_compile=jit_compile, autograph=False)
-        self.step = tf.function(self._step, autograph=False)
         self.decode_chunk = tf.function(self._decode_chunk, jit_compile=False, autograph=False)
 
     def cache_variables(self, batch, max_length):
@@ -209,8 +208,7 @@ class Decoder:
 
         Runs eagerly around the compiled blocks: there is no graph of its own to trace for each prompt length.
         Returns the logits after the prompt's last token and the tokens each row has seen (for the penalty).
-        It writes cache slots [0, prompt_len) only: a slot beyond holds an earlier batch's key until the step that
-        writes it, and no step reads a slot before writing it.
+        It writes cache slots [0, prompt_len) only; the steps write the others, each before any step reads it.
         """
         batch, prompt_len = prompt.shape
         logits = self._forward(prompt, tf.constant(0), padding_mask, cache)
@@ -220,10 +218,6 @@ class Decoder:
             real = tf.cast(padding_mask[:, :prompt_len], tf.int32)  # [batch, prompt_len]
             seen = tf.scatter_nd(tf.stack([rows, prompt], -1), real, [batch, self.vocab_size]) > 0
         return logits, seen
-
-    def _step(self, token, index, padding_mask, cache):
-        """One token per row through the model: logits [batch, vocab]; the cache variables updated in place."""
-        return self._forward(token[:, None], index, padding_mask, cache)
 
     def _forward(self, tokens, index, padding_mask, cache):
         """tokens [batch, seq] at slots index.. of the cache: the last token's logits [batch, vocab].
@@ -273,7 +267,7 @@ class Decoder:
             if config.repetition_penalty != 1.0:
                 seen = seen | (tf.one_hot(token, self.vocab_size) > 0)
             # Finished rows write eos_id, which a small-vocabulary model may not have: feed it a valid id instead.
-            logits = self.step(tf.minimum(token, self.vocab_size - 1), index, s["padding_mask"], cache)
+            logits = self._forward(tf.minimum(token, self.vocab_size - 1)[:, None], index, s["padding_mask"], cache)
             return i + 1, dict(s, tokens=tokens, done=done, seen=seen, logits=logits, index=index + 1)
 
         _, state = tf.while_loop(cond, body, (tf.constant(0), state))
