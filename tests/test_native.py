@@ -47,7 +47,8 @@ def _compiled_product(transpose_b):
 @pytest.mark.parametrize("transpose_b", [False, True])
 @pytest.mark.parametrize("m,k,n", [(1, 16, 48), (1, 768, 2304), (2, 17, 5), (3, 33, 100), (8, 768, 3072),
                                    (5, 3072, 768), (16, 40, 257), (1, 7, 1), (2, 255, 70),
-                                   (3, 1001, 333), (16, 600, 70)])  # the last two: chunks of rows, a short last one
+                                   (3, 1001, 333), (16, 600, 70),  # these two: chunks of rows, a short last one
+                                   (1, 3072, 768), (1, 1001, 100), (1, 100, 70)])  # one row: vector tails
 def test_products_match_numpy(m, k, n, transpose_b):
     rng = np.random.default_rng(m * 1000 + k + n)
     x = rng.normal(size=(m, k)).astype(np.float32)
@@ -165,7 +166,8 @@ def test_same_bits_whatever_the_thread_count(tmp_path):
             "ok = n.available()\n"
             "r = np.random.default_rng(1)\n"
             "out = []\n"
-            "for m, k, n_, t in [(8, 3072, 768, 0), (3, 1001, 333, 0), (2, 768, 2304, 1)]:\n"
+            "for m, k, n_, t in [(8, 3072, 768, 0), (3, 1001, 333, 0), (2, 768, 2304, 1), (1, 3072, 768, 0),\n"
+            "                    (1, 768, 2304, 1)]:\n"
             "    x = tf.constant(r.normal(size=(m, k)).astype(np.float32))\n"
             "    w = tf.constant(r.normal(size=(n_, k) if t else (k, n_)).astype(np.float32))\n"
             "    f = tf.function(lambda x, w: n._custom_call(x, w, bool(t)), jit_compile=True)\n"
