@@ -51,6 +51,27 @@ def checkpoint_key(variable):
     return "model/" + variable.path.split("/", 1)[1]
 
 
+def _is_projection(key):
+    return key.endswith("/w")  # c_attn, c_proj, c_fc: the model holds these transposed (see model.Conv1D)
+
+
+def checkpoint_shape(variable):
+    """The shape of a model variable's tensor in the checkpoint: `[1, n_in, n_out]` for a projection's weight."""
+    shape = tuple(variable.shape)
+    return (shape[0], shape[2], shape[1]) if _is_projection(checkpoint_key(variable)) else shape
+
+
+def to_checkpoint_layout(key, tensor):
+    """A model variable's value as the checkpoint stores it (and back again: the transposition is its own inverse)."""
+    return tf.transpose(tensor, [0, 2, 1]) if _is_projection(key) else tensor  # [1, a, b] -> [1, b, a]
+
+
+def model_tensors(model):
+    """{checkpoint key: tensor in the checkpoint's layout} for every weight of `model`."""
+    return {checkpoint_key(v): to_checkpoint_layout(checkpoint_key(v), tf.convert_to_tensor(v.value))
+            for v in model.weights}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Finding things in a model dir
 
@@ -137,17 +158,17 @@ def restore_weights(model, prefix):
                           f"the file is corrupt; download the model again") from None
     variables = {checkpoint_key(v): v for v in model.weights}
     check_tensor_names_and_shapes(
-        found_shapes, {key: tuple(v.shape) for key, v in variables.items()}, prefix)
+        found_shapes, {key: checkpoint_shape(v) for key, v in variables.items()}, prefix)
     _check_data_size(prefix, found_shapes, found_dtypes)
 
     def read(key):
         (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
                                         dtypes=[found_dtypes[key]])
-        return value
+        return to_checkpoint_layout(key, value)
 
     # Reading is bound by page faults on the freshly allocated tensors, which run in parallel across cores; the
-    # weights' own buffers were never touched (EmptyInitializer), and `assign` adopts each read tensor's buffer,
-    # so the peak is one copy of the weights. The TF ops release the GIL.
+    # weights' own buffers were never touched (EmptyInitializer), and `assign` adopts each read (or transposed)
+    # tensor's buffer, so the peak is one copy of the weights plus a tensor per thread. The TF ops release the GIL.
     keys = sorted(variables, key=lambda k: -int(np.prod(found_shapes[k])))  # big first: balances the threads
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         try:
@@ -208,8 +229,7 @@ def _first_line(err):
 
 def save_openai_checkpoint(model, model_dir):
     """Write `model` as a model dir in OpenAI's layout, readable by any GPT-2 tool; the round trip is bit-exact."""
-    tensors = {checkpoint_key(v): tf.convert_to_tensor(v.value) for v in model.weights}
-    write_model_dir(model_dir, model.hparams, tensors)
+    write_model_dir(model_dir, model.hparams, model_tensors(model))
 
 
 def write_synthetic_checkpoint(model_dir, hparams, *, seed=0):

@@ -1,7 +1,8 @@
 """The GPT-2 network: Keras 3 layers (TensorFlow backend) that compute exactly what OpenAI's `model.py` computes.
 
 Layer and weight names are OpenAI's (`wte`, `wpe`, `h{i}/ln_1`, `attn/c_attn`, `mlp/c_fc`, `w`, `b`, `g`), so every
-variable's `path` equals its checkpoint key (`model/h0/attn/c_attn/w`) and restoring is a loop. Under a
+variable's `path` equals its checkpoint key (`model/h0/attn/c_attn/w`) and restoring is a loop; the projections'
+weights `w` are held transposed (see `Conv1D`). Under a
 mixed-precision policy the matmuls run in the compute dtype while LayerNorm, softmax and logits stay in float32.
 
 The key/value cache for decoding is a tuple with one `(keys, values)` pair per layer, each `[batch, n_head,
@@ -65,21 +66,26 @@ class LayerNorm(keras.layers.Layer):
 
 
 class Conv1D(keras.layers.Layer):
-    """OpenAI's `conv1d`: a dense layer whose weight is stored as `w [1, n_in, n_out]` plus `b [n_out]`."""
+    """OpenAI's `conv1d`, a dense layer `x w + b`, with its weight held transposed: `w [1, n_out, n_in]`.
+
+    OpenAI's checkpoint stores `w` as `[1, n_in, n_out]`; `checkpoint` transposes it on the way in and out. Held
+    this way, the weights of each output are contiguous, so decoding one token reads every weight in one
+    sequential stream (see `native`), a quarter faster on CPU than reading several rows of `[n_in, n_out]` at once.
+    """
 
     def __init__(self, n_in, n_out, *, init, w_init="w", **kwargs):
         super().__init__(**kwargs)
         self.n_in, self.n_out, self.init, self.w_init = n_in, n_out, init, w_init
 
     def build(self, input_shape=None):
-        self.w = self.add_weight(name="w", shape=(1, self.n_in, self.n_out), initializer=self.init[self.w_init])
+        self.w = self.add_weight(name="w", shape=(1, self.n_out, self.n_in), initializer=self.init[self.w_init])
         self.b = self.add_weight(name="b", shape=(self.n_out,), initializer=self.init["b"])
 
     def call(self, x):
         dtype = self.compute_dtype
         x2d = tf.reshape(x, [-1, self.n_in])  # [batch*seq, n_in]: one plain matmul beats a batched one on CPU
-        w = tf.reshape(tf.cast(self.w, dtype), [self.n_in, self.n_out])
-        y = tf.nn.bias_add(native.matmul(x2d, w), tf.cast(self.b, dtype))
+        w = tf.reshape(tf.cast(self.w, dtype), [self.n_out, self.n_in])
+        y = tf.nn.bias_add(native.matmul_transposed(x2d, w), tf.cast(self.b, dtype))  # [batch*seq, n_out]
         if x.shape.is_fully_defined():  # static shapes (the compiled decode step): fewer ops to trace and compile
             return tf.reshape(y, x.shape[:-1] + [self.n_out])
         return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.n_out]], 0))  # [..., n_out]
@@ -265,7 +271,7 @@ class GPT2(keras.Model):
         """Float32 logits `[batch, seq, n_vocab]` from the last block's output."""
         x = self.ln_f(x)  # float32
         d = self.hparams.n_embd
-        logits = native.matmul(tf.reshape(x, [-1, d]), tf.cast(self.wte, tf.float32), transpose_b=True)  # tied
+        logits = native.matmul_transposed(tf.reshape(x, [-1, d]), tf.cast(self.wte, tf.float32))  # tied embedding
         if x.shape.is_fully_defined():
             return tf.reshape(logits, x.shape[:-1] + [self.hparams.n_vocab])
         return tf.reshape(logits, tf.concat([tf.shape(x)[:-1], [self.hparams.n_vocab]], 0))  # [batch, seq, n_vocab]

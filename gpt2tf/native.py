@@ -2,16 +2,17 @@
 
 XLA's CPU dot runs a matrix-vector product (batch 1 decoding) on one core, and for a few rows (batch 8) packs the
 weights first: both leave most of the memory bandwidth unused, and decoding is bound by reading every weight once
-per step. `native_matmul.cc` reads each weight once, straight from memory, on every core, and computes the step's
-attention over the key/value cache reading only the slots written so far. It is built on first use with the system
-C++ compiler (about a second), cached under `~/.cache/gpt2tf/` (or `$GPT2TF_CACHE_DIR`), loaded into the process
-and registered with XLA as the custom-call targets `gpt2tf_matmul_nn` / `gpt2tf_matmul_nt` / `gpt2tf_attend`.
+per step. `native_matmul.cc` reads each weight once, straight from memory, on every core (the model holds its
+weights so that each output's are contiguous: `x @ transpose(w)`), and computes the step's attention over the
+key/value cache reading only the slots written so far. It is built on first use with the system C++ compiler
+(about a second), cached under `~/.cache/gpt2tf/` (or `$GPT2TF_CACHE_DIR`), loaded into the process and
+registered with XLA as the custom-call targets `gpt2tf_matmul_nt` / `gpt2tf_attend`.
 
 It is used only where it helps and is safe: inside the compiled decode step (`use_in_decode_step`), for float32
 products of at most `MAX_ROWS` rows and one-token attention, on an x86-64 CPU with AVX2 and FMA, when no GPU is
-visible. Anywhere else, or if it cannot be built (no compiler, another architecture), `matmul` is `tf.matmul`, the
-model computes attention itself, and decoding runs on XLA's own ops — slower, same results to float rounding.
-`GPT2TF_NATIVE=0` turns it off; `GPT2TF_NATIVE_THREADS` sets its thread count (default: the CPUs this process may
+visible. Anywhere else, or if it cannot be built (no compiler, another architecture), `matmul_transposed` is
+`tf.matmul`, the model computes attention itself, and decoding runs on XLA's own ops — slower, same results to
+float rounding. `GPT2TF_NATIVE=0` turns it off; `GPT2TF_NATIVE_THREADS` sets its thread count (default: the CPUs this process may
 run on).
 """
 
@@ -127,15 +128,15 @@ def _usable_cpus():
 def _self_test():
     """Run one product through XLA, so a registry XLA does not look in fails here, not in the user's decode step."""
     rng = np.random.default_rng(0)
-    x, w = rng.normal(size=(2, 40)).astype(np.float32), rng.normal(size=(40, 24)).astype(np.float32)
+    x, w = rng.normal(size=(2, 40)).astype(np.float32), rng.normal(size=(24, 40)).astype(np.float32)
 
     @tf.function(jit_compile=True, autograph=False)
     def product(x, w):
-        return _custom_call(x, w, False)
+        return _custom_call(x, w)
 
     with tf.init_scope():  # available() may be first asked while a function is being traced
         got = product(tf.constant(x), tf.constant(w)).numpy()
-    if not np.allclose(got, x @ w, rtol=1e-4, atol=1e-4):
+    if not np.allclose(got, x @ w.T, rtol=1e-4, atol=1e-4):
         raise RuntimeError("the kernel's self-test gave wrong products")
 
 
@@ -184,8 +185,8 @@ def _registry_addresses():
 
 @contextlib.contextmanager
 def use_in_decode_step(enabled=True):
-    """While tracing a function under this context (compiled with jit_compile=True), `matmul` and `attend` may use
-    the kernels."""
+    """While tracing a function under this context (compiled with jit_compile=True), `matmul_transposed` and
+    `attend` may use the kernels."""
     previous = getattr(_context, "enabled", False)
     _context.enabled = enabled
     try:
@@ -198,14 +199,13 @@ def _in_decode_step():
     return getattr(_context, "enabled", False)
 
 
-def matmul(x, w, transpose_b=False):
-    """`tf.matmul(x, w, transpose_b=...)` for 2-D x and w; the native kernel where `use_in_decode_step` allows it."""
+def matmul_transposed(x, w):
+    """`x @ transpose(w)` for x [m, k] and w [n, k]; the native kernel where `use_in_decode_step` allows it."""
     rows, inner = x.shape
-    cols = w.shape[0] if transpose_b else w.shape[1]
     if (_in_decode_step() and x.dtype == tf.float32 and w.dtype == tf.float32
             and rows is not None and inner is not None and rows <= MAX_ROWS and available()):
-        return _custom_call(x, w, transpose_b)
-    return tf.matmul(x, w, transpose_b=transpose_b)
+        return _custom_call(x, w)
+    return tf.matmul(x, w, transpose_b=True)
 
 
 def attention_applies(q, cache):
@@ -232,8 +232,7 @@ def attend(q, keys, values, own_k, own_v, cached_mask, own_mask):
     return tf.reshape(out, [batch, heads, 1, size])
 
 
-def _custom_call(x, w, transpose_b):
-    (rows, inner), cols = x.shape, (w.shape[0] if transpose_b else w.shape[1])
-    target = "gpt2tf_matmul_nt" if transpose_b else "gpt2tf_matmul_nn"
-    return gen_xla_ops.xla_custom_call_v2([x, w], target, f"{rows},{inner},{cols}", False, [tf.float32],
+def _custom_call(x, w):
+    (rows, inner), cols = x.shape, w.shape[0]
+    return gen_xla_ops.xla_custom_call_v2([x, w], "gpt2tf_matmul_nt", f"{rows},{inner},{cols}", False, [tf.float32],
                                           [[rows, cols]])[0]

@@ -3,11 +3,11 @@
 // rows, packs the weight matrix first; both leave memory bandwidth unused. Here every weight is read once, straight
 // from memory, by all cores.
 //
-//   gpt2tf_matmul_nn: y[m, n] = x[m, k] @ w[k, n]      (w row-major: OpenAI's conv1d weights)
-//   gpt2tf_matmul_nt: y[m, n] = x[m, k] @ w[n, k]^T    (w row-major: the tied token embedding, for the logits)
+//   gpt2tf_matmul_nt: y[m, n] = x[m, k] @ w[n, k]^T    (w row-major: the model's projections, which it holds
+//                                                        transposed, and the tied token embedding, for the logits)
 //   gpt2tf_attend:    one new token per sequence attending over the key/value cache (see attend_one)
 //
-// The backend config (XLA's "opaque" string) is "m,k,n" for the products, "batch,heads,max_length,head_size" for
+// The backend config (XLA's "opaque" string) is "m,k,n" for the product, "batch,heads,max_length,head_size" for
 // attention. Built by gpt2tf/native.py with the system C++ compiler,
 // loaded into the TensorFlow process, registered with XLA through `gpt2tf_register`. It links against nothing of
 // TensorFlow: the registry's two entry points are passed in as addresses.
@@ -40,10 +40,11 @@ namespace {
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels. Each computes output columns [j0, j1) of its product.
 
-// One row of x and w [n, k] (the logits of batch 1 decoding): every weight is used once, so the speed is the speed
-// of reading w. One row of w at a time makes one sequential stream; reading four rows at once (as matmul_nt does
-// for several x rows, to reuse each weight) makes four interleaved streams, which this machine serves about a
-// quarter slower (measured on a 2-core EPYC inside the decode step: the logits of 124M in 4.8 ms instead of 7.0).
+// One row of x (batch 1 decoding): every weight is used once, so the speed is the speed of reading w. One row of w
+// at a time makes one sequential stream; reading several rows at once (as matmul_nt does for several x rows, to
+// reuse each weight) makes interleaved streams, which this machine serves about a quarter slower. Measured on a
+// 2-core EPYC inside the decode step of 124M: the logits in 4.8-5.5 ms instead of 7.0-7.6 with four rows at once,
+// and a block's products in 1.0 ms instead of 1.35 with w [k, n] read eight rows at once.
 
 GPT2TF_AVX2 inline float sum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -69,60 +70,6 @@ GPT2TF_AVX2 void dot_rows(const float* __restrict x, const float* __restrict w, 
     for (long t = kv; t < k; ++t) a += x[t] * wr[t];
     y[j] = a;
   }
-}
-
-// out[i, j - j0] = sum over rows r in [k0, k1) of x[i, r] w[r, j], for columns [j0, j1); x is [m, k], w is [k, n].
-// Walks w eight rows at a time (eight sequential streams), each 32-column chunk of those rows applied to every x
-// row while it is in L1. `out` has row stride `stride`, chosen by the caller not to be a multiple of 4 KiB: with y's
-// own stride (n floats, often 3 x 4 KiB) the stores alias the loads from w in the store buffer and the kernel runs
-// at half speed.
-GPT2TF_AVX2 void nn_block(const float* __restrict x, const float* __restrict w, float* __restrict out, long m,
-                          long k, long n, long k0, long k1, long j0, long j1, long stride) {
-  constexpr long kRows = 8;
-  const long vec_end = j0 + (j1 - j0) / 32 * 32;
-  for (long i = 0; i < m; ++i) std::memset(out + i * stride, 0, (j1 - j0) * sizeof(float));
-  for (long r0 = k0; r0 < k1; r0 += kRows) {
-    const long rows = k1 - r0 < kRows ? k1 - r0 : kRows;
-    const float* wr0 = w + r0 * n;
-    for (long j = j0; j < vec_end; j += 32) {
-      for (long i = 0; i < m; ++i) {
-        const float* xi = x + i * k + r0;
-        float* yi = out + i * stride + (j - j0);
-        __m256 a0 = _mm256_loadu_ps(yi), a1 = _mm256_loadu_ps(yi + 8), a2 = _mm256_loadu_ps(yi + 16),
-               a3 = _mm256_loadu_ps(yi + 24);
-        for (long r = 0; r < rows; ++r) {
-          const __m256 s = _mm256_broadcast_ss(xi + r);
-          const float* wr = wr0 + r * n + j;
-          a0 = _mm256_fmadd_ps(s, _mm256_loadu_ps(wr), a0);
-          a1 = _mm256_fmadd_ps(s, _mm256_loadu_ps(wr + 8), a1);
-          a2 = _mm256_fmadd_ps(s, _mm256_loadu_ps(wr + 16), a2);
-          a3 = _mm256_fmadd_ps(s, _mm256_loadu_ps(wr + 24), a3);
-        }
-        _mm256_storeu_ps(yi, a0);
-        _mm256_storeu_ps(yi + 8, a1);
-        _mm256_storeu_ps(yi + 16, a2);
-        _mm256_storeu_ps(yi + 24, a3);
-      }
-    }
-    for (long j = vec_end; j < j1; ++j)  // a last chunk narrower than 32 columns
-      for (long i = 0; i < m; ++i) {
-        float a = out[i * stride + (j - j0)];
-        for (long r = r0; r < r0 + rows; ++r) a += x[i * k + r] * w[r * n + j];
-        out[i * stride + (j - j0)] = a;
-      }
-  }
-}
-
-inline long padded_stride(long width) { return (width + 15) / 16 * 16 + 24; }  // never a multiple of 4 KiB
-
-// Columns [j0, j1) of y = x @ w, all rows of w: through a per-thread scratch (see nn_block), then copied to y.
-GPT2TF_AVX2 void matmul_nn(const float* __restrict x, const float* __restrict w, float* __restrict y, long m, long k,
-                           long n, long j0, long j1) {
-  const long stride = padded_stride(j1 - j0);
-  thread_local std::vector<float> scratch;
-  if (static_cast<long>(scratch.size()) < m * stride) scratch.resize(m * stride);
-  nn_block(x, w, scratch.data(), m, k, n, 0, k, j0, j1, stride);
-  for (long i = 0; i < m; ++i) std::memcpy(y + i * n + j0, scratch.data() + i * stride, (j1 - j0) * sizeof(float));
 }
 
 // y[i, j] = sum_k x[i, k] w[j, k]: dot products of x rows with w rows, four w rows by two x rows at a time.
@@ -304,26 +251,22 @@ GPT2TF_AVX2 void attend_one(const Attend& a, long unit) {  // unit = sequence * 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Work sharing. A product is cut into chunks by its shape alone: blocks of rows of w when k is long (each chunk
-// streams one contiguous block of memory and writes its own partial sums, added in chunk order), else blocks of
-// output columns. Threads claim chunks one at a time, so a thread the OS has descheduled holds up one chunk, not
-// half of the product; and because neither the cut nor the order of the sums depends on which thread ran which
-// chunk, or on how many threads there are, the result is the same bits every time.
+// Work sharing. A product is cut into chunks of output columns (rows of w: each chunk streams one contiguous block
+// of memory), by its shape alone. Threads claim chunks one at a time, so a thread the OS has descheduled holds up
+// one chunk, not half of the product; and because each output is computed whole by one thread, in an order that
+// does not depend on which thread or how many threads there are, the result is the same bits every time.
 
 constexpr long kMaxChunks = 0xffff;  // chunk counts and indices share one 64-bit word with a generation number
 
 inline long round_up(long a, long b) { return (a + b - 1) / b * b; }
 
 struct Task {
-  void (*kernel)(const float*, const float*, float*, long, long, long, long, long) = nullptr;
   const float* x = nullptr;
   const float* w = nullptr;
   float* y = nullptr;
   long m = 0, k = 0, n = 0;
-  bool by_rows = false;
-  long chunk = 0;  // rows of w (by_rows) or output columns per chunk
+  long chunk = 0;  // output columns (or attention units) per chunk
   long chunks = 0;
-  float* partials = nullptr;  // by_rows: chunk c's partial sums, [m, padded_stride(n)] at c * m * padded_stride(n)
   const Attend* attend = nullptr;  // set: chunk c is (sequence, head) c of an attention
 
   explicit Task(const Attend* a) : attend(a) {  // chunks of whole (sequence, head) units
@@ -331,25 +274,19 @@ struct Task {
     chunks = (a->b * a->h + chunk - 1) / chunk;
   }
 
-  Task(bool transposed, const float* x_, const float* w_, float* y_, long m_, long k_, long n_)
-      : kernel(transposed ? matmul_nt : matmul_nn), x(x_), w(w_), y(y_), m(m_), k(k_), n(n_) {
-    const long rows = round_up(std::max({128L, 16 * m, (k + kMaxChunks - 1) / kMaxChunks}), 8);  // partial sums
-    by_rows = !transposed && k >= 2 * rows;                            // stay a small fraction of the weights read
-    const long align = transposed ? 4 : 32;                            // the kernels' column blocks
-    chunk = by_rows ? rows : round_up(std::max(256L, (n + kMaxChunks - 1) / kMaxChunks), align);
-    chunks = by_rows ? (k + chunk - 1) / chunk : (n + chunk - 1) / chunk;
+  Task(const float* x_, const float* w_, float* y_, long m_, long k_, long n_) : x(x_), w(w_), y(y_), m(m_), k(k_),
+                                                                                  n(n_) {
+    // 64 rows of w: a 768-wide projection makes 12 chunks, so two threads finish within a chunk of each other.
+    chunk = round_up(std::max(64L, (n + kMaxChunks - 1) / kMaxChunks), 4);  // matmul_nt takes 4 rows at a time
+    chunks = (n + chunk - 1) / chunk;
   }
 
   void Run(long c) const {
     if (attend != nullptr) {
       for (long unit = c * chunk; unit < std::min((c + 1) * chunk, attend->b * attend->h); ++unit)
         attend_one(*attend, unit);
-    } else if (by_rows) {
-      const long k0 = c * chunk, k1 = std::min(k0 + chunk, k), stride = padded_stride(n);
-      nn_block(x, w, partials + c * m * stride, m, k, n, k0, k1, 0, n, stride);
     } else {
-      const long j0 = c * chunk, j1 = std::min(j0 + chunk, n);
-      kernel(x, w, y, m, k, n, j0, j1);
+      matmul_nt(x, w, y, m, k, n, c * chunk, std::min((c + 1) * chunk, n));
     }
   }
 };
@@ -426,18 +363,6 @@ class Pool {
 
 Pool* pool = nullptr;  // created once by gpt2tf_register, never destroyed (its workers outlive main)
 
-GPT2TF_AVX2 void add_partials(const Task& task) {
-  const long stride = padded_stride(task.n);
-  for (long i = 0; i < task.m; ++i) {
-    float* yi = task.y + i * task.n;
-    std::memcpy(yi, task.partials + i * stride, task.n * sizeof(float));
-    for (long c = 1; c < task.chunks; ++c) {
-      const float* pc = task.partials + (c * task.m + i) * stride;
-      for (long j = 0; j < task.n; ++j) yi[j] += pc[j];
-    }
-  }
-}
-
 // The backend config "a,b,c,..." as numbers (missing ones stay 0).
 template <int kCount>
 std::array<long, kCount> parse_dims(const char* opaque, size_t opaque_len) {
@@ -452,19 +377,10 @@ std::array<long, kCount> parse_dims(const char* opaque, size_t opaque_len) {
   return dims;
 }
 
-template <bool kTransposed>
-void CustomCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
+void MatmulCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
   const auto dims = parse_dims<3>(opaque, opaque_len);
-  Task task(kTransposed, static_cast<const float*>(in[0]), static_cast<const float*>(in[1]), static_cast<float*>(out),
-            dims[0], dims[1], dims[2]);
-  thread_local std::vector<float> partials;
-  if (task.by_rows) {
-    const long size = task.chunks * task.m * padded_stride(task.n);
-    if (static_cast<long>(partials.size()) < size) partials.resize(size);
-    task.partials = partials.data();
-  }
-  pool->Run(task);
-  if (task.by_rows) add_partials(task);
+  pool->Run(Task(static_cast<const float*>(in[0]), static_cast<const float*>(in[1]), static_cast<float*>(out),
+                 dims[0], dims[1], dims[2]));
 }
 
 void AttendCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
@@ -484,8 +400,7 @@ extern "C" int gpt2tf_register(void* registry_global, void* registry_register, i
   // const std::string& platform), called through their addresses (Itanium C++ ABI: `this` comes first).
   void* registry = reinterpret_cast<void* (*)()>(registry_global)();
   auto add = reinterpret_cast<void (*)(void*, const std::string&, void*, const std::string&)>(registry_register);
-  add(registry, "gpt2tf_matmul_nn", reinterpret_cast<void*>(&CustomCall<false>), "Host");
-  add(registry, "gpt2tf_matmul_nt", reinterpret_cast<void*>(&CustomCall<true>), "Host");
+  add(registry, "gpt2tf_matmul_nt", reinterpret_cast<void*>(&MatmulCall), "Host");
   add(registry, "gpt2tf_attend", reinterpret_cast<void*>(&AttendCall), "Host");
   return 0;
 }

@@ -33,7 +33,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
-from gpt2tf.checkpoint import (STATE_FILE, checkpoint_key, load_hparams, load_model, read_state_file,
+from gpt2tf.checkpoint import (STATE_FILE, checkpoint_key, load_hparams, load_model, model_tensors, read_state_file,
                                replace_bundle, resolve_checkpoint, restore_weights, write_bundle, write_model_files,
                                write_state_file)
 from gpt2tf.data import LOADERS, load_dataset
@@ -327,7 +327,7 @@ class LoRA:
         return [v for pair in self.adapters.values() for v in pair]
 
     def merged_tensors(self, model):
-        tensors = {checkpoint_key(v): tf.convert_to_tensor(v.value) for v in model.weights}
+        tensors = model_tensors(model)
         for key, (a, b) in self.adapters.items():
             tensors[key] = tensors[key] + tf.matmul(a.value, b.value * self.scale)[None]  # [1, n_in, n_out]
         return tensors
@@ -419,7 +419,7 @@ class Trainer:
         """{checkpoint key: tensor}: the model as plain GPT-2 weights (LoRA merged)."""
         if self.lora:
             return self.lora.merged_tensors(self.model)
-        return {checkpoint_key(v): tf.convert_to_tensor(v.value) for v in self.model.weights}
+        return model_tensors(self.model)
 
     def weights_are_finite(self):
         return all(bool(tf.reduce_all(tf.math.is_finite(v.value))) for v in self.variables)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import gpt2tf
-from gpt2tf.checkpoint import checkpoint_key, openai_tensor_shapes
+from gpt2tf.checkpoint import checkpoint_key, checkpoint_shape, openai_tensor_shapes
 from gpt2tf.hparams import PRETRAINED, HParams
 from gpt2tf.model import GPT2
 from reference import read_openai_checkpoint, reference_logits
@@ -22,7 +22,7 @@ def _tokens(n, n_vocab, seed=0):
 ])
 def test_variable_paths_are_the_checkpoint_keys(hparams):
     model = GPT2(hparams, initializer="empty")
-    assert {v.path: tuple(v.shape) for v in model.weights} == openai_tensor_shapes(hparams)
+    assert {v.path: checkpoint_shape(v) for v in model.weights} == openai_tensor_shapes(hparams)
     assert all(v.dtype == "float32" for v in model.weights)
 
 
@@ -30,7 +30,7 @@ def test_variable_paths_are_the_checkpoint_keys(hparams):
 def test_variable_paths_match_real_sizes(name):
     # Built with the empty initializer: address space is reserved but never touched, so this is cheap.
     model = GPT2(PRETRAINED[name], initializer="empty")
-    shapes = {v.path: tuple(v.shape) for v in model.weights}
+    shapes = {v.path: checkpoint_shape(v) for v in model.weights}
     assert shapes == openai_tensor_shapes(PRETRAINED[name])
     assert len(shapes) == {"124M": 148, "355M": 292, "774M": 436, "1558M": 580}[name]
 
