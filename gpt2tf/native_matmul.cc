@@ -139,6 +139,38 @@ GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w,
   }
 }
 
+// Five to eight rows of x (batch 5-8), packed transposed into xt [k, 8] (lanes past m are zeros): each weight is
+// broadcast and multiplied into the eight rows at once, eight rows of w at a time. No horizontal sums, and each
+// weight loaded feeds eight lanes: at batch 8 a decode step's products took 31 ms on one core against matmul_nt's
+// 41 ms (and 31 ms for the eight-row kernel over OpenAI's [k, n] layout that the model's layout replaced).
+constexpr long kLanes = 8;
+
+GPT2TF_AVX2 void matmul_nt_lanes(const float* __restrict xt, const float* __restrict w, float* __restrict y, long m,
+                                 long k, long n, long j0, long j1) {
+  constexpr int kRows = 8;
+  float out[kRows][kLanes];
+  long j = j0;
+  for (; j + kRows <= j1; j += kRows) {
+    __m256 a[kRows];
+    for (int r = 0; r < kRows; ++r) a[r] = _mm256_setzero_ps();
+    const float* wr = w + j * k;
+    for (long t = 0; t < k; ++t) {
+      const __m256 v = _mm256_loadu_ps(xt + t * kLanes);
+      for (int r = 0; r < kRows; ++r) a[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(wr + r * k + t), v, a[r]);
+    }
+    for (int r = 0; r < kRows; ++r) _mm256_storeu_ps(out[r], a[r]);
+    for (long i = 0; i < m; ++i)
+      for (int r = 0; r < kRows; ++r) y[i * n + j + r] = out[r][i];
+  }
+  for (; j < j1; ++j) {  // the last rows of a product whose n is not a multiple of 8
+    __m256 a = _mm256_setzero_ps();
+    for (long t = 0; t < k; ++t)
+      a = _mm256_fmadd_ps(_mm256_broadcast_ss(w + j * k + t), _mm256_loadu_ps(xt + t * kLanes), a);
+    _mm256_storeu_ps(out[0], a);
+    for (long i = 0; i < m; ++i) y[i * n + j] = out[0][i];
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Attention of one new token per sequence over the key/value cache (the decode step), per (sequence, head):
 //   scores_j = q . k_j for the cached slots j whose mask is 1, and for the token's own key if its mask is 1;
@@ -262,6 +294,7 @@ inline long round_up(long a, long b) { return (a + b - 1) / b * b; }
 
 struct Task {
   const float* x = nullptr;
+  const float* xt = nullptr;  // set: x packed for matmul_nt_lanes
   const float* w = nullptr;
   float* y = nullptr;
   long m = 0, k = 0, n = 0;
@@ -277,7 +310,7 @@ struct Task {
   Task(const float* x_, const float* w_, float* y_, long m_, long k_, long n_) : x(x_), w(w_), y(y_), m(m_), k(k_),
                                                                                   n(n_) {
     // 64 rows of w: a 768-wide projection makes 12 chunks, so two threads finish within a chunk of each other.
-    chunk = round_up(std::max(64L, (n + kMaxChunks - 1) / kMaxChunks), 4);  // matmul_nt takes 4 rows at a time
+    chunk = round_up(std::max(64L, (n + kMaxChunks - 1) / kMaxChunks), 8);  // the kernels take 4 or 8 rows at a time
     chunks = (n + chunk - 1) / chunk;
   }
 
@@ -285,6 +318,8 @@ struct Task {
     if (attend != nullptr) {
       for (long unit = c * chunk; unit < std::min((c + 1) * chunk, attend->b * attend->h); ++unit)
         attend_one(*attend, unit);
+    } else if (xt != nullptr) {
+      matmul_nt_lanes(xt, w, y, m, k, n, c * chunk, std::min((c + 1) * chunk, n));
     } else {
       matmul_nt(x, w, y, m, k, n, c * chunk, std::min((c + 1) * chunk, n));
     }
@@ -379,8 +414,17 @@ std::array<long, kCount> parse_dims(const char* opaque, size_t opaque_len) {
 
 void MatmulCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
   const auto dims = parse_dims<3>(opaque, opaque_len);
-  pool->Run(Task(static_cast<const float*>(in[0]), static_cast<const float*>(in[1]), static_cast<float*>(out),
-                 dims[0], dims[1], dims[2]));
+  const long m = dims[0], k = dims[1];
+  const float* x = static_cast<const float*>(in[0]);
+  Task task(x, static_cast<const float*>(in[1]), static_cast<float*>(out), m, k, dims[2]);
+  if (m > 4 && m <= kLanes) {  // batch 5-8: x packed once, transposed, for every chunk
+    thread_local std::vector<float> xt;
+    xt.assign(k * kLanes, 0.f);
+    for (long i = 0; i < m; ++i)
+      for (long t = 0; t < k; ++t) xt[t * kLanes + i] = x[i * k + t];
+    task.xt = xt.data();
+  }
+  pool->Run(task);
 }
 
 void AttendCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
