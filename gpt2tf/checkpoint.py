@@ -4,7 +4,8 @@ A GPT-2 model dir, as OpenAI ships it, holds `checkpoint` (a text file naming th
 `model.ckpt.index` + `model.ckpt.data-00000-of-00001` (a TF1 name-based bundle of float32 tensors named
 `model/wte`, `model/h0/attn/c_attn/w`, ...), `encoder.json` and `vocab.bpe` (and `model.ckpt.meta`, a TF1 graph we
 neither need nor write). Restoring checks names, shapes and the data file's size against the model *before*
-assigning anything, then reads tensor by tensor into weights that were allocated but never initialised.
+assigning anything, then reads tensor by tensor into weights that were allocated but never initialised. The model
+holds the projections' weights transposed (`model.Conv1D`): reading and writing transpose them.
 """
 
 import os
@@ -164,7 +165,7 @@ def restore_weights(model, prefix):
     def read(key):
         (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
                                         dtypes=[found_dtypes[key]])
-        return to_checkpoint_layout(key, value)
+        return to_checkpoint_layout(key, value)  # the same transposition takes it to the model's layout
 
     # Reading is bound by page faults on the freshly allocated tensors, which run in parallel across cores; the
     # weights' own buffers were never touched (EmptyInitializer), and `assign` adopts each read (or transposed)

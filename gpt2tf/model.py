@@ -2,8 +2,8 @@
 
 Layer and weight names are OpenAI's (`wte`, `wpe`, `h{i}/ln_1`, `attn/c_attn`, `mlp/c_fc`, `w`, `b`, `g`), so every
 variable's `path` equals its checkpoint key (`model/h0/attn/c_attn/w`) and restoring is a loop; the projections'
-weights `w` are held transposed (see `Conv1D`). Under a
-mixed-precision policy the matmuls run in the compute dtype while LayerNorm, softmax and logits stay in float32.
+weights `w` are held transposed (see `Conv1D`). Under a mixed-precision policy the matmuls run in the compute dtype
+while LayerNorm, softmax and logits stay in float32.
 
 The key/value cache for decoding is a tuple with one `(keys, values)` pair per layer, each `[batch, n_head,
 max_length, head_size]`, preallocated by `init_cache` and written in place at `cache_index` with a
@@ -84,7 +84,7 @@ class Conv1D(keras.layers.Layer):
     def call(self, x):
         dtype = self.compute_dtype
         x2d = tf.reshape(x, [-1, self.n_in])  # [batch*seq, n_in]: one plain matmul beats a batched one on CPU
-        w = tf.reshape(tf.cast(self.w, dtype), [self.n_out, self.n_in])
+        w = tf.reshape(tf.cast(self.w, dtype), [self.n_out, self.n_in])  # [n_out, n_in]
         y = tf.nn.bias_add(native.matmul_transposed(x2d, w), tf.cast(self.b, dtype))  # [batch*seq, n_out]
         if x.shape.is_fully_defined():  # static shapes (the compiled decode step): fewer ops to trace and compile
             return tf.reshape(y, x.shape[:-1] + [self.n_out])

@@ -12,8 +12,8 @@ It is used only where it helps and is safe: inside the compiled decode step (`us
 products of at most `MAX_ROWS` rows and one-token attention, on an x86-64 CPU with AVX2 and FMA, when no GPU is
 visible. Anywhere else, or if it cannot be built (no compiler, another architecture), `matmul_transposed` is
 `tf.matmul`, the model computes attention itself, and decoding runs on XLA's own ops — slower, same results to
-float rounding. `GPT2TF_NATIVE=0` turns it off; `GPT2TF_NATIVE_THREADS` sets its thread count (default: the CPUs this process may
-run on).
+float rounding. `GPT2TF_NATIVE=0` turns it off; `GPT2TF_NATIVE_THREADS` sets its thread count (default: the CPUs
+this process may run on).
 """
 
 import contextlib

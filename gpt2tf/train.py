@@ -50,6 +50,9 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
 CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 STATE_DIR = "train_state"
+# The training state's layout, saved with it. 2: optimizer slots shaped like the model's variables, whose projection
+# weights are held transposed (gpt2tf.model.Conv1D); states saved before that carry no layout.
+STATE_LAYOUT = 2
 WEIGHTS_PREFIX = "model.ckpt-{step}"
 OPTIMIZERS = ("adam", "adamw", "adafactor", "sgd")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -356,7 +359,8 @@ class Trainer:
         self.data_index = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_index")  # batches consumed
         self.state = tf.train.Checkpoint(optimizer=list(self.optimizer.variables), step=self.step,
                                          data_index=self.data_index,
-                                         adapters=self.lora.variables if self.lora else [])
+                                         adapters=self.lora.variables if self.lora else [],
+                                         layout=tf.Variable(STATE_LAYOUT, dtype=tf.int64, trainable=False))
         # XLA compiles the forward and backward pass; the optimizer's update runs outside it, because XLA on CPU
         # writes updated variables to new buffers: a second copy of the weights (1558M would not fit in 24 GB).
         # No autograph: the steps are plain TF code, and converting Keras' internals only slows tracing.
@@ -640,12 +644,21 @@ def _load_data(config, tokenizer, length):
 
 
 def _restore_state(trainer, prefix):
+    saved = {name.split("/")[0] for name, _ in tf.train.list_variables(prefix)}
+    if "layout" not in saved:  # slots of a projection would be [1, n_in, n_out] (a square one: silently transposed)
+        run_dir = Path(prefix).parent.parent
+        raise GPT2TFError(f"the training state {prefix} was saved by an older gpt2tf whose optimizer state has another "
+                          f"weight layout, so the run cannot be resumed; start a new run from its weights: python "
+                          f"finetune.py --model_dir {run_dir} --output_dir NEW_DIR ...")
     try:
         trainer.state.read(prefix).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as err:
         raise GPT2TFError(f"cannot restore the training state {prefix} ({str(err).splitlines()[0]}): it was saved "
                           f"with another --optimizer, --precision, --lora_rank or --only_train_transformer_layers; "
                           f"use the run's own settings") from None
+    if int(trainer.state.layout.numpy()) != STATE_LAYOUT:
+        raise GPT2TFError(f"the training state {prefix} has layout {int(trainer.state.layout.numpy())}, this gpt2tf "
+                          f"reads layout {STATE_LAYOUT}: resume it with the gpt2tf that wrote it")
 
 
 def _print_usage(run, config, step, loss, *, interrupted):

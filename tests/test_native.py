@@ -46,8 +46,9 @@ def _compiled_product():
 @needs_kernel
 @pytest.mark.parametrize("m,k,n", [(1, 16, 48), (1, 768, 2304), (2, 17, 5), (3, 33, 100), (8, 768, 3072),
                                    (5, 3072, 768), (16, 40, 257), (1, 7, 1), (2, 255, 70),
-                                   (3, 1001, 333), (16, 600, 70),  # these two: chunks of rows, a short last one
-                                   (1, 3072, 768), (1, 1001, 100), (1, 100, 70)])  # one row: vector tails
+                                   (3, 1001, 333), (16, 600, 70),  # these two: a short last chunk, a column tail
+                                   (1, 3072, 768), (1, 1001, 100), (1, 100, 70),  # one row: vector tails
+                                   (6, 40, 257), (7, 33, 13), (5, 16, 3), (4, 100, 70), (11, 40, 257)])
 def test_products_match_numpy(m, k, n):
     rng = np.random.default_rng(m * 1000 + k + n)
     x = rng.normal(size=(m, k)).astype(np.float32)
@@ -135,10 +136,11 @@ def test_outside_the_decode_step_it_is_tf_matmul():
 
 
 @needs_kernel
-def test_concurrent_calls_are_correct():
+@pytest.mark.parametrize("rows", [4, 6])  # 6: each caller packs x into its own buffer
+def test_concurrent_calls_are_correct(rows):
     """Three threads in the kernel at once: one gets the pool, the others compute alone; all the same bits."""
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(4, 512)).astype(np.float32))
+    x = tf.constant(rng.normal(size=(rows, 512)).astype(np.float32))
     w = tf.constant(rng.normal(size=(1024, 512)).astype(np.float32))
     want = x.numpy().astype(np.float64) @ w.numpy().T.astype(np.float64)
     product = _compiled_product()
@@ -165,7 +167,8 @@ def test_same_bits_whatever_the_thread_count(tmp_path):
             "ok = n.available()\n"
             "r = np.random.default_rng(1)\n"
             "out = []\n"
-            "for m, k, n_ in [(8, 768, 3072), (3, 1001, 333), (2, 3072, 768), (1, 768, 2304), (1, 3072, 771)]:\n"
+            "for m, k, n_ in [(8, 768, 3072), (3, 1001, 333), (2, 3072, 768), (1, 768, 2304), (1, 3072, 771),\n"
+            "                 (6, 1001, 333)]:\n"
             "    x = tf.constant(r.normal(size=(m, k)).astype(np.float32))\n"
             "    w = tf.constant(r.normal(size=(n_, k)).astype(np.float32))\n"
             "    f = tf.function(lambda x, w: n._custom_call(x, w), jit_compile=True)\n"

@@ -249,6 +249,24 @@ def test_lora_run_saves_merged_weights_and_resumes(tmp_path, small_model_dir, co
     assert train.RunDir(cfg.output_dir).checkpoints()[-1] == 6
 
 
+def test_a_state_saved_before_the_transposed_layout_is_refused_clearly(tmp_path, small_model_dir, corpus,
+                                                                       monkeypatch):
+    """Optimizer slots saved with [1, n_in, n_out] projections must not load (a square one would, transposed)."""
+    cfg = config(tmp_path, small_model_dir, corpus, optimizer="adam", max_steps=1)
+    build = train.Trainer.__init__
+
+    def without_layout(self, *args, **kwargs):  # the training state as gpt2tf wrote it before the layout marker
+        build(self, *args, **kwargs)
+        self.state = tf.train.Checkpoint(optimizer=list(self.optimizer.variables), step=self.step,
+                                         data_index=self.data_index, adapters=[])
+
+    monkeypatch.setattr(train.Trainer, "__init__", without_layout)
+    train.finetune(cfg)
+    monkeypatch.undo()
+    with pytest.raises(GPT2TFError, match=r"saved by an older gpt2tf .* --model_dir .* --output_dir NEW_DIR"):
+        train.finetune(train.configure({"output_dir": cfg.output_dir}))
+
+
 # ---- configuration and the CLI -------------------------------------------------------------------------------------
 
 def cli_error(capsys, argv):
