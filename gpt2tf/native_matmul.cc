@@ -40,18 +40,18 @@ namespace {
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels. Each computes output columns [j0, j1) of its product.
 
-// One row of x (batch 1 decoding): every weight is used once, so the speed is the speed of reading w. One row of w
-// at a time makes one sequential stream; reading several rows at once (as matmul_nt does for several x rows, to
-// reuse each weight) makes interleaved streams, which this machine serves about a quarter slower. Measured on a
-// 2-core EPYC inside the decode step of 124M: the logits in 4.8-5.5 ms instead of 7.0-7.6 with four rows at once,
-// and a block's products in 1.0 ms instead of 1.35 with w [k, n] read eight rows at once.
-
 GPT2TF_AVX2 inline float sum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+
+// One row of x (batch 1 decoding): every weight is used once, so the speed is the speed of reading w. One row of w
+// at a time makes one sequential stream; reading several rows at once (as matmul_nt does for several x rows, to
+// reuse each weight) makes interleaved streams, which this machine serves about a quarter slower. Measured on a
+// 2-core EPYC inside the decode step of 124M: the logits in 4.8-5.5 ms instead of 7.0-7.6 with four rows at once,
+// and a block's products in 1.0 ms instead of 1.35 with w [k, n] read eight rows at once.
 
 // y[j] = x . w[j, :] for j in [j0, j1), w [n, k]: one row of w at a time, so one sequential stream.
 GPT2TF_AVX2 void dot_rows(const float* __restrict x, const float* __restrict w, float* __restrict y, long k,
@@ -307,8 +307,8 @@ struct Task {
     chunks = (a->b * a->h + chunk - 1) / chunk;
   }
 
-  Task(const float* x_, const float* w_, float* y_, long m_, long k_, long n_) : x(x_), w(w_), y(y_), m(m_), k(k_),
-                                                                                  n(n_) {
+  Task(const float* x_, const float* w_, float* y_, long m_, long k_, long n_)
+      : x(x_), w(w_), y(y_), m(m_), k(k_), n(n_) {
     // 64 rows of w: a 768-wide projection makes 12 chunks, so two threads finish within a chunk of each other.
     chunk = round_up(std::max(64L, (n + kMaxChunks - 1) / kMaxChunks), 8);  // the kernels take 4 or 8 rows at a time
     chunks = (n + chunk - 1) / chunk;
