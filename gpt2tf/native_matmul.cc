@@ -419,9 +419,9 @@ void MatmulCall(void* out, const void** in, const char* opaque, size_t opaque_le
   Task task(x, static_cast<const float*>(in[1]), static_cast<float*>(out), m, k, dims[2]);
   if (m > 4 && m <= kLanes) {  // batch 5-8: x packed once, transposed, for every chunk
     thread_local std::vector<float> xt;
-    xt.assign(k * kLanes, 0.f);
-    for (long i = 0; i < m; ++i)
-      for (long t = 0; t < k; ++t) xt[t * kLanes + i] = x[i * k + t];
+    xt.resize(k * kLanes);
+    for (long t = 0; t < k; ++t)  // written in order, lanes past m zeroed in the same pass
+      for (long i = 0; i < kLanes; ++i) xt[t * kLanes + i] = i < m ? x[i * k + t] : 0.f;
     task.xt = xt.data();
   }
   pool->Run(task);

@@ -644,12 +644,16 @@ def _load_data(config, tokenizer, length):
 
 
 def _restore_state(trainer, prefix):
-    saved = {name.split("/")[0] for name, _ in tf.train.list_variables(prefix)}
+    restart = (f"start a new run from its weights: python finetune.py --model_dir {Path(prefix).parent.parent} "
+               f"--output_dir NEW_DIR ...")
+    try:
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(prefix)}
+    except (ValueError, tf.errors.OpError) as err:
+        raise GPT2TFError(f"cannot read the training state {prefix} ({str(err).splitlines()[0]}): the file is "
+                          f"corrupt; {restart}") from None
     if "layout" not in saved:  # slots of a projection would be [1, n_in, n_out] (a square one: silently transposed)
-        run_dir = Path(prefix).parent.parent
         raise GPT2TFError(f"the training state {prefix} was saved by an older gpt2tf whose optimizer state has another "
-                          f"weight layout, so the run cannot be resumed; start a new run from its weights: python "
-                          f"finetune.py --model_dir {run_dir} --output_dir NEW_DIR ...")
+                          f"weight layout, so the run cannot be resumed; {restart}")
     try:
         trainer.state.read(prefix).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as err:

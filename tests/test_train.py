@@ -267,6 +267,15 @@ def test_a_state_saved_before_the_transposed_layout_is_refused_clearly(tmp_path,
         train.finetune(train.configure({"output_dir": cfg.output_dir}))
 
 
+def test_a_corrupt_training_state_is_a_one_line_error(tmp_path, small_model_dir, corpus):
+    cfg = config(tmp_path, small_model_dir, corpus, optimizer="adam", max_steps=1)
+    train.finetune(cfg)
+    (index,) = (Path(cfg.output_dir) / train.STATE_DIR).glob("*.index")
+    index.write_bytes(b"not a checkpoint index")
+    with pytest.raises(GPT2TFError, match=r"cannot read the training state .* corrupt; start a new run"):
+        train.finetune(train.configure({"output_dir": cfg.output_dir}))
+
+
 # ---- configuration and the CLI -------------------------------------------------------------------------------------
 
 def cli_error(capsys, argv):
