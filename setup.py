@@ -12,9 +12,13 @@ from setuptools import find_packages, setup
 #   requests          streaming HTTP with Range requests for resumable model downloads
 #   tqdm              progress bars for downloads, tokenisation and training (silent when not a terminal)
 #   tensorflow-datasets  the `tfds` data loader and cnn_dailymail from tfds (and tfds.testing.mock_data in tests)
+#   importlib_resources  imported by tensorflow-datasets when it downloads and prepares a dataset (cnndm's default),
+#                     but declared by it only for Python < 3.9
+#   h5py              the ancestor's .h5 weights files (--output_name, --custom_model); Keras needs it anyway
 # Not a dependency: a C++ compiler (g++/clang++). If present, gpt2tf builds its small decode kernel
 #   (gpt2tf/native_matmul.cc) on first use; without one, decoding falls back to XLA's own dot.
-INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "requests", "tqdm", "tensorflow-datasets"]
+INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "requests", "tqdm", "tensorflow-datasets",
+                    "importlib_resources", "h5py"]
 
 # Test-only: pytest runs the suite; tiktoken (built offline from our bundled vocab files) is the independent
 # reference the encoder is checked against, bit for bit.
@@ -32,5 +36,6 @@ setup(
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["gpt2tf = gpt2tf.cli:main"]},  # gpt2tf download|generate|finetune ...
     license="MIT",
 )

@@ -1,6 +1,6 @@
 """Decode speed of `gpt2tf.sample.generate` on 124M-shaped weights: prompt 64 tokens -> 128 new tokens.
 
-    python bench/generate.py                     # batch 1 and 8, four variants, first-call time, peers if installed
+    python bench/generate.py                     # batch 1 and 8, every variant, first-call time, peers if installed
     python bench/generate.py --batch_sizes 1 --variants cache_xla
 
 Variants: `cache_xla` (the library default: KV cache, XLA-compiled step with the native kernels),

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 
-# bench/ holds tokenize.py, which would shadow the stdlib module: put the repo root on the path instead of bench/.
+# A script's own dir comes first on sys.path, where a bench file named like a stdlib module would shadow it: put the
+# repo root on the path instead of bench/.
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [os.path.dirname(HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 

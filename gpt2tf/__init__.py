@@ -18,6 +18,8 @@ _EXPORTS = {
     "generate_text": "gpt2tf.sample",
     "TrainConfig": "gpt2tf.train",
     "finetune": "gpt2tf.train",
+    "load_h5_weights": "gpt2tf.h5weights",
+    "write_h5_weights": "gpt2tf.h5weights",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,11 +1,171 @@
-"""Shared plumbing for the thin command-line scripts: quiet TensorFlow start-up, one-line errors, exit status 2."""
+"""The command-line interface: every script's flags, the `gpt2tf` command, and how a user error ends a command.
 
+`download_model.py`, `inference.py` and `finetune.py` are two lines each that call `run_script`; `gpt2tf download`,
+`gpt2tf generate` and `gpt2tf finetune` call the same functions, so a flag exists once. Flags are built from the
+config dataclasses (`flag()` fields: the field name is the flag, its metadata the help), which own the defaults.
+A `GPT2TFError` (or a usage error) becomes `error: <one line>` on stderr and exit status 2. This module imports no
+TensorFlow: `gpt2tf --help` and `download` start at once, and the tokenizer's worker processes, which re-import the
+calling script, stay light.
+"""
+
+import argparse
 import contextlib
+import dataclasses
+import importlib
 import os
 import sys
 
 from gpt2tf.errors import GPT2TFError
 
+
+def flag(default, help, **metadata):
+    """A config field that is also a command-line flag `--<field name>`.
+
+    metadata: `group` (a help section), `choices`, `type` (when the default is None), `metavar`.
+    """
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=dict(help=help, **metadata))
+    return dataclasses.field(default=default, metadata=dict(help=help, **metadata))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit status 2, like every other user error."""
+
+    def error(self, message):
+        raise GPT2TFError(f"{message} (see {self.prog} --help)")
+
+
+def add_config_flags(parser, config_class):
+    """One flag per `flag()` field of `config_class`. Only the flags given reach the parsed namespace (the parser
+    must have `argument_default=argparse.SUPPRESS`), so the rest keep the config's defaults."""
+    groups = {}
+    for field in dataclasses.fields(config_class):
+        meta = field.metadata
+        if "help" not in meta:
+            continue
+        target = parser
+        if "group" in meta:
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(meta["group"])
+            target = groups[meta["group"]]
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        help_text = meta["help"]
+        if default not in (None, False, "", []) and "default" not in help_text:
+            help_text += f" (default: {default})"
+        help_text = help_text.replace("%", "%%")
+        name = f"--{field.name}"
+        if isinstance(default, bool):
+            target.add_argument(name, action="store_const", const=True, help=help_text)
+            target.add_argument(f"--no_{field.name}", dest=field.name, action="store_const", const=False,
+                                help=argparse.SUPPRESS)
+        elif isinstance(default, list):
+            target.add_argument(name, action="append", metavar=meta.get("metavar"), help=help_text)
+        else:
+            kind = meta.get("type", type(default) if default is not None else str)
+            target.add_argument(name, type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"),
+                                help=help_text)
+
+
+def _config_parser(prog, description, config_class):
+    parser = Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    add_config_flags(parser, config_class)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The commands
+
+def download_main(argv=None, *, prog="download_model.py"):
+    from gpt2tf.download import (BASE_URL_ENV, DEFAULT_BASE_URL, LEGACY_NAMES, MODEL_NAMES, DownloadConfig,
+                                 download_models)
+
+    parser = Parser(prog=prog, description="Download OpenAI's released GPT-2 models (resumable, verified).")
+    parser.add_argument("models", nargs="+", metavar="model",
+                        help=f"{', '.join(MODEL_NAMES)} (old names {', '.join(LEGACY_NAMES)} are accepted)")
+    parser.add_argument("--models_dir", default=DownloadConfig.models_dir,
+                        help="each model goes to <models_dir>/<model> (default: %(default)s)")
+    parser.add_argument("--base_url", default=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+                        help=f"where <model>/<file> is fetched from, e.g. a mirror; the default is ${BASE_URL_ENV} "
+                             f"if set, else {DEFAULT_BASE_URL}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or notes, only errors")
+    parser.add_argument("--no_verify", dest="verify", action="store_false",
+                        help="skip loading each model with gpt2tf.load_model after the download (no TensorFlow)")
+    args = parser.parse_args(argv)
+    download_models(args.models, DownloadConfig(models_dir=args.models_dir, base_url=args.base_url,
+                                                quiet=args.quiet, verify=args.verify))
+
+
+def generate_main(argv=None, *, prog="inference.py"):
+    import_tensorflow_quietly()
+    from gpt2tf.inference import InferenceConfig, run as generate_and_print
+
+    parser = _config_parser(prog, "Generate text with GPT-2 (OpenAI's model or a fine-tuned run dir).",
+                            InferenceConfig)
+    generate_and_print(InferenceConfig(**vars(parser.parse_args(argv))))
+
+
+def finetune_main(argv=None, *, prog="finetune.py"):
+    import_tensorflow_quietly()
+    from gpt2tf.train import TrainConfig, configure, finetune
+
+    parser = _config_parser(prog, "Fine-tune GPT-2 (or train one from scratch) in a resumable run dir.",
+                            TrainConfig)
+    finetune(configure(vars(parser.parse_args(argv))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    script: str  # the top-level script that runs the same function
+    summary: str
+    example: str
+    main: callable
+
+
+COMMANDS = {
+    "download": Command("download_model.py", "download OpenAI's released models (resumable, verified)",
+                        "gpt2tf download 124M", download_main),
+    "generate": Command("inference.py", "generate text with a model or a fine-tuned run",
+                        "gpt2tf generate --nucleus --top_p 0.9 --starter \"She picked up the sword\"", generate_main),
+    "finetune": Command("finetune.py", "fine-tune (or train from scratch) in a resumable run dir",
+                        "gpt2tf finetune --model_dir models/124M --dataset_path mytext.txt", finetune_main),
+}
+
+
+def _usage():
+    width = max(map(len, COMMANDS))
+    lines = ["usage: gpt2tf <command> [flags]", "", "OpenAI's GPT-2 in TensorFlow 2 / Keras 3.", "",
+             "commands (each takes exactly its script's flags; `gpt2tf <command> --help` lists them):"]
+    lines += [f"  {name:<{width}}  {c.summary} (= python {c.script})" for name, c in COMMANDS.items()]
+    lines += ["", "examples:"] + [f"  {c.example}" for c in COMMANDS.values()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    """The `gpt2tf` console command: `gpt2tf <command> [flags]`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        (sys.stdout if argv else sys.stderr).write(_usage())
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        from gpt2tf import __version__
+
+        print(f"gpt2tf {__version__}")
+        sys.exit(0)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)} (see gpt2tf --help)",
+              file=sys.stderr)
+        sys.exit(2)
+    run(lambda args: COMMANDS[name].main(args, prog=f"gpt2tf {name}"), rest)
+
+
+def run_script(name):
+    """What a top-level script runs: the command `name` with this process's arguments."""
+    run(lambda args: COMMANDS[name].main(args, prog=f"python {COMMANDS[name].script}"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Start-up and errors
 
 @contextlib.contextmanager
 def _stderr_silenced():
@@ -24,8 +184,10 @@ def _stderr_silenced():
 def import_tensorflow_quietly():
     """Import TensorFlow without its start-up log lines (CUDA probing, oneDNN notices) unless the user asked for
     them with TF_CPP_MIN_LOG_LEVEL; an import failure still raises as usual."""
+    if "tensorflow" in sys.modules:
+        return
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        import tensorflow  # noqa: F401
+        importlib.import_module("tensorflow")
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     with _stderr_silenced():

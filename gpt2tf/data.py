@@ -16,7 +16,9 @@ import functools
 import glob
 import hashlib
 import json
+import logging
 import os
+import socket
 import sys
 import zipfile
 import zlib
@@ -275,6 +277,7 @@ def _safe_name(path):
 # ---------------------------------------------------------------------------------------------------------------
 # cnndm: CNN / Daily Mail summarisation, "article \nTL;DR:\n highlight <|endoftext|>"
 
+CNNDM_TFDS_NAME = "cnn_dailymail"  # what the cnndm loader reads when no --dataset_path is given
 SPLIT_FILES = {"train": "all_train.txt", "validation": "all_val.txt", "val": "all_val.txt", "test": "all_test.txt"}
 
 
@@ -300,7 +303,7 @@ def load_cnndm(path, *, tokenizer, split="train", feature=None, cache_dir=None):
         raise GPT2TFError(f"{path} is not a CNN/Daily Mail dataset: expected url_lists/ and cnn/stories/, "
                           f"dailymail/stories/ inside it, a JSONL file, or the tensorflow-datasets name cnn_dailymail")
     else:
-        records = _tfds_records(str(path), split)
+        records = _tfds_records(str(path), split, download=True)
         key, data_dir, name = ["cnndm-tfds", records.identity], None, f"{_safe_name(path)}-{split}"
         pairs = lambda: ((_text(r["article"]), _text(r["highlights"]).split("\n")) for r in records)  # noqa: E731
 
@@ -401,15 +404,21 @@ def load_tfds(path, *, tokenizer, split="train", feature="text", cache_dir=None)
 
 
 class _TfdsRecords:
-    """The examples of one split of a prepared tensorflow-datasets dataset, as dicts of NumPy values."""
+    """The examples of one split of a tensorflow-datasets dataset, as dicts of NumPy values.
 
-    def __init__(self, name, split):
+    With `download`, a dataset that is not prepared yet is downloaded and prepared by tfds first (into
+    $TFDS_DATA_DIR or tfds' default dir, with tfds' progress bars); otherwise it must be prepared already.
+    """
+
+    def __init__(self, name, split, *, download=False):
         try:
             import tensorflow_datasets as tfds
         except ImportError:
             raise GPT2TFError("the tfds loader needs tensorflow-datasets: pip install tensorflow-datasets") from None
         try:
             builder = tfds.builder(name)
+            if download and not _quietly(builder.is_prepared):
+                _download_and_prepare(builder, name)
             self.dataset = builder.as_dataset(split=split)
         except (AssertionError, ValueError, KeyError) as err:  # not prepared, unknown name, unknown split
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -424,8 +433,53 @@ class _TfdsRecords:
         return iter(self.tfds.as_numpy(self.dataset))
 
 
-def _tfds_records(name, split):
-    return _TfdsRecords(name, split)
+def _quietly(function):
+    """`function()` without absl's warnings (tfds warns that a dataset it was asked about is not there)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return function()
+    finally:
+        logger.setLevel(level)
+
+
+def _tfds_records(name, split, *, download=False):
+    return _TfdsRecords(name, split, download=download)
+
+
+# The hosts tfds downloads a dataset from (its builder's URLs). Checked first, so that a machine without network
+# gets its error at once instead of after tfds' minutes of retries.
+DOWNLOAD_HOSTS = {CNNDM_TFDS_NAME: ("drive.google.com", "raw.githubusercontent.com")}
+PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+def _download_and_prepare(builder, name):
+    root = Path(builder.data_dir).parents[1]  # <root>/<name>/<version>
+    tried = f"tensorflow-datasets {name} is not prepared in {root} (set $TFDS_DATA_DIR if it is elsewhere)"
+    how = ("give --dataset_path: the CNN/Daily Mail story layout (url_lists/, cnn/stories/, dailymail/stories/) or "
+           "a JSONL file with \"article\" and \"highlights\"" if name == CNNDM_TFDS_NAME else
+           f"prepare it with `tfds build {name}` where it can be downloaded")
+    if not any(os.environ.get(v) for v in PROXY_VARIABLES):
+        for host in DOWNLOAD_HOSTS.get(name, ()):
+            reason = _unreachable(host)
+            if reason:
+                raise GPT2TFError(f"{tried}, and downloading it failed: {host} is unreachable ({reason}); {how}")
+    print(f"downloading and preparing tensorflow-datasets {name} into {root} (once)", file=sys.stderr)
+    try:
+        builder.download_and_prepare()
+    except Exception as err:  # network, quota, disk: tfds raises many kinds; each means "no data this way"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GPT2TFError(f"{tried}, and downloading it failed ({type(err).__name__}: {first}); {how}") from None
+
+
+def _unreachable(host, timeout_s=10.0):
+    """None if a TCP connection to `host`:443 opens, else why not."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        return None
+    except OSError as err:
+        return err.strerror or type(err).__name__
 
 
 def _text(value):
@@ -437,9 +491,11 @@ LOADERS = {"text": load_text, "cnndm": load_cnndm, "tfds": load_tfds}
 
 
 def load_dataset(loader, path, *, tokenizer, split="train", feature="text", cache_dir=None):
-    """Run the loader named `loader` (a key of LOADERS)."""
+    """Run the loader named `loader` (a key of LOADERS); cnndm without a path reads tfds' cnn_dailymail."""
     if loader not in LOADERS:
         raise GPT2TFError(f"unknown data loader {loader!r}; choose one of {', '.join(LOADERS)}")
+    if not path and loader == "cnndm":
+        path = CNNDM_TFDS_NAME
     if not path:
         raise GPT2TFError(f"the {loader} loader needs --dataset_path")
     return LOADERS[loader](path, tokenizer=tokenizer, split=split, feature=feature, cache_dir=cache_dir)

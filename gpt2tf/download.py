@@ -20,7 +20,7 @@ from tqdm import tqdm
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import LEGACY_NAMES, PRETRAINED
 
-DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"  # storage.googleapis.com died in 2021
+DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"  # where OpenAI serves the files
 BASE_URL_ENV = "GPT2TF_BASE_URL"
 
 MODEL_NAMES = tuple(PRETRAINED)  # a legacy name (LEGACY_NAMES) is fetched and stored under its current name

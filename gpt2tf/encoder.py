@@ -57,11 +57,11 @@ def bytes_to_unicode() -> dict[int, str]:
 # The classes are the `regex` module's (Unicode properties; stdlib `re` has no \p{...}).
 PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
-# Speed: stdlib `re` runs the same pattern about 1.7x faster than `regex` once \p{L}, \p{N} and \s are written
-# out as explicit character ranges, but only for ranges within the BMP: `re` tests ranges above U+FFFF one by
-# one, which made it 3x slower than `regex` (measured on 20 MB of English). So `_bmp_pattern` copies the `regex`
-# module's classes for U+0000..U+FFFF, and only text that has a character above U+FFFF (or a lone surrogate, see
-# `_pieces`) goes through `regex`. The tests check both paths against an independent tokenizer.
+# Speed: stdlib `re` runs the same pattern faster than `regex` once \p{L}, \p{N} and \s are written out as
+# explicit character ranges, but only for ranges within the BMP: `re` tests ranges above U+FFFF one by one, which
+# makes it slower than `regex` there. So `_bmp_pattern` copies the `regex` module's classes for U+0000..U+FFFF,
+# and only text that has a character above U+FFFF (or a lone surrogate, see `_pieces`) goes through `regex`. The
+# tests check both paths against an independent tokenizer.
 
 
 def _bmp_ranges(unicode_class: str) -> str:

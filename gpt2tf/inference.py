@@ -10,36 +10,60 @@ import json
 import sys
 from pathlib import Path
 
+from gpt2tf.cli import flag
+from gpt2tf.download import DownloadConfig
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.sample import SamplerConfig, cut_at_stop, generate_stream, random_seed
 
 DEFAULT_TOP_K = 40  # used unless --nucleus or an explicit --top_k says otherwise
 DEFAULT_TOP_P = 0.9  # what --nucleus uses when --top_p is not given
+DEFAULT_MODEL_DIR = str(Path(DownloadConfig.models_dir) / "124M")  # where download_model.py puts OpenAI's default
+
+
+PROMPTS = "prompts (default: one unconditional sample, started from <|endoftext|>)"
+SAMPLING = "sampling"
+LENGTH = "length and batching"
+OUTPUT = "output and speed"
 
 
 @dataclasses.dataclass
 class InferenceConfig:
-    model_dir: str = ""
-    starter: str = None  # the prompt; none (and no prompts file) means unconditional samples
-    prompts_file: str = None  # one prompt per line (`\n` escapes allowed), or .jsonl with a "prompt" field
-    interactive: bool = False
-    output_length: int = 100
-    nsamples: int = 1
-    batch_size: int = 1
-    temperature: float = 1.0
-    top_k: int = None
-    top_p: float = None
-    nucleus: bool = False
-    greedy: bool = False
-    repetition_penalty: float = 1.0
-    seed: int = None
-    stop: list = dataclasses.field(default_factory=list)
-    no_eos_stop: bool = False
-    truncate_prompt: bool = False
-    output: str = "plain"  # plain | jsonl
-    precision: str = "float32"  # a Keras dtype policy: float32 | mixed_float16 | mixed_bfloat16
-    no_xla: bool = False
+    """What `inference.py` (and `gpt2tf generate`) does; each field is the flag of the same name."""
+
+    model_dir: str = flag(None, f"an OpenAI model dir or a fine-tuning run dir (default: {DEFAULT_MODEL_DIR}, "
+                                f"where `python download_model.py 124M` puts OpenAI's default model)")
+    custom_model: str = flag(None, "a .h5 weights file (finetune.py --output_name) to load onto --model_dir's "
+                                   "model instead of its own weights")
+    starter: str = flag(None, "the prompt text", group=PROMPTS)
+    prompts_file: str = flag(None, "one prompt per line (\\n escapes allowed), or a .jsonl file with a \"prompt\" "
+                                   "field", group=PROMPTS)
+    interactive: bool = flag(False, "ask for prompts in a loop; output is streamed", group=PROMPTS)
+    temperature: float = flag(1.0, "0 means greedy", group=SAMPLING)
+    top_k: int = flag(None, f"keep the k most likely tokens; 0 = off (default {DEFAULT_TOP_K}, or 0 with --nucleus)",
+                      type=int, group=SAMPLING)
+    nucleus: bool = flag(False, f"nucleus (top-p) sampling, top_p {DEFAULT_TOP_P} unless --top_p says otherwise; "
+                                f"top-k off unless given", group=SAMPLING)
+    top_p: float = flag(None, f"keep the smallest most-likely set whose mass reaches p, in (0, 1]; 1 = off "
+                              f"(default 1, or {DEFAULT_TOP_P} with --nucleus)", type=float, group=SAMPLING)
+    greedy: bool = flag(False, "always take the most likely token (= --temperature 0)", group=SAMPLING)
+    repetition_penalty: float = flag(1.0, "CTRL-style penalty on tokens already present, > 1 discourages repeats "
+                                          "(default: 1, off)", group=SAMPLING)
+    seed: int = flag(None, "same seed, same text (default: random, printed with --output jsonl)", type=int,
+                     group=SAMPLING)
+    output_length: int = flag(100, "new tokens per sample", group=LENGTH)
+    nsamples: int = flag(1, "samples per prompt", group=LENGTH)
+    batch_size: int = flag(1, "samples computed together", group=LENGTH)
+    stop: list = flag([], "stop a sample at this text (repeatable; \\n escapes allowed, e.g. --stop '\\n\\n')",
+                      metavar="TEXT", group=LENGTH)
+    no_eos_stop: bool = flag(False, "keep going past <|endoftext|>", group=LENGTH)
+    truncate_prompt: bool = flag(False, "drop the start of a prompt that would not fit n_ctx with --output_length "
+                                        "(else an error)", group=LENGTH)
+    output: str = flag("plain", "plain text, or JSON lines with prompt, sample, text, tokens and seed",
+                       choices=("plain", "jsonl"), group=OUTPUT)
+    precision: str = flag("float32", "compute dtype (mixed types are for GPUs)",
+                          choices=("float32", "mixed_float16", "mixed_bfloat16"), group=OUTPUT)
+    no_xla: bool = flag(False, "don't compile the decode loop with XLA", group=OUTPUT)
 
     def sampler(self):
         """The SamplerConfig these flags mean (`--nucleus` switches top-k off unless --top_k is given)."""
@@ -94,15 +118,28 @@ def run(config, out=sys.stdout):
     _check(config)
     prompts = read_prompts(config.prompts_file) if config.prompts_file else None
 
-    from gpt2tf.checkpoint import load_model  # imported here: flag errors above are reported without TensorFlow
-
-    model = load_model(config.model_dir, dtype=None if config.precision == "float32" else config.precision)
+    model = _load(config)
     encoder = get_encoder()
     if config.interactive:
         return _interactive(model, encoder, config, out)
     if prompts is None:
         prompts = [config.starter or ""]
     _generate_and_print(model, encoder, config, prompts, out)
+
+
+def _load(config):
+    # Imported here: flag errors are reported without loading TensorFlow's model code.
+    from gpt2tf.checkpoint import load_model
+    from gpt2tf.h5weights import load_h5_model
+
+    model_dir = config.model_dir or DEFAULT_MODEL_DIR
+    if not config.model_dir and not Path(model_dir).exists():
+        raise GPT2TFError(f"no --model_dir given and {model_dir} does not exist: download OpenAI's default model "
+                          f"with `python download_model.py 124M`, or give --model_dir")
+    dtype = None if config.precision == "float32" else config.precision
+    if config.custom_model:
+        return load_h5_model(model_dir, config.custom_model, dtype=dtype)
+    return load_model(model_dir, dtype=dtype)
 
 
 def _generate_and_print(model, encoder, config, prompts, out):

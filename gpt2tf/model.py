@@ -21,7 +21,7 @@ from tensorflow.compiler.tf2xla.python import xla
 from gpt2tf import native
 from gpt2tf.hparams import HParams
 
-LAYER_NORM_EPSILON = 1e-5  # OpenAI's value; the ancestor project's 1e-14 was a bug.
+LAYER_NORM_EPSILON = 1e-5  # OpenAI's value
 MASKED_SCORE = -1e10  # what OpenAI's `mask_attn_weights` writes into masked positions (softmax makes it exactly 0)
 
 
@@ -70,7 +70,7 @@ class Conv1D(keras.layers.Layer):
 
     OpenAI's checkpoint stores `w` as `[1, n_in, n_out]`; `checkpoint` transposes it on the way in and out. Held
     this way, the weights of each output are contiguous, so decoding one token reads every weight in one
-    sequential stream (see `native`), a quarter faster on CPU than reading several rows of `[n_in, n_out]` at once.
+    sequential stream (see `native`), which a CPU's memory serves faster than several interleaved rows.
     """
 
     def __init__(self, n_in, n_out, *, init, w_init="w", **kwargs):

@@ -5,7 +5,7 @@ weights first: both leave most of the memory bandwidth unused, and decoding is b
 per step. `native_matmul.cc` reads each weight once, straight from memory, on every core (the model holds its
 weights so that each output's are contiguous: `x @ transpose(w)`), and computes the step's attention over the
 key/value cache reading only the slots written so far. It is built on first use with the system C++ compiler
-(about a second), cached under `~/.cache/gpt2tf/` (or `$GPT2TF_CACHE_DIR`), loaded into the process and
+(once per source and compiler), cached under `~/.cache/gpt2tf/` (or `$GPT2TF_CACHE_DIR`), loaded into the process and
 registered with XLA as the custom-call targets `gpt2tf_matmul_nt` / `gpt2tf_attend`.
 
 It is used only where it helps and is safe: inside the compiled decode step (`use_in_decode_step`), for float32

@@ -49,9 +49,7 @@ GPT2TF_AVX2 inline float sum8(__m256 v) {
 
 // One row of x (batch 1 decoding): every weight is used once, so the speed is the speed of reading w. One row of w
 // at a time makes one sequential stream; reading several rows at once (as matmul_nt does for several x rows, to
-// reuse each weight) makes interleaved streams, which this machine serves about a quarter slower. Measured on a
-// 2-core EPYC inside the decode step of 124M: the logits in 4.8-5.5 ms instead of 7.0-7.6 with four rows at once,
-// and a block's products in 1.0 ms instead of 1.35 with w [k, n] read eight rows at once.
+// reuse each weight) makes interleaved streams, which memory serves more slowly than one sequential stream.
 
 // y[j] = x . w[j, :] for j in [j0, j1), w [n, k]: one row of w at a time, so one sequential stream.
 GPT2TF_AVX2 void dot_rows(const float* __restrict x, const float* __restrict w, float* __restrict y, long k,
@@ -140,9 +138,8 @@ GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w,
 }
 
 // Five to eight rows of x (batch 5-8), packed transposed into xt [k, 8] (lanes past m are zeros): each weight is
-// broadcast and multiplied into the eight rows at once, eight rows of w at a time. No horizontal sums, and each
-// weight loaded feeds eight lanes: at batch 8 a decode step's products took 31 ms on one core against matmul_nt's
-// 41 ms (and 31 ms for the eight-row kernel over OpenAI's [k, n] layout that the model's layout replaced).
+// broadcast and multiplied into the eight rows at once, eight rows of w at a time: no horizontal sums, and each
+// weight loaded feeds eight lanes, where matmul_nt's dot products end in a horizontal sum per output and row.
 constexpr long kLanes = 8;
 
 GPT2TF_AVX2 void matmul_nt_lanes(const float* __restrict xt, const float* __restrict w, float* __restrict y, long m,

@@ -145,7 +145,7 @@ class Decoder:
     arguments) and the head, each compiled by XLA once per shape; the prefill calls them eagerly at the prompt's
     shape, the decode step from inside the graph loop at one token. The sampling ops (top-k, sort, random) run as
     ordinary TensorFlow kernels inside that loop, because XLA's CPU lowering of TopK/Sort and of the random
-    generator is 10-20x slower.
+    generator is much slower than TensorFlow's kernels.
     """
 
     def __init__(self, model, config, *, eos_id, jit_compile=True, use_native=True, shared=None):
@@ -155,9 +155,8 @@ class Decoder:
         self.jit_compile = jit_compile
         self._compiled = set()  # (batch, prompt_len, total_len) whose decode step XLA has compiled
         # One compiled function serves every block: the blocks differ only in their weights, passed as arguments.
-        # That is one trace and one XLA compilation of a block instead of the whole network's (seconds less on the
-        # first call). A model whose blocks are not alike (LoRA adapters patched into their layers) gets a
-        # function per block instead.
+        # So the first call traces and compiles one block instead of the whole network. A model whose blocks are
+        # not alike (LoRA adapters patched into their layers) gets a function per block instead.
         self._shared = _alike(model.h) if shared is None else shared
         self._weights = [([w.value for w in block.trainable_variables],
                           [w.value for w in block.non_trainable_variables]) for block in model.h]

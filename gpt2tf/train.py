@@ -16,6 +16,7 @@ the previous checkpoint complete and named. Batches are a pure function of (seed
 and the step runs no random ops, so a resumed run computes exactly what an uninterrupted one would.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -36,6 +37,7 @@ from tqdm import tqdm
 from gpt2tf.checkpoint import (STATE_FILE, checkpoint_key, load_hparams, load_model, model_tensors, read_state_file,
                                replace_bundle, resolve_checkpoint, restore_weights, write_bundle, write_model_files,
                                write_state_file)
+from gpt2tf.cli import flag
 from gpt2tf.data import LOADERS, load_dataset
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
@@ -50,6 +52,8 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
 CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 STATE_DIR = "train_state"
+RUNS_DIR = "runs"  # where a run goes without --output_dir (see default_output_dir)
+H5_DIR = "output"  # where --output_name NAME.h5 goes without a folder: the ancestor's place
 # The training state's layout, saved with it. 2: optimizer slots shaped like the model's variables, whose projection
 # weights are held transposed (gpt2tf.model.Conv1D); states saved before that carry no layout.
 STATE_LAYOUT = 2
@@ -60,75 +64,74 @@ HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
 SESSION_FIELDS = ("restore_from", "max_steps")  # apply to one invocation; not stored with the run
 
 
-def _field(default, help, **metadata):
-    return dataclasses.field(default=default, metadata=dict(help=help, **metadata))
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; the defaults are the fine-tuning defaults."""
 
     # What to train
-    model_dir: str = _field(None, "the GPT-2 model dir to start from (e.g. models/124M)")
-    init: str = _field("pretrained", "pretrained: the weights in --model_dir; random: a new model shaped by the "
+    model_dir: str = flag(None, "the GPT-2 model dir to start from (e.g. models/124M)")
+    init: str = flag("pretrained", "pretrained: the weights in --model_dir; random: a new model shaped by the "
                                      "hparams flags below (or --model_dir's hparams.json)",
                        choices=("pretrained", "random"))
-    n_vocab: int = _field(None, "with --init random (default: HParams' 124M shape)", type=int)
-    n_ctx: int = _field(None, "with --init random", type=int)
-    n_embd: int = _field(None, "with --init random", type=int)
-    n_head: int = _field(None, "with --init random", type=int)
-    n_layer: int = _field(None, "with --init random", type=int)
+    n_vocab: int = flag(None, "with --init random (default: HParams' 124M shape)", type=int)
+    n_ctx: int = flag(None, "with --init random", type=int)
+    n_embd: int = flag(None, "with --init random", type=int)
+    n_head: int = flag(None, "with --init random", type=int)
+    n_layer: int = flag(None, "with --init random", type=int)
     # Data
-    data_loader: str = _field("text", "how to read --dataset_path", choices=tuple(LOADERS))
-    dataset_path: str = _field(None, "text: a file, directory or glob of UTF-8 text, or .npy/.npz tokens; cnndm: "
+    data_loader: str = flag("text", "how to read --dataset_path", choices=tuple(LOADERS))
+    dataset_path: str = flag(None, "text: a file, directory or glob of UTF-8 text, or .npy/.npz tokens; cnndm: "
                                      "the story dir, a JSONL file, or cnn_dailymail (tensorflow-datasets); tfds: a "
                                      "dataset name such as reddit_tifu/short")
-    val_dataset_path: str = _field(None, "validation data, read by the same loader (default: no validation)")
-    split: str = _field("train", "the training split (cnndm, tfds)")
-    val_split: str = _field("validation", "the validation split (cnndm, tfds)")
-    text_feature: str = _field("text", "tfds: the feature holding the text (reddit_tifu: documents)")
-    cache_dir: str = _field(None, "where tokenised data is cached (default: next to the data)")
-    summary_only: bool = _field(False, "cnndm: compute the loss on the summary tokens only")
-    length: int = _field(None, "tokens per training window (default: n_ctx)", type=int)
+    val_dataset_path: str = flag(None, "validation data, read by the same loader (default: no validation)")
+    split: str = flag("train", "the training split (cnndm, tfds)")
+    val_split: str = flag("validation", "the validation split (cnndm, tfds)")
+    text_feature: str = flag("text", "tfds: the feature holding the text (reddit_tifu: documents)")
+    cache_dir: str = flag(None, "where tokenised data is cached (default: next to the data)")
+    summary_only: bool = flag(False, "cnndm: compute the loss on the summary tokens only")
+    length: int = flag(None, "tokens per training window (default: n_ctx)", type=int)
     # The run
-    output_dir: str = _field(None, "the run dir: a model dir with checkpoints, metrics and training state")
-    restore_from: str = _field("latest", "latest: continue the run in --output_dir if there is one; fresh: start "
+    output_dir: str = flag(None, "the run dir: a model dir with checkpoints, metrics and training state (default: "
+                                 "runs/<model>-<data>, e.g. runs/355M-cnndm; see the README)")
+    output_name: str = flag(None, "also write the final weights to output/NAME.h5 (a path with a folder is used as "
+                                  "given), a Keras .h5 weights file for inference.py --custom_model")
+    restore_from: str = flag("latest", "latest: continue the run in --output_dir if there is one; fresh: start "
                                          "from --model_dir (refused if --output_dir holds a run); or a run dir, "
                                          "model dir or checkpoint prefix to start from")
-    seed: int = _field(0, "seeds the data order and a random init")
-    num_epoch: int = _field(4, "epochs to train")
-    steps_per_epoch: int = _field(100, "optimizer steps per epoch")
-    max_steps: int = _field(0, "stop (with a checkpoint) after this many steps in all; 0: run num_epoch epochs")
-    batch_size: int = _field(1, "sequences per micro-batch")
-    accumulate_gradients: int = _field(1, "micro-batches per optimizer step (an N times larger batch)")
+    seed: int = flag(0, "seeds the data order and a random init")
+    num_epoch: int = flag(4, "epochs to train")
+    steps_per_epoch: int = flag(100, "optimizer steps per epoch")
+    max_steps: int = flag(0, "stop (with a checkpoint) after this many steps in all; 0: run num_epoch epochs")
+    batch_size: int = flag(1, "sequences per micro-batch")
+    accumulate_gradients: int = flag(1, "micro-batches per optimizer step (an N times larger batch)")
     # Learning rate
-    base_lr: float = _field(1e-4, "learning rate")
-    lr_schedule: str = _field("step", "step: decay by --decay_lr at each of --decay_epochs; cosine: from base_lr "
+    base_lr: float = flag(1e-4, "learning rate")
+    lr_schedule: str = flag("step", "step: decay by --decay_lr at each of --decay_epochs; cosine: from base_lr "
                                       "to base_lr * decay_lr over the run", choices=SCHEDULES)
-    decay_lr: float = _field(0.1, "decay factor (step), or final fraction of base_lr (cosine)")
-    decay_epochs: str = _field("", "0-based epochs at which the rate is multiplied by --decay_lr, e.g. \"4,5\"")
-    warmup_steps: int = _field(0, "linear warmup over this many steps")
+    decay_lr: float = flag(0.1, "decay factor (step), or final fraction of base_lr (cosine)")
+    decay_epochs: str = flag("", "0-based epochs at which the rate is multiplied by --decay_lr, e.g. \"4,5\"")
+    warmup_steps: int = flag(0, "linear warmup over this many steps")
     # Optimisation
-    optimizer: str = _field("adam", "adafactor keeps factored second moments: far less memory", choices=OPTIMIZERS)
-    weight_decay: float = _field(0.01, "adamw's decoupled weight decay (not on biases and gains)")
-    clip_norm: float = _field(1.0, "clip the global gradient norm (unscaled) to this; 0: off")
-    precision: str = _field("auto", "auto: float32 on CPU, mixed_bfloat16 on GPUs that have it, else "
+    optimizer: str = flag("adam", "adafactor keeps factored second moments: far less memory", choices=OPTIMIZERS)
+    weight_decay: float = flag(0.01, "adamw's decoupled weight decay (not on biases and gains)")
+    clip_norm: float = flag(1.0, "clip the global gradient norm (unscaled) to this; 0: off")
+    precision: str = flag("auto", "auto: float32 on CPU, mixed_bfloat16 on GPUs that have it, else "
                                     "mixed_float16 with loss scaling", choices=PRECISIONS)
-    xla: bool = _field(True, "compile the training step with XLA (--no_xla: off)")
-    recompute: bool = _field(False, "recompute each block's activations in the backward pass (less memory)")
-    only_train_transformer_layers: bool = _field(False, "train the blocks only, not wte, wpe or ln_f")
-    lora_rank: int = _field(0, "train rank-R LoRA adapters on the attention and MLP projections instead of the "
+    xla: bool = flag(True, "compile the training step with XLA (--no_xla: off)")
+    recompute: bool = flag(False, "recompute each block's activations in the backward pass (less memory)")
+    only_train_transformer_layers: bool = flag(False, "train the blocks only, not wte, wpe or ln_f")
+    lora_rank: int = flag(0, "train rank-R LoRA adapters on the attention and MLP projections instead of the "
                                "weights; merged into the saved weights; 0: off")
-    lora_alpha: float = _field(16.0, "LoRA scale numerator: the adapters' output is multiplied by alpha / rank")
+    lora_alpha: float = flag(16.0, "LoRA scale numerator: the adapters' output is multiplied by alpha / rank")
     # Feedback and checkpoints
-    save_every: int = _field(1000, "checkpoint every N steps (also at the end and on Ctrl-C); 0: only then")
-    keep_checkpoints: int = _field(3, "keep the last K checkpoints")
-    log_every: int = _field(10, "write metrics every N steps")
-    val_every: int = _field(0, "validate every N steps; 0: at each epoch's end (with --val_dataset_path)")
-    val_batches: int = _field(8, "batches per validation")
-    sample_every: int = _field(0, "print a sample every N steps; 0: off")
-    sample_length: int = _field(64, "tokens per sample")
-    sample_prompt: str = _field("", "the samples' prompt (default: start of a document)")
+    save_every: int = flag(1000, "checkpoint every N steps (also at the end and on Ctrl-C); 0: only then")
+    keep_checkpoints: int = flag(3, "keep the last K checkpoints")
+    log_every: int = flag(10, "write metrics every N steps")
+    val_every: int = flag(0, "validate every N steps; 0: at each epoch's end (with --val_dataset_path)")
+    val_batches: int = flag(8, "batches per validation")
+    sample_every: int = flag(0, "print a sample every N steps; 0: off")
+    sample_length: int = flag(64, "tokens per sample")
+    sample_prompt: str = flag("", "the samples' prompt (default: start of a document)")
 
     @property
     def total_steps(self):
@@ -146,19 +149,69 @@ def configure(flags):
     if unknown:
         raise GPT2TFError(f"unknown training option(s) {sorted(unknown)}")
     if not flags.get("output_dir"):
-        raise GPT2TFError("give --output_dir: the run dir that receives checkpoints (e.g. runs/mytext)")
-    saved = Path(flags["output_dir"]) / CONFIG_FILE
+        flags["output_dir"] = default_output_dir(flags)
     values = {}
-    if flags.get("restore_from", TrainConfig.restore_from) == "latest" and saved.is_file():
-        try:
-            values = {k: v for k, v in json.loads(saved.read_text(encoding="utf-8")).items()
-                      if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-        except (OSError, ValueError) as err:
-            raise GPT2TFError(f"cannot read {saved} ({err}); fix or delete it") from None
+    if flags.get("restore_from", TrainConfig.restore_from) == "latest":
+        values = _saved_config(flags["output_dir"]) or {}
     values.update(flags)
     config = TrainConfig(**values)
     _check(config)
     return config
+
+
+def _saved_config(run_dir):
+    """The settings saved with the run in `run_dir` (field -> value), or None if it holds no run."""
+    saved = Path(run_dir) / CONFIG_FILE
+    if not saved.is_file():
+        return None
+    try:
+        return {k: v for k, v in json.loads(saved.read_text(encoding="utf-8")).items()
+                if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    except (OSError, ValueError, AttributeError) as err:
+        raise GPT2TFError(f"cannot read {saved} ({err}); fix or delete it") from None
+
+
+SOURCE_FIELDS = ("init", "model_dir", "data_loader", "dataset_path")  # what a run is of: same values, same run
+
+
+def default_output_dir(flags, runs_dir=RUNS_DIR):
+    """The run dir for a command without --output_dir: `runs/<model>-<data>`, e.g. runs/355M-cnndm.
+
+    <model> is --model_dir's name (`scratch` with --init random); <data> is --dataset_path's file or folder name
+    without its extension, or the loader's name when there is no path (cnndm's tensorflow-datasets default). The
+    same command again continues that run; if the dir holds a run of another model or other data (or
+    --restore_from fresh is given), the first of `-2`, `-3`, ... that is free or holds this command's run is used.
+    """
+    value = lambda name: flags.get(name, getattr(TrainConfig, name))  # noqa: E731
+    if value("init") == "random":
+        model = "scratch"
+    elif value("model_dir"):
+        model = Path(value("model_dir")).name
+    elif value("restore_from") not in ("latest", "fresh"):
+        model = Path(value("restore_from")).name
+    else:
+        model = "model"
+    path = value("dataset_path")
+    if not path:
+        data = value("data_loader")
+    elif value("data_loader") == "tfds":
+        data = path.replace("/", "-")
+    else:
+        parts = Path(path).parts
+        globbed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
+        data = Path(parts[globbed - 1]).stem if globbed else "data"  # data/*.txt -> data
+    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{model}-{data}".strip("."))
+    same = lambda a, b: (os.path.abspath(a) == os.path.abspath(b)) if a and b else a == b  # noqa: E731
+    for n in range(1, 1000):
+        candidate = Path(runs_dir) / (base if n == 1 else f"{base}-{n}")
+        saved = _saved_config(candidate)
+        if saved is None:
+            return str(candidate)
+        if value("restore_from") != "fresh" and all(
+                same(saved.get(k, getattr(TrainConfig, k)), value(k)) if k in ("model_dir", "dataset_path")
+                else saved.get(k, getattr(TrainConfig, k)) == value(k) for k in SOURCE_FIELDS):
+            return str(candidate)
+    raise GPT2TFError(f"{runs_dir} holds 999 runs named {base}-N; give --output_dir")
 
 
 def _check(config):
@@ -191,6 +244,8 @@ def _check(config):
         conflict("--lora_rank already trains only the adapters; drop --only_train_transformer_layers")
     if config.summary_only and config.data_loader != "cnndm":
         conflict("--summary_only needs --data_loader cnndm")
+    if config.output_name and not config.output_name.endswith((".h5", ".hdf5")):
+        conflict(f"--output_name {config.output_name} must end in .h5 (a Keras weights file), e.g. mytext.h5")
     if config.val_every and not config.val_dataset_path:
         conflict("--val_every needs --val_dataset_path")
     if config.restore_from == "fresh" and (Path(config.output_dir) / STATE_FILE).is_file():
@@ -527,10 +582,12 @@ class _StopRequest:
 
 def finetune(config):
     """Train as `config` says; returns the run dir (a model dir). Ctrl-C checkpoints, then raises KeyboardInterrupt."""
-    created = not Path(config.output_dir).exists()
+    created = [p for p in (Path(config.output_dir), *Path(config.output_dir).parents) if not p.exists()]
     run = RunDir(config.output_dir)
     try:
         start_from = _start_point(config, run)
+        print(f"run dir: {run.path} ({_describe_start(run, start_from)})", file=sys.stderr)
+        h5_path = _h5_path(config)
         hparams = _hparams(config, start_from)
         length = config.length or hparams.n_ctx
         if length > hparams.n_ctx:
@@ -540,9 +597,10 @@ def finetune(config):
             raise GPT2TFError(f"the model's n_vocab ({hparams.n_vocab}) is smaller than the tokenizer's "
                               f"{len(tokenizer)} ids; use --n_vocab {len(tokenizer)}")
         train_data, val_data = _load_data(config, tokenizer, length)
-    except GPT2TFError:
-        if created and not any(run.path.iterdir()):
-            run.path.rmdir()  # a run that never started leaves no empty dir behind
+    except (GPT2TFError, KeyboardInterrupt):
+        for path in created:  # a run that never started leaves no empty dir behind
+            with contextlib.suppress(OSError):  # not empty: left alone
+                path.rmdir()
         raise
 
     policy, loss_scaling = resolve_precision(config.precision)
@@ -623,10 +681,36 @@ def finetune(config):
             if config.save_every and step % config.save_every == 0:
                 save(step)
         save(step)
+    if h5_path and not stop.requested:
+        from gpt2tf.h5weights import write_h5_weights
+
+        write_h5_weights(h5_path, model, trainer.weights_to_save())
+        print(f"\nwrote the weights to {h5_path} as well: python inference.py --model_dir {run.path} "
+              f"--custom_model {h5_path} --starter \"...\"", file=sys.stderr)
     _print_usage(run, config, step, loss, interrupted=stop.requested)
     if stop.requested:
         raise KeyboardInterrupt
     return run.path
+
+
+def _describe_start(run, start_from):
+    if start_from.state and start_from.model_dir == run.path:
+        return f"continuing at step {start_from.step}"
+    if start_from.weights:
+        return f"new run, starting from {start_from.weights}"
+    return "new run"
+
+
+def _h5_path(config):
+    """Where --output_name's file goes (output/NAME.h5 unless it names a folder), checked to be writable."""
+    if not config.output_name:
+        return None
+    path = Path(config.output_name) if os.path.dirname(config.output_name) else Path(H5_DIR) / config.output_name
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise GPT2TFError(f"cannot write --output_name {path}: {existing} is not a writable directory; choose "
+                          f"another --output_name")
+    return path
 
 
 def _load_data(config, tokenizer, length):

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny synthetic model dirs in OpenAI's layout, written once per session."""
 
 import os
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
 
@@ -42,3 +43,17 @@ def small_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("small") / "model"
     gpt2tf.write_synthetic_checkpoint(path, SMALL, seed=11)
     return path
+
+
+@pytest.fixture
+def store(monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # never route the test traffic anywhere else
+    from http_store import FakeStore
+
+    server = FakeStore()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)

@@ -212,12 +212,45 @@ def test_cnndm_bad_inputs(tmp_path, enc):
         load("cnndm", tmp_path / "not_cnndm", enc, tmp_path)
 
 
-def test_cnndm_from_tensorflow_datasets(tmp_path, enc):
+def test_cnndm_without_a_path_downloads_cnn_dailymail_through_tfds(tmp_path, enc, monkeypatch):
     import tensorflow_datasets as tfds
-    with tfds.testing.mock_data(num_examples=4):
-        examples = load("cnndm", "cnn_dailymail", enc, tmp_path)
+    prepared = []
+    monkeypatch.setattr(data, "_unreachable", lambda host: None)  # as on a machine with network
+    with tfds.testing.mock_data(num_examples=4):  # download_and_prepare is a no-op, as_dataset gives mock records
+        real = tfds.core.DatasetBuilder.download_and_prepare
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                            lambda builder, *a, **k: prepared.append(builder.name) or real(builder, *a, **k))
+        examples = data.load_dataset("cnndm", None, tokenizer=enc, cache_dir=tmp_path / "cache")
+        assert prepared == ["cnn_dailymail"]
+        assert len(load("cnndm", "cnn_dailymail", enc, tmp_path)) == 4  # the name given explicitly: the same
     texts = decode_examples(examples, enc)
     assert len(texts) == 4 and all("\nTL;DR:\n" in t and t.endswith("<|endoftext|>") for t in texts)
+
+
+def test_cnndm_default_without_network_is_one_line_naming_what_was_tried(tmp_path, enc, monkeypatch):
+    for variable in data.PROXY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setitem(data.DOWNLOAD_HOSTS, "cnn_dailymail", ("gpt2tf-test.invalid",))  # .invalid never resolves
+    with pytest.raises(GPT2TFError) as err:
+        data.load_dataset("cnndm", None, tokenizer=enc)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "tensorflow-datasets cnn_dailymail is not prepared in " in message  # and where it looked
+    assert "gpt2tf-test.invalid is unreachable" in message
+    assert "give --dataset_path: the CNN/Daily Mail story layout" in message and "JSONL" in message
+
+
+def test_cnndm_default_when_tfds_fails_to_download(tmp_path, enc, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def fail(builder, *args, **kwargs):
+        raise ConnectionError("Google Drive quota exceeded\nmore text")
+
+    monkeypatch.setattr(data, "_unreachable", lambda host: None)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
+    with pytest.raises(GPT2TFError, match=r"downloading it failed \(ConnectionError: Google Drive quota exceeded\); "
+                                          r"give --dataset_path"):
+        data.load_dataset("cnndm", None, tokenizer=enc)
 
 
 # ---- tfds ------------------------------------------------------------------------------------------------------

@@ -4,8 +4,6 @@ Every test ends in either verified complete files or a one-line `GPT2TFError` wi
 """
 
 import dataclasses
-import http.server
-import importlib.util
 import json
 import os
 import random
@@ -13,13 +11,13 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 import gpt2tf
 from gpt2tf import download
+from gpt2tf.cli import download_main
 from gpt2tf.download import DATA_FILE, MODEL_FILES, DownloadConfig, download_models
 from gpt2tf.errors import GPT2TFError
 
@@ -38,92 +36,6 @@ def real_vocab_files(seed=0):
     """Synthetic files, but encoder.json and vocab.bpe are the real ones, so the default known sizes hold."""
     return {**synthetic_files(seed), **{name: (REPO / "gpt2tf" / "vocab" / name).read_bytes()
                                         for name in ("encoder.json", "vocab.bpe")}}
-
-
-class FakeStore(http.server.ThreadingHTTPServer):
-    """Serves `files[url_path]` with Range support; `faults[url_path]` lists one fault per request, in order."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.files, self.faults, self.requests = {}, {}, []  # requests: (path, Range header or None)
-        self.ignore_range = False
-        self.lock = threading.Lock()
-
-    @property
-    def base_url(self):
-        return f"http://127.0.0.1:{self.server_address[1]}/models"
-
-    def serve_model(self, name, files):
-        for file_name, data in files.items():
-            self.files[f"/models/{name}/{file_name}"] = data
-
-    def requests_for(self, name, file_name):
-        return [rng for path, rng in self.requests if path == f"/models/{name}/{file_name}"]
-
-    def handle_error(self, request, client_address):
-        pass  # a client that hung up on purpose is not news
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in two writes; don't wait 40 ms for a delayed ACK
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        store = self.server
-        with store.lock:
-            store.requests.append((self.path, self.headers.get("Range")))
-            pending = store.faults.get(self.path)
-            fault = pending.pop(0) if pending else None
-        if fault == "500":
-            return self._reply(500, b"oops")
-        data = store.files.get(self.path)
-        if data is None:
-            return self._reply(404, b"not found")
-        start, status, headers = 0, 200, {}
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        if match and not store.ignore_range:
-            start = 0 if fault == "range_from_zero" else int(match.group(1))
-            if start >= len(data):
-                return self._reply(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-            status, headers = 206, {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
-        body = data[start:]
-        if fault == "drop":  # announce everything, send half, hang up
-            return self._reply(status, body, headers, send=len(body) // 2)
-        if fault == "short":  # always 100 bytes short of what was announced
-            return self._reply(status, body, headers, send=max(len(body) - 100, 0))
-        if fault == "stall":  # half, then silence longer than the client's timeout
-            self._reply(status, body[:len(body) // 2], headers, length=len(body))
-            threading.Event().wait(0.5)
-            return self.wfile.write(body[len(body) // 2:])
-        self._reply(status, body, headers)
-
-    def _reply(self, status, body, headers=(), *, send=None, length=None):
-        self.send_response(status)
-        for key, value in dict(headers).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
-        self.wfile.write(body[:send])
-        self.wfile.flush()
-        if send is not None:
-            self.close_connection = True
-
-
-@pytest.fixture
-def store(monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # never route the test traffic anywhere else
-    server = FakeStore()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
 
 
 def config_for(store, tmp_path, **overrides):
@@ -366,25 +278,18 @@ def synthetic_model_files(tmp_path, hparams):
     return {name: (model_dir / name).read_bytes() for name in MODEL_FILES}
 
 
-def load_cli_script():
-    spec = importlib.util.spec_from_file_location("download_model", REPO / "download_model.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_cli_checks_that_the_model_loads_by_default(store, tmp_path, capsys):
     tiny = gpt2tf.HParams(n_vocab=64, n_ctx=16, n_embd=8, n_head=2, n_layer=2)
     files = synthetic_model_files(tmp_path, tiny)
     store.serve_model("1558M", files)
-    load_cli_script().main(["1558M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url,
-                            "--quiet"])  # --quiet silences notes and bars, and prints nothing on success
+    download_main(["1558M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url,
+                   "--quiet"])  # --quiet silences notes and bars, and prints nothing on success
     assert_complete(tmp_path / "models" / "1558M", files)
     assert capsys.readouterr().out == ""
 
     files["hparams.json"] = json.dumps({**dataclasses.asdict(tiny), "n_layer": 3}).encode()  # one layer too many
     store.serve_model("774M", files)
     with pytest.raises(GPT2TFError, match=r"^\S*774M was downloaded but does not load: .*h2") as err:
-        load_cli_script().main(["774M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url,
-                                "--quiet"])
+        download_main(["774M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url,
+                       "--quiet"])
     assert "\n" not in str(err.value)

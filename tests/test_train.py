@@ -279,24 +279,17 @@ def test_a_corrupt_training_state_is_a_one_line_error(tmp_path, small_model_dir,
 # ---- configuration and the CLI -------------------------------------------------------------------------------------
 
 def cli_error(capsys, argv):
-    from finetune import main
+    from gpt2tf.cli import finetune_main
 
     with pytest.raises(SystemExit) as info:
-        run(main, argv)
+        run(finetune_main, argv)
     assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the "run dir: ..." line, if it got that far
+    assert err.startswith("error: "), err
     return err
 
 
-@pytest.fixture
-def cli_path():
-    sys.path.insert(0, str(ROOT))
-    yield
-    sys.path.remove(str(ROOT))
-
-
-def test_cli_bad_inputs_are_one_line_errors(tmp_path, small_model_dir, corpus, capsys, cli_path):
+def test_cli_bad_inputs_are_one_line_errors(tmp_path, small_model_dir, corpus, capsys):
     base = ["--model_dir", str(small_model_dir), "--dataset_path", str(corpus), "--output_dir", str(tmp_path / "r")]
     assert "invalid choice: 'coqa'" in cli_error(capsys, base + ["--data_loader", "coqa"])
     assert "does not exist" in cli_error(capsys, ["--model_dir", str(small_model_dir), "--dataset_path",
@@ -313,17 +306,18 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, small_model_dir, corpus, c
     assert "drop --only_train_transformer_layers" in cli_error(
         capsys, base + ["--lora_rank", "4", "--only_train_transformer_layers"])
     assert "only apply with --init random" in cli_error(capsys, base + ["--n_layer", "2"])
-    assert "give --output_dir" in cli_error(capsys, base[:4])
+    assert "must end in .h5" in cli_error(capsys, base + ["--output_name", "weights.ckpt"])
     assert "--batch_size must be at least 1" in cli_error(capsys, base + ["--batch_size", "0"])
     assert "--summary_only needs --data_loader cnndm" in cli_error(capsys, base + ["--summary_only"])
     assert "longer than the model's context" in cli_error(capsys, base + ["--length", str(SMALL.n_ctx + 1)])
 
 
-def test_cli_defaults_come_from_the_config(cli_path):
-    import finetune
+def test_cli_defaults_come_from_the_config():
+    from gpt2tf.cli import _config_parser
 
-    source = Path(finetune.__file__).read_text()
-    assert "default=" not in source.replace("argument_default=", "")  # every default is TrainConfig's
+    parser = _config_parser("finetune.py", "", train.TrainConfig)
+    assert vars(parser.parse_args([])) == {}  # no flag restates a default: TrainConfig's (or the run's) apply
+    assert vars(parser.parse_args(["--decay_lr=0.5", "--no_xla"])) == {"decay_lr": 0.5, "xla": False}
     assert train.TrainConfig().decay_lr == 0.1 and train.TrainConfig().xla
 
 
@@ -346,3 +340,32 @@ def test_a_run_that_never_starts_leaves_no_empty_output_dir(tmp_path, small_mode
     with pytest.raises(GPT2TFError, match="does not exist"):
         train.finetune(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_default_run_dir_is_named_after_the_model_and_the_data(tmp_path):
+    runs = tmp_path / "runs"
+
+    def name(**flags):
+        return Path(train.default_output_dir(flags, runs_dir=runs)).name
+
+    assert name(model_dir="models/355M", data_loader="cnndm") == "355M-cnndm"
+    assert name(model_dir="models/124M/", dataset_path="dataset/killbill.txt") == "124M-killbill"
+    assert name(model_dir="models/124M", dataset_path="data/books/*.txt") == "124M-books"
+    assert name(model_dir="models/124M", dataset_path="datasets/shakespeare/train/") == "124M-train"
+    assert name(model_dir="m/124M", data_loader="tfds", dataset_path="reddit_tifu/short") == "124M-reddit_tifu-short"
+    assert name(init="random", dataset_path="corpus.txt") == "scratch-corpus"
+
+    # A dir that holds this model's run on this data is continued; another model's or other data's is not.
+    flags = dict(model_dir="models/124M", dataset_path="dataset/killbill.txt")
+    (runs / "124M-killbill").mkdir(parents=True)
+    train.TrainConfig(**flags, output_dir=str(runs / "124M-killbill")).to_json(runs / "124M-killbill" / "train_config.json")
+    assert name(**flags) == "124M-killbill"
+    assert name(model_dir="models/124M/", dataset_path="./dataset/killbill.txt") == "124M-killbill"  # same paths
+    assert name(model_dir="models/124M", dataset_path="other/killbill.txt") == "124M-killbill-2"
+    assert name(**flags, data_loader="cnndm") == "124M-killbill-2"
+    assert name(**flags, restore_from="fresh") == "124M-killbill-2"
+    (runs / "124M-killbill-2").mkdir()
+    train.TrainConfig(model_dir="models/124M", dataset_path="other/killbill.txt").to_json(
+        runs / "124M-killbill-2" / "train_config.json")
+    assert name(model_dir="models/124M", dataset_path="other/killbill.txt") == "124M-killbill-2"
+    assert name(**flags, restore_from="fresh") == "124M-killbill-3"
