@@ -101,7 +101,7 @@ def resolve_checkpoint(path):
         prefix = path / prefix.name  # the dir was moved since the state file was written with an absolute path
     if not Path(f"{prefix}.index").is_file():
         raise GPT2TFError(f"{state} names checkpoint {prefix}, but {prefix}.index is missing: "
-                          f"the download is incomplete; download the model again")
+                          f"the dir is incomplete; {repair_hint(prefix)}")
     return path, str(prefix)
 
 
@@ -143,20 +143,31 @@ def load_model(model_dir, *, dtype=None):
     """
     model_dir, prefix = resolve_checkpoint(model_dir)
     hparams = load_hparams(model_dir)
+    # Checked against hparams.json before the model is allocated: a wrong (say, huge) shape is an error, not an
+    # attempt to allocate it.
+    check_tensor_names_and_shapes(_read_index(prefix)[0], openai_tensor_shapes(hparams), prefix)
     model = GPT2(hparams, initializer="empty", dtype=dtype)
     restore_weights(model, prefix)
     return model
 
 
-def restore_weights(model, prefix):
-    """Read every tensor of the checkpoint at `prefix` into `model`, after checking names, shapes and sizes."""
+def _read_index(prefix):
+    """({name: shape}, {name: dtype}) from a checkpoint's index; a damaged index is a one-line error."""
     try:
         reader = tf.train.load_checkpoint(prefix)
-        found_shapes = reader.get_variable_to_shape_map()
-        found_dtypes = reader.get_variable_to_dtype_map()
+        return reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
     except (tf.errors.OpError, ValueError) as err:
-        raise GPT2TFError(f"cannot read checkpoint index {prefix}.index ({_first_line(err)}): "
-                          f"the file is corrupt; download the model again") from None
+        raise GPT2TFError(f"cannot read checkpoint index {prefix}.index ({first_line(err)}): "
+                          f"the file is corrupt; {repair_hint(prefix)}") from None
+
+
+def restore_weights(model, prefix):
+    """Read every tensor of the checkpoint at `prefix` into `model`, after checking names, shapes and sizes.
+
+    Each tensor is checked for NaN and infinite values as it is read; on any error nothing is left half-done in a
+    way that could pass for a good model (the model's weights are then unspecified, and the error says so).
+    """
+    found_shapes, found_dtypes = _read_index(prefix)
     variables = {checkpoint_key(v): v for v in model.weights}
     check_tensor_names_and_shapes(
         found_shapes, {key: checkpoint_shape(v) for key, v in variables.items()}, prefix)
@@ -165,19 +176,43 @@ def restore_weights(model, prefix):
     def read(key):
         (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
                                         dtypes=[found_dtypes[key]])
-        return to_checkpoint_layout(key, value)  # the same transposition takes it to the model's layout
+        finite = bool(tf.reduce_all(tf.math.is_finite(value)))
+        return to_checkpoint_layout(key, value), finite  # the same transposition takes it to the model's layout
 
     # Reading is bound by page faults on the freshly allocated tensors, which run in parallel across cores; the
     # weights' own buffers were never touched (EmptyInitializer), and `assign` adopts each read (or transposed)
     # tensor's buffer, so the peak is one copy of the weights plus a tensor per thread. The TF ops release the GIL.
     keys = sorted(variables, key=lambda k: -int(np.prod(found_shapes[k])))  # big first: balances the threads
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        futures = [(key, pool.submit(read, key)) for key in keys]
         try:
-            for key, value in zip(keys, pool.map(read, keys)):
+            for key, future in futures:
+                try:
+                    value, finite = future.result()
+                except tf.errors.OpError as err:  # TF checksums every tensor as it reads it
+                    raise GPT2TFError(f"cannot read tensor {key} from {prefix} ({first_line(err)}): the data file "
+                                      f"is corrupt; {repair_hint(prefix)}") from None
+                if not finite:
+                    raise GPT2TFError(f"tensor {key} in {prefix} holds NaN or infinite values: these weights are "
+                                      f"broken; {repair_hint(prefix)}")
                 variables[key].assign(tf.cast(value, variables[key].dtype))
-        except tf.errors.OpError as err:
-            raise GPT2TFError(f"cannot read tensor {key} from {prefix} ({_first_line(err)}): "
-                              f"the data file is corrupt; download the model again") from None
+        finally:
+            for _, future in futures:
+                future.cancel()
+
+
+def repair_hint(prefix):
+    """What to do about a damaged checkpoint: use the run's previous checkpoint if it has one, else download."""
+    directory = Path(prefix).parent
+    try:
+        _, kept = read_state_file(directory)
+    except (OSError, GPT2TFError):
+        kept = []
+    earlier = [p for p in kept if Path(p).name != Path(prefix).name]
+    if earlier:
+        return (f"use the run's previous checkpoint, {directory / Path(earlier[-1]).name} (give it as --model_dir "
+                f"or --restore_from)")
+    return "download the model again"
 
 
 def check_tensor_names_and_shapes(found, expected, prefix):
@@ -204,15 +239,15 @@ def _check_data_size(prefix, shapes, dtypes):
     """A truncated or padded data file is caught here, before any weight is touched."""
     data_files = sorted(Path(prefix).parent.glob(f"{Path(prefix).name}.data-*-of-*"))
     if not data_files:
-        raise GPT2TFError(f"{prefix}.data-00000-of-00001 is missing: the download is incomplete; "
-                          f"download the model again")
+        raise GPT2TFError(f"{prefix}.data-00000-of-00001 is missing: the dir is incomplete; "
+                          f"{repair_hint(prefix)}")
     if len(data_files) != 1:
         return  # sharded bundles (not OpenAI's layout) are left to the per-tensor checksums
     expected = sum(int(np.prod(shape)) * dtypes[name].size for name, shape in shapes.items())
     actual = data_files[0].stat().st_size
     if actual != expected:
         raise GPT2TFError(f"{data_files[0]} has {actual:,} bytes but its index describes {expected:,}: "
-                          f"the file is truncated or corrupt; download the model again")
+                          f"the file is truncated or corrupt; {repair_hint(prefix)}")
 
 
 def _some(items, limit=5):
@@ -220,9 +255,10 @@ def _some(items, limit=5):
     return f"[{shown}{f', ... ({len(items)} in all)' if len(items) > limit else ''}]"
 
 
-def _first_line(err):
-    text = getattr(err, "message", None) or str(err)
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+def first_line(err):
+    """An error's first line, without the `{{function_node ...}}` prefix TensorFlow puts on op errors."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", getattr(err, "message", None) or str(err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -271,7 +307,7 @@ def write_model_dir(model_dir, hparams, tensors):
         if fresh:
             os.replace(work_dir, model_dir)
     except (OSError, tf.errors.OpError) as err:
-        raise GPT2TFError(f"cannot write model dir {model_dir} ({getattr(err, 'strerror', None) or _first_line(err)}); "
+        raise GPT2TFError(f"cannot write model dir {model_dir} ({getattr(err, 'strerror', None) or first_line(err)}); "
                           f"choose a writable location with enough free space") from None
     finally:
         if fresh and work_dir.exists():

@@ -90,27 +90,37 @@ def download_main(argv=None, *, prog="download_model.py"):
     parser.add_argument("--quiet", action="store_true", help="no progress bars or notes, only errors")
     parser.add_argument("--no_verify", dest="verify", action="store_false",
                         help="skip loading each model with gpt2tf.load_model after the download (no TensorFlow)")
+    parser.add_argument("--force", action="store_true",
+                        help="download every file again, even complete ones (each is replaced only once its new "
+                             "copy is complete)")
     args = parser.parse_args(argv)
     download_models(args.models, DownloadConfig(models_dir=args.models_dir, base_url=args.base_url,
-                                                quiet=args.quiet, verify=args.verify))
+                                                quiet=args.quiet, verify=args.verify, force=args.force))
 
 
 def generate_main(argv=None, *, prog="inference.py"):
-    import_tensorflow_quietly()
-    from gpt2tf.inference import InferenceConfig, run as generate_and_print
+    from gpt2tf.inference import InferenceConfig, check
 
     parser = _config_parser(prog, "Generate text with GPT-2 (OpenAI's model or a fine-tuned run dir).",
                             InferenceConfig)
-    generate_and_print(InferenceConfig(**vars(parser.parse_args(argv))))
+    config = InferenceConfig(**vars(parser.parse_args(argv)))
+    check(config)  # a mistake is reported before TensorFlow's seconds of start-up
+    import_tensorflow_quietly()
+    from gpt2tf.inference import run as generate_and_print
+
+    generate_and_print(config)
 
 
 def finetune_main(argv=None, *, prog="finetune.py"):
-    import_tensorflow_quietly()
-    from gpt2tf.train import TrainConfig, configure, finetune
+    from gpt2tf.train_config import TrainConfig, configure
 
     parser = _config_parser(prog, "Fine-tune GPT-2 (or train one from scratch) in a resumable run dir.",
                             TrainConfig)
-    finetune(configure(vars(parser.parse_args(argv))))
+    config = configure(vars(parser.parse_args(argv)))  # checked before TensorFlow's seconds of start-up
+    import_tensorflow_quietly()
+    from gpt2tf.train import finetune
+
+    finetune(config)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -166,7 +166,7 @@ def cached(build, *, key, name, data_dir, cache_dir):
             try:
                 with np.load(directory / filename) as arrays:
                     return dict(arrays)
-            except (OSError, ValueError, zipfile.BadZipFile):
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
                 pass  # a damaged cache file is rebuilt and replaced
     arrays = build()
     for directory in dirs:
@@ -262,8 +262,9 @@ def _read_tokens(path, n_vocab):
             with loaded:  # arr_0, arr_1, ..., arr_10 in numeric order
                 arrays = [loaded[k] for k in sorted(loaded.files, key=lambda k: (len(k), k))]
         ids = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.int64)
-    except (OSError, ValueError) as err:
-        raise GPT2TFError(f"cannot read {path} as NumPy token ids ({err})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise GPT2TFError(f"cannot read {path} as NumPy token ids ({err or type(err).__name__}); give a .npy or "
+                          f".npz file written by numpy.save/numpy.savez") from None
     if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= n_vocab):
         raise GPT2TFError(f"{path} must hold integer token ids in 0..{n_vocab - 1}")
     return ids.astype(np.uint16 if n_vocab <= 1 << 16 else np.int32)
@@ -372,11 +373,16 @@ def _read_jsonl(path):
                 continue
             try:
                 record = json.loads(line)
-                highlights = record["highlights"]
-                yield record["article"], highlights if isinstance(highlights, list) else highlights.split("\n")
+                article, highlights = record["article"], record["highlights"]
             except (ValueError, KeyError, TypeError):
-                raise GPT2TFError(f"{path} line {number} is not a JSON object with string fields "
-                                  f"\"article\" and \"highlights\"") from None
+                record = article = highlights = None
+            if isinstance(highlights, str):
+                highlights = highlights.split("\n")
+            if not (isinstance(article, str) and isinstance(highlights, list)
+                    and all(isinstance(h, str) for h in highlights)):
+                raise GPT2TFError(f"{path} line {number} is not a JSON object with a string \"article\" and "
+                                  f"\"highlights\" (a string, or a list of strings)")
+            yield article, highlights
 
 
 # ---------------------------------------------------------------------------------------------------------------

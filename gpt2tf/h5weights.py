@@ -77,6 +77,8 @@ def load_h5_weights(model, path):
             raise GPT2TFError(f"{path} has no tensor {key}, which the model needs: it was not written for a GPT-2 "
                               f"of this shape; give the --model_dir it was fine-tuned from")
         want = tuple(checkpoint_shape(variable))
+        if not np.isfinite(found[key]).all():
+            raise GPT2TFError(f"{path}: tensor {key} holds NaN or infinite values: these weights are broken")
         if found[key].shape != want:
             raise GPT2TFError(f"{path} does not fit the model: {key} is {list(found[key].shape)} in the file but "
                               f"{list(want)} in hparams.json ({_shape_text(model.hparams)}); give the --model_dir "

@@ -7,6 +7,7 @@ calls `gpt2tf.sample` and prints plain text or JSON lines, streaming when one sa
 import codecs
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from gpt2tf.cli import flag
 from gpt2tf.download import DownloadConfig
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.sample import SamplerConfig, cut_at_stop, generate_stream, random_seed
+from gpt2tf.settings import SamplerConfig, check_seed, random_seed
 
 DEFAULT_TOP_K = 40  # used unless --nucleus or an explicit --top_k says otherwise
 DEFAULT_TOP_P = 0.9  # what --nucleus uses when --top_p is not given
@@ -74,15 +75,18 @@ class InferenceConfig:
                              repetition_penalty=self.repetition_penalty)
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
 def unescape(text):
-    r"""Turn `\n`, `\t`, `\\` typed on a command line into the characters (non-ASCII text is left as it is)."""
-    return codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
+    r"""Turn `\n`, `\t`, `\r` and `\\` typed on a command line into the characters; other backslashes stay."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 def read_prompts(path):
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is not prompt text
     except FileNotFoundError:
         raise GPT2TFError(f"prompts file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -92,9 +96,12 @@ def read_prompts(path):
         for number, line in enumerate(lines, 1):
             if line.strip():
                 try:
-                    prompts.append(str(json.loads(line)["prompt"]))
+                    prompt = json.loads(line)["prompt"]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise GPT2TFError(f"{path}:{number}: expected a JSON object with a \"prompt\" field") from None
+                if not isinstance(prompt, str):
+                    raise GPT2TFError(f"{path}:{number}: \"prompt\" must be a string, got {json.dumps(prompt)}")
+                prompts.append(prompt)
     else:
         prompts = [unescape(line) for line in lines if line.strip()]
     if not prompts:
@@ -102,8 +109,10 @@ def read_prompts(path):
     return prompts
 
 
-def _check(config):
-    config.sampler()  # validates temperature, top_k, top_p, repetition_penalty
+def check(config):
+    """Every setting, as one-line errors, before anything slow (TensorFlow, the model) is loaded."""
+    config.sampler()  # temperature, top_k, top_p, repetition_penalty
+    check_seed(config.seed)
     for name in ("output_length", "nsamples", "batch_size"):
         if getattr(config, name) <= 0:
             raise GPT2TFError(f"--{name} must be a positive integer, got {getattr(config, name)}")
@@ -115,11 +124,13 @@ def _check(config):
 
 def run(config, out=sys.stdout):
     """Load the model and print samples for the configured prompts (or prompt interactively)."""
-    _check(config)
+    check(config)
     prompts = read_prompts(config.prompts_file) if config.prompts_file else None
-
     model = _load(config)
     encoder = get_encoder()
+    if model.hparams.n_vocab < len(encoder):
+        raise GPT2TFError(f"the model has n_vocab {model.hparams.n_vocab}, fewer than GPT-2's {len(encoder)} token "
+                          f"ids: it was not trained with GPT-2's tokenizer, so its output would be garbage")
     if config.interactive:
         return _interactive(model, encoder, config, out)
     if prompts is None:
@@ -143,6 +154,8 @@ def _load(config):
 
 
 def _generate_and_print(model, encoder, config, prompts, out):
+    from gpt2tf.sample import cut_at_stop, generate_stream  # TensorFlow: imported once the settings are checked
+
     seed = config.seed if config.seed is not None else random_seed()  # drawn here so that jsonl can report it
     stop = [unescape(s) for s in config.stop]
     stream = config.output == "plain" and (config.batch_size == 1 or len(prompts) * config.nsamples == 1)
@@ -195,4 +208,7 @@ def _interactive(model, encoder, config, out):
         if not prompt.strip():
             out.write("Prompt should not be empty!\n")
             continue
-        _generate_and_print(model, encoder, config, [prompt], out)
+        try:
+            _generate_and_print(model, encoder, config, [prompt], out)
+        except GPT2TFError as err:  # e.g. a prompt too long for the context: say so and ask again
+            out.write(f"error: {err}\n")

@@ -13,16 +13,32 @@ XLA copy the whole cache every step.
 """
 
 import math
+import os
 
 import keras
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from gpt2tf import native
+from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import HParams
 
 LAYER_NORM_EPSILON = 1e-5  # OpenAI's value
 MASKED_SCORE = -1e10  # what OpenAI's `mask_attn_weights` writes into masked positions (softmax makes it exactly 0)
+
+
+def _check_fits_in_memory(hparams):
+    """Refuse a shape whose float32 weights alone exceed this machine's memory (a typo in hparams.json, say)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return  # not knowable here: let the allocation decide
+    need = 4 * hparams.num_parameters
+    if need > memory:
+        raise GPT2TFError(f"a GPT-2 of n_vocab {hparams.n_vocab}, n_ctx {hparams.n_ctx}, n_embd {hparams.n_embd}, "
+                          f"n_layer {hparams.n_layer} has {hparams.num_parameters:,} parameters ({need / 2**30:.1f} "
+                          f"GiB as float32), more than this machine's {memory / 2**30:.1f} GiB of memory; check "
+                          f"the hparams")
 
 
 class EmptyInitializer(keras.initializers.Initializer):
@@ -207,6 +223,7 @@ class GPT2(keras.Model):
     """
 
     def __init__(self, hparams=HParams(), *, initializer="random", dtype=None, name="model", **kwargs):
+        _check_fits_in_memory(hparams)
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.hparams = hparams
         self._init = _initializers(initializer, hparams.n_layer)

@@ -35,6 +35,7 @@ from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 from gpt2tf.errors import GPT2TFError
 
 SOURCE = Path(__file__).with_name("native_matmul.cc")
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
 MAX_ROWS = 16  # beyond this many rows (a prompt's prefill, training) XLA's and Eigen's GEMMs are the right tool
 COMPILE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-D_GLIBCXX_USE_CXX11_ABI=1"]
 # xla::CustomCallTargetRegistry::Global() and ::Register(const std::string&, void*, const std::string&)
@@ -67,6 +68,9 @@ def _requested_threads():
     if not (value.isdigit() and int(value) > 0):
         raise GPT2TFError(f"GPT2TF_NATIVE_THREADS must be a positive number of threads, got {value!r}: fix or "
                           f"unset it")
+    if int(value) > MAX_THREADS:  # each is an OS thread started up front; more than cores only adds switching
+        raise GPT2TFError(f"GPT2TF_NATIVE_THREADS={value} is more than the {MAX_THREADS} threads the kernel runs "
+                          f"at most: set it to about the number of cores, or unset it")
     return int(value)
 
 

@@ -24,8 +24,6 @@ row has stopped. Shapes depend only on the batch size and the buckets, so new pr
 compiled functions.
 """
 
-import dataclasses
-import os
 import threading
 import types
 import weakref
@@ -36,6 +34,7 @@ import tensorflow as tf
 from gpt2tf import native
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.settings import SamplerConfig, check_seed, random_seed  # noqa: F401  (sample's API)
 
 EOT_ID = 50256  # <|endoftext|>: OpenAI's end of text, and the start of an empty prompt
 MASKED_LOGIT = -1e10  # what OpenAI's top_k_logits writes into filtered logits
@@ -48,7 +47,7 @@ CHUNK_STEPS = 32  # decode steps per compiled call between stop-string checks (1
 
 def top_k_logits(logits, k):
     """Keep logits >= the k-th largest of their row (k=0: all); the rest become -1e10."""
-    if k == 0:
+    if k == 0 or k >= logits.shape[-1]:  # k >= vocabulary keeps every token
         return logits
     kth = tf.math.top_k(logits, k=k, sorted=True).values[:, -1:]  # [batch, 1]
     return tf.where(logits < kth, MASKED_LOGIT, logits)
@@ -80,37 +79,13 @@ def apply_repetition_penalty(logits, seen, penalty):
     return tf.where(seen, penalized, logits)
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplerConfig:
-    """How the next token is chosen; static, so each distinct config compiles once."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-
-    def __post_init__(self):
-        if not self.temperature >= 0:
-            raise GPT2TFError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise GPT2TFError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise GPT2TFError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not self.repetition_penalty > 0:
-            raise GPT2TFError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
-
-    @property
-    def greedy(self):
-        return self.temperature == 0
-
-
 def filter_logits(logits, seen, config):
     """All of the configured filters, in OpenAI's order; greedy decoding needs only the penalty."""
     logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
     if config.greedy:
         return logits
     logits = logits / config.temperature
-    if config.top_k == 0:
+    if config.top_k == 0 or config.top_k >= logits.shape[-1]:  # k >= vocabulary keeps every token
         return top_p_logits(logits, config.top_p)
     top_values = tf.math.top_k(logits, k=config.top_k, sorted=True).values  # [batch, k], descending
     logits = tf.where(logits < top_values[:, -1:], MASKED_LOGIT, logits)  # = top_k_logits, reusing the values
@@ -315,15 +290,15 @@ def _round_up(n, multiple):
     return -(-n // multiple) * multiple
 
 
-def random_seed():
-    """A fresh seed for when none is given (a non-negative int32, as the stateless generators take)."""
-    return int.from_bytes(os.urandom(4), "little") >> 1
-
-
-def _prepare_prompts(prompts, length, n_ctx, truncate_prompt):
+def _prepare_prompts(prompts, length, hparams, truncate_prompt):
+    n_ctx = hparams.n_ctx
     prepared = []
     for i, prompt in enumerate(prompts):
         prompt = [int(t) for t in prompt] or [EOT_ID]  # OpenAI starts unconditional samples from <|endoftext|>
+        outside = [t for t in prompt if not 0 <= t < hparams.n_vocab]
+        if outside:  # XLA's gather would clamp them to a real token: a silently different prompt
+            raise GPT2TFError(f"prompt {i} holds token id {outside[0]}, outside the model's vocabulary of "
+                              f"{hparams.n_vocab} ids (0..{hparams.n_vocab - 1})")
         if len(prompt) + length > n_ctx:
             if not truncate_prompt:
                 raise GPT2TFError(
@@ -353,11 +328,11 @@ def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None
     n_ctx = model.hparams.n_ctx
     if length >= n_ctx:
         raise GPT2TFError(f"length {length} must be below the model's context of {n_ctx} tokens")
-    if seed is None:
+    if check_seed(seed) is None:
         seed = random_seed()
     stop = [s for s in stop if s]
     encoder = encoder or (get_encoder() if stop else None)
-    rows = [p for p in _prepare_prompts(prompts, length, n_ctx, truncate_prompt) for _ in range(nsamples)]
+    rows = [p for p in _prepare_prompts(prompts, length, model.hparams, truncate_prompt) for _ in range(nsamples)]
     batch_size = min(batch_size or len(rows), len(rows))
     decoder = decoder_for(model, config, jit_compile=jit_compile)
     cache = None  # the batches of this call share one cache while their lengths agree; it dies with the call

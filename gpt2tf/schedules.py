@@ -12,10 +12,7 @@ import math
 import keras
 import tensorflow as tf
 
-from gpt2tf.errors import GPT2TFError
-
-SCHEDULES = ("step", "cosine")
-
+from gpt2tf.train_config import SCHEDULES
 
 @keras.saving.register_keras_serializable(package="gpt2tf")
 class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
@@ -49,12 +46,3 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
         return dict(base_lr=self.base_lr, steps_per_epoch=self.steps_per_epoch, decay_epochs=list(self.decay_epochs),
                     decay_lr=self.decay_lr, warmup_steps=self.warmup_steps, kind=self.kind,
                     total_steps=self.total_steps)
-
-
-def parse_epochs(text):
-    """`"4,5"` -> (4, 5); the empty string means no decay."""
-    try:
-        return tuple(int(part) for part in str(text).replace(" ", "").split(",") if part)
-    except ValueError:
-        raise GPT2TFError(f"decay_epochs must be comma-separated 0-based epoch numbers such as \"4,5\", "
-                         f"got {text!r}") from None

@@ -1,8 +1,8 @@
-"""Fine-tuning (and training from scratch): every training default, the training loop, and the run dir.
+"""Fine-tuning (and training from scratch): the training loop, the run dir, and what a run needs beside the model.
 
-`TrainConfig` is the one owner of the fine-tuning defaults; `finetune.py`'s flags are its field names.
-`finetune(config)` trains and returns the run dir, which is a GPT-2 model dir in OpenAI's layout (`gpt2tf.load_model(run_dir)` and
-`inference.py --model_dir run_dir` work on it) plus what resuming needs:
+The settings are `gpt2tf.train_config.TrainConfig` (re-exported here), the one owner of the fine-tuning defaults.
+`finetune(config)` trains and returns the run dir, which is a GPT-2 model dir in OpenAI's layout
+(`gpt2tf.load_model(run_dir)` and `inference.py --model_dir run_dir` work on it) plus what resuming needs:
 
     checkpoint                       names the latest weights, like TF's state file; rewritten atomically, last
     hparams.json encoder.json vocab.bpe
@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -34,225 +35,35 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
-from gpt2tf.checkpoint import (STATE_FILE, checkpoint_key, load_hparams, load_model, model_tensors, read_state_file,
+try:
+    import fcntl  # the run dir's lock (POSIX)
+except ImportError:  # Windows: no lock
+    fcntl = None
+
+from gpt2tf.checkpoint import (checkpoint_key, first_line, load_hparams, load_model, model_tensors, read_state_file,
                                replace_bundle, resolve_checkpoint, restore_weights, write_bundle, write_model_files,
                                write_state_file)
-from gpt2tf.cli import flag
-from gpt2tf.data import LOADERS, load_dataset
+from gpt2tf.data import load_dataset
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.files import write_text_atomic
 from gpt2tf.hparams import HParams
 from gpt2tf.model import GPT2, Conv1D
-from gpt2tf.schedules import SCHEDULES, LearningRate, parse_epochs
+from gpt2tf.layout import CONFIG_FILE, STATE_FILE
+from gpt2tf.schedules import LearningRate
+from gpt2tf.train_config import H5_DIR, HPARAM_FIELDS, OPTIMIZERS, parse_epochs
+from gpt2tf.train_config import TrainConfig, configure, default_output_dir  # noqa: F401  (gpt2tf.train's API)
 
 # TensorBoard's scalar plugin reads summaries tagged with this metadata.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 STATE_DIR = "train_state"
-RUNS_DIR = "runs"  # where a run goes without --output_dir (see default_output_dir)
-H5_DIR = "output"  # where --output_name NAME.h5 goes without a folder: the ancestor's place
+LOCK_FILE = ".lock"  # held by the process training in the run dir
 # The training state's layout, saved with it. 2: optimizer slots shaped like the model's variables, whose projection
 # weights are held transposed (gpt2tf.model.Conv1D); states saved before that carry no layout.
 STATE_LAYOUT = 2
 WEIGHTS_PREFIX = "model.ckpt-{step}"
-OPTIMIZERS = ("adam", "adamw", "adafactor", "sgd")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-HPARAM_FIELDS = tuple(f.name for f in dataclasses.fields(HParams))
-SESSION_FIELDS = ("restore_from", "max_steps")  # apply to one invocation; not stored with the run
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs; the defaults are the fine-tuning defaults."""
-
-    # What to train
-    model_dir: str = flag(None, "the GPT-2 model dir to start from (e.g. models/124M)")
-    init: str = flag("pretrained", "pretrained: the weights in --model_dir; random: a new model shaped by the "
-                                     "hparams flags below (or --model_dir's hparams.json)",
-                       choices=("pretrained", "random"))
-    n_vocab: int = flag(None, "with --init random (default: HParams' 124M shape)", type=int)
-    n_ctx: int = flag(None, "with --init random", type=int)
-    n_embd: int = flag(None, "with --init random", type=int)
-    n_head: int = flag(None, "with --init random", type=int)
-    n_layer: int = flag(None, "with --init random", type=int)
-    # Data
-    data_loader: str = flag("text", "how to read --dataset_path", choices=tuple(LOADERS))
-    dataset_path: str = flag(None, "text: a file, directory or glob of UTF-8 text, or .npy/.npz tokens; cnndm: "
-                                     "the story dir, a JSONL file, or cnn_dailymail (tensorflow-datasets); tfds: a "
-                                     "dataset name such as reddit_tifu/short")
-    val_dataset_path: str = flag(None, "validation data, read by the same loader (default: no validation)")
-    split: str = flag("train", "the training split (cnndm, tfds)")
-    val_split: str = flag("validation", "the validation split (cnndm, tfds)")
-    text_feature: str = flag("text", "tfds: the feature holding the text (reddit_tifu: documents)")
-    cache_dir: str = flag(None, "where tokenised data is cached (default: next to the data)")
-    summary_only: bool = flag(False, "cnndm: compute the loss on the summary tokens only")
-    length: int = flag(None, "tokens per training window (default: n_ctx)", type=int)
-    # The run
-    output_dir: str = flag(None, "the run dir: a model dir with checkpoints, metrics and training state (default: "
-                                 "runs/<model>-<data>, e.g. runs/355M-cnndm; see the README)")
-    output_name: str = flag(None, "also write the final weights to output/NAME.h5 (a path with a folder is used as "
-                                  "given), a Keras .h5 weights file for inference.py --custom_model")
-    restore_from: str = flag("latest", "latest: continue the run in --output_dir if there is one; fresh: start "
-                                         "from --model_dir (refused if --output_dir holds a run); or a run dir, "
-                                         "model dir or checkpoint prefix to start from")
-    seed: int = flag(0, "seeds the data order and a random init")
-    num_epoch: int = flag(4, "epochs to train")
-    steps_per_epoch: int = flag(100, "optimizer steps per epoch")
-    max_steps: int = flag(0, "stop (with a checkpoint) after this many steps in all; 0: run num_epoch epochs")
-    batch_size: int = flag(1, "sequences per micro-batch")
-    accumulate_gradients: int = flag(1, "micro-batches per optimizer step (an N times larger batch)")
-    # Learning rate
-    base_lr: float = flag(1e-4, "learning rate")
-    lr_schedule: str = flag("step", "step: decay by --decay_lr at each of --decay_epochs; cosine: from base_lr "
-                                      "to base_lr * decay_lr over the run", choices=SCHEDULES)
-    decay_lr: float = flag(0.1, "decay factor (step), or final fraction of base_lr (cosine)")
-    decay_epochs: str = flag("", "0-based epochs at which the rate is multiplied by --decay_lr, e.g. \"4,5\"")
-    warmup_steps: int = flag(0, "linear warmup over this many steps")
-    # Optimisation
-    optimizer: str = flag("adam", "adafactor keeps factored second moments: far less memory", choices=OPTIMIZERS)
-    weight_decay: float = flag(0.01, "adamw's decoupled weight decay (not on biases and gains)")
-    clip_norm: float = flag(1.0, "clip the global gradient norm (unscaled) to this; 0: off")
-    precision: str = flag("auto", "auto: float32 on CPU, mixed_bfloat16 on GPUs that have it, else "
-                                    "mixed_float16 with loss scaling", choices=PRECISIONS)
-    xla: bool = flag(True, "compile the training step with XLA (--no_xla: off)")
-    recompute: bool = flag(False, "recompute each block's activations in the backward pass (less memory)")
-    only_train_transformer_layers: bool = flag(False, "train the blocks only, not wte, wpe or ln_f")
-    lora_rank: int = flag(0, "train rank-R LoRA adapters on the attention and MLP projections instead of the "
-                               "weights; merged into the saved weights; 0: off")
-    lora_alpha: float = flag(16.0, "LoRA scale numerator: the adapters' output is multiplied by alpha / rank")
-    # Feedback and checkpoints
-    save_every: int = flag(1000, "checkpoint every N steps (also at the end and on Ctrl-C); 0: only then")
-    keep_checkpoints: int = flag(3, "keep the last K checkpoints")
-    log_every: int = flag(10, "write metrics every N steps")
-    val_every: int = flag(0, "validate every N steps; 0: at each epoch's end (with --val_dataset_path)")
-    val_batches: int = flag(8, "batches per validation")
-    sample_every: int = flag(0, "print a sample every N steps; 0: off")
-    sample_length: int = flag(64, "tokens per sample")
-    sample_prompt: str = flag("", "the samples' prompt (default: start of a document)")
-
-    @property
-    def total_steps(self):
-        return self.num_epoch * self.steps_per_epoch
-
-    def to_json(self, path):
-        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in SESSION_FIELDS}
-        write_text_atomic(path, json.dumps(values, indent=2) + "\n")
-
-
-def configure(flags):
-    """The config for `flags` (field -> value, only those given); `--output_dir X` alone continues run X."""
-    flags = dict(flags)
-    unknown = set(flags) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown:
-        raise GPT2TFError(f"unknown training option(s) {sorted(unknown)}")
-    if not flags.get("output_dir"):
-        flags["output_dir"] = default_output_dir(flags)
-    values = {}
-    if flags.get("restore_from", TrainConfig.restore_from) == "latest":
-        values = _saved_config(flags["output_dir"]) or {}
-    values.update(flags)
-    config = TrainConfig(**values)
-    _check(config)
-    return config
-
-
-def _saved_config(run_dir):
-    """The settings saved with the run in `run_dir` (field -> value), or None if it holds no run."""
-    saved = Path(run_dir) / CONFIG_FILE
-    if not saved.is_file():
-        return None
-    try:
-        return {k: v for k, v in json.loads(saved.read_text(encoding="utf-8")).items()
-                if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    except (OSError, ValueError, AttributeError) as err:
-        raise GPT2TFError(f"cannot read {saved} ({err}); fix or delete it") from None
-
-
-SOURCE_FIELDS = ("init", "model_dir", "data_loader", "dataset_path")  # what a run is of: same values, same run
-
-
-def default_output_dir(flags, runs_dir=RUNS_DIR):
-    """The run dir for a command without --output_dir: `runs/<model>-<data>`, e.g. runs/355M-cnndm.
-
-    <model> is --model_dir's name (`scratch` with --init random); <data> is --dataset_path's file or folder name
-    without its extension, or the loader's name when there is no path (cnndm's tensorflow-datasets default). The
-    same command again continues that run; if the dir holds a run of another model or other data (or
-    --restore_from fresh is given), the first of `-2`, `-3`, ... that is free or holds this command's run is used.
-    """
-    value = lambda name: flags.get(name, getattr(TrainConfig, name))  # noqa: E731
-    if value("init") == "random":
-        model = "scratch"
-    elif value("model_dir"):
-        model = Path(value("model_dir")).name
-    elif value("restore_from") not in ("latest", "fresh"):
-        model = Path(value("restore_from")).name
-    else:
-        model = "model"
-    path = value("dataset_path")
-    if not path:
-        data = value("data_loader")
-    elif value("data_loader") == "tfds":
-        data = path.replace("/", "-")
-    else:
-        parts = Path(path).parts
-        globbed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
-        data = Path(parts[globbed - 1]).stem if globbed else "data"  # data/*.txt -> data
-    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{model}-{data}".strip("."))
-    same = lambda a, b: (os.path.abspath(a) == os.path.abspath(b)) if a and b else a == b  # noqa: E731
-    for n in range(1, 1000):
-        candidate = Path(runs_dir) / (base if n == 1 else f"{base}-{n}")
-        saved = _saved_config(candidate)
-        if saved is None:
-            return str(candidate)
-        if value("restore_from") != "fresh" and all(
-                same(saved.get(k, getattr(TrainConfig, k)), value(k)) if k in ("model_dir", "dataset_path")
-                else saved.get(k, getattr(TrainConfig, k)) == value(k) for k in SOURCE_FIELDS):
-            return str(candidate)
-    raise GPT2TFError(f"{runs_dir} holds 999 runs named {base}-N; give --output_dir")
-
-
-def _check(config):
-    """Conflicting or impossible settings, as one-line errors, before anything slow happens."""
-    def conflict(message):
-        raise GPT2TFError(message)
-
-    for name in ("num_epoch", "steps_per_epoch", "batch_size", "accumulate_gradients", "keep_checkpoints",
-                 "log_every", "val_batches"):
-        if getattr(config, name) < 1:
-            conflict(f"--{name} must be at least 1, got {getattr(config, name)}")
-    for name in ("max_steps", "save_every", "val_every", "sample_every", "warmup_steps", "lora_rank", "clip_norm"):
-        if getattr(config, name) < 0:
-            conflict(f"--{name} must not be negative, got {getattr(config, name)}")
-    if config.base_lr <= 0 or not math.isfinite(config.base_lr):
-        conflict(f"--base_lr must be a positive number, got {config.base_lr}")
-    if config.length is not None and config.length < 1:
-        conflict(f"--length must be at least 1, got {config.length}")
-    parse_epochs(config.decay_epochs)
-    shape_flags = [f"--{n}" for n in HPARAM_FIELDS if getattr(config, n) is not None]
-    if config.init == "pretrained" and shape_flags:
-        conflict(f"{', '.join(shape_flags)} only apply with --init random; a pretrained model's shape is its "
-                 f"hparams.json")
-    if config.init == "pretrained" and not config.model_dir and config.restore_from in ("latest", "fresh") and not (
-            Path(config.output_dir) / STATE_FILE).is_file():
-        conflict("give --model_dir (e.g. models/124M), or --init random with hparams flags to train from scratch")
-    if config.lora_rank and config.init == "random":
-        conflict("--lora_rank adapts pretrained weights; it makes no sense with --init random")
-    if config.lora_rank and config.only_train_transformer_layers:
-        conflict("--lora_rank already trains only the adapters; drop --only_train_transformer_layers")
-    if config.summary_only and config.data_loader != "cnndm":
-        conflict("--summary_only needs --data_loader cnndm")
-    if config.output_name and not config.output_name.endswith((".h5", ".hdf5")):
-        conflict(f"--output_name {config.output_name} must end in .h5 (a Keras weights file), e.g. mytext.h5")
-    if config.val_every and not config.val_dataset_path:
-        conflict("--val_every needs --val_dataset_path")
-    if config.restore_from == "fresh" and (Path(config.output_dir) / STATE_FILE).is_file():
-        conflict(f"{config.output_dir} already holds a run; continue it with --restore_from latest, or choose "
-                 f"another --output_dir")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Precision and optimizers
 
@@ -488,10 +299,15 @@ class Trainer:
 # The run dir
 
 class RunDir:
-    """Checkpoints in a run dir: step-numbered OpenAI-layout weights plus training state, named by `checkpoint`."""
+    """Checkpoints in a run dir: step-numbered OpenAI-layout weights plus training state, named by `checkpoint`.
+
+    One process at a time: `lock()` takes a lock on the dir (released by `close`), then removes what an
+    interrupted save left behind (temporary files and TF's `*_temp` dirs), which no checkpoint names.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
+        self._lock = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
@@ -500,6 +316,33 @@ class RunDir:
         except OSError as err:
             raise GPT2TFError(f"cannot write to --output_dir {self.path} ({err.strerror}); choose a writable "
                               f"directory") from None
+
+    def lock(self):
+        """Make this process the run dir's only writer, and clean up after an interrupted one."""
+        self._lock = open(self.path / LOCK_FILE, "a")
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._lock.close()
+                self._lock = None
+                raise GPT2TFError(f"{self.path} is in use by another training process; wait for it to end, or "
+                                  f"choose another --output_dir") from None
+        self._remove_leftovers()
+        return self
+
+    def close(self, *, remove_lock=False):
+        """Release the lock (and, for a run dir that is being removed, its file)."""
+        if self._lock is not None:
+            if remove_lock:
+                (self.path / LOCK_FILE).unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
+
+    def _remove_leftovers(self):
+        for directory in (self.path, self.path / STATE_DIR):
+            for leftover in directory.glob("*.tmp-*") if directory.is_dir() else ():
+                _remove(leftover)
 
     def checkpoints(self):
         """The steps of the checkpoints the state file lists, oldest first (empty for a new run)."""
@@ -519,33 +362,76 @@ class RunDir:
     def state_prefix(self, step):
         return str(self.path / STATE_DIR / f"ckpt-{step}")
 
-    def write_model_files(self, hparams):
-        write_model_files(self.path, hparams)
+    def write_model_files(self, hparams, config):
+        with self._writing("the run's settings"):
+            write_model_files(self.path, hparams)
+            config.to_json(self.path / CONFIG_FILE)
 
     def save(self, step, tensors, state, keep):
-        """Write checkpoint `step`: weights, training state, then the state file naming it; keep the last `keep`."""
-        write_bundle(self.weights_prefix(step), tensors)
-        (self.path / STATE_DIR).mkdir(exist_ok=True)
-        replace_bundle(state.write(self.state_prefix(step) + f".tmp-{os.getpid()}"), self.state_prefix(step))
-        kept = [s for s in self.checkpoints() if s != step][-(keep - 1):] if keep > 1 else []
-        kept.append(step)
-        write_state_file(self.path, [WEIGHTS_PREFIX.format(step=s) for s in kept])  # last: the checkpoint exists
+        """Write checkpoint `step`: weights, training state, then the state file naming it; keep the last `keep`.
+
+        A failure (a full disk, say) removes this save's partial files and raises a one-line error; the checkpoint
+        the state file named before is untouched.
+        """
+        with self._writing(f"checkpoint {step}"):
+            write_bundle(self.weights_prefix(step), tensors)
+            (self.path / STATE_DIR).mkdir(exist_ok=True)
+            replace_bundle(state.write(self.state_prefix(step) + f".tmp-{os.getpid()}"), self.state_prefix(step))
+            kept = [s for s in self.checkpoints() if s != step][-(keep - 1):] if keep > 1 else []
+            kept.append(step)
+            write_state_file(self.path, [WEIGHTS_PREFIX.format(step=s) for s in kept])  # last: the checkpoint exists
         self._prune(kept)
+
+    @contextlib.contextmanager
+    def _writing(self, what):
+        try:
+            yield
+        except (OSError, tf.errors.OpError) as err:
+            self._remove_leftovers()
+            reason = getattr(err, "strerror", None) or first_line(err)
+            latest = self.checkpoints()
+            last = f"step {latest[-1]}, is complete" if latest else "none"
+            raise GPT2TFError(f"cannot write {what} in {self.path} ({reason}); the last checkpoint, {last}; free "
+                              f"some space and continue with: python finetune.py --output_dir {self.path}") from None
 
     def _prune(self, kept):
         keep = {WEIGHTS_PREFIX.format(step=s) for s in kept} | {f"ckpt-{s}" for s in kept}
         for directory in (self.path, self.path / STATE_DIR):
             for f in directory.glob("*ckpt-*"):
                 if f.name.split(".index")[0].split(".data-")[0] not in keep:
-                    f.unlink(missing_ok=True)
+                    _remove(f)
+
+    def log(self, record):
+        """Append a metrics record (and write it to TensorBoard)."""
+        with self._writing("the metrics"):
+            with open(self.path / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            for name, value in record.items():
+                if name != "step":  # what tf.summary.scalar writes, without needing the tensorboard package
+                    tf.summary.write(name, tf.constant(value, tf.float32), step=record["step"],
+                                     metadata=_SCALAR_METADATA)
 
     def truncate_metrics(self, step):
-        """Drop metrics logged after `step`: a resumed run logs those steps again."""
+        """Drop metrics logged after `step` (a resumed run logs those steps again) and a line a kill cut short."""
         path = self.path / METRICS_FILE
         if path.is_file():
-            lines = [line for line in path.read_text(encoding="utf-8").splitlines()
-                     if line.strip() and json.loads(line).get("step", 0) <= step]
-            write_text_atomic(path, "".join(line + "\n" for line in lines))
+            kept = []
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= step:
+                    kept.append(line)
+            with self._writing("the metrics"):
+                write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _remove(path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _step_of(prefix):
@@ -585,6 +471,14 @@ def finetune(config):
     created = [p for p in (Path(config.output_dir), *Path(config.output_dir).parents) if not p.exists()]
     run = RunDir(config.output_dir)
     try:
+        run.lock()
+        return _finetune(config, run, created)
+    finally:
+        run.close()
+
+
+def _finetune(config, run, created):
+    try:
         start_from = _start_point(config, run)
         print(f"run dir: {run.path} ({_describe_start(run, start_from)})", file=sys.stderr)
         h5_path = _h5_path(config)
@@ -596,8 +490,13 @@ def finetune(config):
         if len(tokenizer) > hparams.n_vocab:
             raise GPT2TFError(f"the model's n_vocab ({hparams.n_vocab}) is smaller than the tokenizer's "
                               f"{len(tokenizer)} ids; use --n_vocab {len(tokenizer)}")
+        if config.sample_every and len(tokenizer.encode(config.sample_prompt) or [0]) + config.sample_length > \
+                hparams.n_ctx:
+            raise GPT2TFError(f"--sample_prompt and --sample_length {config.sample_length} do not fit the model's "
+                              f"context of {hparams.n_ctx} tokens; give a shorter --sample_length")
         train_data, val_data = _load_data(config, tokenizer, length)
     except (GPT2TFError, KeyboardInterrupt):
+        run.close(remove_lock=True)
         for path in created:  # a run that never started leaves no empty dir behind
             with contextlib.suppress(OSError):  # not empty: left alone
                 path.rmdir()
@@ -609,8 +508,7 @@ def finetune(config):
     trainer = Trainer(model, config, loss_scaling=loss_scaling)
     if start_from.state:
         _restore_state(trainer, start_from.state)
-    run.write_model_files(hparams)
-    config.to_json(run.path / CONFIG_FILE)
+    run.write_model_files(hparams, config)
     start = int(trainer.step.numpy())
     run.truncate_metrics(start)
 
@@ -662,7 +560,7 @@ def finetune(config):
             if step % config.log_every == 0 or step == end:
                 record = {"step": step, "loss": round(float(np.mean(losses)), 5), "lr": float(f"{lr:.6g}"),
                           "tokens_per_s": round(window_tokens / max(window_seconds, 1e-9), 1)}
-                _log(run, record)
+                run.log(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}",
                                      tok_s=f"{record['tokens_per_s']:.0f}")
                 if progress.disable:  # not a terminal: a plain line instead of the bar
@@ -671,7 +569,7 @@ def finetune(config):
             if val_batches and ((config.val_every and step % config.val_every == 0)
                                 or (not config.val_every and step % config.steps_per_epoch == 0) or step == end):
                 val_loss = trainer.evaluate(val_batches)
-                _log(run, {"step": step, "val_loss": round(val_loss, 5),
+                run.log({"step": step, "val_loss": round(val_loss, 5),
                            "val_perplexity": round(math.exp(min(val_loss, 50)), 3)})
                 tqdm.write(f"step {step}: validation loss {val_loss:.4f}, perplexity {math.exp(min(val_loss, 50)):.2f}",
                            file=sys.stderr)
@@ -728,20 +626,29 @@ def _load_data(config, tokenizer, length):
 
 
 def _restore_state(trainer, prefix):
-    restart = (f"start a new run from its weights: python finetune.py --model_dir {Path(prefix).parent.parent} "
-               f"--output_dir NEW_DIR ...")
+    run_dir = Path(prefix).parent.parent
+    try:
+        kept = read_state_file(run_dir)[1]
+    except (OSError, GPT2TFError):
+        kept = []
+    earlier = [_step_of(p) for p in kept if _step_of(p) is not None and f"ckpt-{_step_of(p)}" != Path(prefix).name]
+    restart = (f"continue from the previous checkpoint: python finetune.py --output_dir {run_dir} --restore_from "
+               f"{run_dir / WEIGHTS_PREFIX.format(step=earlier[-1])}" if earlier else
+               f"start a new run from its weights: python finetune.py --model_dir {run_dir} --output_dir NEW_DIR ...")
+    corrupt = f"cannot read the training state {prefix} ({{}}): the file is damaged; {restart}"
     try:
         saved = {name.split("/")[0] for name, _ in tf.train.list_variables(prefix)}
-    except (ValueError, tf.errors.OpError) as err:
-        raise GPT2TFError(f"cannot read the training state {prefix} ({str(err).splitlines()[0]}): the file is "
-                          f"corrupt; {restart}") from None
+    except (ValueError, IndexError, tf.errors.OpError) as err:
+        raise GPT2TFError(corrupt.format(first_line(err))) from None
     if "layout" not in saved:  # slots of a projection would be [1, n_in, n_out] (a square one: silently transposed)
         raise GPT2TFError(f"the training state {prefix} was saved by an older gpt2tf whose optimizer state has another "
                           f"weight layout, so the run cannot be resumed; {restart}")
     try:
         trainer.state.read(prefix).assert_existing_objects_matched()
+    except (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError) as err:  # short or failing checksums
+        raise GPT2TFError(corrupt.format(first_line(err))) from None
     except (AssertionError, ValueError, tf.errors.OpError) as err:
-        raise GPT2TFError(f"cannot restore the training state {prefix} ({str(err).splitlines()[0]}): it was saved "
+        raise GPT2TFError(f"cannot restore the training state {prefix} ({first_line(err)}): it was saved "
                           f"with another --optimizer, --precision, --lora_rank or --only_train_transformer_layers; "
                           f"use the run's own settings") from None
     if int(trainer.state.layout.numpy()) != STATE_LAYOUT:
@@ -811,14 +718,6 @@ def _build_model(config, hparams, policy, start_from):
 
 def _describe(run, step):
     return f"step {step} in {run.path}" if step is not None else "none (nothing was saved)"
-
-
-def _log(run, record):
-    with open(run.path / METRICS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-    for name, value in record.items():
-        if name != "step":  # what tf.summary.scalar writes, without needing the tensorboard package
-            tf.summary.write(name, tf.constant(value, tf.float32), step=record["step"], metadata=_SCALAR_METADATA)
 
 
 def _sample(model, tokenizer, config, step):

@@ -1,8 +1,17 @@
-"""A real HTTP server on 127.0.0.1 that serves files with Range support and injects faults (the `store` fixture)."""
+"""A real HTTP server on 127.0.0.1 that serves files with Range support and injects faults (the `store` fixture).
+
+Faults, one per request: "500", "drop" (half the body, then hang up), "short" (100 bytes short), "stall" (half, then
+silence), "range_from_zero" (a 206 that starts at byte 0), "html" (a captive portal's sign-in page), "endless" (a body
+without a length that never ends).
+"""
 
 import http.server
 import re
 import threading
+import time
+
+# What a captive portal or a misconfigured mirror answers instead of the file asked for.
+PORTAL_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Accept the terms.</body></html>"
 
 
 class FakeStore(http.server.ThreadingHTTPServer):
@@ -46,6 +55,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             fault = pending.pop(0) if pending else None
         if fault == "500":
             return self._reply(500, b"oops")
+        if fault == "html":  # a sign-in page whatever was asked for, as a captive portal serves it
+            return self._reply(200, PORTAL_PAGE, {"Content-Type": "text/html; charset=utf-8"})
+        if fault == "endless":  # no length, and a body that goes on until the client hangs up (or 60 s pass)
+            return self._stream_forever()
         data = store.files.get(self.path)
         if data is None:
             return self._reply(404, b"not found")
@@ -66,6 +79,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             threading.Event().wait(0.5)
             return self.wfile.write(body[len(body) // 2:])
         self._reply(status, body, headers)
+
+    def _stream_forever(self):
+        self.send_response(200)
+        self.send_header("Connection", "close")  # no Content-Length: the body ends when the connection does
+        self.end_headers()
+        self.close_connection = True
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                self.wfile.write(bytes(64 * 1024))
+        except OSError:
+            pass
 
     def _reply(self, status, body, headers=(), *, send=None, length=None):
         self.send_response(status)

@@ -20,16 +20,25 @@ from gpt2tf import download
 from gpt2tf.cli import download_main
 from gpt2tf.download import DATA_FILE, MODEL_FILES, DownloadConfig, download_models
 from gpt2tf.errors import GPT2TFError
+from http_store import PORTAL_PAGE
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = gpt2tf.HParams(n_vocab=64, n_ctx=16, n_embd=8, n_head=2, n_layer=2)
+HTML_REFUSED = (r"sent an HTML page instead of the file \(a wrong --base_url, or a network's sign-in page\); "
+                r"check --base_url or sign in to the network, then run the same command again$")
 
 
 def synthetic_files(seed=0):
-    """The seven files of a model as random bytes, the data file big enough to be cut in the middle."""
+    """The seven files of a model: the text files well-formed, the rest random bytes, the data file big enough to be
+    cut in the middle."""
     rng = random.Random(seed)
     sizes = {name: 300 + 7 * i for i, name in enumerate(MODEL_FILES)}
     sizes[DATA_FILE] = 96 * 1024
-    return {name: rng.randbytes(size) for name, size in sizes.items()}
+    files = {name: rng.randbytes(size) for name, size in sizes.items()}
+    files["checkpoint"] = b'model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n'
+    files["hparams.json"] = json.dumps(dataclasses.asdict(gpt2tf.HParams())).encode()
+    files["encoder.json"] = json.dumps({f"token{i}": i for i in range(40)}).encode()
+    return files
 
 
 def real_vocab_files(seed=0):
@@ -147,6 +156,40 @@ def test_missing_file_is_a_clear_404_error(store, tmp_path):
     assert not (tmp_path / "models" / "124M" / "model.ckpt.meta").exists()
 
 
+@pytest.mark.parametrize("file_name, fault, served, message", [
+    ("checkpoint", "html", None, HTML_REFUSED),  # Content-Type: text/html
+    (DATA_FILE, None, b"\r\n  <HTML><body>Sign in</body></HTML>", HTML_REFUSED),  # no such header: its first bytes
+    ("checkpoint", "endless", None, r"is longer than this file can be \(over 4,096 bytes\); check --base_url$"),
+    ("model.ckpt.index", None, bytes(5000), r"is longer than this file can be \(over 4,096 bytes\)"),  # by length
+    ("hparams.json", None, b'{"n_vocab": 50257, "n_ct', r"/hparams\.json is not valid JSON; check --base_url$"),
+    ("hparams.json", None, b'{"n_vocab": 50257}', r"/hparams\.json does not hold n_vocab, n_ctx, n_embd, n_head, "
+                                                    r"n_layer as positive integers; check --base_url$"),
+    ("checkpoint", None, b"model.ckpt\n", r"/checkpoint has no model_checkpoint_path line; check --base_url$"),
+])
+def test_response_that_cannot_be_the_file_is_refused_at_once(store, tmp_path, file_name, fault, served, message):
+    files = synthetic_files()
+    if served is not None:
+        files[file_name] = served
+    store.serve_model("124M", files)
+    if fault:
+        store.faults[f"/models/124M/{file_name}"] = [fault]
+    with pytest.raises(GPT2TFError, match=rf"^{store.base_url}/124M/{re.escape(file_name)} ") as err:
+        download_models(["124M"], config_for(store, tmp_path, small_file_cap=4096))
+    assert re.search(message, str(err.value)) and "\n" not in str(err.value)
+    assert len(store.requests_for("124M", file_name)) == 1  # not retried
+    # The files before it are complete; of this one nothing is left, not even a .part.
+    assert sorted(os.listdir(tmp_path / "models" / "124M")) == sorted(MODEL_FILES[:MODEL_FILES.index(file_name)])
+
+
+def test_persistent_stall_gives_up_without_final_file(store, tmp_path):
+    store.serve_model("124M", synthetic_files())
+    store.faults["/models/124M/checkpoint"] = ["stall"] * 10
+    with pytest.raises(GPT2TFError, match=r"^giving up on \S+/124M/checkpoint after 3 tries without progress "
+                                          r"\(timed out at byte 0\); run the same command again to resume$"):
+        download_models(["124M"], config_for(store, tmp_path, timeout_s=0.2))
+    assert not (tmp_path / "models" / "124M" / "checkpoint").exists()
+
+
 def test_unknown_model_name_fails_before_any_request(store, tmp_path):
     with pytest.raises(GPT2TFError, match=r"unknown model '125M'; choose from 124M, 355M, 774M, 1558M"):
         download_models(["124M", "125M"], config_for(store, tmp_path))
@@ -251,6 +294,20 @@ def test_cli_404_exits_nonzero_with_one_line(store, tmp_path):
     assert os.listdir(tmp_path / "355M") == []
 
 
+@pytest.mark.parametrize("fault, message", [
+    ("endless", "is longer than this file can be (over 67,108,864 bytes); check --base_url"),  # the real cap
+    ("html", "sent an HTML page instead of the file"),
+])
+def test_cli_refused_response_exits_2_with_one_line(store, tmp_path, fault, message):
+    store.serve_model("774M", real_vocab_files())
+    store.faults["/models/774M/checkpoint"] = [fault]
+    result = run_cli("774M", "--models_dir", str(tmp_path), "--base_url", store.base_url, "--quiet")
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {store.base_url}/774M/checkpoint ") and message in line, line
+    assert os.listdir(tmp_path / "774M") == []
+
+
 def test_cli_unknown_model_and_env_base_url(store, tmp_path):
     result = run_cli("bogus", "--models_dir", str(tmp_path))
     assert result.returncode == 2
@@ -293,3 +350,92 @@ def test_cli_checks_that_the_model_loads_by_default(store, tmp_path, capsys):
         download_main(["774M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url,
                        "--quiet"])
     assert "\n" not in str(err.value)
+    # Every file came from the server in this run, so there is nothing to repair: each was fetched once.
+    assert [path for path, _ in store.requests if "/774M/" in path] == [f"/models/774M/{name}" for name in MODEL_FILES]
+
+
+def test_cli_load_check_prints_only_the_result(store, tmp_path):
+    store.serve_model("774M", synthetic_model_files(tmp_path, TINY))
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "download_model.py", "774M", "--models_dir", str(tmp_path / "models"),
+                             "--base_url", store.base_url], cwd=REPO, env={**env, "NO_PROXY": "127.0.0.1"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{tmp_path / 'models' / '774M'}: ready"]
+    assert result.stderr == ""  # none of TensorFlow's start-up lines
+
+
+def download_tiny_774M(store, tmp_path, *extra):
+    """Serve a tiny loadable model as 774M (no data size known), download it; return the files and the command."""
+    files = synthetic_model_files(tmp_path, TINY)
+    store.serve_model("774M", files)
+    command = ["774M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url, "--quiet", *extra]
+    download_main(command)
+    store.requests.clear()
+    return files, command
+
+
+def test_running_again_repairs_a_truncated_data_file_of_unknown_size(store, tmp_path):
+    files, command = download_tiny_774M(store, tmp_path)
+    model_dir = tmp_path / "models" / "774M"
+    (model_dir / DATA_FILE).write_bytes(files[DATA_FILE][:-100])  # as an older tool, or a copy by hand, left it
+    download_main(command)  # the very same command
+    assert_complete(model_dir, files)
+    # The load check fails, so the small files it reads are fetched again (cheap), then, as it still fails, the data
+    # file; each from byte zero. encoder.json, vocab.bpe and model.ckpt.meta are not touched.
+    assert store.requests == [(f"/models/774M/{name}", None)
+                              for name in ("checkpoint", "hparams.json", "model.ckpt.index", DATA_FILE)]
+
+
+@pytest.mark.parametrize("file_name, damaged", [
+    ("hparams.json", b'{"n_vocab": 64, "n_ctx": 16, "n_em'),
+    ("checkpoint", PORTAL_PAGE),  # a captive portal's page saved by another tool
+])
+def test_running_again_replaces_a_damaged_small_file(store, tmp_path, file_name, damaged):
+    files, command = download_tiny_774M(store, tmp_path)
+    model_dir = tmp_path / "models" / "774M"
+    (model_dir / file_name).write_bytes(damaged)
+    download_main(command)
+    assert_complete(model_dir, files)
+    assert store.requests == [(f"/models/774M/{file_name}", None)]  # then the model loads: nothing else is fetched
+
+
+def test_running_again_repairs_a_corrupt_data_file_of_known_size(store, tmp_path):
+    files = synthetic_model_files(tmp_path, TINY)
+    store.serve_model("124M", files)
+    config = config_for(store, tmp_path, verify=True, known_sizes={"124M": {DATA_FILE: len(files[DATA_FILE])}})
+    [model_dir] = download_models(["124M"], config)
+    corrupt = bytearray(files[DATA_FILE])
+    corrupt[len(corrupt) // 2] ^= 0xFF  # the right size, but a tensor's checksum fails
+    (model_dir / DATA_FILE).write_bytes(bytes(corrupt))
+    store.requests.clear()
+    download_models(["124M"], config)
+    assert_complete(model_dir, files)
+    assert store.requests == [(f"/models/124M/{name}", None)
+                              for name in ("checkpoint", "hparams.json", "model.ckpt.index", DATA_FILE)]
+
+
+def test_force_downloads_every_file_again_from_byte_zero(store, tmp_path):
+    store.serve_model("774M", real_vocab_files(seed=0))
+    command = ["774M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url, "--quiet",
+               "--no_verify"]
+    download_main(command)
+    model_dir = tmp_path / "models" / "774M"
+    (model_dir / f"{DATA_FILE}.part").write_bytes(b"x" * 1000)  # left by an interrupted run: not trusted either
+    newer = real_vocab_files(seed=1)
+    store.serve_model("774M", newer)
+    store.requests.clear()
+    download_main([*command, "--force"])
+    assert sorted(store.requests) == sorted((f"/models/774M/{name}", None) for name in MODEL_FILES)
+    assert_complete(model_dir, newer)
+
+
+def test_interrupted_force_keeps_the_complete_file(store, tmp_path):
+    files = synthetic_files()
+    store.serve_model("124M", files)
+    [model_dir] = download_models(["124M"], config_for(store, tmp_path))
+    store.faults[f"/models/124M/{DATA_FILE}"] = ["drop"] + ["500"] * 10
+    with pytest.raises(GPT2TFError, match=r"giving up on .*/124M/model\.ckpt\.data-00000-of-00001 after 3 tries"):
+        download_models(["124M"], config_for(store, tmp_path, force=True))
+    assert (model_dir / DATA_FILE).read_bytes() == files[DATA_FILE]  # untouched until a new copy is complete
+    assert 0 < len((model_dir / f"{DATA_FILE}.part").read_bytes()) < len(files[DATA_FILE])

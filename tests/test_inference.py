@@ -94,7 +94,7 @@ def test_interactive_mode(model_dir):
 
 @pytest.mark.parametrize("args, message", [
     (["--top_p", "0"], "top_p must be in (0, 1]"),
-    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--temperature", "-1"], "temperature must be a finite number >= 0"),
     (["--top_k", "-3"], "top_k must be an integer >= 0"),
     (["--output_length", "100"], "the model's context of 64"),
 ])

@@ -121,9 +121,9 @@ def test_gumbel_draws_follow_the_softmax():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(top_p=0.0), "top_p must be in \\(0, 1\\]"),
     (dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),
-    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(temperature=-1.0), "temperature must be a finite number >= 0"),
     (dict(top_k=-1), "top_k must be an integer >= 0"),
-    (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
+    (dict(repetition_penalty=0.0), "repetition_penalty must be a finite number > 0"),
 ])
 def test_bad_sampler_settings(kwargs, message):
     with pytest.raises(GPT2TFError, match=message):

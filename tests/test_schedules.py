@@ -6,7 +6,8 @@ import keras
 import pytest
 
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.schedules import LearningRate, parse_epochs
+from gpt2tf.schedules import LearningRate
+from gpt2tf.train_config import parse_epochs
 
 
 def lr(schedule, step):

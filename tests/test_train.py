@@ -212,7 +212,8 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, small_model_dir,
         return original(path, text)
 
     monkeypatch.setattr(checkpoint_module, "write_text_atomic", dying)
-    with pytest.raises(OSError):
+    with pytest.raises(GPT2TFError, match=r"cannot write checkpoint 3 in .* \(killed\); the last checkpoint, step 2, "
+                                          r"is complete; free some space and continue with: python finetune.py"):
         train.finetune(cfg)
     assert train.RunDir(cfg.output_dir).checkpoints() == [2]
     before = weights_of(gpt2tf.load_model(cfg.output_dir))
@@ -272,7 +273,7 @@ def test_a_corrupt_training_state_is_a_one_line_error(tmp_path, small_model_dir,
     train.finetune(cfg)
     (index,) = (Path(cfg.output_dir) / train.STATE_DIR).glob("*.index")
     index.write_bytes(b"not a checkpoint index")
-    with pytest.raises(GPT2TFError, match=r"cannot read the training state .* corrupt; start a new run"):
+    with pytest.raises(GPT2TFError, match=r"cannot read the training state .* damaged; start a new run"):
         train.finetune(train.configure({"output_dir": cfg.output_dir}))
 
 

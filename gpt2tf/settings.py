@@ -1,0 +1,53 @@
+"""Sampling settings and their checks, with no TensorFlow: one place that says what a valid setting is, for the
+library's `generate`, the command line (checked before TensorFlow loads) and, later, each request to the server.
+"""
+
+import dataclasses
+import math
+import os
+
+from gpt2tf.errors import GPT2TFError
+
+MAX_SEED = 2**31 - 1  # seeds key TF's stateless generators as int32 pairs: larger ones would collide
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """How the next token is chosen (see `gpt2tf.sample` for the rules). A top_k at or above the vocabulary size
+    keeps every token, as 0 does."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self):
+        if not (_is_number(self.temperature) and 0 <= self.temperature < math.inf):
+            raise GPT2TFError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        if not (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0):
+            raise GPT2TFError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
+        if not (_is_number(self.top_p) and 0 < self.top_p <= 1):
+            raise GPT2TFError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not (_is_number(self.repetition_penalty) and 0 < self.repetition_penalty < math.inf):
+            raise GPT2TFError(f"repetition_penalty must be a finite number > 0 (1 = off), got "
+                              f"{self.repetition_penalty}")
+
+    @property
+    def greedy(self):
+        return self.temperature == 0
+
+
+def check_seed(seed):
+    """A seed is None (draw one) or a whole number in 0..2**31-1."""
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        raise GPT2TFError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed}")
+    return seed
+
+
+def random_seed():
+    """A fresh seed for when none is given (a non-negative int32, as the stateless generators take)."""
+    return int.from_bytes(os.urandom(4), "little") >> 1
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
