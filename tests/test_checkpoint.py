@@ -204,3 +204,55 @@ def test_real_size_restore_and_logits(tmp_path, name):
     del model
     expected = reference_logits(read_openai_checkpoint(str(tmp_path / name / "model.ckpt")), hparams.n_head, tokens)
     assert np.abs(logits - expected).max() <= 1e-4
+
+
+def test_nan_weights_are_refused(tmp_path, tiny_hparams):
+    from gpt2tf.checkpoint import write_model_dir
+
+    tensors = {name: tf.fill(shape, 0.01) for name, shape in openai_tensor_shapes(tiny_hparams).items()}
+    tensors["model/h1/mlp/c_fc/w"] = tf.tensor_scatter_nd_update(tensors["model/h1/mlp/c_fc/w"], [[0, 3, 5]],
+                                                                 [float("nan")])
+    write_model_dir(tmp_path / "nan", tiny_hparams, tensors)
+    with pytest.raises(GPT2TFError, match=r"tensor model/h1/mlp/c_fc/w in .* holds NaN or infinite values"):
+        gpt2tf.load_model(tmp_path / "nan")
+
+
+def test_a_flipped_bit_names_the_tensor_it_is_in(model_dir):
+    from gpt2tf.checkpoint import _read_index
+
+    shapes, _ = _read_index(str(model_dir / "model.ckpt"))
+    names = sorted(shapes)  # a bundle stores its tensors in name order
+    offset = 0
+    for name in names:
+        size = 4 * int(np.prod(shapes[name]))
+        if name == "model/h1/mlp/c_proj/w":
+            break
+        offset += size
+    data = model_dir / "model.ckpt.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[offset + 40] ^= 0x01
+    data.write_bytes(bytes(raw))
+    message = _error(model_dir)
+    assert "cannot read tensor model/h1/mlp/c_proj/w" in message and "{{" not in message, message
+
+
+def test_a_huge_shape_is_refused_before_anything_is_allocated(model_dir, tiny_hparams):
+    tiny_hparams.replace(n_ctx=10**9).to_json(model_dir / "hparams.json")
+    assert "mis-shaped [model/wpe" in _error(model_dir)
+    with pytest.raises(GPT2TFError, match="more than this machine's .* of memory"):
+        gpt2tf.GPT2(tiny_hparams.replace(n_ctx=10**9, n_embd=4096))
+
+
+def test_a_damaged_run_checkpoint_points_to_the_previous_one(tmp_path, tiny_hparams, tiny_model):
+    from gpt2tf.checkpoint import model_tensors, write_bundle, write_state_file
+
+    run = tmp_path / "run"
+    gpt2tf.save_openai_checkpoint(tiny_model, run)
+    for step in (1, 2):
+        write_bundle(run / f"model.ckpt-{step}", model_tensors(tiny_model))
+    write_state_file(run, ["model.ckpt-1", "model.ckpt-2"])
+    data = run / "model.ckpt-2.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:-8])
+    message = _error(run)
+    assert f"use the run's previous checkpoint, {run / 'model.ckpt-1'}" in message
+    assert "download" not in message

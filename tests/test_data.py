@@ -264,3 +264,20 @@ def test_tfds_text_feature(tmp_path, enc):
             load("tfds", "reddit_tifu/short", enc, tmp_path, feature="text")
     with pytest.raises(GPT2TFError, match="tensorflow-datasets"):
         load("tfds", "no_such_dataset_here", enc, tmp_path)
+
+
+def test_token_files_numpy_cannot_read_are_one_line_errors(tmp_path, enc):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(GPT2TFError, match=r"cannot read .*empty.npy as NumPy token ids"):
+        load("text", tmp_path / "empty.npy", enc, tmp_path)
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
+    with pytest.raises(GPT2TFError, match=r"cannot read .*broken.npz as NumPy token ids"):
+        load("text", tmp_path / "broken.npz", enc, tmp_path)
+
+
+@pytest.mark.parametrize("record", ['{"article": 5, "highlights": "x"}', '{"article": "a", "highlights": [1, 2]}',
+                                    '{"article": "a", "highlights": null}', '["article", "highlights"]'])
+def test_cnndm_jsonl_fields_of_the_wrong_type(tmp_path, enc, record):
+    (tmp_path / "bad.jsonl").write_text(record + "\n")
+    with pytest.raises(GPT2TFError, match="line 1 is not a JSON object with a string \"article\""):
+        load("cnndm", tmp_path / "bad.jsonl", enc, tmp_path)

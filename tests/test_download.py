@@ -439,3 +439,10 @@ def test_interrupted_force_keeps_the_complete_file(store, tmp_path):
         download_models(["124M"], config_for(store, tmp_path, force=True))
     assert (model_dir / DATA_FILE).read_bytes() == files[DATA_FILE]  # untouched until a new copy is complete
     assert 0 < len((model_dir / f"{DATA_FILE}.part").read_bytes()) < len(files[DATA_FILE])
+
+
+def test_cli_usage_errors_are_one_line():
+    for args in ((), ("124M", "--bogus")):
+        result = run_cli(*args)
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr

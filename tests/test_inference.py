@@ -3,8 +3,11 @@
 import io
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +131,73 @@ def test_truncate_prompt_flag(model_dir):
 
 def test_unescape():
     assert unescape("\\n\\n") == "\n\n" and unescape("tab\\there") == "tab\there" and unescape("café") == "café"
+
+
+# ---- hostile input (issue 12) ------------------------------------------------------------------------------------
+
+def test_backslashes_that_are_not_escapes_stay_as_typed(model_dir, tmp_path):
+    assert unescape(r"C:\Users\bob\data.txt") == r"C:\Users\bob\data.txt"
+    assert unescape("\\") == "\\" and unescape(r"a\\n") == r"a\n" and unescape(r"\r\t") == "\r\t"
+    (tmp_path / "prompts.txt").write_text("C:\\Users\\bob\\file\n")
+    rows = _run(model_dir=str(model_dir), prompts_file=str(tmp_path / "prompts.txt"), output_length=2, seed=1,
+                output="jsonl", stop=["\\"])
+    assert json.loads(rows)["prompt"] == "C:\\Users\\bob\\file"
+
+
+def test_a_prompts_file_with_a_byte_order_mark(model_dir, tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeffHello there\n".encode("utf-8"))
+    assert json.loads(_run(model_dir=str(model_dir), prompts_file=str(tmp_path / "bom.txt"), output_length=2,
+                           seed=1, output="jsonl"))["prompt"] == "Hello there"
+
+
+@pytest.mark.parametrize("value", ["null", "42", "[\"a\"]", "{\"x\": 1}"])
+def test_jsonl_prompts_must_be_strings(tmp_path, value):
+    (tmp_path / "p.jsonl").write_text(f'{{"prompt": "fine"}}\n{{"prompt": {value}}}\n')
+    with pytest.raises(GPT2TFError, match=rf"p.jsonl:2: \"prompt\" must be a string, got {re.escape(value)}"):
+        _run(model_dir=str(tmp_path), prompts_file=str(tmp_path / "p.jsonl"))
+
+
+def test_a_model_without_gpt2s_vocabulary_is_refused(tmp_path, tiny_hparams):
+    gpt2tf.write_synthetic_checkpoint(tmp_path / "m", tiny_hparams.replace(n_vocab=1000))
+    result = _cli("--model_dir", tmp_path / "m", "--starter", "hi")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("error: the model has n_vocab 1000, fewer than GPT-2's 50257 token ids: it was "
+                                     "not trained with GPT-2's tokenizer, so its output would be garbage")
+
+
+def test_an_over_long_prompt_in_interactive_mode_is_reported_and_asked_again(model_dir):
+    result = _cli("--model_dir", model_dir, "--interactive", "--output_length", "5", "--seed", "1",
+                  stdin=" ".join(["word"] * 80) + "\nHello\n")
+    assert result.returncode == 0, result.stderr
+    assert "error: prompt 0 has" in result.stdout and result.stdout.count("Model prompt >>>") == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top_k", "x"], "argument --top_k: invalid int value: 'x'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--temperature", "inf"], "temperature must be a finite number"),
+    (["--seed", "4294967296"], "seed must be a whole number from 0 to 2147483647"),
+])
+def test_flag_errors_are_one_line_before_tensorflow_loads(args, message):
+    code = ("import sys, atexit; atexit.register(lambda: print('TF' if 'tensorflow' in sys.modules else 'no TF', "
+            "file=sys.stderr)); from gpt2tf.cli import run_script; sys.argv = ['inference.py'] + sys.argv[1:]; "
+            "run_script('generate')")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2
+    error, imported = result.stderr.strip().splitlines()
+    assert error.startswith("error: ") and message in error and imported == "no TF"
+    assert elapsed < 5  # about 0.3 s here; TensorFlow alone takes seconds
+
+
+def test_ctrl_c_during_start_up_is_one_line(model_dir):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "inference.py"), "--model_dir", str(model_dir),
+                                "--starter", "hi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env, cwd=ROOT)
+    time.sleep(1.0)  # inside TensorFlow's import
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip() == "interrupted"

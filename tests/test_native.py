@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import gpt2tf
 from gpt2tf import native, sample
+from gpt2tf.errors import GPT2TFError
 
 
 def _cpu_has_avx2_fma():
@@ -242,3 +243,11 @@ def test_bad_thread_count_is_a_one_line_error(small_model_dir, value):
     assert result.returncode == 2
     assert result.stderr.strip() == (f"error: GPT2TF_NATIVE_THREADS must be a positive number of threads, got "
                                      f"{value!r}: fix or unset it")
+
+
+def test_a_thread_count_far_above_the_cores_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("GPT2TF_NATIVE_THREADS", "100000")
+    monkeypatch.delenv("GPT2TF_NATIVE", raising=False)
+    with pytest.raises(GPT2TFError, match=rf"GPT2TF_NATIVE_THREADS=100000 is more than the {native.MAX_THREADS} "
+                                          rf"threads the kernel runs at most"):
+        native.requested()

@@ -303,3 +303,35 @@ def test_repetition_penalty_reduces_repeats(small_model):
     penalized = sample.generate(small_model, [[1, 2, 3]], length=40, temperature=0, stop_at_eos=False,
                                 repetition_penalty=5.0)[0]
     assert len(set(penalized)) > len(set(plain))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input to generate (issue 12)
+
+def test_prompt_ids_outside_the_vocabulary_are_refused(small_model):
+    for bad in (60000, 50257, -1):
+        with pytest.raises(GPT2TFError, match=rf"prompt 1 holds token id {bad}, outside the model's vocabulary of "
+                                              rf"50257 ids"):
+            sample.generate(small_model, [[1, 2], [3, bad]], length=2, seed=0)
+
+
+def test_top_k_at_or_above_the_vocabulary_keeps_every_token(small_model):
+    prompts = [[464, 2068]]
+    everything = sample.generate(small_model, prompts, length=6, top_k=0, seed=3, stop_at_eos=False)
+    for k in (50257, 10**6):
+        assert sample.generate(small_model, prompts, length=6, top_k=k, seed=3, stop_at_eos=False) == everything
+    logits = tf.constant([[1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(sample.top_k_logits(logits, 5).numpy(), logits.numpy())
+
+
+@pytest.mark.parametrize("seed", [2**31, -1, 2**32, 1.5, True])
+def test_seeds_outside_0_to_2_31_are_refused(small_model, seed):
+    with pytest.raises(GPT2TFError, match="seed must be a whole number from 0 to 2147483647"):
+        sample.generate(small_model, [[1]], length=2, seed=seed)
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=float("inf")), dict(temperature=float("nan")),
+                                    dict(repetition_penalty=float("inf")), dict(top_p=float("nan"))])
+def test_infinite_and_nan_settings_are_refused(kwargs):
+    with pytest.raises(GPT2TFError, match="must be"):
+        sample.SamplerConfig(**kwargs)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -370,3 +371,71 @@ def test_the_default_run_dir_is_named_after_the_model_and_the_data(tmp_path):
         runs / "124M-killbill-2" / "train_config.json")
     assert name(model_dir="models/124M", dataset_path="other/killbill.txt") == "124M-killbill-2"
     assert name(**flags, restore_from="fresh") == "124M-killbill-3"
+
+
+# ---- settings that would waste or destroy a run (issue 12) ---------------------------------------------------------
+
+def test_restore_from_another_model_never_overwrites_a_run(tmp_path, small_model_dir, tiny_model_dir, corpus):
+    cfg = config(tmp_path, small_model_dir, corpus, max_steps=1)
+    train.finetune(cfg)
+    before = sorted(p.name for p in Path(cfg.output_dir).iterdir())
+    with pytest.raises(GPT2TFError, match=r"already holds a run, which starting from .* would overwrite; choose "
+                                          r"another --output_dir"):
+        train.configure({"output_dir": cfg.output_dir, "restore_from": str(tiny_model_dir)})
+    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == before
+    # Going back to one of the run's own checkpoints is allowed: it continues the same run.
+    back = train.configure({"output_dir": cfg.output_dir, "restore_from": f"{cfg.output_dir}/model.ckpt-1"})
+    assert back.model_dir == str(small_model_dir)
+
+
+def test_a_resumed_run_keeps_the_weights_it_started_from(tmp_path, small_model_dir, corpus):
+    cfg = config(tmp_path, small_model_dir, corpus, max_steps=1, lora_rank=2)
+    train.finetune(cfg)
+    other = tmp_path / "other"
+    shutil.copytree(small_model_dir, other)
+    with pytest.raises(GPT2TFError, match=r"holds a run started from --model_dir .*, not .*other; continue it "
+                                          r"without --model_dir"):
+        train.configure({"output_dir": cfg.output_dir, "model_dir": str(other)})
+    train.configure({"output_dir": cfg.output_dir, "model_dir": str(small_model_dir) + "/"})  # the same dir
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(decay_lr=-0.1), "--decay_lr must not be negative"),
+    (dict(decay_lr=float("nan")), "decay_lr must be a finite number"),
+    (dict(clip_norm=float("nan")), "clip_norm must be a finite number"),
+    (dict(lora_alpha=float("nan")), "lora_alpha must be a finite number"),
+    (dict(lora_alpha=0.0), "--lora_alpha must be a positive number"),
+    (dict(sample_length=0), "--sample_length must be at least 1"),
+    (dict(num_epoch="4"), "num_epoch must be a whole number, got '4'"),
+])
+def test_bad_settings_are_refused_before_the_run(tmp_path, small_model_dir, corpus, changes, message):
+    with pytest.raises(GPT2TFError, match=re.escape(message)):
+        config(tmp_path, small_model_dir, corpus, **changes)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sample_that_cannot_fit_is_refused_before_training(tmp_path, small_model_dir, corpus):
+    cfg = config(tmp_path, small_model_dir, corpus, sample_every=1, sample_length=SMALL.n_ctx)
+    with pytest.raises(GPT2TFError, match="--sample_length 64 do not fit the model's context of 64"):
+        train.finetune(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_shape_too_big_for_memory_is_refused(tmp_path, corpus):
+    with pytest.raises(GPT2TFError, match="more than this machine's"):
+        train.finetune(train.configure(dict(init="random", n_ctx=10**8, n_embd=768, dataset_path=str(corpus),
+                                            output_dir=str(tmp_path / "run"), length=16)))
+
+
+def test_finetune_flag_errors_are_reported_before_tensorflow_loads(tmp_path):
+    code = ("import sys, atexit; atexit.register(lambda: print('TF' if 'tensorflow' in sys.modules else 'no TF', "
+            "file=sys.stderr)); from gpt2tf.cli import run_script; sys.argv = ['finetune.py'] + sys.argv[1:]; "
+            "run_script('finetune')")
+    for args, message in ((["--decay_lr", "nan"], "decay_lr must be a finite number"),
+                          (["--data_loader", "coqa"], "invalid choice: 'coqa'"),
+                          (["--output_dir", str(tmp_path), "--restore_from", "fresh", "--batch_size", "0"],
+                           "--batch_size must be at least 1")):
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 2
+        error, imported = result.stderr.strip().splitlines()
+        assert error.startswith("error: ") and message in error and imported == "no TF", result.stderr
