@@ -176,7 +176,7 @@ def restore_weights(model, prefix):
     def read(key):
         (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
                                         dtypes=[found_dtypes[key]])
-        finite = bool(tf.reduce_all(tf.math.is_finite(value)))
+        finite = bool(tf.reduce_all(tf.math.is_finite(value)))  # at memory speed (check_numerics is 8x slower)
         return to_checkpoint_layout(key, value), finite  # the same transposition takes it to the model's layout
 
     # Reading is bound by page faults on the freshly allocated tensors, which run in parallel across cores; the
