@@ -154,7 +154,8 @@ def _load(config):
 
 
 def _generate_and_print(model, encoder, config, prompts, out):
-    from gpt2tf.sample import cut_at_stop, generate_stream  # TensorFlow: imported once the settings are checked
+    from gpt2tf.sample import generate_stream  # TensorFlow: imported once the settings are checked
+    from gpt2tf.stops import cut_at_stop
 
     seed = config.seed if config.seed is not None else random_seed()  # drawn here so that jsonl can report it
     stop = [unescape(s) for s in config.stop]
@@ -165,7 +166,7 @@ def _generate_and_print(model, encoder, config, prompts, out):
         model, [encoder.encode(p) for p in prompts], length=config.output_length, config=config.sampler(),
         seed=seed, nsamples=config.nsamples, batch_size=config.batch_size, stop=stop,
         stop_at_eos=not config.no_eos_stop, truncate_prompt=config.truncate_prompt,
-        chunk_steps=1 if stream else 32, jit_compile=not config.no_xla, encoder=encoder)
+        jit_compile=not config.no_xla, encoder=encoder)
     current = None
     for row, ids in rows:
         collected.setdefault(row, []).extend(ids)

@@ -1,4 +1,5 @@
-"""File names that several modules share, with no TensorFlow: a model dir's files (OpenAI's names) and a run dir's.
+"""Facts that several modules share, with no TensorFlow: a model dir's files (OpenAI's names), a run dir's, and
+GPT-2's constants.
 
 `checkpoint` owns what the files hold; this module only names them, so that code which must stay light (the
 command-line parsing, the training config) can find them without importing TensorFlow.
@@ -9,3 +10,7 @@ HPARAMS_FILE = "hparams.json"
 PREFIX_NAME = "model.ckpt"  # OpenAI's checkpoint prefix
 VOCAB_FILES = ("encoder.json", "vocab.bpe")
 CONFIG_FILE = "train_config.json"  # a run's settings, so `--output_dir X` alone resumes run X
+
+EOT_ID = 50256  # <|endoftext|>: OpenAI's end of text, and the start of an empty prompt
+MASKED_VALUE = -1e10  # what OpenAI's code writes into masked attention scores and filtered logits
+PROMPT_BUCKET = 64  # prompts are prefilled in chunks of this many tokens; generate sizes caches in its multiples

@@ -22,9 +22,10 @@ from tensorflow.compiler.tf2xla.python import xla
 from gpt2tf import native
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import HParams
+from gpt2tf.layout import MASKED_VALUE
 
 LAYER_NORM_EPSILON = 1e-5  # OpenAI's value
-MASKED_SCORE = -1e10  # what OpenAI's `mask_attn_weights` writes into masked positions (softmax makes it exactly 0)
+MASKED_SCORE = MASKED_VALUE  # OpenAI's `mask_attn_weights` value for masked positions (softmax makes it exactly 0)
 
 
 def _check_fits_in_memory(hparams):
@@ -145,9 +146,16 @@ class Attention(keras.layers.Layer):
             # `after` (0 for finite values) makes the write depend on the reads above, so XLA can see the old cache
             # is no longer needed when it is written and updates it in place; otherwise it copies it every step.
             after = tf.cast(out[:, :1, :1, :1], tf.float32) * 0.0  # per row: a NaN stays in its own row
-            at = tf.stack([0, 0, cache_index, 0])
-            cache = tuple(xla.dynamic_update_slice(old, tf.cast(tf.cast(new, tf.float32) + after, old.dtype), at)
-                          for old, new in zip(cache, (k, v)))
+            new = [tf.cast(tf.cast(t, tf.float32) + after, c.dtype) for c, t in zip(cache, (k, v))]
+            if cache_index.shape.rank == 0:  # every row writes at the same slot
+                at = tf.stack([0, 0, cache_index, 0])
+                cache = tuple(xla.dynamic_update_slice(c, t, at) for c, t in zip(cache, new))
+            else:  # row r writes at its own slot cache_index[r] (a static batch: one in-place update per row)
+                cache = list(cache)
+                for r in range(x.shape[0]):
+                    at = tf.stack([r, 0, cache_index[r], 0])
+                    cache = [xla.dynamic_update_slice(c, t[r:r + 1], at) for c, t in zip(cache, new)]
+                cache = tuple(cache)
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, seq, self.n_head * self.head_size])
         return self.c_proj(out), cache
 
@@ -216,8 +224,9 @@ class Block(keras.layers.Layer):
 class GPT2(keras.Model):
     """GPT-2. `model(token_ids)` gives float32 logits `[batch, seq, n_vocab]`.
 
-    With `cache=` (from `init_cache`) and `cache_index=` (where the given tokens start) it returns
-    `(logits, cache)`, the cache holding these tokens' keys and values too. `padding_mask` (`[batch, seq]`, or
+    With `cache=` (from `init_cache`) and `cache_index=` (where the given tokens start: a scalar for every row, or
+    `[batch]`, each row's own slot, as the decode engine gives one token per row) it returns `(logits, cache)`, the
+    cache holding these tokens' keys and values too. `padding_mask` (`[batch, seq]`, or
     `[batch, max_length]` with a cache; true for real tokens) lets rows of unequal length share a batch:
     padded positions are never attended to and position ids count real tokens only.
     """
@@ -266,20 +275,23 @@ class GPT2(keras.Model):
         token_ids = tf.convert_to_tensor(token_ids)
         seq = tf.shape(token_ids)[1]
         start = tf.zeros([], tf.int32) if cache_index is None else tf.cast(cache_index, tf.int32)
-        query_pos = start + tf.range(seq)  # slot of each given token in the sequence (or cache)
+        per_row = start.shape.rank == 1  # each row's own start: [batch]
+        query_pos = (start[:, None] if per_row else start) + tf.range(seq)  # [batch, seq] or [seq]: slots
         mask = (tf.range(seq)[None, :] <= tf.range(seq)[:, None])[None, None]  # [1, 1, seq, seq] causal
         if padding_mask is None:
-            positions = query_pos[None]  # [1, seq]
+            positions = query_pos if per_row else query_pos[None]  # [batch or 1, seq]
         else:
             padding_mask = tf.cast(padding_mask, tf.bool)  # [batch, seq], or [batch, max_length] with a cache
             real_before = tf.cumsum(tf.cast(padding_mask, tf.int32), axis=1)  # [batch, keys]
-            positions = tf.maximum(tf.gather(real_before, query_pos, axis=1) - 1, 0)  # [batch, seq]
-            mask = mask & tf.gather(padding_mask, query_pos, axis=1)[:, None, None, :]  # [batch, 1, seq, seq]
+            gather = lambda t: tf.gather(t, query_pos, axis=1, batch_dims=1 if per_row else 0)  # noqa: E731
+            positions = tf.maximum(gather(real_before) - 1, 0)  # [batch, seq]
+            mask = mask & gather(padding_mask)[:, None, None, :]  # [batch, 1, seq, seq]
         if max_length is not None:
             # With a cache, tokens see the cached slots before `start` (real ones only) and, causally, each other.
-            cached = tf.range(max_length) < start  # [max_length]
-            cached = cached[None, None, None, :] if padding_mask is None else (
-                cached[None, :] & padding_mask)[:, None, None, :]  # [batch or 1, 1, 1, max_length]
+            cached = tf.range(max_length) < (start[:, None] if per_row else start)  # [batch, max_length] / [max_length]
+            if padding_mask is not None:
+                cached = cached & padding_mask  # [batch, max_length]
+            cached = cached[:, None, None, :] if cached.shape.rank == 2 else cached[None, None, None, :]
             mask = (cached, mask)
         x = tf.cast(tf.gather(self.wte, token_ids) + tf.gather(self.wpe, positions), self.compute_dtype)
         return x, mask

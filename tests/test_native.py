@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import gpt2tf
-from gpt2tf import native, sample
+from gpt2tf import engine, native, sample
 from gpt2tf.errors import GPT2TFError
 
 
@@ -190,18 +190,18 @@ def test_decode_step_uses_the_kernel_and_gives_the_same_tokens(small_model_dir, 
     prompts = [[464, 2068, 7586], [10, 11]]
     kwargs = dict(length=20, temperature=0, batch_size=2, stop_at_eos=False)
     with_kernel = sample.generate(model, prompts, **kwargs)
-    decoder = sample.decoder_for(model, sample.SamplerConfig(temperature=0))
-    assert decoder.use_native
-    cache = decoder.cache_variables(2, 84)
+    compiled = engine.compiled_for(model)
+    assert compiled.use_native
+    cache = compiled.cache_variables(2, 84)
     d = model.hparams.n_embd
-    x, mask = tf.zeros([2, 1, d]), (tf.ones([2, 1, 1, 84], tf.bool), tf.ones([2, 1, 1, 1], tf.bool))
-    block = decoder.block.experimental_get_compiler_ir(x, mask, tf.constant(64), decoder._weights[0], cache[0],
-                                                       None)(stage="hlo")
-    head = decoder.head.experimental_get_compiler_ir(x)(stage="hlo")
+    x, mask = tf.zeros([2, 1, d]), (tf.ones([2, 1, 1, 84], tf.bool), tf.ones([1, 1, 1, 1], tf.bool))
+    block = compiled.block.experimental_get_compiler_ir(x, mask, tf.constant([64, 70]), compiled._weights[0],
+                                                        cache[0], None)(stage="hlo")
+    head = compiled.head.experimental_get_compiler_ir(x)(stage="hlo")
     assert block.count("gpt2tf_matmul_nt") == 4 and "gpt2tf_matmul_nt" in head  # every product of the step
     assert block.count("gpt2tf_attend") == 1  # and the attention over the cache
     monkeypatch.setenv("GPT2TF_NATIVE", "0")
-    assert not sample.decoder_for(model, sample.SamplerConfig(temperature=0)).use_native
+    assert not engine.compiled_for(model).use_native
     assert sample.generate(model, prompts, **kwargs) == with_kernel
 
 

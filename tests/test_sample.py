@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 
 import gpt2tf
-from gpt2tf import sample
+from gpt2tf import engine, filters, sample
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.layout import EOT_ID, MASKED_VALUE
 from conftest import SMALL
 from reference import read_openai_checkpoint, reference_logits
 
@@ -28,7 +29,7 @@ def small_model(small_model_dir):
 # Filters on fake logits
 
 def _kept(filtered):
-    return set(np.flatnonzero(filtered > sample.MASKED_LOGIT / 2))
+    return set(np.flatnonzero(filtered > MASKED_VALUE / 2))
 
 
 def _brute_top_p(logits, p):
@@ -48,7 +49,7 @@ def _brute_top_p(logits, p):
 @pytest.mark.parametrize("k", [1, 2, 5, 40])
 def test_top_k_never_leaves_the_top_k(k):
     logits = np.random.default_rng(k).normal(size=(3, 500)).astype(np.float32)
-    filtered = sample.top_k_logits(tf.constant(logits), k).numpy()
+    filtered = filters.top_k_logits(tf.constant(logits), k).numpy()
     for row in range(3):
         assert _kept(filtered[row]) == set(np.argsort(-logits[row])[:k])
         kept = list(_kept(filtered[row]))
@@ -57,21 +58,21 @@ def test_top_k_never_leaves_the_top_k(k):
 
 def test_top_k_zero_is_off():
     logits = tf.constant([[1.0, 2.0, 3.0]])
-    np.testing.assert_array_equal(sample.top_k_logits(logits, 0).numpy(), logits.numpy())
+    np.testing.assert_array_equal(filters.top_k_logits(logits, 0).numpy(), logits.numpy())
 
 
 def test_top_p_includes_the_crossing_token():
     logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
-    assert _kept(sample.top_p_logits(tf.constant(logits), 0.75).numpy()[0]) == {0, 1}  # 0.5 < .75, 0.8 crosses
-    assert _kept(sample.top_p_logits(tf.constant(logits), 0.4).numpy()[0]) == {0}  # the top token always stays
-    assert _kept(sample.top_p_logits(tf.constant(logits), 0.9).numpy()[0]) == {0, 1, 2}
-    assert _kept(sample.top_p_logits(tf.constant(logits), 1.0).numpy()[0]) == {0, 1, 2, 3}
+    assert _kept(filters.top_p_logits(tf.constant(logits), 0.75).numpy()[0]) == {0, 1}  # 0.5 < .75, 0.8 crosses
+    assert _kept(filters.top_p_logits(tf.constant(logits), 0.4).numpy()[0]) == {0}  # the top token always stays
+    assert _kept(filters.top_p_logits(tf.constant(logits), 0.9).numpy()[0]) == {0, 1, 2}
+    assert _kept(filters.top_p_logits(tf.constant(logits), 1.0).numpy()[0]) == {0, 1, 2, 3}
 
 
 @pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.9, 0.99])
 def test_top_p_keeps_exactly_the_documented_set(p):
     logits = (np.random.default_rng(int(p * 100)).normal(size=(4, 300)) * 3).astype(np.float32)
-    filtered = sample.top_p_logits(tf.constant(logits), p).numpy()
+    filtered = filters.top_p_logits(tf.constant(logits), p).numpy()
     for row in range(4):
         assert _kept(filtered[row]) == _brute_top_p(logits[row].astype(np.float64), p)
 
@@ -79,9 +80,8 @@ def test_top_p_keeps_exactly_the_documented_set(p):
 def test_filters_run_in_openai_order():
     logits = np.random.default_rng(3).normal(size=(2, 200)).astype(np.float32)
     seen = np.zeros((2, 200), bool)
-    config = sample.SamplerConfig(temperature=0.7, top_k=20, top_p=0.6)
-    got = sample.filter_logits(tf.constant(logits), tf.constant(seen), config).numpy()
-    want = sample.top_p_logits(sample.top_k_logits(tf.constant(logits / 0.7), 20), 0.6).numpy()
+    got = filters.filter_logits(tf.constant(logits), tf.constant(seen), 0.7, 20, 0.6, 1.0).numpy()
+    want = filters.top_p_logits(filters.top_k_logits(tf.constant(logits / 0.7), 20), 0.6).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert _kept(got[0]) <= set(np.argsort(-logits[0])[:20])
 
@@ -90,8 +90,7 @@ def test_filters_run_in_openai_order():
 def test_top_k_then_top_p_fast_path_keeps_the_same_set(k, p):
     rng = np.random.default_rng(k)
     logits = np.round(rng.normal(size=(4, 300)) * 2, 1).astype(np.float32)  # rounding makes ties likely
-    config = sample.SamplerConfig(temperature=1.0, top_k=k, top_p=p)
-    got = sample.filter_logits(tf.constant(logits), tf.zeros((4, 300), tf.bool), config).numpy()
+    got = filters.filter_logits(tf.constant(logits), tf.zeros((4, 300), tf.bool), 1.0, k, p, 1.0).numpy()
     for row in range(4):
         kth = np.sort(logits[row])[::-1][k - 1]
         after_k = np.where(logits[row] >= kth, logits[row], -1e10).astype(np.float64)
@@ -101,7 +100,7 @@ def test_top_k_then_top_p_fast_path_keeps_the_same_set(k, p):
 def test_repetition_penalty_direction():
     logits = tf.constant([[2.0, -2.0, 2.0, -2.0]])
     seen = tf.constant([[True, True, False, False]])
-    out = sample.apply_repetition_penalty(logits, seen, 2.0).numpy()
+    out = filters.apply_repetition_penalty(logits, seen, 2.0).numpy()
     np.testing.assert_allclose(out, [[1.0, -4.0, 2.0, -2.0]])  # seen: positive halved, negative doubled
     probs = tf.nn.softmax(out).numpy()[0]
     before = tf.nn.softmax(logits).numpy()[0]
@@ -111,9 +110,9 @@ def test_repetition_penalty_direction():
 def test_gumbel_draws_follow_the_softmax():
     logits = np.log(np.array([0.6, 0.25, 0.1, 0.05], np.float32))[None]
     seeds = tf.constant([[7, r] for r in range(4000)], tf.int32)
-    config = sample.SamplerConfig()
-    draws = sample.choose_tokens(tf.constant(np.repeat(logits, 4000, 0)), tf.zeros((4000, 4), tf.bool), seeds,
-                                 tf.constant(0), config).numpy()
+    draws = filters.choose_tokens(tf.constant(np.repeat(logits, 4000, 0)), tf.zeros((4000, 4), tf.bool), seeds,
+                                  tf.constant(0), temperature=1.0, top_k=0, top_p=1.0,
+                                  repetition_penalty=1.0).numpy()
     freq = np.bincount(draws, minlength=4) / 4000
     np.testing.assert_allclose(freq, [0.6, 0.25, 0.1, 0.05], atol=0.03)
 
@@ -184,35 +183,22 @@ def test_nsamples_not_divisible_by_batch_size(small_model):
     assert len({tuple(o) for o in by_two[:3]}) > 1  # the samples of one prompt differ
 
 
-def test_no_retracing_for_new_prompts_or_calls(small_model):
-    config = sample.SamplerConfig(top_k=7)
-    decoder = sample.decoder_for(small_model, config)
-    for prompt in ([1], [1, 2, 3, 4, 5], list(range(20, 40))):  # all in one length bucket
-        sample.generate(small_model, [prompt], length=10, top_k=7, seed=1, stop_at_eos=False)
-    sample.generate(small_model, [[9, 9]], length=10, top_k=7, seed=2, stop_at_eos=False)
-    # One compiled block serves every layer: traced for the prompt's shape and for one token, not once per layer.
-    assert SMALL.n_layer > 1 and decoder.block.experimental_get_tracing_count() == 2
-    assert decoder.head.experimental_get_tracing_count() == 1 and decoder.embed.experimental_get_tracing_count() == 2
-    assert decoder.decode_chunk.experimental_get_tracing_count() == 1
-
-
-def test_a_later_batch_never_sees_an_earlier_batchs_cache(small_model, monkeypatch):
-    """Slots an earlier batch of the same call left behind (here NaN) do not leak into the next batch."""
+def test_a_reused_slot_never_sees_what_an_earlier_request_left(small_model, monkeypatch):
+    """Cache slots an earlier request left behind (here inf and NaN) do not leak into the next one in that slot."""
     monkeypatch.setenv("GPT2TF_NATIVE", "0")  # XLA's attention weighs every cache slot, masked ones by 0
     prompts, kwargs = [[464, 2068], [10, 11, 12]], dict(length=6, temperature=0, stop_at_eos=False)
     alone = [sample.generate(small_model, [p], **kwargs)[0] for p in prompts]
-    decoder = sample.decoder_for(small_model, sample.SamplerConfig(temperature=0))
-    chunk = decoder.decode_chunk
-
-    def leave_nans_behind(state, steps, cache):  # after the batch's last chunk: in the slots after its prompt
-        state = chunk(state, steps, cache)
-        assert int(state["index"] - state["start"]) == kwargs["length"]
-        for variable in (v for layer in cache for v in layer):
-            variable[:, :, int(state["start"]):].assign(tf.fill(variable[:, :, int(state["start"]):].shape, np.nan))
-        return state
-
-    monkeypatch.setattr(decoder, "decode_chunk", leave_nans_behind)
-    assert sample.generate(small_model, prompts, batch_size=1, **kwargs) == alone
+    eng = engine.Engine(small_model, max_batch=1, max_length=64)
+    eng.add(engine.Request(prompt=prompts[0], max_new_tokens=6, temperature=0, stop_at_eos=False))
+    while eng.active:
+        eng.step()
+    for variable in (v for layer in eng._cache for v in layer):
+        variable.assign(tf.where(tf.range(64)[None, None, :, None] % 2 == 0, np.inf, np.nan) + variable * 0)
+    out = []
+    eng.add(engine.Request(prompt=prompts[1], max_new_tokens=6, temperature=0, stop_at_eos=False))
+    while eng.active:
+        out += [t for _, ids, _ in eng.step() for t in ids]
+    assert out == alone[1]
 
 
 def test_blocks_with_patched_layers_get_their_own_function(small_dir):
@@ -229,8 +215,9 @@ def test_blocks_with_patched_layers_get_their_own_function(small_dir):
     for _ in range(12):  # greedy over the adapted model's full forward pass, no cache
         tokens.append(int(np.argmax(model(tf.constant([tokens]))[0, -1])))
     (out,) = sample.generate(model, [prompt], length=12, temperature=0, stop_at_eos=False)
-    decoder = sample.decoder_for(model, sample.SamplerConfig(temperature=0))
-    assert not decoder._shared and decoder.block.experimental_get_tracing_count() == 2 * SMALL.n_layer
+    compiled = engine.compiled_for(model)
+    assert not compiled._shared and compiled.block.experimental_get_tracing_count() == SMALL.n_layer
+    assert compiled.prefill_block.experimental_get_tracing_count() == SMALL.n_layer
     assert out == tokens[len(prompt):]
 
 
@@ -242,7 +229,7 @@ def eos_model(small_dir):
     direction = np.linspace(1.0, 2.0, SMALL.n_embd).astype(np.float32)
     model.ln_f.b.assign(direction)
     wte = model.wte.numpy()
-    wte[sample.EOT_ID] = direction * 10
+    wte[EOT_ID] = direction * 10
     model.wte.assign(wte)
     return model
 
@@ -250,20 +237,17 @@ def eos_model(small_dir):
 def test_stops_at_end_of_text(eos_model):
     assert sample.generate(eos_model, [[1, 2], [3]], length=40, temperature=0) == [[], []]
     kept = sample.generate(eos_model, [[1, 2]], length=5, temperature=0, stop_at_eos=False)
-    assert kept == [[sample.EOT_ID] * 5]
+    assert kept == [[EOT_ID] * 5]
 
 
 def test_early_exit_when_all_rows_stop(eos_model, monkeypatch):
-    decoder = sample.decoder_for(eos_model, sample.SamplerConfig(temperature=0))
-    list(sample.generate_stream(eos_model, [[1], [2, 3]], length=60, config=sample.SamplerConfig(temperature=0),
-                                chunk_steps=4))  # compiles these shapes first: the calls counted below are decoding
-    calls, compiled = [], decoder.decode_chunk
-    monkeypatch.setattr(decoder, "decode_chunk", lambda *args: calls.append(compiled(*args)) or calls[-1])
+    list(sample.generate_stream(eos_model, [[1], [2, 3]], length=60, config=sample.SamplerConfig(temperature=0)))
+    compiled = engine.compiled_for(eos_model)
+    calls, step = [], compiled.step
+    monkeypatch.setattr(compiled, "step", lambda **args: calls.append(1) or step(**args))
     rows = list(sample.generate_stream(eos_model, [[1], [2, 3]], length=60,
-                                       config=sample.SamplerConfig(temperature=0), chunk_steps=4))
-    assert rows == []
-    assert len(calls) == 1  # not 15: the loop stopped once every row had hit <|endoftext|>
-    assert int(calls[0]["index"] - calls[0]["start"]) == 1  # ... after a single step inside the chunk
+                                       config=sample.SamplerConfig(temperature=0)))
+    assert rows == [] and len(calls) == 1  # not 60: both rows hit <|endoftext|> at the first step
 
 
 def test_stop_strings_cut_the_text(small_model):
@@ -278,13 +262,13 @@ def test_stop_strings_cut_the_text(small_model):
     assert enc.decode(ids).startswith(cut) and len(ids) < 40
     streamed = [ids for _, ids in sample.generate_stream(
         small_model, [enc.encode("The")], length=40, config=sample.SamplerConfig(top_k=100), seed=8,
-        stop_at_eos=False, stop=[stop], chunk_steps=1)]
+        stop_at_eos=False, stop=[stop])]
     assert sum(streamed, []) == ids and len(streamed) > 1  # streamed piece by piece, same result
 
 
 def test_empty_prompt_starts_from_end_of_text(small_model):
     a = sample.generate(small_model, [[]], length=6, temperature=0, stop_at_eos=False)
-    b = sample.generate(small_model, [[sample.EOT_ID]], length=6, temperature=0, stop_at_eos=False)
+    b = sample.generate(small_model, [[EOT_ID]], length=6, temperature=0, stop_at_eos=False)
     assert a == b
 
 
@@ -321,7 +305,7 @@ def test_top_k_at_or_above_the_vocabulary_keeps_every_token(small_model):
     for k in (50257, 10**6):
         assert sample.generate(small_model, prompts, length=6, top_k=k, seed=3, stop_at_eos=False) == everything
     logits = tf.constant([[1.0, 2.0, 3.0]])
-    np.testing.assert_array_equal(sample.top_k_logits(logits, 5).numpy(), logits.numpy())
+    np.testing.assert_array_equal(filters.top_k_logits(logits, 5).numpy(), logits.numpy())
 
 
 @pytest.mark.parametrize("seed", [2**31, -1, 2**32, 1.5, True])

@@ -1,0 +1,424 @@
+"""The decode engine: a fixed set of slots that requests join and leave between steps (continuous batching).
+
+    engine = Engine(model, max_batch=8)                      # max_length defaults to n_ctx
+    rid = engine.add(Request(prompt=ids, max_new_tokens=128, temperature=0.8, top_k=40, seed=7))
+    for rid, new_ids, finished in engine.step():             # the rows that produced output in this step
+        ...
+
+An engine owns a preallocated key/value cache of `max_batch` rows of `max_length` slots, and per row: its
+position (tokens written so far), its sampling settings, its seed and noise step, its stop conditions and length
+limit. `add` prefills a prompt into a free row (its first chunk at once, any further chunk of `PROMPT_BUCKET` tokens
+one per `step`, so running rows never wait for more than one chunk); `step` advances every decoding row by one
+token in one call whose settings are tensors, so rows with different settings share it and nothing is retraced. A
+row's tokens sit at slots 0.. of its own cache row and attention sees exactly those: a request's tokens do not
+depend on its row, on the other rows, or on when it joined. `Request(seed=s, sample=j)` gives what
+`gpt2tf.sample.generate(..., seed=s)` gives for sample j of that prompt.
+
+The model runs as compiled pieces shared by every engine of the model (`_Compiled`): the embedding, one block (run
+for each layer with its weights and cache as arguments) and the head, each compiled by XLA once per shape; the
+sampling ops (top-k, sort, random) run as ordinary TensorFlow kernels, which on a CPU are much faster than XLA's
+lowering of TopK/Sort and of the random generator.
+"""
+
+import dataclasses
+import itertools
+import threading
+import types
+import weakref
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
+
+from gpt2tf import native
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.filters import choose_tokens
+from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
+from gpt2tf.settings import MAX_SEED, SamplerConfig, check_seed, random_seed
+from gpt2tf.stops import safe_end, stop_cut
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One sequence to generate: a prompt (token ids; empty starts from <|endoftext|>) and how to continue it."""
+
+    prompt: tuple = ()
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int = None  # None: a random one
+    sample: int = 0  # the sample number j: with the seed, it keys the noise (see gpt2tf.filters)
+    stop: tuple = ()  # strings that end the output (cut before them)
+    stop_at_eos: bool = True
+
+    def __post_init__(self):
+        try:
+            prompt = tuple(int(t) for t in self.prompt)
+        except (TypeError, ValueError):
+            raise GPT2TFError(f"a prompt is a list of token ids, got {self.prompt!r}") from None
+        object.__setattr__(self, "prompt", prompt or (EOT_ID,))  # OpenAI starts unconditional samples so
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(s, str) for s in stop):
+            raise GPT2TFError(f"stop must be a string or a list of strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(s for s in stop if s))
+        self.sampler()  # temperature, top_k, top_p, repetition_penalty
+        check_seed(self.seed)
+        if not (isinstance(self.max_new_tokens, int) and not isinstance(self.max_new_tokens, bool)
+                and self.max_new_tokens > 0):
+            raise GPT2TFError(f"max_new_tokens must be a positive number of tokens, got {self.max_new_tokens}")
+        if not (isinstance(self.sample, int) and 0 <= self.sample <= MAX_SEED):
+            raise GPT2TFError(f"sample must be a whole number from 0 to {MAX_SEED}, got {self.sample}")
+
+    def sampler(self):
+        return SamplerConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                             repetition_penalty=self.repetition_penalty)
+
+
+@dataclasses.dataclass
+class _Row:
+    """A request in a slot: what is prefilled, generated and already given out."""
+
+    rid: int
+    request: Request
+    seed: int
+    prefilled: int = 0  # prompt tokens in the cache
+    generated: list = dataclasses.field(default_factory=list)
+    emitted: int = 0  # generated tokens already returned by `step`
+
+
+class Engine:
+    """Slots that requests join and leave between steps; see the module docstring."""
+
+    def __init__(self, model, max_batch=8, *, max_length=None, jit_compile=True, encoder=None):
+        n_ctx = model.hparams.n_ctx
+        if not (isinstance(max_batch, int) and max_batch > 0):
+            raise GPT2TFError(f"max_batch must be a positive integer, got {max_batch}")
+        max_length = n_ctx if max_length is None else max_length
+        if not (isinstance(max_length, int) and 2 <= max_length <= n_ctx):
+            raise GPT2TFError(f"max_length must be from 2 to the model's context of {n_ctx}, got {max_length}")
+        self.model, self.max_batch, self.max_length = model, max_batch, max_length
+        self.encoder = encoder
+        self._compiled = compiled_for(model, jit_compile=jit_compile)
+        vocab = model.hparams.n_vocab
+        self._cache = self._compiled.cache_variables(max_batch, max_length)
+        self._logits = tf.Variable(tf.zeros([max_batch, vocab]), trainable=False)
+        self._seen = tf.Variable(tf.zeros([max_batch, vocab], tf.bool), trainable=False)
+        # Per-row settings and positions live here and go to each step as small tensors.
+        self._settings = dict(temperature=np.zeros(max_batch, np.float32), top_k=np.zeros(max_batch, np.int32),
+                              top_p=np.ones(max_batch, np.float32),
+                              repetition_penalty=np.ones(max_batch, np.float32))
+        self._row_seeds = np.zeros([max_batch, 2], np.int32)
+        self._steps = np.zeros(max_batch, np.int32)  # tokens generated so far: the noise's step
+        self._position = np.zeros(max_batch, np.int32)  # slots written so far
+        self._decoding = np.zeros(max_batch, bool)
+        self._rows = [None] * max_batch  # slot -> _Row
+        self._ids = itertools.count()
+        self._compile = None  # waits for the step's background compilation
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Joining and leaving
+
+    @property
+    def active(self):
+        """How many requests hold a slot (being prefilled or decoding)."""
+        return sum(row is not None for row in self._rows)
+
+    @property
+    def free_slots(self):
+        return self.max_batch - self.active
+
+    def add(self, request):
+        """Put `request` in a free slot and prefill (the first chunk of) its prompt; returns its id.
+
+        Raises GPT2TFError when no slot is free (queue the request and add it after a step frees one), or when the
+        prompt does not fit.
+        """
+        if not isinstance(request, Request):
+            raise GPT2TFError(f"add takes a Request, got {type(request).__name__}")
+        self.check(request)
+        slot = next((s for s, row in enumerate(self._rows) if row is None), None)
+        if slot is None:
+            raise GPT2TFError(f"no free slot: all {self.max_batch} are in use; add the request after a step "
+                              f"finishes one (or cancel one)")
+        if request.stop and self.encoder is None:
+            from gpt2tf.encoder import get_encoder
+
+            self.encoder = get_encoder()
+        row = _Row(next(self._ids), request, request.seed if request.seed is not None else random_seed())
+        self._rows[slot] = row
+        if self._compile is None:  # compile the step for these shapes while the prompt is prefilled
+            self._compile = self._compiled.compile_step_in_background(self._step_args())
+        self._prefill_chunk(slot)
+        return row.rid
+
+    def check(self, request, *, name="the prompt"):
+        """A GPT2TFError if `request` cannot run on this engine's model and length (`name`: the prompt's, in it)."""
+        vocab = self.model.hparams.n_vocab
+        outside = [t for t in request.prompt if not 0 <= t < vocab]
+        if outside:  # XLA's gather would clamp them to a real token: a silently different prompt
+            raise GPT2TFError(f"{name} holds token id {outside[0]}, outside the model's vocabulary of {vocab} "
+                              f"ids (0..{vocab - 1})")
+        if len(request.prompt) + request.max_new_tokens > self.max_length:
+            raise GPT2TFError(f"{name} has {len(request.prompt)} tokens; with {request.max_new_tokens} new tokens "
+                              f"that exceeds the {self.max_length} this engine holds (the model's context is "
+                              f"{self.model.hparams.n_ctx}): shorten the prompt or the output")
+
+    def cancel(self, rid):
+        """Free the slot of request `rid` (nothing happens if it has already finished)."""
+        for slot, row in enumerate(self._rows):
+            if row is not None and row.rid == rid:
+                self._free(slot)
+
+    def _free(self, slot):
+        self._rows[slot] = None
+        self._decoding[slot] = False
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Prefill and step
+
+    def _prefill_chunk(self, slot):
+        """Prefill the next chunk of the prompt in `slot`; once it is all in, the row starts decoding."""
+        row = self._rows[slot]
+        prompt = row.request.prompt
+        chunk = min(PROMPT_BUCKET, self.max_length)
+        # A last chunk that would run past the cache ends at its end instead; the tokens it repeats are computed
+        # again from the same cache and give the same keys and values.
+        start = min(row.prefilled, self.max_length - chunk)
+        tokens = np.zeros([1, chunk], np.int32)  # padding after the prompt: its slots are written before read
+        piece = prompt[start:start + chunk]
+        tokens[0, :len(piece)] = piece
+        logits = self._compiled.prefill(tf.constant(tokens), tf.constant(slot), tf.constant(start),
+                                        tf.constant(len(piece) - 1), self._cache)
+        row.prefilled = start + len(piece)
+        if row.prefilled < len(prompt):
+            return
+        if self._compile is not None:  # the step's trial run writes state: finish it before this row's
+            self._compile()
+        seen = np.zeros(self.model.hparams.n_vocab, bool)
+        seen[list(prompt)] = True
+        self._logits[slot].assign(logits[0])
+        self._seen[slot].assign(seen)
+        request = row.request
+        for name, value in self._settings.items():
+            value[slot] = getattr(request, name)
+        self._row_seeds[slot] = (row.seed, request.sample)
+        self._steps[slot], self._position[slot] = 0, len(prompt)
+        self._decoding[slot] = True
+
+    def _step_args(self):
+        return dict(logits=self._logits, seen=self._seen, cache=self._cache,
+                    decoding=tf.constant(self._decoding), position=tf.constant(self._position),
+                    steps=tf.constant(self._steps), row_seeds=tf.constant(self._row_seeds),
+                    **{name: tf.constant(value) for name, value in self._settings.items()})
+
+    def step(self):
+        """Advance every decoding row by one token (after prefilling one more chunk of a waiting prompt, if any).
+
+        Returns `[(rid, new_ids, finished)]` for the rows that produced output or finished. A row ends at
+        <|endoftext|> (not included; with `stop_at_eos`), after `max_new_tokens`, or before a stop string (ids are
+        held back while they may be the start of one); a finished row's slot is free for the next `add`.
+        """
+        waiting = [s for s, row in enumerate(self._rows) if row is not None and not self._decoding[s]]
+        if waiting:
+            self._prefill_chunk(min(waiting, key=lambda s: self._rows[s].rid))
+        if not self._decoding.any():
+            return []
+        if self._compile is not None:
+            self._compile()
+            self._compile = lambda: None
+        tokens = self._compiled.step(**self._step_args()).numpy()
+        out = []
+        for slot in np.flatnonzero(self._decoding):
+            row = self._rows[slot]
+            self._steps[slot] += 1
+            self._position[slot] += 1
+            result = self._advance(row, int(tokens[slot]))
+            if result is not None:
+                out.append(result)
+                if result[2]:
+                    self._free(slot)
+        return out
+
+    def _advance(self, row, token):
+        """Take one new token for `row`; `(rid, new_ids, finished)` if it has output to give or has finished."""
+        request = row.request
+        row.generated.append(token)
+        new = row.generated
+        end = len(new) - 1 if request.stop_at_eos and token == EOT_ID else len(new)
+        finished = end < len(new) or len(new) >= request.max_new_tokens
+        if request.stop:
+            cut = stop_cut(self.encoder, new[:end], request.stop)
+            if cut is not None:
+                end, finished = cut, True
+            elif not finished:
+                end = safe_end(self.encoder, new[:end], request.stop)  # hold back a stop string's beginning
+        ids = new[row.emitted:end] if end > row.emitted else []
+        row.emitted = max(row.emitted, end)
+        return (row.rid, ids, finished) if ids or finished else None
+
+    def run(self, requests):
+        """Generate every request, adding each as a slot frees; yields `(index, new_ids, finished)` as `step`
+        does, with the request's index in `requests` in place of its id."""
+        pending = list(enumerate(requests))[::-1]
+        index_of = {}
+        while pending or self.active:
+            while pending and self.free_slots:
+                i, request = pending.pop()
+                index_of[self.add(request)] = i
+            for rid, ids, finished in self.step():
+                yield index_of[rid], ids, finished
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The compiled pieces, shared by every engine of a model
+
+class _Compiled:
+    """The prefill and step functions of one model, traced once per (batch, max_length) and reused by every engine
+    with those shapes: the engine's variables are passed in as arguments.
+
+    One compiled function serves every block: the blocks differ only in their weights, passed as arguments, so the
+    first call traces and compiles one block instead of the whole network. A model whose blocks are not alike
+    (LoRA adapters patched into their layers) gets a function per block instead.
+    """
+
+    def __init__(self, model, *, jit_compile, use_native, shared):
+        self.model = model
+        self.vocab_size = model.hparams.n_vocab
+        self.use_native = jit_compile and use_native  # the native kernel runs only inside XLA
+        self.jit_compile = jit_compile
+        self._shared = shared
+        self._weights = [([w.value for w in block.trainable_variables],
+                          [w.value for w in block.non_trainable_variables]) for block in model.h]
+        compiled = lambda f: tf.function(f, jit_compile=jit_compile, autograph=False)  # noqa: E731
+        self.embed, self.block, self.head = compiled(self._embed), compiled(self._block), compiled(self._head)
+        self.prefill_block = compiled(self._prefill_block)
+        self.step = tf.function(self._step, autograph=False)
+        self.prefill = tf.function(self._prefill, autograph=False)
+        self._compiled_steps = set()
+
+    def cache_variables(self, batch, max_length):
+        """A key/value cache the compiled functions update in place: one pair of variables per layer.
+
+        As variables (passed to the compiled functions as arguments, so one trace serves every engine), XLA aliases
+        the updated cache with its input and writes only the new slots; a cache passed in and returned as tensors
+        would be copied whole every step.
+        """
+        return tuple((tf.Variable(keys, trainable=False), tf.Variable(values, trainable=False))
+                     for keys, values in self.model.init_cache(batch, max_length))
+
+    def compile_step_in_background(self, args):
+        """Run a step with no row decoding on another thread, so XLA's compilation (seconds) overlaps the first
+        prompt's prefill; returns a function that waits for it. A step with no decoding row changes no state an
+        engine reads: it writes only the last cache slot of each row, which a decoding row writes before reading.
+        """
+        key = (args["decoding"].shape[0], args["cache"][0][0].shape[2])
+        if not self.jit_compile or key in self._compiled_steps:
+            return lambda: None
+        self._compiled_steps.add(key)
+        self.step.get_concrete_function(**args)  # tracing stays on this thread
+
+        def run():
+            try:
+                self.step(**args).numpy()
+            except Exception:  # noqa: BLE001 -- the real first step will compile again and report the error
+                self._compiled_steps.discard(key)
+
+        thread = threading.Thread(target=run, name="gpt2tf-compile", daemon=True)
+        thread.start()
+        return thread.join
+
+    def _prefill(self, tokens, slot, start, last, cache):
+        """tokens [1, chunk] of the prompt in row `slot`, at slots start..; the logits after token `last` [1, vocab].
+
+        Attention sees the row's slots before `start` and, causally, the chunk itself; the chunk's keys and values
+        are written at `start` of the row.
+        """
+        max_length = cache[0][0].shape[2]
+        x, mask = self.embed(tokens, start, max_length)
+        for i, layer_cache in enumerate(cache):
+            x = self.prefill_block(x, mask, start, self._weights[i], layer_cache, slot, None if self._shared else i)
+        return self.head(tf.slice(x, [0, last, 0], [1, 1, -1]))
+
+    def _step(self, logits, seen, cache, decoding, position, steps, row_seeds, temperature, top_k, top_p,
+              repetition_penalty):
+        """One token for every row: chosen from each row's logits with its own settings, then run through the
+        model at the row's position. Rows not decoding write only their last slot, and their outputs are unused."""
+        max_length = cache[0][0].shape[2]
+        token = choose_tokens(logits.read_value(), seen.read_value(), row_seeds, steps, temperature=temperature,
+                              top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+        token = tf.where(decoding, token, 0)
+        at = tf.where(decoding, position, max_length - 1)
+        x, mask = self.embed(token[:, None], at, max_length)
+        for i, layer_cache in enumerate(cache):
+            x = self.block(x, mask, at, self._weights[i], layer_cache, None if self._shared else i)
+        logits.assign(self.head(x))
+        seen.assign(seen.read_value() | ((tf.one_hot(token, self.vocab_size) > 0) & decoding[:, None]))
+        return token
+
+    def _embed(self, tokens, start, max_length):
+        return self.model.embed(tokens, cache_index=start, max_length=max_length)
+
+    def _block(self, x, mask, at, weights, cache, layer):
+        """Block `layer` (or, for alike blocks, block 0 run with `weights`) on one token per row; row r's keys and
+        values are written at slot at[r] of its cache row."""
+        keys, values = cache
+        with native.use_in_decode_step(self.use_native):
+            (x, (new_keys, new_values)), _ = self.model.h[layer or 0].stateless_call(
+                *weights, x, mask, (keys.read_value(), values.read_value()), at)
+        keys.assign(new_keys)
+        values.assign(new_values)
+        return x
+
+    def _prefill_block(self, x, mask, start, weights, cache, slot, layer):
+        """The block on a chunk of one row's prompt: cache row `slot` is read and written, the others untouched."""
+        keys, values = cache
+        # The row as this request wrote it: slots before `start`; the rest is zeroed, so nothing a previous request
+        # left there (an inf, say) can reach XLA's attention, which weighs masked slots by 0 (0 * inf is NaN).
+        written = tf.reshape(tf.range(keys.shape[2]) < start, [1, 1, -1, 1])
+
+        def row(v):
+            return tf.where(written, tf.slice(v.read_value(), tf.stack([slot, 0, 0, 0]), [1, -1, -1, -1]),
+                            tf.zeros([], v.dtype))
+
+        with native.use_in_decode_step(self.use_native):
+            (x, (new_keys, new_values)), _ = self.model.h[layer or 0].stateless_call(
+                *weights, x, mask, (row(keys), row(values)), start)
+        at = tf.stack([slot, 0, 0, 0])
+        keys.assign(xla.dynamic_update_slice(keys.read_value(), new_keys, at))
+        values.assign(xla.dynamic_update_slice(values.read_value(), new_values, at))
+        return x
+
+    def _head(self, x):
+        """x: [batch, 1, n_embd] after the last block; the logits [batch, vocab]."""
+        with native.use_in_decode_step(self.use_native):
+            return self.model.head(x)[:, 0]
+
+
+_KERAS_WRAPPED = ("build", "quantize")  # methods Keras itself wraps on every layer instance
+
+
+def _alike(blocks):
+    """Whether the blocks compute the same function of their own weights: same layer classes, dtype policies and
+    weight names and shapes, and no method patched into a layer (as LoRA patches `call`)."""
+    def signature(block):
+        layers = list(block._flatten_layers())
+        patched = any(isinstance(value, (types.FunctionType, types.MethodType)) and name not in _KERAS_WRAPPED
+                      for layer in layers for name, value in vars(layer).items())
+        return (patched, [(type(layer), layer.dtype_policy.name) for layer in layers],
+                [(w.path.split(block.name + "/", 1)[-1], tuple(w.shape), w.dtype) for w in block.weights])
+    first = signature(blocks[0])
+    return not first[0] and all(signature(b) == first for b in blocks[1:])
+
+
+_compiled = weakref.WeakKeyDictionary()
+
+
+def compiled_for(model, *, jit_compile=True):
+    """The compiled pieces for `model`, built once and reused by every later engine."""
+    per_model = _compiled.setdefault(model, {})
+    key = (jit_compile, native.requested(), _alike(model.h))  # LoRA may patch blocks later
+    if key not in per_model:
+        per_model[key] = _Compiled(model, jit_compile=jit_compile, use_native=key[1], shared=key[2])
+    return per_model[key]

@@ -1,0 +1,121 @@
+"""Choosing the next token: pure functions over float32 logits `[batch, vocab]`, every setting a per-row tensor.
+
+Order, as in OpenAI's `sample.py`: repetition penalty → temperature → top-k → top-p → draw.
+
+- temperature 0 means greedy (argmax); otherwise logits are divided by it.
+- top-k (0 = off; at or above the vocabulary size, every token stays) keeps the tokens whose logit is at least the
+  k-th largest (OpenAI's rule: ties with the k-th are kept).
+- top-p (1.0 = off) is nucleus sampling: walking the tokens from most to least probable, a token is kept while the
+  mass of the tokens *before* it is still below p — the smallest set whose mass reaches p, **the token that crosses
+  p included** (nshepperd's, gpt-2-simple's and keras-hub's rule; OpenAI's own code drops the crossing token). The
+  most probable token is always kept; tokens tied with the last kept one are kept too.
+- repetition penalty (1.0 = off) is CTRL's: every token already present in the row (prompt or output) has its logit
+  divided by the penalty if positive, multiplied by it if negative — so a penalty > 1 always makes repeats less likely.
+- The draw is Gumbel-max (argmax of logits plus Gumbel noise), an exact sample from softmax(logits). The noise of
+  each row comes from a stateless generator keyed by (seed, sample number j, step): the j-th sample of a prompt
+  depends only on the seed, the prompt and j — the same on every call, in every process, whatever the batch or the
+  other rows in it.
+
+Rows with different settings share one call and one trace: the settings are tensors, and which of the three
+top-k/top-p paths runs (none; the `SMALL_K` largest logits; a full sort) is chosen at run time for the whole batch.
+Each path gives the same kept set, bit for bit, as filtering each row on its own.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from gpt2tf.layout import MASKED_VALUE
+
+SMALL_K = 64  # rows whose top-k is at most this are filtered from the SMALL_K largest logits, not a full sort
+
+
+def _per_row(value, batch, dtype):
+    return tf.broadcast_to(tf.cast(value, dtype), [batch])
+
+
+def apply_repetition_penalty(logits, seen, penalty):
+    """CTRL's penalty on tokens already in the row (`seen`: bool [batch, vocab]; `penalty`: scalar or [batch])."""
+    penalty = _per_row(penalty, tf.shape(logits)[0], tf.float32)[:, None]  # [batch, 1]
+    penalized = tf.where(logits > 0, logits / penalty, logits * penalty)
+    return tf.where(seen & (penalty != 1.0), penalized, logits)
+
+
+def top_k_logits(logits, k):
+    """Keep logits >= the k-th largest of their row (k = 0, or k >= vocabulary: all); the rest become -1e10."""
+    return _top_k_top_p(logits, k, 1.0)
+
+
+def top_p_logits(logits, p):
+    """Keep the smallest most-probable set whose probability mass reaches p (crossing token included)."""
+    return _top_k_top_p(logits, 0, p)
+
+
+def _top_k_top_p(logits, k, p):
+    """Top-k then top-p, per row (`k`, `p`: scalars or [batch]); picks the cheapest path that serves every row."""
+    batch, vocab = tf.shape(logits)[0], logits.shape[-1]
+    k = _per_row(k, batch, tf.int32)
+    k = tf.where(k >= vocab, 0, k)  # k >= vocabulary keeps every token, as 0 does
+    p = _per_row(p, batch, tf.float32)
+    filtered = (k > 0) | (p < 1.0)
+    small = tf.reduce_all(~filtered | ((k > 0) & (k <= min(SMALL_K, vocab))))
+    return tf.cond(
+        ~tf.reduce_any(filtered), lambda: logits,
+        lambda: tf.cond(small,
+                        lambda: _filter(logits, k, p, tf.math.top_k(logits, k=min(SMALL_K, vocab)).values),
+                        lambda: _filter(logits, k, p, tf.sort(logits, axis=-1, direction="DESCENDING"))))
+
+
+def _filter(logits, k, p, top_values):
+    """Top-k and top-p given each row's largest logits in descending order (`top_values` [batch, n], n >= every
+    row's k): the n largest of the whole row, or all of them."""
+    n = tf.shape(top_values)[1]
+    kk = tf.where(k > 0, k, n)  # rows without top-k: the nucleus may reach any of the n
+    kth = tf.gather(top_values, kk - 1, batch_dims=1)[:, None]  # [batch, 1]
+    logits = tf.where((k > 0)[:, None] & (logits < kth), MASKED_VALUE, logits)
+    # Probabilities are normalised over the whole row; the logits top-k masked add exp(-1e10) = 0, so the top k
+    # values give the same threshold as the whole vocabulary sorted.
+    probs = tf.exp(top_values - tf.reduce_logsumexp(logits, axis=-1, keepdims=True))  # [batch, n]
+    mass_before = tf.math.cumsum(probs, axis=-1, exclusive=True)
+    kept = tf.reduce_sum(tf.cast(mass_before < p[:, None], tf.int32), axis=-1)  # >= 1: mass_before[0] = 0
+    kept = tf.minimum(kept, kk)  # never past the top k (values beyond it are not masked in top_values)
+    threshold = tf.gather(top_values, kept - 1, batch_dims=1)[:, None]  # [batch, 1]: the last kept logit
+    return tf.where((p < 1.0)[:, None] & (logits < threshold), MASKED_VALUE, logits)
+
+
+def filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty):
+    """Every filter in OpenAI's order, per row; greedy rows (temperature 0) get only the penalty."""
+    batch = tf.shape(logits)[0]
+    logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+    temperature = _per_row(temperature, batch, tf.float32)
+    greedy = temperature == 0.0
+    scaled = logits / tf.where(greedy, 1.0, temperature)[:, None]
+    top_k = tf.where(greedy, 0, _per_row(top_k, batch, tf.int32))  # greedy rows need no filtering
+    top_p = tf.where(greedy, 1.0, _per_row(top_p, batch, tf.float32))
+    return tf.where(greedy[:, None], logits, _top_k_top_p(scaled, top_k, top_p))
+
+
+def gumbel_noise(row_seeds, steps, vocab_size):
+    """Gumbel(0, 1) noise [batch, vocab], each row from its own stateless stream keyed by (row seed, step).
+
+    row_seeds: int32 [batch, 2] ((seed, sample number) per row); steps: int32 scalar or [batch].
+    """
+    batch = row_seeds.shape[0]
+    steps = tf.broadcast_to(tf.cast(steps, tf.int32), [batch])
+    rows = []
+    for row in range(batch):  # static batch size: unrolled, each row independent of the others
+        seed = tf.random.experimental.stateless_fold_in(row_seeds[row], steps[row])
+        uniform = tf.random.stateless_uniform([vocab_size], seed=seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
+        rows.append(-tf.math.log(-tf.math.log(uniform)))
+    return tf.stack(rows)
+
+
+def choose_tokens(logits, seen, row_seeds, steps, *, temperature, top_k, top_p, repetition_penalty):
+    """The next token of every row: int32 [batch]. Settings are scalars or per-row tensors; `steps` is each row's
+    number of tokens generated so far (the noise's step)."""
+    batch = logits.shape[0]
+    greedy = _per_row(temperature, batch, tf.float32) == 0.0
+    filtered = filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty)
+    noisy = tf.cond(tf.reduce_all(greedy), lambda: filtered,  # an all-greedy batch draws no noise
+                    lambda: tf.where(greedy[:, None], filtered,
+                                     filtered + gumbel_noise(row_seeds, steps, logits.shape[-1])))
+    return tf.argmax(noisy, axis=-1, output_type=tf.int32)
