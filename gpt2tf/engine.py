@@ -34,6 +34,8 @@ from gpt2tf import native
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.filters import choose_tokens
 from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
+
+CHUNK_STEPS = 32  # tokens per row per call when a whole batch is generated (`run`): one call, not 32
 from gpt2tf.settings import MAX_SEED, SamplerConfig, check_seed, random_seed
 from gpt2tf.stops import safe_end, stop_cut
 
@@ -91,7 +93,9 @@ class _Row:
 class Engine:
     """Slots that requests join and leave between steps; see the module docstring."""
 
-    def __init__(self, model, max_batch=8, *, max_length=None, jit_compile=True, encoder=None):
+    def __init__(self, model, max_batch=8, *, max_length=None, jit_compile=True, encoder=None, backend=None):
+        """`backend` stands in for the compiled model (tests drive the engine with a scripted one): anything with
+        `cache_variables`, `prefill`, `steps` and `compile_step_in_background` as `_Compiled` has them."""
         n_ctx = model.hparams.n_ctx
         if not (isinstance(max_batch, int) and max_batch > 0):
             raise GPT2TFError(f"max_batch must be a positive integer, got {max_batch}")
@@ -100,7 +104,7 @@ class Engine:
             raise GPT2TFError(f"max_length must be from 2 to the model's context of {n_ctx}, got {max_length}")
         self.model, self.max_batch, self.max_length = model, max_batch, max_length
         self.encoder = encoder
-        self._compiled = compiled_for(model, jit_compile=jit_compile)
+        self._compiled = backend or compiled_for(model, jit_compile=jit_compile)
         vocab = model.hparams.n_vocab
         self._cache = self._compiled.cache_variables(max_batch, max_length)
         self._logits = tf.Variable(tf.zeros([max_batch, vocab]), trainable=False)
@@ -112,6 +116,8 @@ class Engine:
         self._row_seeds = np.zeros([max_batch, 2], np.int32)
         self._steps = np.zeros(max_batch, np.int32)  # tokens generated so far: the noise's step
         self._position = np.zeros(max_batch, np.int32)  # slots written so far
+        self._limit = np.ones(max_batch, np.int32)  # max_new_tokens
+        self._stop_at_eos = np.zeros(max_batch, bool)
         self._decoding = np.zeros(max_batch, bool)
         self._rows = [None] * max_batch  # slot -> _Row
         self._ids = itertools.count()
@@ -205,20 +211,24 @@ class Engine:
             value[slot] = getattr(request, name)
         self._row_seeds[slot] = (row.seed, request.sample)
         self._steps[slot], self._position[slot] = 0, len(prompt)
+        self._limit[slot], self._stop_at_eos[slot] = request.max_new_tokens, request.stop_at_eos
         self._decoding[slot] = True
 
     def _step_args(self):
         return dict(logits=self._logits, seen=self._seen, cache=self._cache,
                     decoding=tf.constant(self._decoding), position=tf.constant(self._position),
-                    steps=tf.constant(self._steps), row_seeds=tf.constant(self._row_seeds),
+                    steps=tf.constant(self._steps), limit=tf.constant(self._limit),
+                    stop_at_eos=tf.constant(self._stop_at_eos), row_seeds=tf.constant(self._row_seeds),
                     **{name: tf.constant(value) for name, value in self._settings.items()})
 
-    def step(self):
+    def step(self, steps=1):
         """Advance every decoding row by one token (after prefilling one more chunk of a waiting prompt, if any).
 
         Returns `[(rid, new_ids, finished)]` for the rows that produced output or finished. A row ends at
         <|endoftext|> (not included; with `stop_at_eos`), after `max_new_tokens`, or before a stop string (ids are
         held back while they may be the start of one); a finished row's slot is free for the next `add`.
+        `steps=n` runs up to n tokens per row in one call (fewer calls, for batch generation); requests join and
+        leave only between calls.
         """
         waiting = [s for s, row in enumerate(self._rows) if row is not None and not self._decoding[s]]
         if waiting:
@@ -228,21 +238,23 @@ class Engine:
         if self._compile is not None:
             self._compile()
             self._compile = lambda: None
-        tokens = self._compiled.step(**self._step_args()).numpy()
-        out = []
+        tokens = self._compiled.steps(count=tf.constant(steps), **self._step_args()).numpy()  # [run, batch]
+        results = {}
         for slot in np.flatnonzero(self._decoding):
             row = self._rows[slot]
-            self._steps[slot] += 1
-            self._position[slot] += 1
-            result = self._advance(row, int(tokens[slot]))
-            if result is not None:
-                out.append(result)
-                if result[2]:
+            for token in tokens[:, slot]:
+                self._steps[slot] += 1
+                self._position[slot] += 1
+                rid, ids, finished = self._advance(row, int(token))
+                before = results.get(rid, (rid, [], False))[1]
+                results[rid] = (rid, before + ids, finished)
+                if finished:
                     self._free(slot)
-        return out
+                    break
+        return [r for r in results.values() if r[1] or r[2]]
 
     def _advance(self, row, token):
-        """Take one new token for `row`; `(rid, new_ids, finished)` if it has output to give or has finished."""
+        """Take one new token for `row`: `(rid, ids it may give out now, finished)`."""
         request = row.request
         row.generated.append(token)
         new = row.generated
@@ -256,18 +268,18 @@ class Engine:
                 end = safe_end(self.encoder, new[:end], request.stop)  # hold back a stop string's beginning
         ids = new[row.emitted:end] if end > row.emitted else []
         row.emitted = max(row.emitted, end)
-        return (row.rid, ids, finished) if ids or finished else None
+        return row.rid, ids, finished
 
-    def run(self, requests):
+    def run(self, requests, *, steps=CHUNK_STEPS):
         """Generate every request, adding each as a slot frees; yields `(index, new_ids, finished)` as `step`
-        does, with the request's index in `requests` in place of its id."""
+        does, with the request's index in `requests` in place of its id. `steps`: tokens per row per call."""
         pending = list(enumerate(requests))[::-1]
         index_of = {}
         while pending or self.active:
             while pending and self.free_slots:
                 i, request = pending.pop()
                 index_of[self.add(request)] = i
-            for rid, ids, finished in self.step():
+            for rid, ids, finished in self.step(steps):
                 yield index_of[rid], ids, finished
 
 
@@ -294,7 +306,7 @@ class _Compiled:
         compiled = lambda f: tf.function(f, jit_compile=jit_compile, autograph=False)  # noqa: E731
         self.embed, self.block, self.head = compiled(self._embed), compiled(self._block), compiled(self._head)
         self.prefill_block = compiled(self._prefill_block)
-        self.step = tf.function(self._step, autograph=False)
+        self.steps = tf.function(self._steps, autograph=False)
         self.prefill = tf.function(self._prefill, autograph=False)
         self._compiled_steps = set()
 
@@ -317,17 +329,24 @@ class _Compiled:
         if not self.jit_compile or key in self._compiled_steps:
             return lambda: None
         self._compiled_steps.add(key)
-        self.step.get_concrete_function(**args)  # tracing stays on this thread
+        args = dict(args, count=tf.constant(1))
+        self.steps.get_concrete_function(**args)  # tracing stays on this thread
 
         def run():
             try:
-                self.step(**args).numpy()
+                self._trial(args)
             except Exception:  # noqa: BLE001 -- the real first step will compile again and report the error
                 self._compiled_steps.discard(key)
 
         thread = threading.Thread(target=run, name="gpt2tf-compile", daemon=True)
         thread.start()
         return thread.join
+
+    def _trial(self, args):
+        """A step whose loop body runs (and so compiles) but whose output nothing reads: every row decodes at its
+        last cache slot. The logits it writes are replaced when a row joins, which waits for it."""
+        position = tf.fill(args["position"].shape, args["cache"][0][0].shape[2] - 1)
+        self.steps(**dict(args, decoding=tf.ones_like(args["decoding"]), position=position)).numpy()
 
     def _prefill(self, tokens, slot, start, last, cache):
         """tokens [1, chunk] of the prompt in row `slot`, at slots start..; the logits after token `last` [1, vocab].
@@ -341,21 +360,35 @@ class _Compiled:
             x = self.prefill_block(x, mask, start, self._weights[i], layer_cache, slot, None if self._shared else i)
         return self.head(tf.slice(x, [0, last, 0], [1, 1, -1]))
 
-    def _step(self, logits, seen, cache, decoding, position, steps, row_seeds, temperature, top_k, top_p,
-              repetition_penalty):
-        """One token for every row: chosen from each row's logits with its own settings, then run through the
-        model at the row's position. Rows not decoding write only their last slot, and their outputs are unused."""
+    def _steps(self, count, logits, seen, cache, decoding, position, steps, limit, stop_at_eos, row_seeds,
+               temperature, top_k, top_p, repetition_penalty):
+        """Up to `count` tokens for every decoding row, in one call: each chosen from the row's logits with its own
+        settings, then run through the model at the row's position. A row stops at <|endoftext|> (with
+        `stop_at_eos`) or after `limit` tokens in all, and the loop once no row decodes. Rows not decoding write
+        only their last cache slot; their outputs are unused. Returns the tokens, [steps run, batch]."""
         max_length = cache[0][0].shape[2]
-        token = choose_tokens(logits.read_value(), seen.read_value(), row_seeds, steps, temperature=temperature,
-                              top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
-        token = tf.where(decoding, token, 0)
-        at = tf.where(decoding, position, max_length - 1)
-        x, mask = self.embed(token[:, None], at, max_length)
-        for i, layer_cache in enumerate(cache):
-            x = self.block(x, mask, at, self._weights[i], layer_cache, None if self._shared else i)
-        logits.assign(self.head(x))
-        seen.assign(seen.read_value() | ((tf.one_hot(token, self.vocab_size) > 0) & decoding[:, None]))
-        return token
+        settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+        any_penalty = tf.reduce_any(repetition_penalty != 1.0)
+
+        def body(i, decoding, position, steps, tokens):
+            token = choose_tokens(logits.read_value(), seen.read_value(), row_seeds, steps, **settings)
+            token = tf.where(decoding, token, 0)
+            at = tf.where(decoding, position, max_length - 1)
+            x, mask = self.embed(token[:, None], at, max_length)
+            for layer, layer_cache in enumerate(cache):
+                x = self.block(x, mask, at, self._weights[layer], layer_cache, None if self._shared else layer)
+            logits.assign(self.head(x))
+            # Only rows with a penalty read what they have seen (each row's prompt is set when it joins).
+            tf.cond(any_penalty, lambda: seen.assign(
+                seen.read_value() | ((tf.one_hot(token, self.vocab_size) > 0) & decoding[:, None])).op, tf.no_op)
+            step = tf.cast(decoding, tf.int32)
+            done = decoding & ((stop_at_eos & (token == EOT_ID)) | (steps + 1 >= limit))
+            return i + 1, decoding & ~done, position + step, steps + step, tokens.write(i, token)
+
+        _, _, _, _, tokens = tf.while_loop(
+            lambda i, decoding, *_: (i < count) & tf.reduce_any(decoding), body,
+            (tf.constant(0), decoding, position, steps, tf.TensorArray(tf.int32, size=0, dynamic_size=True)))
+        return tokens.stack()
 
     def _embed(self, tokens, start, max_length):
         return self.model.embed(tokens, cache_index=start, max_length=max_length)

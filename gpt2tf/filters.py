@@ -114,8 +114,14 @@ def choose_tokens(logits, seen, row_seeds, steps, *, temperature, top_k, top_p, 
     number of tokens generated so far (the noise's step)."""
     batch = logits.shape[0]
     greedy = _per_row(temperature, batch, tf.float32) == 0.0
-    filtered = filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty)
-    noisy = tf.cond(tf.reduce_all(greedy), lambda: filtered,  # an all-greedy batch draws no noise
-                    lambda: tf.where(greedy[:, None], filtered,
-                                     filtered + gumbel_noise(row_seeds, steps, logits.shape[-1])))
-    return tf.argmax(noisy, axis=-1, output_type=tf.int32)
+    plain = tf.reduce_all(greedy) & tf.reduce_all(_per_row(repetition_penalty, batch, tf.float32) == 1.0)
+
+    def sampled():
+        filtered = filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty)
+        noisy = tf.cond(tf.reduce_all(greedy), lambda: filtered,  # an all-greedy batch draws no noise
+                        lambda: tf.where(greedy[:, None], filtered,
+                                         filtered + gumbel_noise(row_seeds, steps, logits.shape[-1])))
+        return tf.argmax(noisy, axis=-1, output_type=tf.int32)
+
+    # Plain greedy rows (no penalty) need nothing but the argmax: the common case costs no more than that.
+    return tf.cond(plain, lambda: tf.argmax(logits, axis=-1, output_type=tf.int32), sampled)

@@ -154,6 +154,7 @@ def _load(config):
 
 
 def _generate_and_print(model, encoder, config, prompts, out):
+    from gpt2tf.engine import CHUNK_STEPS
     from gpt2tf.sample import generate_stream  # TensorFlow: imported once the settings are checked
     from gpt2tf.stops import cut_at_stop
 
@@ -166,7 +167,7 @@ def _generate_and_print(model, encoder, config, prompts, out):
         model, [encoder.encode(p) for p in prompts], length=config.output_length, config=config.sampler(),
         seed=seed, nsamples=config.nsamples, batch_size=config.batch_size, stop=stop,
         stop_at_eos=not config.no_eos_stop, truncate_prompt=config.truncate_prompt,
-        jit_compile=not config.no_xla, encoder=encoder)
+        chunk_steps=1 if stream else CHUNK_STEPS, jit_compile=not config.no_xla, encoder=encoder)
     current = None
     for row, ids in rows:
         collected.setdefault(row, []).extend(ids)

@@ -5,7 +5,7 @@ i * nsamples + j, with the noise keyed by (seed, j)); rows join as slots free up
 room for the next at once. The sampling rules are `gpt2tf.filters`'; stop strings are `gpt2tf.stops`'.
 """
 
-from gpt2tf.engine import Engine, Request
+from gpt2tf.engine import CHUNK_STEPS, Engine, Request
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
@@ -29,12 +29,14 @@ def _prepare_prompts(prompts, length, n_ctx, truncate_prompt):
 
 
 def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None, nsamples=1, batch_size=None,
-                    stop=(), stop_at_eos=True, truncate_prompt=False, jit_compile=True, encoder=None):
+                    stop=(), stop_at_eos=True, truncate_prompt=False, chunk_steps=CHUNK_STEPS, jit_compile=True,
+                    encoder=None):
     """Yield `(row, new_ids)` as tokens are produced; rows are prompt-major (prompt i, sample j: row i*nsamples+j).
 
     A row's ids, concatenated over its yields, are its final output: it ends at <|endoftext|> (not included), after
     `length` tokens, or before a `stop` string (one that begins inside a token is kept whole, so the text can be cut
-    exactly; `generate_text` does that). At most `batch_size` rows (default: all) decode at once.
+    exactly; `generate_text` does that). At most `batch_size` rows (default: all) decode at once, `chunk_steps`
+    tokens per row per compiled call (1 streams each token as soon as it is chosen).
     """
     if not (isinstance(length, int) and length > 0):
         raise GPT2TFError(f"length must be a positive number of tokens, got {length}")
@@ -58,7 +60,7 @@ def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None
                     jit_compile=jit_compile, encoder=encoder)
     for i, request in enumerate(requests[::nsamples]):
         engine.check(request, name=f"prompt {i}")
-    for row, ids, _ in engine.run(requests):
+    for row, ids, _ in engine.run(requests, steps=chunk_steps):
         if ids:
             yield row, ids
 

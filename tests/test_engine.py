@@ -3,10 +3,15 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 import gpt2tf
-from gpt2tf import sample
+from gpt2tf import engine, filters, sample
+from gpt2tf.engine import Engine, Request
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.layout import EOT_ID, MASKED_VALUE
 
 FIXTURES = Path(__file__).with_name("fixtures") / "generate_tokens.json"
 
@@ -27,3 +32,280 @@ def test_outputs_equal_the_recorded_release(recorded):
     for case in cases:
         got = getattr(sample, case["function"])(models[case["model"]], case["prompts"], **case["kwargs"])
         assert got == case["output"], case["kwargs"]
+
+
+# ---- per-row settings ------------------------------------------------------------------------------------------
+
+ROW_SETTINGS = [  # temperature, top_k, top_p, repetition_penalty: every path of the filters in one batch
+    (0.0, 0, 1.0, 1.0), (1.0, 40, 1.0, 1.0), (0.7, 5, 0.6, 1.0), (1.0, 0, 0.9, 1.0), (1.3, 200, 0.95, 1.0),
+    (1.0, 0, 1.0, 1.5), (0.0, 0, 1.0, 2.0), (0.9, 64, 0.5, 1.2),
+]
+
+
+def test_per_row_filters_equal_each_row_filtered_alone():
+    rng = np.random.default_rng(0)
+    logits = np.round(rng.normal(size=(len(ROW_SETTINGS), 500)) * 2, 1).astype(np.float32)  # ties are likely
+    seen = rng.random((len(ROW_SETTINGS), 500)) < 0.1
+    columns = [tf.constant(c) for c in zip(*ROW_SETTINGS)]
+    batched = filters.filter_logits(tf.constant(logits), tf.constant(seen), *columns).numpy()
+    for row, (t, k, p, r) in enumerate(ROW_SETTINGS):
+        alone = filters.filter_logits(tf.constant(logits[row:row + 1]), tf.constant(seen[row:row + 1]), t, k, p,
+                                      r).numpy()[0]
+        np.testing.assert_array_equal(batched[row], alone)
+        # ... and the brute-force statement of the rules, row by row.
+        want = np.where(seen[row] & (r != 1), np.where(logits[row] > 0, logits[row] / r, logits[row] * r),
+                        logits[row]).astype(np.float32)
+        if t == 0:
+            np.testing.assert_array_equal(alone, want)
+            continue
+        want = want / np.float32(t)
+        kept = set(range(500))
+        if k:
+            kth = np.sort(want)[::-1][k - 1]
+            kept = set(np.flatnonzero(want >= kth))
+        if p < 1:
+            masked = np.array([want[i] if i in kept else -1e10 for i in range(500)], np.float64)
+            kept &= brute_top_p(masked, p)
+        assert set(np.flatnonzero(alone > MASKED_VALUE / 2)) == kept, (t, k, p, r)
+
+
+def brute_top_p(logits, p):
+    """Walk tokens by descending probability, keep while the mass before is < p; ties with the last kept stay."""
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    kept, mass = set(), 0.0
+    for token in sorted(range(len(logits)), key=lambda t: -probs[t]):
+        if mass >= p:
+            break
+        kept.add(token)
+        mass += probs[token]
+    last = min(logits[t] for t in kept)
+    return kept | set(np.flatnonzero(logits == last))
+
+
+def test_a_sampled_token_is_drawn_with_the_rows_own_settings():
+    """Rows of one call with different settings draw what each draws alone (same seed, same step)."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(len(ROW_SETTINGS), 300)).astype(np.float32)
+    seen = tf.zeros(logits.shape, tf.bool)
+    seeds = tf.constant([[7, j] for j in range(len(ROW_SETTINGS))], tf.int32)
+    steps = tf.constant(list(range(len(ROW_SETTINGS))), tf.int32)
+    columns = dict(zip(("temperature", "top_k", "top_p", "repetition_penalty"),
+                       (tf.constant(c) for c in zip(*ROW_SETTINGS))))
+    batched = filters.choose_tokens(tf.constant(logits), seen, seeds, steps, **columns).numpy()
+    for row, (t, k, p, r) in enumerate(ROW_SETTINGS):
+        alone = filters.choose_tokens(tf.constant(logits[row:row + 1]), seen[row:row + 1], seeds[row:row + 1],
+                                      steps[row:row + 1], temperature=t, top_k=k, top_p=p,
+                                      repetition_penalty=r).numpy()
+        assert batched[row] == alone[0]
+
+
+# ---- joining, leaving, invariance --------------------------------------------------------------------------------
+
+MIXED = [  # requests with different settings, prompt lengths and lengths
+    dict(prompt=[464, 2068, 7586], max_new_tokens=12, temperature=0),
+    dict(prompt=[15496], max_new_tokens=9, top_k=40, seed=7),
+    dict(prompt=list(range(300, 340)), max_new_tokens=15, top_p=0.8, temperature=0.9, seed=3, sample=2),
+    dict(prompt=[], max_new_tokens=10, temperature=0, repetition_penalty=1.4),
+    dict(prompt=[40, 1842, 11], max_new_tokens=11, top_k=5, top_p=0.6, temperature=0.7, seed=11, sample=1),
+]
+
+
+def alone(model, spec):
+    """What `generate` gives for this request on its own."""
+    settings = {k: v for k, v in spec.items() if k not in ("prompt", "max_new_tokens", "sample")}
+    nsamples = spec.get("sample", 0) + 1
+    out = sample.generate(model, [spec["prompt"]], length=spec["max_new_tokens"], nsamples=nsamples,
+                          stop_at_eos=False, **settings)
+    return out[nsamples - 1]
+
+
+def drive(eng, schedule, steps):
+    """Add request i at step schedule[i]; run `steps` steps; return each request's tokens by its index."""
+    out, index_of = {}, {}
+    for step in range(steps):
+        for i, (when, spec) in enumerate(schedule):
+            if when == step:
+                index_of[eng.add(Request(**spec, stop_at_eos=False))] = i
+        for rid, ids, finished in eng.step():
+            out.setdefault(index_of[rid], []).extend(ids)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_model(small_model_dir):
+    return gpt2tf.load_model(small_model_dir)
+
+
+def test_a_requests_tokens_do_not_depend_on_its_slot_its_neighbours_or_when_it_joined(small_model):
+    want = [alone(small_model, spec) for spec in MIXED]
+    for schedule in ([0, 0, 0, 0, 0], [0, 3, 5, 9, 14], [14, 9, 5, 3, 0], [2, 2, 0, 7, 1]):
+        eng = Engine(small_model, max_batch=5, max_length=64)
+        got = drive(eng, list(zip(schedule, MIXED)), 40)
+        assert [got.get(i) for i in range(len(MIXED))] == want, schedule
+        assert eng.active == 0 and eng.free_slots == 5
+
+
+def test_slots_are_freed_reused_and_cancelled(small_model):
+    eng = Engine(small_model, max_batch=2, max_length=64)
+    first = eng.add(Request(**MIXED[1], stop_at_eos=False))
+    second = eng.add(Request(**MIXED[0], stop_at_eos=False))
+    assert eng.free_slots == 0 and eng.active == 2
+    with pytest.raises(GPT2TFError, match="no free slot: all 2 are in use"):
+        eng.add(Request(**MIXED[3]))
+    eng.cancel(second)
+    assert eng.free_slots == 1
+    third = eng.add(Request(**MIXED[4], stop_at_eos=False))  # into the cancelled request's slot
+    out = {}
+    while eng.active:
+        for rid, ids, finished in eng.step():
+            out.setdefault(rid, []).extend(ids)
+    assert second not in out
+    assert out[first] == alone(small_model, MIXED[1]) and out[third] == alone(small_model, MIXED[4])
+    eng.cancel(first)  # finished already: nothing happens
+
+
+def test_a_long_prompt_is_prefilled_a_chunk_per_step_while_others_decode(recorded):
+    models, _ = recorded
+    model = models["medium"]  # n_ctx 256
+    long_prompt = [(i * 31) % 50000 for i in range(150)]  # three chunks of 64
+    eng = Engine(model, max_batch=2, max_length=256)
+    running = eng.add(Request(prompt=[464, 2068], max_new_tokens=20, temperature=0, stop_at_eos=False))
+    eng.step()
+    joined = eng.add(Request(prompt=long_prompt, max_new_tokens=8, temperature=0, stop_at_eos=False))
+    outputs = [eng.step(), eng.step()]  # the second and third chunks: the running row gets a token each time
+    assert [[rid for rid, ids, _ in out] for out in outputs] == [[running], [running, joined]]
+    tokens = {}
+    while eng.active:
+        for rid, ids, _ in eng.step():
+            tokens.setdefault(rid, []).extend(ids)
+    full = sample.generate(model, [long_prompt], length=8, temperature=0, stop_at_eos=False)[0]
+    assert outputs[1][1][1] + tokens[joined] == full
+
+
+def test_no_retracing_for_new_settings_prompt_lengths_or_engines(small_model_dir):
+    model = gpt2tf.load_model(small_model_dir)  # its own: nothing compiled for it yet
+    compiled = engine.compiled_for(model)
+    for round_ in range(2):
+        eng = Engine(model, max_batch=5, max_length=64)
+        drive(eng, list(zip([0, 1, 2, 4, 6], MIXED)), 30)
+        counts = dict(steps=compiled.steps.experimental_get_tracing_count(),
+                      prefill=compiled.prefill.experimental_get_tracing_count(),
+                      block=compiled.block.experimental_get_tracing_count(),
+                      prefill_block=compiled.prefill_block.experimental_get_tracing_count(),
+                      embed=compiled.embed.experimental_get_tracing_count(),
+                      head=compiled.head.experimental_get_tracing_count())
+        if round_ == 0:
+            first = counts
+        assert counts == first  # a second engine, other settings: nothing traced again
+    # One compiled block serves every layer; the step and the prefill are traced once each.
+    assert first["block"] == 1 and first["prefill_block"] == 1 and first["steps"] == 1 and first["prefill"] == 1
+
+
+def test_native_and_xla_give_the_same_greedy_tokens_with_per_row_lengths(small_model, monkeypatch):
+    specs = [dict(spec, temperature=0, repetition_penalty=1.0) for spec in MIXED]
+    with_kernel = drive(Engine(small_model, max_batch=5, max_length=64), list(zip([0, 2, 3, 5, 8], specs)), 40)
+    monkeypatch.setenv("GPT2TF_NATIVE", "0")
+    assert not engine.compiled_for(small_model).use_native
+    without = drive(Engine(small_model, max_batch=5, max_length=64), list(zip([0, 2, 3, 5, 8], specs)), 40)
+    assert with_kernel == without
+
+
+@pytest.mark.parametrize("spec, message", [
+    (dict(prompt=[1], temperature=-1.0), "temperature must be a finite number >= 0"),
+    (dict(prompt=[1], top_k=-2), "top_k must be an integer >= 0"),
+    (dict(prompt=[1], seed=2**31), "seed must be a whole number from 0 to 2147483647"),
+    (dict(prompt=[1], max_new_tokens=0), "max_new_tokens must be a positive number of tokens"),
+    (dict(prompt="hello"), "a prompt is a list of token ids"),
+    (dict(prompt=[1], stop=[3]), "stop must be a string or a list of strings"),
+])
+def test_bad_requests_are_one_line_errors(spec, message):
+    with pytest.raises(GPT2TFError, match=message):
+        Request(**spec)
+
+
+def test_requests_that_do_not_fit_the_engine(small_model):
+    eng = Engine(small_model, max_batch=1, max_length=32)
+    with pytest.raises(GPT2TFError, match="the prompt has 30 tokens; with 5 new tokens that exceeds the 32"):
+        eng.add(Request(prompt=list(range(30)), max_new_tokens=5))
+    with pytest.raises(GPT2TFError, match="outside the model's vocabulary"):
+        eng.add(Request(prompt=[50257]))
+    assert eng.free_slots == 1
+    with pytest.raises(GPT2TFError, match="max_length must be from 2 to the model's context of 64"):
+        Engine(small_model, max_length=65)
+
+
+# ---- the engine's bookkeeping, driven by a scripted backend --------------------------------------------------------
+
+class ScriptedBackend:
+    """A stand-in for the compiled model: row r's tokens are SCRIPTS[seed of r] in order, whatever the prompt."""
+
+    def __init__(self, scripts, vocab):
+        self.scripts, self.vocab = scripts, vocab
+
+    def cache_variables(self, batch, max_length):
+        return ()
+
+    def compile_step_in_background(self, args):
+        return lambda: None
+
+    def prefill(self, tokens, slot, start, last, cache):
+        return tf.zeros([1, self.vocab])
+
+    def steps(self, count, decoding, steps, limit, stop_at_eos, row_seeds, **_):
+        decoding, steps = decoding.numpy().copy(), steps.numpy().copy()
+        out = []
+        for _ in range(int(count)):
+            if not decoding.any():
+                break
+            row = [self.scripts[int(seed)][int(step)] if on else 0
+                   for on, seed, step in zip(decoding, row_seeds.numpy()[:, 0], steps)]
+            out.append(row)
+            for r, token in enumerate(row):
+                if decoding[r]:
+                    steps[r] += 1
+                    decoding[r] = not ((stop_at_eos.numpy()[r] and token == EOT_ID) or steps[r] >= limit.numpy()[r])
+        return tf.constant(np.array(out, np.int32).reshape(-1, len(decoding)))
+
+
+def scripted_engine(small_model, scripts, max_batch=3):
+    return Engine(small_model, max_batch=max_batch, max_length=64,
+                  backend=ScriptedBackend(scripts, small_model.hparams.n_vocab))
+
+
+def test_end_of_text_lengths_and_stop_strings(small_model):
+    enc = gpt2tf.get_encoder()
+    hello, comma, world, dot, space = (enc.encode(t)[0] for t in ("Hello", ",", " world", ".", " "))
+    scripts = {1: [hello, comma, world, EOT_ID, hello], 2: [hello] * 20,
+               3: [hello, comma, world, dot, space, hello, dot]}
+    eng = scripted_engine(small_model, scripts)
+    requests = [Request(prompt=[1], max_new_tokens=10, seed=1),  # ends at <|endoftext|>, which is not output
+                Request(prompt=[1], max_new_tokens=4, seed=2),  # ends after 4 tokens
+                Request(prompt=[1], max_new_tokens=10, seed=3, stop=(". H", "xyz"))]  # a stop string over 3 tokens
+    rids = [eng.add(r) for r in requests]
+    streamed = {rid: [] for rid in rids}
+    finished_at = {}
+    for step in range(12):
+        for rid, ids, finished in eng.step():
+            streamed[rid].extend(ids)
+            if finished:
+                finished_at[rid] = step
+    assert streamed[rids[0]] == [hello, comma, world] and finished_at[rids[0]] == 3
+    assert streamed[rids[1]] == [hello] * 4 and finished_at[rids[1]] == 3
+    # The stop string starts inside " world." -> ". H": kept through the token where it ends, so it can be cut.
+    assert enc.decode(streamed[rids[2]]).startswith("Hello, world") and finished_at[rids[2]] == 5
+    assert sample.cut_at_stop(enc.decode(streamed[rids[2]]), (". H",)) == "Hello, world"
+    assert eng.active == 0
+
+
+def test_several_steps_per_call_give_what_single_steps_give(small_model):
+    enc = gpt2tf.get_encoder()
+    scripts = {s: [enc.encode(w)[0] for w in (" a", " b", " c", " d", " e", " f", " g", " h")] for s in (1, 2)}
+    results = []
+    for per_call in (1, 3, 32):
+        eng = scripted_engine(small_model, scripts, max_batch=1)
+        out = list(eng.run([Request(prompt=[1], max_new_tokens=7, seed=1, stop=(" e f",)),
+                            Request(prompt=[1], max_new_tokens=5, seed=2)], steps=per_call))
+        results.append({i: sum((ids for j, ids, _ in out if j == i), []) for i in (0, 1)})
+    assert results[0] == results[1] == results[2]
+    assert enc.decode(results[0][0]) == " a b c d" and len(results[0][1]) == 5  # cut before " e f"

@@ -243,11 +243,12 @@ def test_stops_at_end_of_text(eos_model):
 def test_early_exit_when_all_rows_stop(eos_model, monkeypatch):
     list(sample.generate_stream(eos_model, [[1], [2, 3]], length=60, config=sample.SamplerConfig(temperature=0)))
     compiled = engine.compiled_for(eos_model)
-    calls, step = [], compiled.step
-    monkeypatch.setattr(compiled, "step", lambda **args: calls.append(1) or step(**args))
+    calls, steps = [], compiled.steps
+    monkeypatch.setattr(compiled, "steps", lambda **args: calls.append(steps(**args)) or calls[-1])
     rows = list(sample.generate_stream(eos_model, [[1], [2, 3]], length=60,
-                                       config=sample.SamplerConfig(temperature=0)))
-    assert rows == [] and len(calls) == 1  # not 60: both rows hit <|endoftext|> at the first step
+                                       config=sample.SamplerConfig(temperature=0), chunk_steps=32))
+    assert rows == [] and len(calls) == 1  # one call of up to 32 steps...
+    assert calls[0].shape == (1, 2)  # ... whose loop stopped after one: both rows hit <|endoftext|>
 
 
 def test_stop_strings_cut_the_text(small_model):
@@ -262,7 +263,7 @@ def test_stop_strings_cut_the_text(small_model):
     assert enc.decode(ids).startswith(cut) and len(ids) < 40
     streamed = [ids for _, ids in sample.generate_stream(
         small_model, [enc.encode("The")], length=40, config=sample.SamplerConfig(top_k=100), seed=8,
-        stop_at_eos=False, stop=[stop])]
+        stop_at_eos=False, stop=[stop], chunk_steps=1)]
     assert sum(streamed, []) == ids and len(streamed) > 1  # streamed piece by piece, same result
 
 
