@@ -2,6 +2,7 @@
 
     python bench/generate.py                     # batch 1 and 8, every variant, first-call time, peers if installed
     python bench/generate.py --batch_sizes 1 --variants cache_xla
+    python bench/generate.py --arrivals          # 8 requests arriving one every 10 steps, mixed settings
 
 Variants: `cache_xla` (the library default: KV cache, XLA-compiled step with the native kernels),
 `cache_xla_plain` (the same with GPT2TF_NATIVE=0: XLA's own ops), `cache` (KV cache, no XLA), and two no-cache
@@ -12,6 +13,8 @@ no-cache baselines, whose every step runs a full forward pass over 128 tokens: t
 processes while it grows the 64-token prompt to 192). `first_call_s` is
 a fresh process's first `generate` (tracing and XLA compilation included), `compile_s` that minus a warm call.
 If `transformers` + `torch` are installed, Hugging Face's GPT-2 runs on the same weights for a ratio.
+`--arrivals` measures continuous batching instead: one engine serving requests as they arrive, against serving
+them one after another.
 Prints one JSON line per measurement.
 """
 
@@ -101,6 +104,45 @@ def measure(model, variant, batch, repeat):
             "prefill_plus_one_s": round(one, 3)}
 
 
+ARRIVAL_SETTINGS = [dict(temperature=0), dict(top_k=40, seed=1), dict(top_p=0.9, seed=2),
+                    dict(temperature=0.8, top_k=40, top_p=0.95, seed=3), dict(temperature=0, repetition_penalty=1.2),
+                    dict(top_k=10, temperature=0.7, seed=4), dict(top_p=0.8, seed=5), dict(top_k=40, seed=6)]
+
+
+def arrivals(model, every, repeat, settings=ARRIVAL_SETTINGS):
+    """8 requests (64-token prompts, 128 new tokens, mixed settings) arriving one every `every` steps, served by
+    one engine with continuous batching, against serving them one after another (each with `generate`, the best
+    single-request path). Both produce the same 1,024 tokens; reports aggregate tokens/s of each."""
+    from gpt2tf import sample
+    from gpt2tf.engine import Engine, Request
+
+    prompts = _prompts(len(ARRIVAL_SETTINGS))
+    requests = [Request(prompt=p, max_new_tokens=NEW, stop_at_eos=False, **s) for p, s in zip(prompts, settings)]
+
+    def continuous():
+        engine = Engine(model, max_batch=len(requests), max_length=PROMPT + NEW)
+        outputs, index_of, step = {}, {}, 0
+        while step == 0 or engine.active or len(index_of) < len(requests):
+            if step % every == 0 and step // every < len(requests):
+                index_of[engine.add(requests[step // every])] = step // every
+            for rid, ids, _ in engine.step():
+                outputs.setdefault(index_of[rid], []).extend(ids)
+            step += 1
+        return [outputs[i] for i in range(len(requests))]
+
+    def one_after_another():
+        return [sample.generate(model, [p], length=NEW, stop_at_eos=False, **s)[0] for p, s in zip(prompts, settings)]
+
+    assert continuous() == one_after_another()  # warm-up (traces, compiles) and the same tokens both ways
+    batched, serial = _best(continuous, repeat), _best(one_after_another, repeat)
+    tokens = NEW * len(requests)
+    return {"bench": "generate_arrivals", "settings": "mixed" if settings is ARRIVAL_SETTINGS else "greedy",
+            "requests": len(requests), "every_steps": every, "new_tokens": tokens,
+            "continuous_s": round(batched, 2), "continuous_tokens_per_s": round(tokens / batched, 1),
+            "one_after_another_s": round(serial, 2), "one_after_another_tokens_per_s": round(tokens / serial, 1),
+            "speedup": round(serial / batched, 2)}
+
+
 def first_call(model_dir):
     """In a fresh process: the first generate call (trace + compile + run) and a warm one."""
     code = f"""
@@ -174,7 +216,17 @@ def main():
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is reported")
     parser.add_argument("--no_first_call", action="store_true")
     parser.add_argument("--no_peers", action="store_true")
+    parser.add_argument("--arrivals", action="store_true",
+                        help="only the continuous-batching scenario: 8 requests arriving one every 10 steps, with "
+                             "mixed settings and all greedy")
     args = parser.parse_args()
+    if args.arrivals:
+        import gpt2tf
+
+        model = gpt2tf.load_model(_model_dir(args.size))
+        print(json.dumps(arrivals(model, 10, args.repeat)), flush=True)
+        print(json.dumps(arrivals(model, 10, args.repeat, [dict(temperature=0)] * 8)), flush=True)
+        return
 
     model_dir = _model_dir(args.size)
     if not args.no_first_call:

@@ -78,6 +78,9 @@ class Request:
                              repetition_penalty=self.repetition_penalty)
 
 
+_IDLE = dict(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)  # a free row's settings: plain greedy
+
+
 @dataclasses.dataclass
 class _Row:
     """A request in a slot: what is prefilled, generated and already given out."""
@@ -95,7 +98,7 @@ class Engine:
 
     def __init__(self, model, max_batch=8, *, max_length=None, jit_compile=True, encoder=None, backend=None):
         """`backend` stands in for the compiled model (tests drive the engine with a scripted one): anything with
-        `cache_variables`, `prefill`, `steps` and `compile_step_in_background` as `_Compiled` has them."""
+        `cache_variables`, `prefill`, `steps`, `prepare`, `compiling` and `ready_bucket` as `_Compiled` has them."""
         n_ctx = model.hparams.n_ctx
         if not (isinstance(max_batch, int) and max_batch > 0):
             raise GPT2TFError(f"max_batch must be a positive integer, got {max_batch}")
@@ -110,9 +113,8 @@ class Engine:
         self._logits = tf.Variable(tf.zeros([max_batch, vocab]), trainable=False)
         self._seen = tf.Variable(tf.zeros([max_batch, vocab], tf.bool), trainable=False)
         # Per-row settings and positions live here and go to each step as small tensors.
-        self._settings = dict(temperature=np.zeros(max_batch, np.float32), top_k=np.zeros(max_batch, np.int32),
-                              top_p=np.ones(max_batch, np.float32),
-                              repetition_penalty=np.ones(max_batch, np.float32))
+        self._settings = {name: np.full(max_batch, value, np.int32 if name == "top_k" else np.float32)
+                          for name, value in _IDLE.items()}
         self._row_seeds = np.zeros([max_batch, 2], np.int32)
         self._steps = np.zeros(max_batch, np.int32)  # tokens generated so far: the noise's step
         self._position = np.zeros(max_batch, np.int32)  # slots written so far
@@ -121,7 +123,9 @@ class Engine:
         self._decoding = np.zeros(max_batch, bool)
         self._rows = [None] * max_batch  # slot -> _Row
         self._ids = itertools.count()
-        self._compile = None  # waits for the step's background compilation
+        # A step runs only the first b rows, b the smallest of these that holds every decoding row: with few
+        # requests it costs what a small batch costs. Rows move down when that lets a smaller b serve.
+        self._buckets = sorted({min(2 ** i, max_batch) for i in range(max_batch.bit_length() + 1)})
 
     # -----------------------------------------------------------------------------------------------------------
     # Joining and leaving
@@ -154,8 +158,8 @@ class Engine:
             self.encoder = get_encoder()
         row = _Row(next(self._ids), request, request.seed if request.seed is not None else random_seed())
         self._rows[slot] = row
-        if self._compile is None:  # compile the step for these shapes while the prompt is prefilled
-            self._compile = self._compiled.compile_step_in_background(self._step_args())
+        if not self._compiled.compiling():  # compile the step this row needs while its prompt is prefilled
+            self._compiled.prepare(self._bucket(slot + 1), self._cache)
         self._prefill_chunk(slot)
         return row.rid
 
@@ -180,6 +184,8 @@ class Engine:
     def _free(self, slot):
         self._rows[slot] = None
         self._decoding[slot] = False
+        for name, value in self._settings.items():  # a free row costs the filters nothing
+            value[slot] = _IDLE[name]
 
     # -----------------------------------------------------------------------------------------------------------
     # Prefill and step
@@ -200,8 +206,6 @@ class Engine:
         row.prefilled = start + len(piece)
         if row.prefilled < len(prompt):
             return
-        if self._compile is not None:  # the step's trial run writes state: finish it before this row's
-            self._compile()
         seen = np.zeros(self.model.hparams.n_vocab, bool)
         seen[list(prompt)] = True
         self._logits[slot].assign(logits[0])
@@ -214,12 +218,33 @@ class Engine:
         self._limit[slot], self._stop_at_eos[slot] = request.max_new_tokens, request.stop_at_eos
         self._decoding[slot] = True
 
-    def _step_args(self):
+    def _bucket(self, rows):
+        return next(b for b in self._buckets if b >= rows)
+
+    def _compact(self):
+        """Move the highest rows down into free slots while that lets a smaller bucket hold them all."""
+        while True:
+            used = [s for s, row in enumerate(self._rows) if row is not None]
+            free = [s for s, row in enumerate(self._rows) if row is None]
+            if not used or not free or free[0] > used[-1] or self._bucket(len(used)) >= self._bucket(used[-1] + 1):
+                return
+            self._move(used[-1], free[0])
+
+    def _move(self, source, target):
+        for variable in [self._logits, self._seen] + [v for layer in self._cache for v in layer]:
+            variable[target].assign(variable[source])
+        for array in (*self._settings.values(), self._row_seeds, self._steps, self._position, self._limit,
+                      self._stop_at_eos, self._decoding):
+            array[target] = array[source]
+        self._rows[target] = self._rows[source]
+        self._free(source)
+
+    def _step_args(self, rows):
         return dict(logits=self._logits, seen=self._seen, cache=self._cache,
-                    decoding=tf.constant(self._decoding), position=tf.constant(self._position),
-                    steps=tf.constant(self._steps), limit=tf.constant(self._limit),
-                    stop_at_eos=tf.constant(self._stop_at_eos), row_seeds=tf.constant(self._row_seeds),
-                    **{name: tf.constant(value) for name, value in self._settings.items()})
+                    decoding=tf.constant(self._decoding[:rows]), position=tf.constant(self._position[:rows]),
+                    steps=tf.constant(self._steps[:rows]), limit=tf.constant(self._limit[:rows]),
+                    stop_at_eos=tf.constant(self._stop_at_eos[:rows]), row_seeds=tf.constant(self._row_seeds[:rows]),
+                    **{name: tf.constant(value[:rows]) for name, value in self._settings.items()})
 
     def step(self, steps=1):
         """Advance every decoding row by one token (after prefilling one more chunk of a waiting prompt, if any).
@@ -233,12 +258,12 @@ class Engine:
         waiting = [s for s, row in enumerate(self._rows) if row is not None and not self._decoding[s]]
         if waiting:
             self._prefill_chunk(min(waiting, key=lambda s: self._rows[s].rid))
+        self._compact()
         if not self._decoding.any():
             return []
-        if self._compile is not None:
-            self._compile()
-            self._compile = lambda: None
-        tokens = self._compiled.steps(count=tf.constant(steps), **self._step_args()).numpy()  # [run, batch]
+        rows = self._compiled.ready_bucket(self._bucket(int(np.flatnonzero(self._decoding)[-1]) + 1), self._buckets,
+                                           self._cache)
+        tokens = self._compiled.steps(count=tf.constant(steps), **self._step_args(rows)).numpy()  # [run, rows]
         results = {}
         for slot in np.flatnonzero(self._decoding):
             row = self._rows[slot]
@@ -275,6 +300,7 @@ class Engine:
         does, with the request's index in `requests` in place of its id. `steps`: tokens per row per call."""
         pending = list(enumerate(requests))[::-1]
         index_of = {}
+        self._compiled.prepare(self._bucket(min(len(requests) + self.active, self.max_batch)), self._cache)
         while pending or self.active:
             while pending and self.free_slots:
                 i, request = pending.pop()
@@ -308,7 +334,9 @@ class _Compiled:
         self.prefill_block = compiled(self._prefill_block)
         self.steps = tf.function(self._steps, autograph=False)
         self.prefill = tf.function(self._prefill, autograph=False)
-        self._compiled_steps = set()
+        self._ready = {}  # (rows, cache shape) -> Event, set once that step is compiled
+        self._queue, self._worker, self._lock = [], None, threading.Lock()  # steps waiting to be compiled
+        self._scratch = {}  # batch -> (logits, seen) variables the trial steps write
 
     def cache_variables(self, batch, max_length):
         """A key/value cache the compiled functions update in place: one pair of variables per layer.
@@ -320,33 +348,66 @@ class _Compiled:
         return tuple((tf.Variable(keys, trainable=False), tf.Variable(values, trainable=False))
                      for keys, values in self.model.init_cache(batch, max_length))
 
-    def compile_step_in_background(self, args):
-        """Run a step with no row decoding on another thread, so XLA's compilation (seconds) overlaps the first
-        prompt's prefill; returns a function that waits for it. A step with no decoding row changes no state an
-        engine reads: it writes only the last cache slot of each row, which a decoding row writes before reading.
+    def prepare(self, rows, cache):
+        """Queue the step for `rows` rows of `cache`'s shape for compiling on a background thread, unless it is
+        compiled or queued: XLA's compilation (seconds) then overlaps a prefill, or steps on a bucket that is ready.
         """
-        key = (args["decoding"].shape[0], args["cache"][0][0].shape[2])
-        if not self.jit_compile or key in self._compiled_steps:
-            return lambda: None
-        self._compiled_steps.add(key)
-        args = dict(args, count=tf.constant(1))
+        key = (rows, cache[0][0].shape)
+        if key in self._ready:
+            return
+        self._ready[key] = threading.Event()
+        if not self.jit_compile:
+            self._ready[key].set()
+            return
+        args = self._trial_args(rows, cache)
         self.steps.get_concrete_function(**args)  # tracing stays on this thread
+        with self._lock:
+            self._queue.append((args, self._ready[key]))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._compile_queued, name="gpt2tf-compile", daemon=True)
+                self._worker.start()
 
-        def run():
+    def compiling(self):
+        with self._lock:
+            return self._worker is not None
+
+    def ready_bucket(self, rows, buckets, cache):
+        """How many rows to step: the smallest bucket >= `rows` whose step is compiled; if none is, `rows` once its
+        compilation is done."""
+        self.prepare(rows, cache)
+        shape = cache[0][0].shape
+        for b in buckets:
+            if b >= rows and (b, shape) in self._ready and self._ready[(b, shape)].is_set():
+                return b
+        self._ready[(rows, shape)].wait()
+        return rows
+
+    def _compile_queued(self):
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._worker = None
+                    return
+                args, ready = self._queue.pop(0)
             try:
-                self._trial(args)
-            except Exception:  # noqa: BLE001 -- the real first step will compile again and report the error
-                self._compiled_steps.discard(key)
+                self.steps(**args).numpy()
+            except Exception:  # noqa: BLE001 -- the real step will compile it again and report the error
+                pass
+            ready.set()
 
-        thread = threading.Thread(target=run, name="gpt2tf-compile", daemon=True)
-        thread.start()
-        return thread.join
-
-    def _trial(self, args):
-        """A step whose loop body runs (and so compiles) but whose output nothing reads: every row decodes at its
-        last cache slot. The logits it writes are replaced when a row joins, which waits for it."""
-        position = tf.fill(args["position"].shape, args["cache"][0][0].shape[2] - 1)
-        self.steps(**dict(args, decoding=tf.ones_like(args["decoding"]), position=position)).numpy()
+    def _trial_args(self, rows, cache):
+        """A step's arguments with every row decoding at its last cache slot, on scratch logits and seen: the loop
+        body runs (so XLA compiles it) and writes nothing an engine reads (a row writes that slot before reading)."""
+        batch, length = cache[0][0].shape[0], cache[0][0].shape[2]
+        if batch not in self._scratch:
+            self._scratch[batch] = (tf.Variable(tf.zeros([batch, self.vocab_size]), trainable=False),
+                                    tf.Variable(tf.zeros([batch, self.vocab_size], tf.bool), trainable=False))
+        logits, seen = self._scratch[batch]
+        zeros = tf.zeros([rows], tf.int32)
+        return dict(count=tf.constant(1), logits=logits, seen=seen, cache=cache, decoding=tf.ones([rows], tf.bool),
+                    position=zeros + length - 1, steps=zeros, limit=zeros + 1, stop_at_eos=tf.zeros([rows], tf.bool),
+                    row_seeds=tf.zeros([rows, 2], tf.int32), temperature=tf.zeros([rows]), top_k=zeros,
+                    top_p=tf.ones([rows]), repetition_penalty=tf.ones([rows]))
 
     def _prefill(self, tokens, slot, start, last, cache):
         """tokens [1, chunk] of the prompt in row `slot`, at slots start..; the logits after token `last` [1, vocab].
@@ -366,21 +427,21 @@ class _Compiled:
         settings, then run through the model at the row's position. A row stops at <|endoftext|> (with
         `stop_at_eos`) or after `limit` tokens in all, and the loop once no row decodes. Rows not decoding write
         only their last cache slot; their outputs are unused. Returns the tokens, [steps run, batch]."""
-        max_length = cache[0][0].shape[2]
+        max_length, rows = cache[0][0].shape[2], decoding.shape[0]  # the first `rows` rows of the cache
         settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
         any_penalty = tf.reduce_any(repetition_penalty != 1.0)
 
         def body(i, decoding, position, steps, tokens):
-            token = choose_tokens(logits.read_value(), seen.read_value(), row_seeds, steps, **settings)
+            token = choose_tokens(logits[:rows], seen[:rows], row_seeds, steps, **settings)
             token = tf.where(decoding, token, 0)
             at = tf.where(decoding, position, max_length - 1)
             x, mask = self.embed(token[:, None], at, max_length)
             for layer, layer_cache in enumerate(cache):
                 x = self.block(x, mask, at, self._weights[layer], layer_cache, None if self._shared else layer)
-            logits.assign(self.head(x))
+            logits[:rows].assign(self.head(x))
             # Only rows with a penalty read what they have seen (each row's prompt is set when it joins).
-            tf.cond(any_penalty, lambda: seen.assign(
-                seen.read_value() | ((tf.one_hot(token, self.vocab_size) > 0) & decoding[:, None])).op, tf.no_op)
+            tf.cond(any_penalty, lambda: seen[:rows].assign(
+                seen[:rows] | ((tf.one_hot(token, self.vocab_size) > 0) & decoding[:, None])).op, tf.no_op)
             step = tf.cast(decoding, tf.int32)
             done = decoding & ((stop_at_eos & (token == EOT_ID)) | (steps + 1 >= limit))
             return i + 1, decoding & ~done, position + step, steps + step, tokens.write(i, token)

@@ -16,9 +16,9 @@ Order, as in OpenAI's `sample.py`: repetition penalty → temperature → top-k 
   depends only on the seed, the prompt and j — the same on every call, in every process, whatever the batch or the
   other rows in it.
 
-Rows with different settings share one call and one trace: the settings are tensors, and which of the three
-top-k/top-p paths runs (none; the `SMALL_K` largest logits; a full sort) is chosen at run time for the whole batch.
-Each path gives the same kept set, bit for bit, as filtering each row on its own.
+Rows with different settings share one call and one trace: the settings are tensors, and which path a row takes
+(no filter; its `FAST_K` largest logits; a sort of the whole vocabulary, only for the rows that need it) is chosen
+at run time. Each path gives the same kept set, bit for bit, as filtering each row on its own.
 """
 
 import numpy as np
@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from gpt2tf.layout import MASKED_VALUE
 
-SMALL_K = 64  # rows whose top-k is at most this are filtered from the SMALL_K largest logits, not a full sort
+FAST_K = 256  # rows are filtered from their FAST_K largest logits when that is exact (see _top_k_top_p)
 
 
 def _per_row(value, batch, dtype):
@@ -51,35 +51,50 @@ def top_p_logits(logits, p):
 
 
 def _top_k_top_p(logits, k, p):
-    """Top-k then top-p, per row (`k`, `p`: scalars or [batch]); picks the cheapest path that serves every row."""
+    """Top-k then top-p, per row (`k`, `p`: scalars or [batch]).
+
+    Every filtered row is first filtered from its `FAST_K` largest logits, which is exact when its top-k is at most
+    that and its nucleus ends within them; only the other rows are sorted whole (a full sort costs ~2 ms a row).
+    """
     batch, vocab = tf.shape(logits)[0], logits.shape[-1]
     k = _per_row(k, batch, tf.int32)
     k = tf.where(k >= vocab, 0, k)  # k >= vocabulary keeps every token, as 0 does
     p = _per_row(p, batch, tf.float32)
     filtered = (k > 0) | (p < 1.0)
-    small = tf.reduce_all(~filtered | ((k > 0) & (k <= min(SMALL_K, vocab))))
-    return tf.cond(
-        ~tf.reduce_any(filtered), lambda: logits,
-        lambda: tf.cond(small,
-                        lambda: _filter(logits, k, p, tf.math.top_k(logits, k=min(SMALL_K, vocab)).values),
-                        lambda: _filter(logits, k, p, tf.sort(logits, axis=-1, direction="DESCENDING"))))
+    fast_k = min(FAST_K, vocab)
+
+    def fast_then_full():
+        result, exact = _filter(logits, k, p, tf.math.top_k(logits, k=fast_k).values)
+        rows = tf.where(filtered & ~exact)[:, 0]  # [rows that need the whole vocabulary sorted]
+
+        def full():
+            sub = tf.gather(logits, rows)
+            again, _ = _filter(sub, tf.gather(k, rows), tf.gather(p, rows),
+                               tf.sort(sub, axis=-1, direction="DESCENDING"))
+            return tf.tensor_scatter_nd_update(result, rows[:, None], again)
+
+        return tf.cond(tf.size(rows) > 0, full, lambda: result)
+
+    return tf.cond(tf.reduce_any(filtered), fast_then_full, lambda: logits)
 
 
 def _filter(logits, k, p, top_values):
-    """Top-k and top-p given each row's largest logits in descending order (`top_values` [batch, n], n >= every
-    row's k): the n largest of the whole row, or all of them."""
+    """Top-k and top-p given each row's largest logits in descending order (`top_values` [batch, n]): the n
+    largest of the row, or all of them. Returns the filtered logits and, per row, whether they are exact: they are
+    unless the row's top-k exceeds n, or it has no top-k and its nucleus does not end within the n."""
     n = tf.shape(top_values)[1]
-    kk = tf.where(k > 0, k, n)  # rows without top-k: the nucleus may reach any of the n
+    kk = tf.clip_by_value(tf.where(k > 0, k, n), 1, n)  # rows without top-k: the nucleus may reach any of the n
     kth = tf.gather(top_values, kk - 1, batch_dims=1)[:, None]  # [batch, 1]
     logits = tf.where((k > 0)[:, None] & (logits < kth), MASKED_VALUE, logits)
     # Probabilities are normalised over the whole row; the logits top-k masked add exp(-1e10) = 0, so the top k
     # values give the same threshold as the whole vocabulary sorted.
     probs = tf.exp(top_values - tf.reduce_logsumexp(logits, axis=-1, keepdims=True))  # [batch, n]
     mass_before = tf.math.cumsum(probs, axis=-1, exclusive=True)
-    kept = tf.reduce_sum(tf.cast(mass_before < p[:, None], tf.int32), axis=-1)  # >= 1: mass_before[0] = 0
-    kept = tf.minimum(kept, kk)  # never past the top k (values beyond it are not masked in top_values)
+    reached = tf.reduce_sum(tf.cast(mass_before < p[:, None], tf.int32), axis=-1)  # >= 1: mass_before[0] = 0
+    kept = tf.minimum(reached, kk)  # never past the top k (values beyond it are not masked in top_values)
     threshold = tf.gather(top_values, kept - 1, batch_dims=1)[:, None]  # [batch, 1]: the last kept logit
-    return tf.where((p < 1.0)[:, None] & (logits < threshold), MASKED_VALUE, logits)
+    exact = ((k > 0) & (k <= n)) | ((k == 0) & ((p >= 1.0) | (reached < n)))
+    return tf.where((p < 1.0)[:, None] & (logits < threshold), MASKED_VALUE, logits), exact
 
 
 def filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty):

@@ -141,8 +141,9 @@ class Attention(keras.layers.Layer):
             old_k, old_v = (tf.cast(c, x.dtype) for c in cache)  # each [batch, n_head, max_length, head_size]
             if native.attention_applies(q, cache):  # the compiled decode step on a CPU: the kernel's attention
                 out = native.attend(q, old_k, old_v, k, v, cached_mask, own_mask)
-            else:
-                out = self._attend_cache(q, k, v, old_k, old_v, cached_mask, own_mask)
+            else:  # a cache may have more rows than x (the engine steps its first rows): x's rows are its first
+                rows = x.shape[0] if x.shape[0] is not None and x.shape[0] < old_k.shape[0] else None
+                out = self._attend_cache(q, k, v, old_k[:rows], old_v[:rows], cached_mask, own_mask)
             # `after` (0 for finite values) makes the write depend on the reads above, so XLA can see the old cache
             # is no longer needed when it is written and updates it in place; otherwise it copies it every step.
             after = tf.cast(out[:, :1, :1, :1], tf.float32) * 0.0  # per row: a NaN stays in its own row

@@ -223,10 +223,12 @@ def attend(q, keys, values, own_k, own_v, cached_mask, own_mask):
     """Attention of one new token per sequence over the cache: [batch, n_head, 1, head_size].
 
     q, own_k, own_v: [batch, n_head, 1, head_size] (q already scaled); keys, values: the cache before this token,
-    [batch, n_head, max_length, head_size]; cached_mask: bool, broadcastable to [batch, 1, 1, max_length]; own_mask:
-    bool, broadcastable to [batch, 1, 1, 1]. Masked scores count as -1e10, as in the model's own code.
+    [rows, n_head, max_length, head_size] with rows >= batch (the query rows are its first rows; the rest are not
+    read); cached_mask: bool, broadcastable to [batch, 1, 1, max_length]; own_mask: bool, broadcastable to
+    [batch, 1, 1, 1]. Masked scores count as -1e10, as in the model's own code.
     """
-    batch, heads, length, size = keys.shape
+    batch = q.shape[0]
+    _, heads, length, size = keys.shape
     mask = tf.reshape(tf.cast(tf.broadcast_to(cached_mask, [batch, 1, 1, length]), tf.float32), [batch, length])
     own = tf.reshape(tf.cast(tf.broadcast_to(own_mask, [batch, 1, 1, 1]), tf.float32), [batch])
     rows = [batch, heads, size]
