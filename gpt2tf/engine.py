@@ -36,6 +36,7 @@ from gpt2tf.filters import choose_tokens
 from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
 
 CHUNK_STEPS = 32  # tokens per row per call when a whole batch is generated (`run`): one call, not 32
+MAX_LOGPROBS = 5  # the most alternatives a request's log-probabilities list (OpenAI's limit)
 from gpt2tf.settings import MAX_SEED, SamplerConfig, check_seed, random_seed
 from gpt2tf.stops import safe_end, stop_cut
 
@@ -54,6 +55,7 @@ class Request:
     sample: int = 0  # the sample number j: with the seed, it keys the noise (see gpt2tf.filters)
     stop: tuple = ()  # strings that end the output (cut before them)
     stop_at_eos: bool = True
+    logprobs: int = None  # None: no log-probabilities; n (0..5): each new token's, and the n most likely tokens'
 
     def __post_init__(self):
         try:
@@ -72,10 +74,24 @@ class Request:
             raise GPT2TFError(f"max_new_tokens must be a positive number of tokens, got {self.max_new_tokens}")
         if not (isinstance(self.sample, int) and 0 <= self.sample <= MAX_SEED):
             raise GPT2TFError(f"sample must be a whole number from 0 to {MAX_SEED}, got {self.sample}")
+        if self.logprobs is not None and not (isinstance(self.logprobs, int) and not isinstance(self.logprobs, bool)
+                                              and 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise GPT2TFError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, got {self.logprobs}")
 
     def sampler(self):
         return SamplerConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                              repetition_penalty=self.repetition_penalty)
+
+
+class Output(tuple):
+    """What `step` gives for a request: `(rid, new_ids, finished)`, finished being False or why it ended ("stop": at
+    <|endoftext|> or a stop string; "length": after max_new_tokens). With `Request(logprobs=n)`, `.logprobs` holds a
+    `(token's log-probability, {token id: log-probability} of the n most likely)` pair for each new id."""
+
+    def __new__(cls, rid, ids, finished, logprobs=None):
+        output = super().__new__(cls, (rid, ids, finished))
+        output.logprobs = logprobs
+        return output
 
 
 _IDLE = dict(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)  # a free row's settings: plain greedy
@@ -90,6 +106,7 @@ class _Row:
     seed: int
     prefilled: int = 0  # prompt tokens in the cache
     generated: list = dataclasses.field(default_factory=list)
+    logprobs: list = dataclasses.field(default_factory=list)  # per generated token, with Request(logprobs=n)
     emitted: int = 0  # generated tokens already returned by `step`
 
 
@@ -120,6 +137,7 @@ class Engine:
         self._position = np.zeros(max_batch, np.int32)  # slots written so far
         self._limit = np.ones(max_batch, np.int32)  # max_new_tokens
         self._stop_at_eos = np.zeros(max_batch, bool)
+        self._logprobs = np.zeros(max_batch, bool)  # whether the row's request wants log-probabilities
         self._decoding = np.zeros(max_batch, bool)
         self._rows = [None] * max_batch  # slot -> _Row
         self._ids = itertools.count()
@@ -216,6 +234,7 @@ class Engine:
         self._row_seeds[slot] = (row.seed, request.sample)
         self._steps[slot], self._position[slot] = 0, len(prompt)
         self._limit[slot], self._stop_at_eos[slot] = request.max_new_tokens, request.stop_at_eos
+        self._logprobs[slot] = request.logprobs is not None
         self._decoding[slot] = True
 
     def _bucket(self, rows):
@@ -234,7 +253,7 @@ class Engine:
         for variable in [self._logits, self._seen] + [v for layer in self._cache for v in layer]:
             variable[target].assign(variable[source])
         for array in (*self._settings.values(), self._row_seeds, self._steps, self._position, self._limit,
-                      self._stop_at_eos, self._decoding):
+                      self._stop_at_eos, self._logprobs, self._decoding):
             array[target] = array[source]
         self._rows[target] = self._rows[source]
         self._free(source)
@@ -243,7 +262,8 @@ class Engine:
         return dict(logits=self._logits, seen=self._seen, cache=self._cache,
                     decoding=tf.constant(self._decoding[:rows]), position=tf.constant(self._position[:rows]),
                     steps=tf.constant(self._steps[:rows]), limit=tf.constant(self._limit[:rows]),
-                    stop_at_eos=tf.constant(self._stop_at_eos[:rows]), row_seeds=tf.constant(self._row_seeds[:rows]),
+                    stop_at_eos=tf.constant(self._stop_at_eos[:rows]), logprobs=tf.constant(self._logprobs[:rows]),
+                    row_seeds=tf.constant(self._row_seeds[:rows]),
                     **{name: tf.constant(value[:rows]) for name, value in self._settings.items()})
 
     def step(self, steps=1):
@@ -263,37 +283,47 @@ class Engine:
             return []
         rows = self._compiled.ready_bucket(self._bucket(int(np.flatnonzero(self._decoding)[-1]) + 1), self._buckets,
                                            self._cache)
-        tokens = self._compiled.steps(count=tf.constant(steps), **self._step_args(rows)).numpy()  # [run, rows]
-        results = {}
+        out = self._compiled.steps(count=tf.constant(steps), **self._step_args(rows))
+        tokens = out["tokens"].numpy()  # [run, rows]
+        if self._logprobs[:rows].any():
+            chosen, top_values, top_ids = (out[k].numpy() for k in ("chosen", "top_values", "top_ids"))
+        results = []
         for slot in np.flatnonzero(self._decoding):
             row = self._rows[slot]
-            for token in tokens[:, slot]:
+            ids, finished, first = [], False, row.emitted
+            for t, token in enumerate(tokens[:, slot]):
                 self._steps[slot] += 1
                 self._position[slot] += 1
-                rid, ids, finished = self._advance(row, int(token))
-                before = results.get(rid, (rid, [], False))[1]
-                results[rid] = (rid, before + ids, finished)
+                if row.request.logprobs is not None:
+                    n = row.request.logprobs
+                    row.logprobs.append((float(chosen[t, slot]), {int(i): float(v) for i, v in
+                                                                  zip(top_ids[t, slot, :n], top_values[t, slot, :n])}))
+                new, finished = self._advance(row, int(token))
+                ids += new
                 if finished:
                     self._free(slot)
                     break
-        return [r for r in results.values() if r[1] or r[2]]
+            if ids or finished:
+                lp = row.logprobs[first:first + len(ids)] if row.request.logprobs is not None else None
+                results.append(Output(row.rid, ids, finished, lp))
+        return results
 
     def _advance(self, row, token):
-        """Take one new token for `row`: `(rid, ids it may give out now, finished)`."""
+        """Take one new token for `row`: (the ids it may give out now, False or why it finished)."""
         request = row.request
         row.generated.append(token)
         new = row.generated
         end = len(new) - 1 if request.stop_at_eos and token == EOT_ID else len(new)
-        finished = end < len(new) or len(new) >= request.max_new_tokens
+        finished = "stop" if end < len(new) else "length" if len(new) >= request.max_new_tokens else False
         if request.stop:
             cut = stop_cut(self.encoder, new[:end], request.stop)
             if cut is not None:
-                end, finished = cut, True
+                end, finished = cut, "stop"
             elif not finished:
                 end = safe_end(self.encoder, new[:end], request.stop)  # hold back a stop string's beginning
         ids = new[row.emitted:end] if end > row.emitted else []
         row.emitted = max(row.emitted, end)
-        return row.rid, ids, finished
+        return ids, finished
 
     def run(self, requests, *, steps=CHUNK_STEPS):
         """Generate every request, adding each as a slot frees; yields `(index, new_ids, finished)` as `step`
@@ -406,6 +436,7 @@ class _Compiled:
         zeros = tf.zeros([rows], tf.int32)
         return dict(count=tf.constant(1), logits=logits, seen=seen, cache=cache, decoding=tf.ones([rows], tf.bool),
                     position=zeros + length - 1, steps=zeros, limit=zeros + 1, stop_at_eos=tf.zeros([rows], tf.bool),
+                    logprobs=tf.zeros([rows], tf.bool),
                     row_seeds=tf.zeros([rows, 2], tf.int32), temperature=tf.zeros([rows]), top_k=zeros,
                     top_p=tf.ones([rows]), repetition_penalty=tf.ones([rows]))
 
@@ -421,18 +452,32 @@ class _Compiled:
             x = self.prefill_block(x, mask, start, self._weights[i], layer_cache, slot, None if self._shared else i)
         return self.head(tf.slice(x, [0, last, 0], [1, 1, -1]))
 
-    def _steps(self, count, logits, seen, cache, decoding, position, steps, limit, stop_at_eos, row_seeds,
-               temperature, top_k, top_p, repetition_penalty):
+    def _steps(self, count, logits, seen, cache, decoding, position, steps, limit, stop_at_eos, logprobs,
+               row_seeds, temperature, top_k, top_p, repetition_penalty):
         """Up to `count` tokens for every decoding row, in one call: each chosen from the row's logits with its own
         settings, then run through the model at the row's position. A row stops at <|endoftext|> (with
         `stop_at_eos`) or after `limit` tokens in all, and the loop once no row decodes. Rows not decoding write
-        only their last cache slot; their outputs are unused. Returns the tokens, [steps run, batch]."""
+        only their last cache slot; their outputs are unused. Returns {tokens: [steps run, rows]} and, when a row
+        wants `logprobs`, the log-probabilities under the model (before any sampling setting) of each chosen token
+        (`chosen`) and of the MAX_LOGPROBS most likely (`top_values`, `top_ids`: [steps run, rows, MAX_LOGPROBS])."""
         max_length, rows = cache[0][0].shape[2], decoding.shape[0]  # the first `rows` rows of the cache
         settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
         any_penalty = tf.reduce_any(repetition_penalty != 1.0)
+        any_logprobs = tf.reduce_any(logprobs)
 
-        def body(i, decoding, position, steps, tokens):
-            token = choose_tokens(logits[:rows], seen[:rows], row_seeds, steps, **settings)
+        def log_probabilities(row_logits, token):
+            log_p = tf.nn.log_softmax(row_logits)  # [rows, vocab]
+            top = tf.math.top_k(log_p, k=MAX_LOGPROBS)
+            return tf.gather(log_p, token, batch_dims=1), top.values, top.indices
+
+        def none(row_logits, token):
+            return tf.zeros([rows]), tf.zeros([rows, MAX_LOGPROBS]), tf.zeros([rows, MAX_LOGPROBS], tf.int32)
+
+        def body(i, decoding, position, steps, tokens, chosen, top_values, top_ids):
+            row_logits = logits[:rows]
+            token = choose_tokens(row_logits, seen[:rows], row_seeds, steps, **settings)
+            lp = tf.cond(any_logprobs, lambda: log_probabilities(row_logits, token), lambda: none(row_logits, token))
+            chosen, top_values, top_ids = (a.write(i, v) for a, v in zip((chosen, top_values, top_ids), lp))
             token = tf.where(decoding, token, 0)
             at = tf.where(decoding, position, max_length - 1)
             x, mask = self.embed(token[:, None], at, max_length)
@@ -444,12 +489,16 @@ class _Compiled:
                 seen[:rows] | ((tf.one_hot(token, self.vocab_size) > 0) & decoding[:, None])).op, tf.no_op)
             step = tf.cast(decoding, tf.int32)
             done = decoding & ((stop_at_eos & (token == EOT_ID)) | (steps + 1 >= limit))
-            return i + 1, decoding & ~done, position + step, steps + step, tokens.write(i, token)
+            return (i + 1, decoding & ~done, position + step, steps + step, tokens.write(i, token), chosen,
+                    top_values, top_ids)
 
-        _, _, _, _, tokens = tf.while_loop(
+        arrays = [tf.TensorArray(dtype, size=0, dynamic_size=True) for dtype in (tf.int32, tf.float32, tf.float32,
+                                                                                 tf.int32)]
+        *_, tokens, chosen, top_values, top_ids = tf.while_loop(
             lambda i, decoding, *_: (i < count) & tf.reduce_any(decoding), body,
-            (tf.constant(0), decoding, position, steps, tf.TensorArray(tf.int32, size=0, dynamic_size=True)))
-        return tokens.stack()
+            (tf.constant(0), decoding, position, steps, *arrays))
+        return dict(tokens=tokens.stack(), chosen=chosen.stack(), top_values=top_values.stack(),
+                    top_ids=top_ids.stack())
 
     def _embed(self, tokens, start, max_length):
         return self.model.embed(tokens, cache_index=start, max_length=max_length)

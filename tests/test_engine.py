@@ -272,7 +272,7 @@ class ScriptedBackend:
                 if decoding[r]:
                     steps[r] += 1
                     decoding[r] = not ((stop_at_eos.numpy()[r] and token == EOT_ID) or steps[r] >= limit.numpy()[r])
-        return tf.constant(np.array(out, np.int32).reshape(-1, len(decoding)))
+        return dict(tokens=tf.constant(np.array(out, np.int32).reshape(-1, len(decoding))))
 
 
 def scripted_engine(small_model, scripts, max_batch=3):
@@ -316,3 +316,41 @@ def test_several_steps_per_call_give_what_single_steps_give(small_model):
         results.append({i: sum((ids for j, ids, _ in out if j == i), []) for i in (0, 1)})
     assert results[0] == results[1] == results[2]
     assert enc.decode(results[0][0]) == " a b c d" and len(results[0][1]) == 5  # cut before " e f"
+
+
+def test_finish_reasons_and_log_probabilities(small_model):
+    eng = Engine(small_model, max_batch=2, max_length=64)
+    by_length = eng.add(Request(prompt=[464, 2068], max_new_tokens=5, temperature=0, stop_at_eos=False,
+                                logprobs=3))
+    plain = eng.add(Request(prompt=[10, 11], max_new_tokens=4, temperature=0, stop_at_eos=False))
+    outputs = {}
+    while eng.active:
+        for output in eng.step():
+            outputs.setdefault(output[0], []).append(output)
+    assert [o[2] for o in outputs[by_length]] == [False] * 4 + ["length"]
+    assert all(o.logprobs is None for o in outputs[plain])
+    ids = [i for o in outputs[by_length] for i in o[1]]
+    entries = [e for o in outputs[by_length] for e in o.logprobs]
+    # Against the model's own forward pass: log-softmax of the logits before each new token.
+    tokens = [464, 2068] + ids
+    logits = small_model(tf.constant([tokens[:-1]]))[0, 1:].numpy().astype(np.float64)  # before each new token
+    log_p = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+        logits.max(-1, keepdims=True)
+    for step, (token, (chosen, top)) in enumerate(zip(ids, entries)):
+        assert chosen == pytest.approx(log_p[step, token], abs=1e-4)
+        best = np.argsort(-log_p[step])[:3]
+        assert list(top) == list(best) and token == best[0]  # greedy: the chosen token is the most likely
+        assert list(top.values()) == pytest.approx(list(log_p[step, best]), abs=1e-4)
+
+
+def test_a_stop_string_or_end_of_text_finishes_with_stop(small_model):
+    scripts = {1: [11, 12, EOT_ID], 2: [13, 13, 13]}
+    eng = scripted_engine(small_model, scripts)
+    a = eng.add(Request(prompt=[1], max_new_tokens=10, seed=1))
+    b = eng.add(Request(prompt=[1], max_new_tokens=10, seed=2, stop=(gpt2tf.get_encoder().decode([13]),)))
+    reasons = {}
+    while eng.active:
+        for rid, _, finished in eng.step():
+            if finished:
+                reasons[rid] = finished
+    assert reasons == {a: "stop", b: "stop"}

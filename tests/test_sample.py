@@ -248,7 +248,7 @@ def test_early_exit_when_all_rows_stop(eos_model, monkeypatch):
     rows = list(sample.generate_stream(eos_model, [[1], [2, 3]], length=60,
                                        config=sample.SamplerConfig(temperature=0), chunk_steps=32))
     assert rows == [] and len(calls) == 1  # one call of up to 32 steps...
-    assert calls[0].shape == (1, 2)  # ... whose loop stopped after one: both rows hit <|endoftext|>
+    assert calls[0]["tokens"].shape == (1, 2)  # ... whose loop stopped after one: both rows hit <|endoftext|>
 
 
 def test_stop_strings_cut_the_text(small_model):
