@@ -15,14 +15,18 @@ from setuptools import find_packages, setup
 #   importlib_resources  imported by tensorflow-datasets when it downloads and prepares a dataset (cnndm's default),
 #                     but declared by it only for Python < 3.9
 #   h5py              the ancestor's .h5 weights files (--output_name, --custom_model); Keras needs it anyway
+#   fastapi, uvicorn  serve.py's HTTP layer: request parsing, streaming responses (server-sent events) and client
+#                     disconnects handled by a well-kept ASGI stack instead of a hand-written HTTP server; serving
+#                     is a main use, so they are installed with the package
 # Not a dependency: a C++ compiler (g++/clang++). If present, gpt2tf builds its small decode kernel
 #   (gpt2tf/native_matmul.cc) on first use; without one, decoding falls back to XLA's own dot.
 INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "requests", "tqdm", "tensorflow-datasets",
-                    "importlib_resources", "h5py"]
+                    "importlib_resources", "h5py", "fastapi", "uvicorn"]
 
 # Test-only: pytest runs the suite; tiktoken (built offline from our bundled vocab files) is the independent
-# reference the encoder is checked against, bit for bit.
-EXTRAS_REQUIRE = {"test": ["pytest", "tiktoken"]}
+# reference the encoder is checked against, bit for bit; openai is the official client the server is tested with;
+# selenium drives the system's headless Chromium (installed by .ci/run) to test the page.
+EXTRAS_REQUIRE = {"test": ["pytest", "tiktoken", "openai", "selenium"]}
 
 setup(
     name="gpt2tf",
@@ -31,11 +35,11 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["gpt2tf", "gpt2tf.*"]),
-    package_data={"gpt2tf": ["vocab/encoder.json", "vocab/vocab.bpe", "native_matmul.cc"]},
+    package_data={"gpt2tf": ["vocab/encoder.json", "vocab/vocab.bpe", "native_matmul.cc", "page.html"]},
     include_package_data=True,
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["gpt2tf = gpt2tf.cli:main"]},  # gpt2tf download|generate|finetune ...
+    entry_points={"console_scripts": ["gpt2tf = gpt2tf.cli:main"]},  # gpt2tf download|generate|finetune|serve
     license="MIT",
 )

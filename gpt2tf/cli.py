@@ -1,7 +1,7 @@
 """The command-line interface: every script's flags, the `gpt2tf` command, and how a user error ends a command.
 
-`download_model.py`, `inference.py` and `finetune.py` are two lines each that call `run_script`; `gpt2tf download`,
-`gpt2tf generate` and `gpt2tf finetune` call the same functions, so a flag exists once. Flags are built from the
+`download_model.py`, `inference.py`, `finetune.py` and `serve.py` are two lines each that call `run_script`;
+`gpt2tf download`, `generate`, `finetune` and `serve` call the same functions, so a flag exists once. Flags are built from the
 config dataclasses (`flag()` fields: the field name is the flag, its metadata the help), which own the defaults.
 A `GPT2TFError` (or a usage error) becomes `error: <one line>` on stderr and exit status 2. This module imports no
 TensorFlow: `gpt2tf --help` and `download` start at once, and the tokenizer's worker processes, which re-import the
@@ -123,6 +123,19 @@ def finetune_main(argv=None, *, prog="finetune.py"):
     finetune(config)
 
 
+def serve_main(argv=None, *, prog="serve.py"):
+    from gpt2tf.server import ServeConfig, check
+
+    parser = _config_parser(prog, "Serve GPT-2 over HTTP: OpenAI's /v1/completions, TF Serving's predict API and "
+                                  "a web page, with continuous batching.", ServeConfig)
+    config = ServeConfig(**vars(parser.parse_args(argv)))
+    check(config)  # a mistake is reported before TensorFlow's seconds of start-up
+    import_tensorflow_quietly()
+    from gpt2tf.server import serve
+
+    serve(config)
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     script: str  # the top-level script that runs the same function
@@ -138,6 +151,8 @@ COMMANDS = {
                         "gpt2tf generate --nucleus --top_p 0.9 --starter \"She picked up the sword\"", generate_main),
     "finetune": Command("finetune.py", "fine-tune (or train from scratch) in a resumable run dir",
                         "gpt2tf finetune --model_dir models/124M --dataset_path mytext.txt", finetune_main),
+    "serve": Command("serve.py", "serve over HTTP (OpenAI and TF Serving APIs, a web page)",
+                     "gpt2tf serve --model_dir models/124M --port 8000", serve_main),
 }
 
 

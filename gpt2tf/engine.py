@@ -36,8 +36,7 @@ from gpt2tf.filters import choose_tokens
 from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
 
 CHUNK_STEPS = 32  # tokens per row per call when a whole batch is generated (`run`): one call, not 32
-MAX_LOGPROBS = 5  # the most alternatives a request's log-probabilities list (OpenAI's limit)
-from gpt2tf.settings import MAX_SEED, SamplerConfig, check_seed, random_seed
+from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, SamplerConfig, check_seed, random_seed
 from gpt2tf.stops import safe_end, stop_cut
 
 

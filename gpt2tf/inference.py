@@ -139,17 +139,23 @@ def run(config, out=sys.stdout):
 
 
 def _load(config):
+    return load_for_inference(config.model_dir, custom_model=config.custom_model, precision=config.precision)
+
+
+def load_for_inference(model_dir=None, *, custom_model=None, precision="float32"):
+    """The model `inference.py` (and `serve.py`) runs: `model_dir` (default models/124M), or the weights of a
+    `custom_model` .h5 file on its shape."""
     # Imported here: flag errors are reported without loading TensorFlow's model code.
     from gpt2tf.checkpoint import load_model
     from gpt2tf.h5weights import load_h5_model
 
-    model_dir = config.model_dir or DEFAULT_MODEL_DIR
-    if not config.model_dir and not Path(model_dir).exists():
-        raise GPT2TFError(f"no --model_dir given and {model_dir} does not exist: download OpenAI's default model "
-                          f"with `python download_model.py 124M`, or give --model_dir")
-    dtype = None if config.precision == "float32" else config.precision
-    if config.custom_model:
-        return load_h5_model(model_dir, config.custom_model, dtype=dtype)
+    if not model_dir and not Path(DEFAULT_MODEL_DIR).exists():
+        raise GPT2TFError(f"no --model_dir given and {DEFAULT_MODEL_DIR} does not exist: download OpenAI's default "
+                          f"model with `python download_model.py 124M`, or give --model_dir")
+    model_dir = model_dir or DEFAULT_MODEL_DIR
+    dtype = None if precision == "float32" else precision
+    if custom_model:
+        return load_h5_model(model_dir, custom_model, dtype=dtype)
     return load_model(model_dir, dtype=dtype)
 
 

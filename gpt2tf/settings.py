@@ -9,6 +9,7 @@ import os
 from gpt2tf.errors import GPT2TFError
 
 MAX_SEED = 2**31 - 1  # seeds key TF's stateless generators as int32 pairs: larger ones would collide
+MAX_LOGPROBS = 5  # the most alternatives a request's log-probabilities list (OpenAI's limit)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,314 @@
+"""serve.py's HTTP server on a free localhost port: the official `openai` client, the predict API, errors, limits,
+disconnects, API keys, CORS, and the page in a real headless Chromium."""
+
+import json
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+import gpt2tf
+from gpt2tf import sample
+from gpt2tf.server import ServeConfig, create_app
+
+PROMPT = "She picked up the sword"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """An app served by uvicorn on a thread, on a free port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve(model, **config):
+    values = dict(model_dir="unused", model_name="gpt2-small-test", max_batch=4, max_queue=8)
+    values.update(config)
+    return Running(create_app(ServeConfig(**values), model=model))
+
+
+@pytest.fixture(scope="module")
+def model(small_model_dir):
+    return gpt2tf.load_model(small_model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    running = serve(model)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def expected(model, prompt, **kwargs):
+    enc = gpt2tf.get_encoder()
+    n = kwargs.pop("n", 1)
+    outputs = sample.generate(model, [enc.encode(prompt)], nsamples=n, **kwargs)
+    return [enc.decode(ids) for ids in outputs]
+
+
+def post(server, path, body, **kwargs):
+    return httpx.post(server.url + path, content=body if isinstance(body, (str, bytes)) else json.dumps(body),
+                      headers={"Content-Type": "application/json", **kwargs.pop("headers", {})}, timeout=60, **kwargs)
+
+
+# ---- OpenAI's API ------------------------------------------------------------------------------------------------
+
+def test_completion_with_the_openai_client_equals_generate(client, model):
+    greedy = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=12, temperature=0)
+    assert greedy.object == "text_completion" and greedy.model == "gpt2-small-test"
+    assert greedy.choices[0].text == expected(model, PROMPT, length=12, temperature=0)[0]
+    assert greedy.choices[0].finish_reason == "length"
+    assert greedy.usage.prompt_tokens == 5 and greedy.usage.completion_tokens == 12 and greedy.usage.total_tokens == 17
+    seeded = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=10, top_p=0.9, seed=7, n=3,
+                                       extra_body={"top_k": 40})
+    assert [c.text for c in seeded.choices] == expected(model, PROMPT, length=10, top_p=0.9, top_k=40, seed=7, n=3)
+    assert [c.index for c in seeded.choices] == [0, 1, 2]
+
+
+def test_streaming_with_the_openai_client(client, model):
+    stream = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=15, temperature=0.8, seed=3,
+                                       stream=True)
+    chunks = list(stream)
+    assert len(chunks) > 1  # token by token
+    assert "".join(c.choices[0].text for c in chunks) == expected(model, PROMPT, length=15, temperature=0.8,
+                                                                 seed=3)[0]
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_a_list_of_prompts_stop_strings_echo_and_logprobs(client, model):
+    prompts = [PROMPT, "Hello there"]
+    out = client.completions.create(model="gpt2", prompt=prompts, max_tokens=8, temperature=0, n=2)
+    assert [c.text for c in out.choices] == [t for p in prompts for t in expected(model, p, length=8, temperature=0,
+                                                                                   n=2)]
+    full = out.choices[0].text
+    stop = full[4:7]
+    cut = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=8, temperature=0, stop=[stop])
+    assert cut.choices[0].text == full[:full.find(stop)] and cut.choices[0].finish_reason == "stop"
+    echoed = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=4, temperature=0, echo=True,
+                                       logprobs=2)
+    choice = echoed.choices[0]
+    assert choice.text == PROMPT + expected(model, PROMPT, length=4, temperature=0)[0]
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == choice.text and len(lp.tokens) == 5 + 4
+    assert lp.token_logprobs[0] is None and all(v < 0 for v in lp.token_logprobs[1:])
+    assert all(len(top) == 2 for top in lp.top_logprobs[1:]) and lp.text_offset[:2] == [0, 3]
+    for token, value, top in zip(lp.tokens[5:], lp.token_logprobs[5:], lp.top_logprobs[5:]):
+        assert max(top.values()) == pytest.approx(value, abs=1e-5)  # greedy: the chosen token is the most likely
+
+
+def test_concurrent_requests_give_what_each_gives_alone(server, model):
+    requests = [dict(prompt=PROMPT, max_tokens=14, temperature=0),
+                dict(prompt="Once upon a time", max_tokens=9, top_k=40, seed=5),
+                dict(prompt="The weather", max_tokens=12, top_p=0.8, temperature=0.7, seed=11),
+                dict(prompt="A", max_tokens=16, temperature=0, repetition_penalty=1.3),
+                dict(prompt="In 1990", max_tokens=7, top_k=5, seed=2, n=2),
+                dict(prompt=PROMPT, max_tokens=10, seed=9)]
+
+    def ask(body):
+        return [c["text"] for c in post(server, "/v1/completions", body).json()["choices"]]
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        got = list(pool.map(ask, requests))
+    for body, texts in zip(requests, got):
+        kwargs = {k: v for k, v in body.items() if k not in ("prompt", "max_tokens")}
+        assert texts == expected(model, body["prompt"], length=body["max_tokens"], **kwargs), body
+
+
+def test_models_health_and_the_predict_api(server, model):
+    assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"] == "gpt2-small-test"
+    health = httpx.get(server.url + "/health").json()
+    assert health == {"status": "ok", "active": 0, "queued": 0}
+    rows = post(server, "/v1/models/gpt2-small-test:predict",
+                {"instances": [{"prompt": PROMPT, "max_new_tokens": 6, "temperature": 0}, "Hello"]}).json()
+    assert rows["predictions"][0]["text"] == expected(model, PROMPT, length=6, temperature=0)[0]
+    assert len(rows["predictions"][1]["tokens"]) <= 16  # defaults: 16 tokens, OpenAI's sampling
+    columns = post(server, "/v1/models/gpt2-small-test:predict",
+                   {"inputs": {"prompt": [PROMPT, "Hi"], "max_new_tokens": [6, 3], "temperature": 0}}).json()
+    assert columns["outputs"]["text"] == [expected(model, PROMPT, length=6, temperature=0)[0],
+                                          expected(model, "Hi", length=3, temperature=0)[0]]
+    status = httpx.get(server.url + "/v1/models/gpt2-small-test").json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    missing = post(server, "/v1/models/other:predict", {"instances": ["x"]})
+    assert missing.status_code == 404 and "Servable not found" in missing.json()["error"]
+    bad = post(server, "/v1/models/gpt2-small-test:predict", {"instances": [{"text": "x"}]})
+    assert bad.status_code == 400 and "prompt" in bad.json()["error"]
+
+
+@pytest.mark.parametrize("body, param, words", [
+    ({"prompt": "x", "max_tokens": -5}, "max_tokens", "must be a whole number from 1"),
+    ({"prompt": "x", "max_tokens": 10**9}, "max_tokens", "must be a whole number from 1"),
+    ({"prompt": "x", "top_p": 0}, "top_p", "must be a finite number (0.0, 1.0]"),
+    ({"prompt": "x", "top_p": 1.5}, "top_p", "must be a finite number (0.0, 1.0]"),
+    ({"prompt": "x", "temperature": -1}, "temperature", "must be a finite number >= 0.0"),
+    ({"prompt": "word " * 70, "max_tokens": 5}, "prompt", "exceeds the model's context of 64"),
+    ({"prompt": 5}, "prompt", "must be a string"),
+    ({"prompt": "x", "max_tokens": "10"}, "max_tokens", "got \"10\""),
+    ({"prompt": "x", "stream": "yes"}, "stream", "must be true or false"),
+    ({"prompt": "x", "stop": [1]}, "stop", "stop must be a string or a list of strings"),
+    ({"prompt": "x", "bogus": 1}, "bogus", "unknown field"),
+    ({"prompt": "x", "frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
+    ({"prompt": "x", "logprobs": 9}, "logprobs", "from 0 to 5"),
+])
+def test_bad_requests_get_openais_error_object(server, body, param, words):
+    response = post(server, "/v1/completions", body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and words in error["message"]
+
+
+def test_bodies_that_are_not_json_or_too_large(server):
+    assert post(server, "/v1/completions", "not json").json()["error"]["message"] == "the body is not JSON"
+    assert post(server, "/v1/completions", "[1, 2]").status_code == 400
+    huge = post(server, "/v1/completions", json.dumps({"prompt": "x" * (2 << 20)}))
+    assert huge.status_code == 413 and "larger than" in huge.json()["error"]["message"]
+
+
+def test_a_client_that_goes_away_frees_its_slot(server, monkeypatch):
+    engine = server.server.config.app.state.worker.engine
+    step = engine.step
+    monkeypatch.setattr(engine, "step", lambda *a, **k: time.sleep(0.02) or step(*a, **k))  # a slower model
+    with httpx.stream("POST", server.url + "/v1/completions", timeout=60,
+                      json={"prompt": PROMPT, "max_tokens": 50, "stream": True, "temperature": 0}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                break  # one token in, then hang up
+    assert busy_until_idle(server) < 10
+    with httpx.Client(timeout=0.4) as quick:  # a plain request whose client gives up after 0.4 s (of ~1 s)
+        with pytest.raises(httpx.TimeoutException):
+            quick.post(server.url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 50, "temperature": 0})
+    assert busy_until_idle(server) < 10
+
+
+def busy_until_idle(server):
+    started = time.monotonic()
+    while httpx.get(server.url + "/health").json()["active"]:
+        time.sleep(0.05)
+        assert time.monotonic() - started < 10, "the slot was not freed"
+    return time.monotonic() - started
+
+
+def test_beyond_the_queue_requests_get_429(model):
+    running = serve(model, max_batch=1, max_queue=1)
+    try:
+        def ask(_):
+            return post(running, "/v1/completions", {"prompt": PROMPT, "max_tokens": 40, "temperature": 0})
+
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(ask, range(4)))
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(200) >= 2 and 429 in codes, codes
+        refused = next(r for r in responses if r.status_code == 429).json()["error"]
+        assert refused["code"] == "rate_limit_exceeded" and "busy" in refused["message"]
+    finally:
+        running.stop()
+
+
+def test_an_api_key_and_cors(model):
+    from openai import AuthenticationError, OpenAI
+
+    running = serve(model, api_key="sesame", cors_origin="http://example.test")
+    try:
+        denied = post(running, "/v1/completions", {"prompt": "x", "max_tokens": 2})
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=f"{running.url}/v1", api_key="wrong", max_retries=0).completions.create(
+                model="m", prompt="x", max_tokens=2)
+        ok = OpenAI(base_url=f"{running.url}/v1", api_key="sesame", max_retries=0).completions.create(
+            model="m", prompt="x", max_tokens=2)
+        assert len(ok.choices) == 1
+        assert httpx.get(running.url + "/health").status_code == 200  # not an API route
+        preflight = httpx.options(running.url + "/v1/completions", headers={
+            "Origin": "http://example.test", "Access-Control-Request-Method": "POST"})
+        assert preflight.headers.get("access-control-allow-origin") == "http://example.test"
+    finally:
+        running.stop()
+    no_cors = serve(model)
+    try:
+        answer = httpx.get(no_cors.url + "/v1/models", headers={"Origin": "http://example.test"})
+        assert "access-control-allow-origin" not in answer.headers
+    finally:
+        no_cors.stop()
+
+
+# ---- the page, in a real browser -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    assert chromium and driver, "the page test needs Debian's chromium and chromium-driver (.ci/run installs them)"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1000,800"):
+        options.add_argument(argument)
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    yield session
+    session.quit()
+
+
+def test_the_page_streams_a_completion_and_stops(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/")
+    assert "gpt2-small-test" in browser.title
+    box = browser.find_element(By.ID, "prompt")
+    box.clear()
+    box.send_keys("Once upon a time")
+    for name, value in (("max_tokens", "20"), ("temperature", "0")):
+        field = browser.find_element(By.ID, name)
+        field.clear()
+        field.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    WebDriverWait(browser, 60).until(lambda b: "done" in b.find_element(By.ID, "status").text)
+    text = browser.find_element(By.ID, "completion").text
+    want = expected(server_model(server), "Once upon a time", length=20, temperature=0)[0]
+    assert text == want.strip() or text == want  # the browser trims trailing white space in .text
+    browser.save_screenshot(str(tmp_path / "page.png"))
+    # A long generation, stopped from the page: the server frees the slot.
+    field = browser.find_element(By.ID, "max_tokens")
+    field.clear()
+    field.send_keys("55")
+    browser.find_element(By.ID, "generate").click()
+    WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "completion").text)
+    browser.find_element(By.ID, "stop").click()
+    WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "status").text == "stopped")
+    assert busy_until_idle(server) < 10
+
+
+def server_model(server):
+    return server.server.config.app.state.worker.engine.model
