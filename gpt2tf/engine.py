@@ -7,8 +7,8 @@
 
 An engine owns a preallocated key/value cache of `max_batch` rows of `max_length` slots, and per row: its
 position (tokens written so far), its sampling settings, its seed and noise step, its stop conditions and length
-limit. `add` prefills a prompt into a free row (its first chunk at once, any further chunk of `PROMPT_BUCKET` tokens
-one per `step`, so running rows never wait for more than one chunk); `step` advances every decoding row by one
+limit. `add` puts a request in a free row; each `step` first prefills one chunk of `PROMPT_BUCKET` tokens of every
+prompt not yet in, together, so running rows never wait for more than one chunk; `step` advances every decoding row by one
 token in one call whose settings are tensors, so rows with different settings share it and nothing is retraced. A
 row's tokens sit at slots 0.. of its own cache row and attention sees exactly those: a request's tokens do not
 depend on its row, on the other rows, or on when it joined. `Request(seed=s, sample=j)` gives what
@@ -157,7 +157,7 @@ class Engine:
         return self.max_batch - self.active
 
     def add(self, request):
-        """Put `request` in a free slot and prefill (the first chunk of) its prompt; returns its id.
+        """Put `request` in a free slot (the next `step` prefills its prompt); returns its id.
 
         Raises GPT2TFError when no slot is free (queue the request and add it after a step frees one), or when the
         prompt does not fit.
@@ -177,8 +177,21 @@ class Engine:
         self._rows[slot] = row
         if not self._compiled.compiling():  # compile the step this row needs while its prompt is prefilled
             self._compiled.prepare(self._bucket(slot + 1), self._cache)
-        self._prefill_chunk(slot)
         return row.rid
+
+    def warm_up(self):
+        """Compile the prefill and the step for every number of rows a call may run, now (about a second each for
+        124M), so that no request ever waits for a compilation; for a server, before the first request."""
+        if self.active:
+            raise GPT2TFError("warm_up runs before any request is added")
+        chunk = min(PROMPT_BUCKET, self.max_length)
+        for rows in self._buckets:  # every slot is free: what these write is overwritten by a request's prefill
+            zeros = tf.zeros([rows], tf.int32)
+            self._compiled.prefill(tf.zeros([rows, chunk], tf.int32), tf.range(rows), zeros, zeros,
+                                   self._cache).numpy()
+            self._compiled.prepare(rows, self._cache)
+        for rows in self._buckets:
+            self._compiled.ready_bucket(rows, [rows], self._cache)
 
     def check(self, request, *, name="the prompt"):
         """A GPT2TFError if `request` cannot run on this engine's model and length (`name`: the prompt's, in it)."""
@@ -207,31 +220,41 @@ class Engine:
     # -----------------------------------------------------------------------------------------------------------
     # Prefill and step
 
-    def _prefill_chunk(self, slot):
-        """Prefill the next chunk of the prompt in `slot`; once it is all in, the row starts decoding."""
-        row = self._rows[slot]
-        prompt = row.request.prompt
+    def _prefill_chunks(self, slots):
+        """Prefill the next chunk of the prompt in each of `slots`, in one call; a row whose prompt is all in
+        starts decoding."""
         chunk = min(PROMPT_BUCKET, self.max_length)
-        # A last chunk that would run past the cache ends at its end instead; the tokens it repeats are computed
-        # again from the same cache and give the same keys and values.
-        start = min(row.prefilled, self.max_length - chunk)
-        tokens = np.zeros([1, chunk], np.int32)  # padding after the prompt: its slots are written before read
-        piece = prompt[start:start + chunk]
-        tokens[0, :len(piece)] = piece
-        logits = self._compiled.prefill(tf.constant(tokens), tf.constant(slot), tf.constant(start),
-                                        tf.constant(len(piece) - 1), self._cache)
-        row.prefilled = start + len(piece)
-        if row.prefilled < len(prompt):
-            return
+        tokens = np.zeros([len(slots), chunk], np.int32)  # padding after a prompt: its slots are written before read
+        starts, lasts = np.zeros(len(slots), np.int32), np.zeros(len(slots), np.int32)
+        for i, slot in enumerate(slots):
+            row = self._rows[slot]
+            # A last chunk that would run past the cache ends at its end instead; the tokens it repeats are computed
+            # again from the same cache and give the same keys and values.
+            starts[i] = min(row.prefilled, self.max_length - chunk)
+            piece = row.request.prompt[starts[i]:starts[i] + chunk]
+            tokens[i, :len(piece)], lasts[i] = piece, len(piece) - 1
+        rows = self._bucket(len(slots))
+        pad = [len(slots) - 1] * (rows - len(slots))  # the batch's row count in buckets: the last row repeated
+        logits = self._compiled.prefill(tf.constant(np.concatenate([tokens, tokens[pad]])),
+                                        tf.constant(np.array(list(slots) + [slots[-1]] * len(pad), np.int32)),
+                                        tf.constant(np.concatenate([starts, starts[pad]])),
+                                        tf.constant(np.concatenate([lasts, lasts[pad]])), self._cache)
+        for i, slot in enumerate(slots):
+            row = self._rows[slot]
+            row.prefilled = int(starts[i] + lasts[i] + 1)
+            if row.prefilled >= len(row.request.prompt):
+                self._start_decoding(slot, logits[i])
+
+    def _start_decoding(self, slot, logits):
+        row, request = self._rows[slot], self._rows[slot].request
         seen = np.zeros(self.model.hparams.n_vocab, bool)
-        seen[list(prompt)] = True
-        self._logits[slot].assign(logits[0])
+        seen[list(request.prompt)] = True
+        self._logits[slot].assign(logits)
         self._seen[slot].assign(seen)
-        request = row.request
         for name, value in self._settings.items():
             value[slot] = getattr(request, name)
         self._row_seeds[slot] = (row.seed, request.sample)
-        self._steps[slot], self._position[slot] = 0, len(prompt)
+        self._steps[slot], self._position[slot] = 0, len(request.prompt)
         self._limit[slot], self._stop_at_eos[slot] = request.max_new_tokens, request.stop_at_eos
         self._logprobs[slot] = request.logprobs is not None
         self._decoding[slot] = True
@@ -266,7 +289,7 @@ class Engine:
                     **{name: tf.constant(value[:rows]) for name, value in self._settings.items()})
 
     def step(self, steps=1):
-        """Advance every decoding row by one token (after prefilling one more chunk of a waiting prompt, if any).
+        """Advance every decoding row by one token (after prefilling one more chunk of every prompt not yet in).
 
         Returns `[(rid, new_ids, finished)]` for the rows that produced output or finished. A row ends at
         <|endoftext|> (not included; with `stop_at_eos`), after `max_new_tokens`, or before a stop string (ids are
@@ -274,10 +297,10 @@ class Engine:
         `steps=n` runs up to n tokens per row in one call (fewer calls, for batch generation); requests join and
         leave only between calls.
         """
+        self._compact()
         waiting = [s for s, row in enumerate(self._rows) if row is not None and not self._decoding[s]]
         if waiting:
-            self._prefill_chunk(min(waiting, key=lambda s: self._rows[s].rid))
-        self._compact()
+            self._prefill_chunks(waiting)
         if not self._decoding.any():
             return []
         rows = self._compiled.ready_bucket(self._bucket(int(np.flatnonzero(self._decoding)[-1]) + 1), self._buckets,
@@ -439,17 +462,18 @@ class _Compiled:
                     row_seeds=tf.zeros([rows, 2], tf.int32), temperature=tf.zeros([rows]), top_k=zeros,
                     top_p=tf.ones([rows]), repetition_penalty=tf.ones([rows]))
 
-    def _prefill(self, tokens, slot, start, last, cache):
-        """tokens [1, chunk] of the prompt in row `slot`, at slots start..; the logits after token `last` [1, vocab].
+    def _prefill(self, tokens, slots, starts, lasts, cache):
+        """tokens [rows, chunk]: a chunk of the prompt in each of cache rows `slots`, at slots starts..; the logits
+        after each row's token `lasts` [rows, vocab].
 
-        Attention sees the row's slots before `start` and, causally, the chunk itself; the chunk's keys and values
-        are written at `start` of the row.
+        Attention sees each row's slots before its start and, causally, its chunk; the chunk's keys and values are
+        written at its start. A slot given twice must come with the same tokens and start (the padding of a batch).
         """
         max_length = cache[0][0].shape[2]
-        x, mask = self.embed(tokens, start, max_length)
+        x, mask = self.embed(tokens, starts, max_length)
         for i, layer_cache in enumerate(cache):
-            x = self.prefill_block(x, mask, start, self._weights[i], layer_cache, slot, None if self._shared else i)
-        return self.head(tf.slice(x, [0, last, 0], [1, 1, -1]))
+            x = self.prefill_block(x, mask, starts, self._weights[i], layer_cache, slots, None if self._shared else i)
+        return self.head(tf.gather(x, lasts[:, None], batch_dims=1))  # [rows, 1, n_embd] -> [rows, vocab]
 
     def _steps(self, count, logits, seen, cache, decoding, position, steps, limit, stop_at_eos, logprobs,
                row_seeds, temperature, top_k, top_p, repetition_penalty):
@@ -513,23 +537,25 @@ class _Compiled:
         values.assign(new_values)
         return x
 
-    def _prefill_block(self, x, mask, start, weights, cache, slot, layer):
-        """The block on a chunk of one row's prompt: cache row `slot` is read and written, the others untouched."""
+    def _prefill_block(self, x, mask, starts, weights, cache, slots, layer):
+        """The block on a chunk of each of some rows' prompts: cache rows `slots` are read and written, the others
+        untouched."""
         keys, values = cache
-        # The row as this request wrote it: slots before `start`; the rest is zeroed, so nothing a previous request
+        # Each row as its request wrote it: slots before its start; the rest is zeroed, so nothing a previous request
         # left there (an inf, say) can reach XLA's attention, which weighs masked slots by 0 (0 * inf is NaN).
-        written = tf.reshape(tf.range(keys.shape[2]) < start, [1, 1, -1, 1])
+        written = tf.reshape(tf.range(keys.shape[2])[None, :] < starts[:, None], [x.shape[0], 1, -1, 1])
 
-        def row(v):
-            return tf.where(written, tf.slice(v.read_value(), tf.stack([slot, 0, 0, 0]), [1, -1, -1, -1]),
-                            tf.zeros([], v.dtype))
+        def rows(v):
+            return tf.where(written, tf.gather(v.read_value(), slots), tf.zeros([], v.dtype))  # [rows, h, L, d]
 
         with native.use_in_decode_step(self.use_native):
             (x, (new_keys, new_values)), _ = self.model.h[layer or 0].stateless_call(
-                *weights, x, mask, (row(keys), row(values)), start)
-        at = tf.stack([slot, 0, 0, 0])
-        keys.assign(xla.dynamic_update_slice(keys.read_value(), new_keys, at))
-        values.assign(xla.dynamic_update_slice(values.read_value(), new_values, at))
+                *weights, x, mask, (rows(keys), rows(values)), starts)
+        for variable, new in ((keys, new_keys), (values, new_values)):
+            updated = variable.read_value()
+            for r in range(x.shape[0]):  # a static number of rows: one in-place update each
+                updated = xla.dynamic_update_slice(updated, new[r:r + 1], tf.stack([slots[r], 0, 0, 0]))
+            variable.assign(updated)
         return x
 
     def _head(self, x):

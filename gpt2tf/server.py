@@ -359,6 +359,7 @@ def create_app(config, *, model=None, encoder=None):
     name = config.model_name or Path(config.model_dir or DEFAULT_MODEL_DIR).name
     n_ctx = model.hparams.n_ctx
     engine = Engine(model, max_batch=config.max_batch, jit_compile=not config.no_xla, encoder=encoder)
+    engine.warm_up()  # every compilation now, none while a request waits
     worker = Worker(engine, max_queue=config.max_queue)
     api_key = config.api_key or os.environ.get(API_KEY_ENV) or None
     created = int(time.time())

@@ -1,0 +1,214 @@
+"""The HTTP server under load: `serve.py` on 124M-shaped weights, driven over HTTP by 1 and 8 concurrent clients.
+
+    python bench/serve.py                 # prints one JSON line per measurement
+    python bench/serve.py --rounds 3
+
+Each client streams `/v1/completions` (a 64-token prompt, 128 new tokens, greedy) and times every token as it
+arrives. Reported: aggregate generated tokens/s, time to first token, and the gap between tokens (p50/p95), for
+one client and for 8 at once; the time to first token of a request that arrives while 7 others decode, against a
+lone request's; and, in the same run, the library's own streaming path (`generate_stream(chunk_steps=1)`, what
+`inference.py` runs when it prints a sample as it is produced) for a lone request. If `transformers` and `torch`
+are installed, the simplest peer a user would write is measured too: HF's `model.generate` behind FastAPI, one
+request at a time, on the same weights.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROMPT, NEW = 64, 128
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def prompt_text(i):
+    """A prompt of exactly 64 tokens, different for each client."""
+    from gpt2tf.encoder import get_encoder
+
+    import numpy as np
+
+    return get_encoder().decode([int(t) for t in np.random.default_rng(i).integers(0, 50000, PROMPT)])
+
+
+def stream(url, body, out):
+    """One streamed completion: the arrival time of each token's chunk (and the send time first)."""
+    import httpx
+
+    times = [time.perf_counter()]
+    with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                times.append(time.perf_counter())
+    out.append(times)
+
+
+def clients(url, count, *, offset=0):
+    """`count` clients at once; [arrival times] per client."""
+    out, threads = [], []
+    for i in range(count):
+        body = {"prompt": prompt_text(offset + i), "max_tokens": NEW, "temperature": 0}
+        threads.append(threading.Thread(target=stream, args=(url, body, out)))
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out, time.perf_counter() - started
+
+
+def summary(runs, wall):
+    tokens = sum(len(t) - 1 for t in runs)
+    gaps = sorted(g for t in runs for g in (b - a for a, b in zip(t[1:], t[2:])))
+    ttft = [t[1] - t[0] for t in runs]
+    return {"tokens_per_s": round(tokens / wall, 1), "ttft_s": round(statistics.median(ttft), 3),
+            "token_gap_ms_p50": round(1e3 * gaps[len(gaps) // 2], 1),
+            "token_gap_ms_p95": round(1e3 * gaps[int(len(gaps) * 0.95)], 1)}
+
+
+def start_server(model_dir, port, script):
+    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"gpt2tf-bench-serve-{port}.log"), "w+")
+    process = subprocess.Popen([sys.executable, script, "--model_dir", model_dir, "--port", str(port),
+                                "--max_batch", "8"], cwd=ROOT, stdout=log, stderr=log)
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(log.read())
+    raise RuntimeError("the server did not start")
+
+
+def arriving_while_others_decode(url):
+    """TTFT of a request sent once 7 others are decoding (after their 10th token)."""
+    out, threads = [], []
+    for i in range(7):
+        threads.append(threading.Thread(target=stream, args=(url, {"prompt": prompt_text(100 + i),
+                                                                   "max_tokens": NEW, "temperature": 0}, out)))
+        threads[-1].start()
+    import httpx
+
+    while True:  # wait until all seven decode
+        if httpx.get(url + "/health").json()["active"] >= 7:
+            break
+        time.sleep(0.01)
+    time.sleep(0.4)
+    late = []
+    stream(url, {"prompt": prompt_text(200), "max_tokens": 8, "temperature": 0}, late)
+    for t in threads:
+        t.join()
+    return late[0][1] - late[0][0]
+
+
+def library_stream(model, ids):
+    """A lone 128-token request through `generate_stream(chunk_steps=1)`, as inference.py prints one."""
+    from gpt2tf import sample
+
+    times = [time.perf_counter()]
+    for _ in sample.generate_stream(model, [ids], length=NEW, config=sample.SamplerConfig(temperature=0),
+                                    chunk_steps=1, stop_at_eos=False):
+        times.append(time.perf_counter())
+    return summary([times], times[-1] - times[0])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="124M")
+    parser.add_argument("--rounds", type=int, default=2, help="repeats of each measurement; the best is reported")
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    from generate import _model_dir
+
+    model_dir = _model_dir(args.size)
+    url = f"http://127.0.0.1:{args.port}"
+    import gpt2tf
+    from gpt2tf.encoder import get_encoder
+
+    model, ids = gpt2tf.load_model(model_dir), get_encoder().encode(prompt_text(10))
+    library_stream(model, ids)  # compiled before the server starts
+    server = start_server(model_dir, args.port, "serve.py")
+    try:
+        clients(url, 1)
+        clients(url, 8)  # warm-up
+        # A lone request through the server and through the library, alternating (this VM's speed drifts).
+        lone, library = [], []
+        for _ in range(args.rounds + 1):
+            runs, wall = clients(url, 1, offset=10)
+            lone.append(summary(runs, wall))
+            library.append(library_stream(model, ids))
+        alone = max(lone, key=lambda r: r["tokens_per_s"])
+        print(json.dumps({"bench": "serve", "clients": 1, **alone}), flush=True)
+        best_library = max(library, key=lambda r: r["tokens_per_s"])
+        print(json.dumps({"bench": "serve_vs_library", "library_stream_tokens_per_s": best_library["tokens_per_s"],
+                          "library_ttft_s": best_library["ttft_s"],
+                          "library_token_gap_ms_p50": best_library["token_gap_ms_p50"],
+                          "server_lone_tokens_per_s": alone["tokens_per_s"],
+                          "server_over_library": round(alone["tokens_per_s"] / best_library["tokens_per_s"], 2)}),
+              flush=True)
+        best = max((summary(*clients(url, 8, offset=10)) for _ in range(args.rounds)),
+                   key=lambda r: r["tokens_per_s"])
+        print(json.dumps({"bench": "serve", "clients": 8, **best}), flush=True)
+        print(json.dumps({"bench": "serve_scaling", "aggregate_8_over_1": round(
+            best["tokens_per_s"] / alone["tokens_per_s"], 2)}), flush=True)
+        late = min(arriving_while_others_decode(url) for _ in range(args.rounds))
+        print(json.dumps({"bench": "serve_ttft_under_load", "ttft_s": round(late, 3), "lone_ttft_s": alone["ttft_s"],
+                          "ratio": round(late / alone["ttft_s"], 2)}), flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    peer = hf_peer(model_dir, args.port + 1, args.rounds)
+    if peer:
+        print(json.dumps(peer), flush=True)
+
+
+def hf_peer(model_dir, port, rounds):
+    """HF transformers' generate behind FastAPI, one request at a time (a lock), 1 and 8 clients; None if absent."""
+    try:
+        import torch  # noqa: F401
+        import transformers
+    except ImportError:
+        return None
+    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "serve_hf_peer.py"), model_dir,
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                httpx.get(url + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    return None
+                time.sleep(0.2)
+        clients(url, 1)
+        result = {}
+        for count in (1, 8):
+            runs, wall = min((clients(url, count, offset=10) for _ in range(rounds)), key=lambda r: r[1])
+            result[count] = summary(runs, wall)
+        return {"bench": "serve_peer", "peer": f"transformers {transformers.__version__} behind FastAPI",
+                "clients_1_tokens_per_s": result[1]["tokens_per_s"],
+                "clients_8_tokens_per_s": result[8]["tokens_per_s"], "clients_8_ttft_s": result[8]["ttft_s"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
