@@ -24,9 +24,10 @@ INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "request
                     "importlib_resources", "h5py", "fastapi", "uvicorn"]
 
 # Test-only: pytest runs the suite; tiktoken (built offline from our bundled vocab files) is the independent
-# reference the encoder is checked against, bit for bit; openai is the official client the server is tested with;
+# reference the encoder is checked against, bit for bit; openai is the official client the server is tested with,
+# httpx the plain HTTP client for what it cannot send (bad bodies, the predict API, disconnects; and bench/serve.py);
 # selenium drives the system's headless Chromium (installed by .ci/run) to test the page.
-EXTRAS_REQUIRE = {"test": ["pytest", "tiktoken", "openai", "selenium"]}
+EXTRAS_REQUIRE = {"test": ["pytest", "tiktoken", "openai", "httpx", "selenium"]}
 
 setup(
     name="gpt2tf",

@@ -26,19 +26,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import common  # noqa: E402
+
 PROMPT, NEW = 64, 128
-
-
-def _model_dir(size):
-    path = f"/tmp/gpt2tf-bench/{size}"
-    if not os.path.exists(os.path.join(path, "checkpoint")):
-        import gpt2tf
-        from gpt2tf.hparams import pretrained
-
-        gpt2tf.write_synthetic_checkpoint(path, pretrained(size))
-    return path
 
 
 def _prompts(batch):
@@ -171,27 +164,7 @@ def hf_peer(model_dir, batch, repeat):
         import transformers
     except ImportError:
         return None
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(os.path.join(model_dir, "model.ckpt"))
-    hp = json.load(open(os.path.join(model_dir, "hparams.json")))
-    config = transformers.GPT2Config(vocab_size=hp["n_vocab"], n_positions=hp["n_ctx"], n_embd=hp["n_embd"],
-                                     n_head=hp["n_head"], n_layer=hp["n_layer"])
-    hf = transformers.GPT2LMHeadModel(config).eval()
-    state = {"transformer.wte.weight": "model/wte", "transformer.wpe.weight": "model/wpe",
-             "transformer.ln_f.weight": "model/ln_f/g", "transformer.ln_f.bias": "model/ln_f/b"}
-    for i in range(hp["n_layer"]):
-        for ours, theirs in [("ln_1/g", "ln_1.weight"), ("ln_1/b", "ln_1.bias"), ("ln_2/g", "ln_2.weight"),
-                             ("ln_2/b", "ln_2.bias"), ("attn/c_attn/w", "attn.c_attn.weight"),
-                             ("attn/c_attn/b", "attn.c_attn.bias"), ("attn/c_proj/w", "attn.c_proj.weight"),
-                             ("attn/c_proj/b", "attn.c_proj.bias"), ("mlp/c_fc/w", "mlp.c_fc.weight"),
-                             ("mlp/c_fc/b", "mlp.c_fc.bias"), ("mlp/c_proj/w", "mlp.c_proj.weight"),
-                             ("mlp/c_proj/b", "mlp.c_proj.bias")]:
-            state[f"transformer.h.{i}.{theirs}"] = f"model/h{i}/{ours}"
-    tensors = {k: torch.from_numpy(reader.get_tensor(v).squeeze(0) if v.endswith("/w") else reader.get_tensor(v))
-               for k, v in state.items()}
-    tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
-    hf.load_state_dict(tensors, strict=False)
+    hf = common.hf_gpt2(model_dir)
     ids = torch.tensor(_prompts(batch))
 
     def run(n):
@@ -223,12 +196,12 @@ def main():
     if args.arrivals:
         import gpt2tf
 
-        model = gpt2tf.load_model(_model_dir(args.size))
+        model = gpt2tf.load_model(common.model_dir(args.size))
         print(json.dumps(arrivals(model, 10, args.repeat)), flush=True)
         print(json.dumps(arrivals(model, 10, args.repeat, [dict(temperature=0)] * 8)), flush=True)
         return
 
-    model_dir = _model_dir(args.size)
+    model_dir = common.model_dir(args.size)
     if not args.no_first_call:
         print(json.dumps(first_call(model_dir)), flush=True)
     import gpt2tf

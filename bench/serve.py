@@ -131,9 +131,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="repeats of each measurement; the best is reported")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
-    from generate import _model_dir
+    from common import model_dir as bench_model_dir
 
-    model_dir = _model_dir(args.size)
+    model_dir = bench_model_dir(args.size)
     url = f"http://127.0.0.1:{args.port}"
     import gpt2tf
     from gpt2tf.encoder import get_encoder

@@ -1,7 +1,8 @@
-"""An independent GPT-2 forward pass in NumPy float64, written from OpenAI's `model.py` semantics.
+"""An independent GPT-2 forward pass in NumPy float64, written from OpenAI's `model.py` semantics, and the
+nucleus rule spelled out.
 
 It shares no code with gpt2tf: tensors come from TensorFlow's own checkpoint reader, keyed by OpenAI's names, and
-every operation is spelled out here so the Keras model can be checked against it.
+every operation is spelled out here so the Keras model and the filters can be checked against it.
 """
 
 import numpy as np
@@ -55,3 +56,18 @@ def reference_logits(params, n_head, tokens):
         x = x + _conv1d(m, p("mlp/c_proj/w"), p("mlp/c_proj/b"))
     x = _layer_norm(x, params["model/ln_f/g"], params["model/ln_f/b"])
     return x @ params["model/wte"].T
+
+
+def top_p_kept(logits, p):
+    """The tokens nucleus sampling keeps, by the documented rule: walk tokens by descending probability, keep while
+    the mass before is < p; tokens tied with the last kept one stay too."""
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    kept, mass = set(), 0.0
+    for token in sorted(range(len(logits)), key=lambda t: -probs[t]):
+        if mass >= p:
+            break
+        kept.add(token)
+        mass += probs[token]
+    last = min(logits[t] for t in kept)
+    return kept | set(np.flatnonzero(logits == last))

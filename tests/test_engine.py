@@ -12,6 +12,7 @@ from gpt2tf import engine, filters, sample
 from gpt2tf.engine import Engine, Request
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, MASKED_VALUE
+from reference import top_p_kept
 
 FIXTURES = Path(__file__).with_name("fixtures") / "generate_tokens.json"
 
@@ -65,22 +66,8 @@ def test_per_row_filters_equal_each_row_filtered_alone():
             kept = set(np.flatnonzero(want >= kth))
         if p < 1:
             masked = np.array([want[i] if i in kept else -1e10 for i in range(500)], np.float64)
-            kept &= brute_top_p(masked, p)
+            kept &= top_p_kept(masked, p)
         assert set(np.flatnonzero(alone > MASKED_VALUE / 2)) == kept, (t, k, p, r)
-
-
-def brute_top_p(logits, p):
-    """Walk tokens by descending probability, keep while the mass before is < p; ties with the last kept stay."""
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    kept, mass = set(), 0.0
-    for token in sorted(range(len(logits)), key=lambda t: -probs[t]):
-        if mass >= p:
-            break
-        kept.add(token)
-        mass += probs[token]
-    last = min(logits[t] for t in kept)
-    return kept | set(np.flatnonzero(logits == last))
 
 
 def test_a_sampled_token_is_drawn_with_the_rows_own_settings():

@@ -12,7 +12,7 @@ from gpt2tf import engine, filters, sample
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, MASKED_VALUE
 from conftest import SMALL
-from reference import read_openai_checkpoint, reference_logits
+from reference import read_openai_checkpoint, reference_logits, top_p_kept
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +30,6 @@ def small_model(small_model_dir):
 
 def _kept(filtered):
     return set(np.flatnonzero(filtered > MASKED_VALUE / 2))
-
-
-def _brute_top_p(logits, p):
-    """The documented rule, spelled out: walk tokens by descending probability, keep while mass before < p."""
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    kept, mass = set(), 0.0
-    for token in sorted(range(len(logits)), key=lambda t: -probs[t]):
-        if mass >= p:
-            break
-        kept.add(token)
-        mass += probs[token]
-    last = min(logits[t] for t in kept)
-    return kept | set(np.flatnonzero(logits == last))  # tokens tied with the last kept one stay too
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 40])
@@ -74,7 +60,7 @@ def test_top_p_keeps_exactly_the_documented_set(p):
     logits = (np.random.default_rng(int(p * 100)).normal(size=(4, 300)) * 3).astype(np.float32)
     filtered = filters.top_p_logits(tf.constant(logits), p).numpy()
     for row in range(4):
-        assert _kept(filtered[row]) == _brute_top_p(logits[row].astype(np.float64), p)
+        assert _kept(filtered[row]) == top_p_kept(logits[row].astype(np.float64), p)
 
 
 def test_filters_run_in_openai_order():
@@ -94,7 +80,7 @@ def test_top_k_then_top_p_fast_path_keeps_the_same_set(k, p):
     for row in range(4):
         kth = np.sort(logits[row])[::-1][k - 1]
         after_k = np.where(logits[row] >= kth, logits[row], -1e10).astype(np.float64)
-        assert _kept(got[row]) == _brute_top_p(after_k, p) & set(np.flatnonzero(logits[row] >= kth))
+        assert _kept(got[row]) == top_p_kept(after_k, p) & set(np.flatnonzero(logits[row] >= kth))
 
 
 def test_repetition_penalty_direction():
