@@ -3,8 +3,8 @@
     python bench/serve.py                 # prints one JSON line per measurement
     python bench/serve.py --rounds 3
 
-Each client streams `/v1/completions` (a 64-token prompt, 128 new tokens, greedy) and times every token as it
-arrives. Reported: aggregate generated tokens/s, time to first token, and the gap between tokens (p50/p95), for
+Each client streams `/v1/completions` (a prompt of 64 token ids, 128 new tokens, greedy) and times every token as
+it arrives (one event per token). Reported: aggregate generated tokens/s, time to first token, and the gap between tokens (p50/p95), for
 one client and for 8 at once; the time to first token of a request that arrives while 7 others decode, against a
 lone request's; and, in the same run, the library's own streaming path (`generate_stream(chunk_steps=1)`, what
 `inference.py` runs when it prints a sample as it is produced) for a lone request. If `transformers` and `torch`
@@ -29,13 +29,11 @@ PROMPT, NEW = 64, 128
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def prompt_text(i):
-    """A prompt of exactly 64 tokens, different for each client."""
-    from gpt2tf.encoder import get_encoder
-
+def prompt_ids(i):
+    """A prompt of exactly 64 token ids (sent as ids), different for each client."""
     import numpy as np
 
-    return get_encoder().decode([int(t) for t in np.random.default_rng(i).integers(0, 50000, PROMPT)])
+    return [int(t) for t in np.random.default_rng(i).integers(0, 50000, PROMPT)]
 
 
 def stream(url, body, out):
@@ -55,7 +53,7 @@ def clients(url, count, *, offset=0):
     """`count` clients at once; [arrival times] per client."""
     out, threads = [], []
     for i in range(count):
-        body = {"prompt": prompt_text(offset + i), "max_tokens": NEW, "temperature": 0}
+        body = {"prompt": prompt_ids(offset + i), "max_tokens": NEW, "temperature": 0}
         threads.append(threading.Thread(target=stream, args=(url, body, out)))
     started = time.perf_counter()
     for t in threads:
@@ -97,7 +95,7 @@ def arriving_while_others_decode(url):
     """TTFT of a request sent once 7 others are decoding (after their 10th token)."""
     out, threads = [], []
     for i in range(7):
-        threads.append(threading.Thread(target=stream, args=(url, {"prompt": prompt_text(100 + i),
+        threads.append(threading.Thread(target=stream, args=(url, {"prompt": prompt_ids(100 + i),
                                                                    "max_tokens": NEW, "temperature": 0}, out)))
         threads[-1].start()
     import httpx
@@ -108,7 +106,7 @@ def arriving_while_others_decode(url):
         time.sleep(0.01)
     time.sleep(0.4)
     late = []
-    stream(url, {"prompt": prompt_text(200), "max_tokens": 8, "temperature": 0}, late)
+    stream(url, {"prompt": prompt_ids(200), "max_tokens": 8, "temperature": 0}, late)
     for t in threads:
         t.join()
     return late[0][1] - late[0][0]
@@ -136,9 +134,8 @@ def main():
     model_dir = bench_model_dir(args.size)
     url = f"http://127.0.0.1:{args.port}"
     import gpt2tf
-    from gpt2tf.encoder import get_encoder
 
-    model, ids = gpt2tf.load_model(model_dir), get_encoder().encode(prompt_text(10))
+    model, ids = gpt2tf.load_model(model_dir), prompt_ids(10)
     library_stream(model, ids)  # compiled before the server starts
     server = start_server(model_dir, args.port, "serve.py")
     try:

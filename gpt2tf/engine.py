@@ -34,10 +34,10 @@ from gpt2tf import native
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.filters import choose_tokens
 from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
+from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, SamplerConfig, check_seed, random_seed
+from gpt2tf.stops import StopScanner
 
 CHUNK_STEPS = 32  # tokens per row per call when a whole batch is generated (`run`): one call, not 32
-from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, SamplerConfig, check_seed, random_seed
-from gpt2tf.stops import safe_end, stop_cut
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +92,10 @@ class Output(tuple):
         output.logprobs = logprobs
         return output
 
+    rid = property(lambda self: self[0])
+    ids = property(lambda self: self[1])
+    finished = property(lambda self: self[2])
+
 
 _IDLE = dict(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)  # a free row's settings: plain greedy
 
@@ -107,6 +111,7 @@ class _Row:
     generated: list = dataclasses.field(default_factory=list)
     logprobs: list = dataclasses.field(default_factory=list)  # per generated token, with Request(logprobs=n)
     emitted: int = 0  # generated tokens already returned by `step`
+    stops: StopScanner = None  # with Request(stop=...)
 
 
 class Engine:
@@ -173,7 +178,8 @@ class Engine:
             from gpt2tf.encoder import get_encoder
 
             self.encoder = get_encoder()
-        row = _Row(next(self._ids), request, request.seed if request.seed is not None else random_seed())
+        row = _Row(next(self._ids), request, request.seed if request.seed is not None else random_seed(),
+                   stops=StopScanner(self.encoder, request.stop) if request.stop else None)
         self._rows[slot] = row
         if not self._compiled.compiling():  # compile the step this row needs while its prompt is prefilled
             self._compiled.prepare(self._bucket(slot + 1), self._cache)
@@ -213,8 +219,8 @@ class Engine:
 
     def _free(self, slot):
         self._rows[slot] = None
-        self._decoding[slot] = False
-        for name, value in self._settings.items():  # a free row costs the filters nothing
+        self._decoding[slot] = self._logprobs[slot] = False  # a free row costs the step nothing
+        for name, value in self._settings.items():
             value[slot] = _IDLE[name]
 
     # -----------------------------------------------------------------------------------------------------------
@@ -335,14 +341,15 @@ class Engine:
         request = row.request
         row.generated.append(token)
         new = row.generated
-        end = len(new) - 1 if request.stop_at_eos and token == EOT_ID else len(new)
-        finished = "stop" if end < len(new) else "length" if len(new) >= request.max_new_tokens else False
-        if request.stop:
-            cut = stop_cut(self.encoder, new[:end], request.stop)
+        eos = request.stop_at_eos and token == EOT_ID
+        end = len(new) - 1 if eos else len(new)
+        finished = "stop" if eos else "length" if len(new) >= request.max_new_tokens else False
+        if row.stops is not None and not eos:
+            cut = row.stops.add(token)
             if cut is not None:
                 end, finished = cut, "stop"
             elif not finished:
-                end = safe_end(self.encoder, new[:end], request.stop)  # hold back a stop string's beginning
+                end = row.stops.safe_end()  # hold back what may be a stop string's beginning
         ids = new[row.emitted:end] if end > row.emitted else []
         row.emitted = max(row.emitted, end)
         return ids, finished
@@ -365,8 +372,8 @@ class Engine:
 # The compiled pieces, shared by every engine of a model
 
 class _Compiled:
-    """The prefill and step functions of one model, traced once per (batch, max_length) and reused by every engine
-    with those shapes: the engine's variables are passed in as arguments.
+    """The prefill and step functions of one model, traced once per number of rows run and cache shape, and reused
+    by every engine with those shapes: the engine's variables are passed in as arguments.
 
     One compiled function serves every block: the blocks differ only in their weights, passed as arguments, so the
     first call traces and compiles one block instead of the whole network. A model whose blocks are not alike
@@ -374,7 +381,7 @@ class _Compiled:
     """
 
     def __init__(self, model, *, jit_compile, use_native, shared):
-        self.model = model
+        self._model = weakref.ref(model)  # held by the model's entry in `_compiled`: no cycle keeping it alive
         self.vocab_size = model.hparams.n_vocab
         self.use_native = jit_compile and use_native  # the native kernel runs only inside XLA
         self.jit_compile = jit_compile
@@ -389,6 +396,10 @@ class _Compiled:
         self._ready = {}  # (rows, cache shape) -> Event, set once that step is compiled
         self._queue, self._worker, self._lock = [], None, threading.Lock()  # steps waiting to be compiled
         self._scratch = {}  # batch -> (logits, seen) variables the trial steps write
+
+    @property
+    def model(self):
+        return self._model()
 
     def cache_variables(self, batch, max_length):
         """A key/value cache the compiled functions update in place: one pair of variables per layer.
@@ -407,14 +418,17 @@ class _Compiled:
         key = (rows, cache[0][0].shape)
         if key in self._ready:
             return
-        self._ready[key] = threading.Event()
+        ready = threading.Event()
         if not self.jit_compile:
-            self._ready[key].set()
+            ready.set()
+        else:
+            args = self._trial_args(rows, cache)
+            self.steps.get_concrete_function(**args)  # tracing stays on this thread (and an error is raised here)
+        self._ready[key] = ready
+        if ready.is_set():
             return
-        args = self._trial_args(rows, cache)
-        self.steps.get_concrete_function(**args)  # tracing stays on this thread
         with self._lock:
-            self._queue.append((args, self._ready[key]))
+            self._queue.append((args, ready))
             if self._worker is None:
                 self._worker = threading.Thread(target=self._compile_queued, name="gpt2tf-compile", daemon=True)
                 self._worker.start()
@@ -449,7 +463,9 @@ class _Compiled:
 
     def _trial_args(self, rows, cache):
         """A step's arguments with every row decoding at its last cache slot, on scratch logits and seen: the loop
-        body runs (so XLA compiles it) and writes nothing an engine reads (a row writes that slot before reading)."""
+        body runs (so XLA compiles it) and writes nothing an engine reads. It shares the engine's cache (a scratch
+        one would double its memory) while the engine's own calls run: a compiled call holds the variables it uses
+        for its whole run, and the slot it writes, the last of each row, is one a request writes before it reads."""
         batch, length = cache[0][0].shape[0], cache[0][0].shape[2]
         if batch not in self._scratch:
             self._scratch[batch] = (tf.Variable(tf.zeros([batch, self.vocab_size]), trainable=False),

@@ -52,6 +52,8 @@ def write_h5_weights(path, model, tensors=None):
                 group.attrs["weight_names"] = [key.encode("utf8") for key in keys]
                 for key in keys:
                     group.create_dataset(key, data=np.asarray(tensors[key], np.float32))
+        with open(temp, "rb+") as f:  # on disk before the name says the file is complete
+            os.fsync(f.fileno())
         os.replace(temp, path)
     except OSError as err:
         raise GPT2TFError(f"cannot write {path} ({err.strerror or err}); choose a writable place with enough free "

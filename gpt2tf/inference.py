@@ -128,9 +128,6 @@ def run(config, out=sys.stdout):
     prompts = read_prompts(config.prompts_file) if config.prompts_file else None
     model = _load(config)
     encoder = get_encoder()
-    if model.hparams.n_vocab < len(encoder):
-        raise GPT2TFError(f"the model has n_vocab {model.hparams.n_vocab}, fewer than GPT-2's {len(encoder)} token "
-                          f"ids: it was not trained with GPT-2's tokenizer, so its output would be garbage")
     if config.interactive:
         return _interactive(model, encoder, config, out)
     if prompts is None:
@@ -144,7 +141,7 @@ def _load(config):
 
 def load_for_inference(model_dir=None, *, custom_model=None, precision="float32"):
     """The model `inference.py` (and `serve.py`) runs: `model_dir` (default models/124M), or the weights of a
-    `custom_model` .h5 file on its shape."""
+    `custom_model` .h5 file on its shape; refused if its vocabulary is smaller than GPT-2's tokenizer."""
     # Imported here: flag errors are reported without loading TensorFlow's model code.
     from gpt2tf.checkpoint import load_model
     from gpt2tf.h5weights import load_h5_model
@@ -154,9 +151,11 @@ def load_for_inference(model_dir=None, *, custom_model=None, precision="float32"
                           f"model with `python download_model.py 124M`, or give --model_dir")
     model_dir = model_dir or DEFAULT_MODEL_DIR
     dtype = None if precision == "float32" else precision
-    if custom_model:
-        return load_h5_model(model_dir, custom_model, dtype=dtype)
-    return load_model(model_dir, dtype=dtype)
+    model = load_h5_model(model_dir, custom_model, dtype=dtype) if custom_model else load_model(model_dir, dtype=dtype)
+    if model.hparams.n_vocab < len(get_encoder()):
+        raise GPT2TFError(f"the model has n_vocab {model.hparams.n_vocab}, fewer than GPT-2's {len(get_encoder())} "
+                          f"token ids: it was not trained with GPT-2's tokenizer, so its output would be garbage")
+    return model
 
 
 def _generate_and_print(model, encoder, config, prompts, out):

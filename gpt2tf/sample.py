@@ -10,7 +10,7 @@ from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
 from gpt2tf.settings import SamplerConfig, check_seed, random_seed
-from gpt2tf.stops import cut_at_stop  # noqa: F401  (sample's API, as before)
+from gpt2tf.stops import cut_at_stop
 
 
 def _prepare_prompts(prompts, length, n_ctx, truncate_prompt):
@@ -69,8 +69,8 @@ def generate(model, prompts, *, length, temperature=1.0, top_k=0, top_p=1.0, rep
              nsamples=1, batch_size=None, stop=(), stop_at_eos=True, truncate_prompt=False, jit_compile=True):
     """New token ids for every (prompt, sample): a list of `len(prompts) * nsamples` lists, prompt-major.
 
-    `prompts` are lists of token ids (an empty one starts from <|endoftext|>). See the module docstring for the
-    sampling rules; `seed` makes the output reproducible.
+    `prompts` are lists of token ids (an empty one starts from <|endoftext|>). The sampling rules are
+    `gpt2tf.filters`'; `seed` makes the output reproducible.
     """
     config = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     outputs = [[] for _ in range(len(prompts) * nsamples)]

@@ -30,6 +30,7 @@ from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, random_seed
 from gpt2tf.stops import cut_at_stop
 
 API_KEY_ENV = "GPT2TF_API_KEY"
+MAX_STOPS = 4  # stop strings per request, as OpenAI
 PAGE = Path(__file__).with_name("page.html")
 
 
@@ -145,10 +146,10 @@ class Worker:
                 self._fail_all(err)
                 continue
             for output in outputs:
-                job, choice = self._owner[output[0]]
+                job, choice = self._owner[output.rid]
                 job.put((choice, output))
-                if output[2]:
-                    del self._owner[output[0]]
+                if output.finished:
+                    del self._owner[output.rid]
             self.decoding = engine.active
 
     def _join(self, job, choice, request):
@@ -180,8 +181,9 @@ class Worker:
         return scored
 
     def _fail_all(self, err):
-        error = ApiError(500, f"decoding failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
-                         type="server_error")
+        from gpt2tf.checkpoint import first_line
+
+        error = ApiError(500, f"decoding failed: {first_line(err)}", type="server_error")
         for rid, (job, choice) in list(self._owner.items()):
             job.put((choice, error))
             self.engine.cancel(rid)
@@ -230,7 +232,6 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
         prompt = [prompt]
     if not (isinstance(prompt, list) and prompt and all(isinstance(p, str) or _is_ids(p) for p in prompt)):
         raise ApiError(400, "prompt must be a string, a list of strings, or token ids", param="prompt")
-    texts = [p if isinstance(p, str) else encoder.decode(p) for p in prompt]
     prompts = [encoder.encode(p) if isinstance(p, str) else list(p) for p in prompt]
     n = _integer(body, "n", 1, 1, max_choices)
     max_tokens = _integer(body, "max_tokens", 16, 1, n_ctx - 1)
@@ -244,6 +245,8 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
     stop = (stop,) if isinstance(stop, str) else stop
     if not (isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop)):
         raise ApiError(400, "stop must be a string or a list of strings", param="stop")
+    if len(stop) > MAX_STOPS:
+        raise ApiError(400, f"stop takes at most {MAX_STOPS} strings, got {len(stop)}", param="stop")
     logprobs = body.get("logprobs")
     logprobs = None if logprobs is None else _integer(body, "logprobs", 0, 0, MAX_LOGPROBS)
     for i, ids in enumerate(prompts):
@@ -257,6 +260,10 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
                                     f"the model's context of {n_ctx}: shorten the prompt or max_tokens",
                                param="prompt", code="context_length_exceeded")
             del ids[:len(ids) + max_tokens - n_ctx]
+    if len(prompts) * n > max_choices:
+        raise ApiError(400, f"{len(prompts)} prompts x n={n} is {len(prompts) * n} sequences, more than this server "
+                            f"takes at once ({max_choices}); send fewer", param="n")
+    texts = [encoder.decode(ids) for ids in prompts]  # what echo returns: the prompt the model saw
     return Completion(prompts, texts, n, max_tokens, settings, seed, tuple(s for s in stop if s),
                       _boolean(body, "stream"), _boolean(body, "echo"), logprobs)
 
@@ -303,25 +310,31 @@ def engine_requests(completion):
 
 
 class _Choice:
-    """One choice's text as it grows: whole characters only, cut before a stop string."""
+    """One choice's text as it grows: whole characters only, the generated part cut before a stop string (an echoed
+    prompt is never cut)."""
 
     def __init__(self, encoder, stop, prefix=""):
-        self.encoder, self.stop = encoder, stop
+        self.encoder, self.stop, self.prefix = encoder, stop, prefix
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.text, self.sent = prefix, 0
+        self.generated, self.sent = "", 0
         self.ids, self.logprobs = [], []
         self.finish_reason = None
+        self.prompt_logprobs_sent = False
 
-    def add(self, ids, logprobs, finished):
-        self.ids += ids
-        self.logprobs += logprobs or []
-        self.text += self.decoder.decode(self.encoder.decode_bytes(ids), final=bool(finished))
-        if finished:
-            self.finish_reason = finished
+    def add(self, output):
+        self.ids += output.ids
+        self.logprobs += output.logprobs or []
+        self.generated += self.decoder.decode(self.encoder.decode_bytes(output.ids), final=bool(output.finished))
+        if output.finished:
+            self.finish_reason = output.finished
+
+    @property
+    def text(self):
+        return self.prefix + cut_at_stop(self.generated, self.stop)
 
     def new_text(self):
         """The text not sent yet (what a stop string cuts off is never sent)."""
-        text = cut_at_stop(self.text, self.stop)
+        text = self.text
         new, self.sent = text[self.sent:], len(text)
         return new
 
@@ -353,9 +366,6 @@ def create_app(config, *, model=None, encoder=None):
     check(config)
     encoder = encoder or get_encoder()
     model = model or load_for_inference(config.model_dir, precision=config.precision)
-    if model.hparams.n_vocab < len(encoder):
-        raise GPT2TFError(f"the model has n_vocab {model.hparams.n_vocab}, fewer than GPT-2's {len(encoder)} token "
-                          f"ids: it was not trained with GPT-2's tokenizer")
     name = config.model_name or Path(config.model_dir or DEFAULT_MODEL_DIR).name
     n_ctx = model.hparams.n_ctx
     engine = Engine(model, max_batch=config.max_batch, jit_compile=not config.no_xla, encoder=encoder)
@@ -400,6 +410,10 @@ def create_app(config, *, model=None, encoder=None):
     async def api_error(request, err):
         return _error(err, request.url.path)
 
+    @app.exception_handler(GPT2TFError)
+    async def bad_input(request, err):  # the library's one-line errors are about what the request asked for
+        return _error(ApiError(400, str(err)), request.url.path)
+
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return HTMLResponse(PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", name))
@@ -425,18 +439,16 @@ def create_app(config, *, model=None, encoder=None):
                 "model": name}
         if completion.stream:
             return StreamingResponse(_stream(job, completion, meta), media_type="text/event-stream")
-        return await _complete(request, job, completion, meta)
-
-    async def _outputs(job):
-        """(choice, output) items until every choice has finished; an ApiError ends the request."""
-        remaining = set(range(len(job.requests)))
-        while remaining:
-            choice, item = await job.queue.get()
-            if isinstance(item, ApiError):
-                raise item
-            if choice is not None and item[2]:
-                remaining.discard(choice)
-            yield choice, item
+        choices = _choices(completion)
+        prompt_scores = await _collect(request, job, choices)
+        completion_tokens = sum(len(c.ids) for c in choices)
+        prompt_tokens = sum(len(p) for p in completion.prompts)
+        return {**meta, "choices": [
+            {"text": c.text, "index": i, "finish_reason": c.finish_reason,
+             "logprobs": _logprobs(completion, i, prompt_scores, c.ids, c.logprobs, 0)}
+            for i, c in enumerate(choices)],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
 
     def _choices(completion):
         prefixes = [completion.prompt_texts[i // completion.n] if completion.echo else ""
@@ -451,16 +463,16 @@ def create_app(config, *, model=None, encoder=None):
             ids, entries = list(prompt) + ids, prompt_scores[tuple(prompt)] + entries
         return logprobs_object(encoder, entries, ids, offset)
 
-    async def _complete(request, job, completion, meta):
-        choices, prompt_scores = _choices(completion), None
-        remaining = set(range(len(job.requests)))
+    async def _collect(request, job, choices):
+        """Wait for every choice of `job` (cancelling it if the client goes away); the prompt scores, if any."""
+        prompt_scores, remaining = None, set(range(len(job.requests)))
         while remaining:
             try:
                 choice, item = await asyncio.wait_for(job.queue.get(), timeout=0.2)
             except asyncio.TimeoutError:
                 if await request.is_disconnected():  # the client is gone: free its slots
                     worker.cancel(job)
-                    return JSONResponse({}, status_code=499)
+                    raise ApiError(499, "the client went away")
                 continue
             if isinstance(item, ApiError):
                 worker.cancel(job)
@@ -468,38 +480,36 @@ def create_app(config, *, model=None, encoder=None):
             if choice is None:
                 prompt_scores = item
                 continue
-            choices[choice].add(item[1], item.logprobs, item[2])
-            if item[2]:
+            choices[choice].add(item)
+            if item.finished:
                 remaining.discard(choice)
-        completion_tokens = sum(len(c.ids) for c in choices)
-        prompt_tokens = sum(len(p) for p in completion.prompts)
-        return {**meta, "choices": [
-            {"text": cut_at_stop(c.text, completion.stop), "index": i, "finish_reason": c.finish_reason,
-             "logprobs": _logprobs(completion, i, prompt_scores, c.ids, c.logprobs, 0)}
-            for i, c in enumerate(choices)],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+        return prompt_scores
 
     async def _stream(job, completion, meta):
-        choices, prompt_scores = _choices(completion), None
+        choices, prompt_scores, remaining = _choices(completion), None, set(range(len(job.requests)))
         try:
             if completion.echo and completion.logprobs is None:
                 for i, c in enumerate(choices):
                     yield _event({**meta, "choices": [{"text": c.new_text(), "index": i, "logprobs": None,
                                                        "finish_reason": None}]})
-            async for choice, item in _outputs(job):
+            while remaining:
+                choice, item = await job.queue.get()
+                if isinstance(item, ApiError):
+                    raise item
                 if choice is None:
                     prompt_scores = item
                     continue
                 c = choices[choice]
                 offset = c.sent
-                c.add(item[1], item.logprobs, item[2])
-                text = c.new_text()
+                c.add(item)
+                if item.finished:
+                    remaining.discard(choice)
                 logprobs = None
                 if completion.logprobs is not None:
-                    scores = prompt_scores if prompt_scores is not None and offset == 0 and completion.echo else None
-                    logprobs = _logprobs(completion, choice, scores, item[1], item.logprobs or [], offset)
-                yield _event({**meta, "choices": [{"text": text, "index": choice, "logprobs": logprobs,
+                    scores = prompt_scores if completion.echo and not c.prompt_logprobs_sent else None
+                    c.prompt_logprobs_sent = True
+                    logprobs = _logprobs(completion, choice, scores, item.ids, item.logprobs or [], offset)
+                yield _event({**meta, "choices": [{"text": c.new_text(), "index": choice, "logprobs": logprobs,
                                                    "finish_reason": c.finish_reason}]})
             yield "data: [DONE]\n\n"
         except ApiError as err:
@@ -529,19 +539,19 @@ def create_app(config, *, model=None, encoder=None):
         except ApiError as err:
             return JSONResponse({"error": err.message}, status_code=err.status)
         requests = [r for c in completions for r in engine_requests(c)]
-        job = Job(requests, asyncio.get_running_loop())
+        choices = [_Choice(encoder, c.stop) for c in completions]
         try:
+            if len(requests) > config.max_batch + config.max_queue:
+                raise ApiError(400, f"{len(requests)} instances are more than this server takes at once "
+                                    f"({config.max_batch + config.max_queue}); send fewer")
+            job = Job(requests, asyncio.get_running_loop())
             worker.submit(job)
-            outputs = {i: [] for i in range(len(requests))}
-            async for choice, item in _outputs(job):
-                outputs[choice] += item[1]
+            await _collect(request, job, choices)
         except ApiError as err:
-            worker.cancel(job)
             return JSONResponse({"error": err.message}, status_code=err.status)
-        texts = [cut_at_stop(encoder.decode(outputs[i]), c.stop) for i, c in enumerate(completions)]
         if columnar:
-            return {"outputs": {"text": texts, "tokens": [outputs[i] for i in range(len(requests))]}}
-        return {"predictions": [{"text": t, "tokens": outputs[i]} for i, t in enumerate(texts)]}
+            return {"outputs": {"text": [c.text for c in choices], "tokens": [c.ids for c in choices]}}
+        return {"predictions": [{"text": c.text, "tokens": c.ids} for c in choices]}
 
     return app
 
@@ -562,6 +572,10 @@ def _instances(body):
         if not isinstance(inputs, dict) or "prompt" not in inputs:
             raise ApiError(400, "\"inputs\" must hold \"prompt\" (a string or a list of strings)")
         prompts = inputs["prompt"] if isinstance(inputs["prompt"], list) else [inputs["prompt"]]
+        for key, value in inputs.items():
+            if isinstance(value, list) and key != "stop" and len(value) != len(prompts):
+                raise ApiError(400, f"\"inputs\" has {len(prompts)} prompts but {len(value)} values of {key!r}: "
+                                    f"give one per prompt, or a single value for all")
         rows = [{k: (v[i] if isinstance(v, list) and k != "stop" else v) for k, v in inputs.items()}
                 for i in range(len(prompts))]
     out = []
@@ -594,8 +608,16 @@ def _error(err, path):
 
 def serve(config):
     """Load the model, start the engine's thread and serve HTTP until interrupted."""
+    import socket
+
     import uvicorn
 
+    try:  # a busy port is found now, not after the model is loaded and compiled
+        with socket.create_server((config.host, config.port)):
+            pass
+    except OSError as err:
+        raise GPT2TFError(f"cannot listen on {config.host}:{config.port} ({err.strerror}); choose another --port "
+                          f"(or stop what uses it)") from None
     app = create_app(config)
     print(f"serving {Path(config.model_dir or DEFAULT_MODEL_DIR)} on http://{config.host}:{config.port}/ "
           f"(OpenAI API at /v1, the page at /)", flush=True)

@@ -1,5 +1,5 @@
 """Sampling settings and their checks, with no TensorFlow: one place that says what a valid setting is, for the
-library's `generate`, the command line (checked before TensorFlow loads) and, later, each request to the server.
+library's `generate`, the engine's requests, and the command line (checked before TensorFlow loads).
 """
 
 import dataclasses
@@ -14,7 +14,7 @@ MAX_LOGPROBS = 5  # the most alternatives a request's log-probabilities list (Op
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    """How the next token is chosen (see `gpt2tf.sample` for the rules). A top_k at or above the vocabulary size
+    """How the next token is chosen (see `gpt2tf.filters` for the rules). A top_k at or above the vocabulary size
     keeps every token, as 0 does."""
 
     temperature: float = 1.0

@@ -496,7 +496,7 @@ def _finetune(config, run, created):
                               f"context of {hparams.n_ctx} tokens; give a shorter --sample_length")
         train_data, val_data = _load_data(config, tokenizer, length)
     except (GPT2TFError, KeyboardInterrupt):
-        run.close(remove_lock=True)
+        run.close(remove_lock=run.path in created)  # a lock file may go only with a dir this run made
         for path in created:  # a run that never started leaves no empty dir behind
             with contextlib.suppress(OSError):  # not empty: left alone
                 path.rmdir()

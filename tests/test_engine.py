@@ -341,3 +341,32 @@ def test_a_stop_string_or_end_of_text_finishes_with_stop(small_model):
             if finished:
                 reasons[rid] = finished
     assert reasons == {a: "stop", b: "stop"}
+
+
+def test_the_stop_scanner_equals_searching_the_whole_text_each_time():
+    """The scanner looks only at the bytes a new token could complete; searching all of the text must agree."""
+    from gpt2tf.stops import StopScanner
+
+    enc = gpt2tf.get_encoder()
+    rng = np.random.default_rng(0)
+    vocabulary = [enc.encode(w)[0] for w in (" a", "a", ".", " b", "b.", " the", "\n", "é", " ab")]
+    for trial in range(200):
+        tokens = [int(t) for t in rng.choice(vocabulary, 30)]
+        stop = tuple({("a.", " b", "\n\n", "é.", "ab")[i] for i in rng.integers(0, 5, 2)})
+        scanner = StopScanner(enc, stop)
+        for n in range(1, len(tokens) + 1):
+            got = scanner.add(tokens[n - 1])
+            text = enc.decode_bytes(tokens[:n])
+            hits = [(text.find(s.encode()), len(s.encode())) for s in stop if s.encode() in text]
+            if not hits:
+                assert got is None
+                limit = len(text) - (max(len(s.encode()) for s in stop) - 1)
+                ends = np.cumsum([len(enc.decode_bytes([t])) for t in tokens[:n]])
+                assert scanner.safe_end() == int(np.sum(ends <= limit))
+                continue
+            first, size = min(hits)
+            ends = list(np.cumsum([len(enc.decode_bytes([t])) for t in tokens[:n]]))
+            before = sum(1 for e in ends if e <= first)  # tokens wholly before the stop string
+            want = before if first in [0] + ends else sum(1 for e in ends if e < first + size) + 1
+            assert got == want, (tokens[:n], stop)
+            break

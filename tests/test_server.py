@@ -114,6 +114,12 @@ def test_a_list_of_prompts_stop_strings_echo_and_logprobs(client, model):
     stop = full[4:7]
     cut = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=8, temperature=0, stop=[stop])
     assert cut.choices[0].text == full[:full.find(stop)] and cut.choices[0].finish_reason == "stop"
+    kept = client.completions.create(model="gpt2", prompt="Hello. World", max_tokens=8, temperature=0, echo=True,
+                                     stop=["."])
+    assert kept.choices[0].text.startswith("Hello. World")  # a stop string cuts the output, never the prompt
+    streamed = client.completions.create(model="gpt2", prompt="Hello. World", max_tokens=8, temperature=0, echo=True,
+                                         stop=["."], stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == kept.choices[0].text
     echoed = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=4, temperature=0, echo=True,
                                        logprobs=2)
     choice = echoed.choices[0]
@@ -162,6 +168,8 @@ def test_models_health_and_the_predict_api(server, model):
     assert missing.status_code == 404 and "Servable not found" in missing.json()["error"]
     bad = post(server, "/v1/models/gpt2-small-test:predict", {"instances": [{"text": "x"}]})
     assert bad.status_code == 400 and "prompt" in bad.json()["error"]
+    short = post(server, "/v1/models/gpt2-small-test:predict", {"inputs": {"prompt": ["a", "b"], "max_new_tokens": [5]}})
+    assert short.status_code == 400 and "2 prompts but 1 values of 'max_new_tokens'" in short.json()["error"]
 
 
 @pytest.mark.parametrize("body, param, words", [
@@ -178,6 +186,10 @@ def test_models_health_and_the_predict_api(server, model):
     ({"prompt": "x", "bogus": 1}, "bogus", "unknown field"),
     ({"prompt": "x", "frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
     ({"prompt": "x", "logprobs": 9}, "logprobs", "from 0 to 5"),
+    ({"prompt": [1, 99999]}, "prompt", "token ids outside the vocabulary"),
+    ({"prompt": [-1]}, "prompt", "token ids outside the vocabulary"),
+    ({"prompt": ["a"] * 7, "n": 2}, "n", "more than this server takes at once (12)"),
+    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 strings"),
 ])
 def test_bad_requests_get_openais_error_object(server, body, param, words):
     response = post(server, "/v1/completions", body)
