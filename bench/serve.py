@@ -128,6 +128,7 @@ def main():
     parser.add_argument("--size", default="124M")
     parser.add_argument("--rounds", type=int, default=2, help="repeats of each measurement; the best is reported")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--no_peer", action="store_true", help="skip the HF transformers peer")
     args = parser.parse_args()
     from common import model_dir as bench_model_dir
 
@@ -167,7 +168,7 @@ def main():
     finally:
         server.terminate()
         server.wait(timeout=30)
-    peer = hf_peer(model_dir, args.port + 1, args.rounds)
+    peer = None if args.no_peer else hf_peer(model_dir, args.port + 1, args.rounds)
     if peer:
         print(json.dumps(peer), flush=True)
 
