@@ -37,7 +37,8 @@ def main():
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await request.json()
-        ids = torch.tensor([encoder.encode(body["prompt"])])
+        prompt = body["prompt"]
+        ids = torch.tensor([prompt if isinstance(prompt, list) else encoder.encode(prompt)])  # token ids, or text
         queue, loop = asyncio.Queue(), asyncio.get_running_loop()
 
         class Streamer(transformers.generation.streamers.BaseStreamer):
