@@ -1,7 +1,7 @@
 """The command-line interface: every script's flags, the `gpt2tf` command, and how a user error ends a command.
 
-`download_model.py`, `inference.py`, `finetune.py` and `serve.py` are two lines each that call `run_script`;
-`gpt2tf download`, `generate`, `finetune` and `serve` call the same functions, so a flag exists once. Flags are built from the
+The top-level scripts (`download_model.py`, `inference.py`, `finetune.py`, `serve.py`, `evaluate.py`) are two
+lines each that call `run_script`; the `gpt2tf` subcommands call the same functions, so a flag exists once. Flags are built from the
 config dataclasses (`flag()` fields: the field name is the flag, its metadata the help), which own the defaults.
 A `GPT2TFError` (or a usage error) becomes `error: <one line>` on stderr and exit status 2. This module imports no
 TensorFlow: `gpt2tf --help` and `download` start at once, and the tokenizer's worker processes, which re-import the
@@ -21,7 +21,8 @@ from gpt2tf.errors import GPT2TFError
 def flag(default, help, **metadata):
     """A config field that is also a command-line flag `--<field name>`.
 
-    metadata: `group` (a help section), `choices`, `type` (when the default is None), `metavar`.
+    metadata: `group` (a help section), `choices`, `type` (when the default is None), `metavar`, `nargs` (a list
+    field given as one flag with several values, instead of the flag repeated).
     """
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=dict(help=help, **metadata))
@@ -58,7 +59,9 @@ def add_config_flags(parser, config_class):
             target.add_argument(name, action="store_const", const=True, help=help_text)
             target.add_argument(f"--no_{field.name}", dest=field.name, action="store_const", const=False,
                                 help=argparse.SUPPRESS)
-        elif isinstance(default, list):
+        elif isinstance(default, list) and "nargs" in meta:  # one flag, several values
+            target.add_argument(name, nargs=meta["nargs"], metavar=meta.get("metavar"), help=help_text)
+        elif isinstance(default, list):  # a flag given again for each value
             target.add_argument(name, action="append", metavar=meta.get("metavar"), help=help_text)
         else:
             kind = meta.get("type", type(default) if default is not None else str)
@@ -136,6 +139,19 @@ def serve_main(argv=None, *, prog="serve.py"):
     serve(config)
 
 
+def evaluate_main(argv=None, *, prog="evaluate.py"):
+    from gpt2tf.evaluate import EvaluateConfig, check
+
+    parser = _config_parser(prog, "Evaluate GPT-2: perplexity, LAMBADA, multiple choice, CNN/Daily Mail ROUGE.",
+                            EvaluateConfig)
+    config = EvaluateConfig(**vars(parser.parse_args(argv)))
+    check(config)  # a mistake is reported before TensorFlow's seconds of start-up
+    import_tensorflow_quietly()
+    from gpt2tf.evaluate import run as evaluate
+
+    evaluate(config)
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     script: str  # the top-level script that runs the same function
@@ -153,6 +169,9 @@ COMMANDS = {
                         "gpt2tf finetune --model_dir models/124M --dataset_path mytext.txt", finetune_main),
     "serve": Command("serve.py", "serve over HTTP (OpenAI and TF Serving APIs, a web page)",
                      "gpt2tf serve --model_dir models/124M --port 8000", serve_main),
+    "evaluate": Command("evaluate.py", "perplexity, LAMBADA, multiple choice, CNN/Daily Mail ROUGE",
+                        "gpt2tf evaluate --task perplexity --dataset_path wiki.test.raw --stride 512",
+                        evaluate_main),
 }
 
 

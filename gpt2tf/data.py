@@ -288,39 +288,15 @@ def load_cnndm(path, *, tokenizer, split="train", feature=None, cache_dir=None):
     `path` is the story layout (`url_lists/` and `{cnn,dailymail}/stories/`), a JSONL file with `article` and
     `highlights` fields, or a tensorflow-datasets name (`cnn_dailymail`, its data dir from $TFDS_DATA_DIR).
     """
-    path = Path(path)
-    if (path / "url_lists").is_dir():
-        if split not in SPLIT_FILES:
-            raise GPT2TFError(f"unknown split {split!r} for the CNN/Daily Mail stories; use {', '.join(SPLIT_FILES)}")
-        url_list = path / "url_lists" / SPLIT_FILES[split]
-        stories = _story_files(path, url_list)
-        key = ["cnndm-stories", file_digest(url_list), [file_digest(f) for f in stories]]
-        pairs = lambda: (_read_story(f) for f in stories)  # noqa: E731
-        data_dir, name = path, f"cnndm-{split}"
-    elif path.is_file():
-        key, data_dir, name = ["cnndm-jsonl", file_digest(path)], path.parent, _safe_name(path)
-        pairs = lambda: _read_jsonl(path)  # noqa: E731
-    elif path.exists():
-        raise GPT2TFError(f"{path} is not a CNN/Daily Mail dataset: expected url_lists/ and cnn/stories/, "
-                          f"dailymail/stories/ inside it, a JSONL file, or the tensorflow-datasets name cnn_dailymail")
-    else:
-        records = _tfds_records(str(path), split, download=True)
-        key, data_dir, name = ["cnndm-tfds", records.identity], None, f"{_safe_name(path)}-{split}"
-        pairs = lambda: ((_text(r["article"]), _text(r["highlights"]).split("\n")) for r in records)  # noqa: E731
+    source = cnndm_source(path, split)
 
     def build():
         articles, tails = [], []
-        for article, highlights in pairs():
-            highlights = [h.strip() for h in highlights if h.strip()]
-            article = article.strip()
-            if not article or not highlights:
-                continue  # a few CNN stories are empty
+        for article, highlights in source.articles():
             # One highlight per article, picked by the article's own hash: stable across runs and caches.
             highlight = highlights[zlib.crc32(article.encode("utf-8")) % len(highlights)]
             articles.append(article)
             tails.append(TLDR + highlight)
-        if not articles:
-            raise GPT2TFError(f"dataset {path} ({split}) has no article with a highlight")
         # Article and tail are encoded apart: after a stripped article, "\n" starts a new pre-split piece anyway,
         # so the ids equal those of the joined text, and the article's length is known for truncation.
         ids = encode_texts(tokenizer, articles + tails, desc=f"tokenising {path}")
@@ -334,10 +310,58 @@ def load_cnndm(path, *, tokenizer, split="train", feature=None, cache_dir=None):
                 "context_lengths": np.array([len(a) for a in article_ids], np.int64),
                 "prompt_lengths": np.array(prompt_lengths, np.int64)}
 
-    key = [*key, split, tokenizer_fingerprint(tokenizer)]
-    arrays = cached(build, key=key, name=name, data_dir=data_dir or _user_cache_dir(), cache_dir=cache_dir)
+    key = [*source.key, split, tokenizer_fingerprint(tokenizer)]
+    arrays = cached(build, key=key, name=source.name, data_dir=source.data_dir or _user_cache_dir(),
+                    cache_dir=cache_dir)
     return Examples(arrays["tokens"], arrays["offsets"], arrays["context_lengths"], arrays["prompt_lengths"],
                     name=f"dataset {path} ({split})", pad_id=tokenizer.eot_id)
+
+
+@dataclasses.dataclass
+class CnndmSource:
+    """Where CNN / Daily Mail's articles come from (see `cnndm_source`)."""
+
+    path: Path
+    split: str
+    pairs: callable  # () -> iterable of raw (article, [highlights])
+    key: list  # what identifies the data, for caches
+    data_dir: Path
+    name: str
+
+    def articles(self):
+        """(article, [highlights]) with white space trimmed; articles without text or highlights are skipped."""
+        found = False
+        for article, highlights in self.pairs():
+            highlights = [h.strip() for h in highlights if h.strip()]
+            article = article.strip()
+            if article and highlights:  # a few CNN stories are empty
+                found = True
+                yield article, highlights
+        if not found:
+            raise GPT2TFError(f"dataset {self.path} ({self.split}) has no article with a highlight")
+
+
+def cnndm_source(path, split):
+    """The CNN / Daily Mail articles at `path` (the story layout, a JSONL file, or tfds' cnn_dailymail)."""
+    path = Path(path)
+    if (path / "url_lists").is_dir():
+        if split not in SPLIT_FILES:
+            raise GPT2TFError(f"unknown split {split!r} for the CNN/Daily Mail stories; use {', '.join(SPLIT_FILES)}")
+        url_list = path / "url_lists" / SPLIT_FILES[split]
+        stories = _story_files(path, url_list)
+        return CnndmSource(path, split, lambda: (_read_story(f) for f in stories),
+                           ["cnndm-stories", file_digest(url_list), [file_digest(f) for f in stories]], path,
+                           f"cnndm-{split}")
+    if path.is_file():
+        return CnndmSource(path, split, lambda: _read_jsonl(path), ["cnndm-jsonl", file_digest(path)], path.parent,
+                           _safe_name(path))
+    if path.exists():
+        raise GPT2TFError(f"{path} is not a CNN/Daily Mail dataset: expected url_lists/ and cnn/stories/, "
+                          f"dailymail/stories/ inside it, a JSONL file, or the tensorflow-datasets name cnn_dailymail")
+    records = _tfds_records(str(path), split, download=True)
+    return CnndmSource(path, split, lambda: ((_text(r["article"]), _text(r["highlights"]).split("\n"))
+                                             for r in records),
+                       ["cnndm-tfds", records.identity], None, f"{_safe_name(path)}-{split}")
 
 
 def _story_files(root, url_list):

@@ -1,0 +1,369 @@
+"""Evaluation as the field computes it: perplexity, LAMBADA, multiple choice and CNN/Daily Mail ROUGE.
+
+    python evaluate.py --model_dir models/124M --task perplexity --dataset_path wiki.test.raw --stride 512
+
+`EvaluateConfig` owns the defaults (its fields are `evaluate.py`'s flags); `TASKS` maps a task's name to its
+function, each `task(model, config, encoder, progress)` -> (report dict, per-example rows). The definitions are
+`../shared/EVALUATION.md`'s, written out in each function's docstring; every log-likelihood comes from
+`gpt2tf.score`, the path `finetune.py`'s validation uses too.
+"""
+
+import dataclasses
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+from gpt2tf.cli import flag
+from gpt2tf.data import TLDR, cnndm_source
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.inference import DEFAULT_MODEL_DIR
+
+TASK_NAMES = ("perplexity", "lambada", "multiple_choice", "cnndm")
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """What `evaluate.py` (and `gpt2tf evaluate`) does; each field is the flag of the same name."""
+
+    model_dir: list = flag([], f"one or more model dirs or run dirs, side by side (default: {DEFAULT_MODEL_DIR})",
+                           nargs="+")
+    task: str = flag("perplexity", "what to measure", choices=TASK_NAMES)
+    dataset_path: str = flag(None, "perplexity: a text file, dir or glob; lambada, multiple_choice: a JSONL file; "
+                                   "cnndm: the story layout, a JSONL file, or cnn_dailymail (tensorflow-datasets)")
+    split: str = flag("test", "cnndm: the split")
+    context: int = flag(None, "perplexity: tokens per window (default: the model's n_ctx)", type=int)
+    stride: int = flag(None, "perplexity: tokens between window starts (default: --context, disjoint windows)",
+                       type=int)
+    prepend_eot: bool = flag(False, "perplexity: score the first token too, after <|endoftext|>")
+    max_examples: int = flag(0, "evaluate at most this many rows or articles; 0: all")
+    max_new_tokens: int = flag(100, "cnndm: tokens generated per summary (the paper's 100)")
+    top_k: int = flag(2, "cnndm: top-k of the summaries' sampling (the paper's 2)")
+    top_p: float = flag(1.0, "cnndm: top-p of the summaries' sampling")
+    temperature: float = flag(1.0, "cnndm: temperature of the summaries' sampling")
+    greedy: bool = flag(False, "cnndm: greedy summaries instead of sampling")
+    sentences: int = flag(3, "cnndm: generated sentences kept (the paper's 3)")
+    seed: int = flag(0, "cnndm: the sampling seed")
+    batch_size: int = flag(8, "cnndm: summaries generated together")
+    output: str = flag("table", "a table, or the report as one JSON object on stdout", choices=("table", "json"))
+    report_file: str = flag(None, "also write the report (JSON) here")
+    examples_file: str = flag(None, "write per-example rows here (JSON lines)")
+    precision: str = flag("float32", "compute dtype (mixed types are for GPUs)",
+                          choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    no_xla: bool = flag(False, "don't compile with XLA")
+
+
+def check(config):
+    """Settings that cannot work, as one-line errors, before anything is loaded."""
+    if not config.dataset_path and config.task != "cnndm":
+        raise GPT2TFError(f"--task {config.task} needs --dataset_path")
+    for name in ("context", "stride"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise GPT2TFError(f"--{name} must be at least 1, got {getattr(config, name)}")
+    if config.context and config.stride and config.stride > config.context:
+        raise GPT2TFError(f"--stride {config.stride} is larger than --context {config.context}: some tokens would "
+                          f"never be scored; give a stride of at most the context")
+    for name in ("max_examples",):
+        if getattr(config, name) < 0:
+            raise GPT2TFError(f"--{name} must not be negative, got {getattr(config, name)}")
+    for name in ("max_new_tokens", "sentences", "batch_size"):
+        if getattr(config, name) < 1:
+            raise GPT2TFError(f"--{name} must be at least 1, got {getattr(config, name)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Perplexity
+
+def text_units(text):
+    """(UTF-8 bytes, words) of a document: words as lm-evaluation-harness counts them, `re.split(r"\\s+", text)`."""
+    return len(text.encode("utf-8")), len(re.split(r"\s+", text))
+
+
+def perplexity(model, tokens, *, context=None, stride=None, prepend_eot=False, n_bytes=None, n_words=None,
+               eot_id=50256, progress=None, jit_compile=True):
+    """Strided perplexity of a token stream, as the HF guide computes it: windows of `context` tokens (default
+    n_ctx) starting every `stride` (default `context`), each scoring only the tokens no earlier window scored; the
+    first token is scored only with `prepend_eot` (after <|endoftext|>). Returns (report, per-window rows).
+
+    Report: scored_tokens, mean_nll (nats per scored token), perplexity = exp(mean_nll), and, given the text's
+    `n_bytes` and `n_words`, bits_per_byte (total NLL in bits / bytes) and word_perplexity (exp(total NLL / words)).
+    """
+    from gpt2tf.score import score, windows
+
+    n_ctx = model.hparams.n_ctx
+    context = context or n_ctx
+    if context > n_ctx:
+        raise GPT2TFError(f"--context {context} is larger than the model's context of {n_ctx}")
+    stride = stride or context
+    tokens = ([eot_id] if prepend_eot else []) + [int(t) for t in tokens]
+    if len(tokens) < 2:
+        raise GPT2TFError("the text has fewer than 2 tokens: nothing to score")
+    spans = windows(len(tokens), context=context, stride=stride)
+    scored = score(model, [(tokens[begin:end], first) for begin, end, first in spans], progress=progress,
+                   jit_compile=jit_compile)
+    total = sum(-float(log_p.sum()) for log_p, _ in scored)
+    count = sum(len(log_p) for log_p, _ in scored)
+    report = {"scored_tokens": count, "mean_nll": total / count, "perplexity": math.exp(total / count),
+              "context": context, "stride": stride, "prepend_eot": prepend_eot}
+    if n_bytes:
+        report["bits_per_byte"] = total / n_bytes / math.log(2)
+    if n_words:
+        report["word_perplexity"] = math.exp(total / n_words)
+    rows = [{"window": i, "begin": begin, "end": end, "scored": len(log_p), "nll": -float(log_p.sum())}
+            for i, ((begin, end, _), (log_p, _)) in enumerate(zip(spans, scored))]
+    return report, rows
+
+
+def _perplexity_task(model, config, encoder, progress):
+    from gpt2tf.data import _find_files, _read_text
+
+    texts = [_read_text(f) for f in _find_files(config.dataset_path)]
+    if not any(t.strip() for t in texts):
+        raise GPT2TFError(f"--dataset_path {config.dataset_path} holds no text")
+    tokens = []
+    for text in texts:  # documents joined by <|endoftext|>, as the text loader joins them
+        tokens += ([encoder.eot_id] if tokens else []) + encoder.encode(text)
+    units = [text_units(t) for t in texts]
+    return perplexity(model, tokens, context=config.context, stride=config.stride, prepend_eot=config.prepend_eot,
+                      n_bytes=sum(u[0] for u in units), n_words=sum(u[1] for u in units), eot_id=encoder.eot_id,
+                      progress=progress, jit_compile=not config.no_xla)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LAMBADA and multiple choice: log-likelihoods of a continuation given a context
+
+def read_jsonl(path, fields, max_rows=0):
+    """Rows of a JSONL file, each checked to hold `fields` ({name: type}); a bad row is an error with its line."""
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise GPT2TFError(f"--dataset_path {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise GPT2TFError(f"cannot read {path} as UTF-8 text ({err})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise GPT2TFError(f"{path}:{number}: not a JSON object") from None
+        for name, kind in fields.items():
+            if not isinstance(row, dict) or not isinstance(row.get(name), kind) or isinstance(row.get(name), bool):
+                raise GPT2TFError(f"{path}:{number}: expected a field {name!r} of type {kind.__name__}")
+        rows.append(row)
+        if max_rows and len(rows) == max_rows:
+            break
+    if not rows:
+        raise GPT2TFError(f"{path} holds no rows")
+    return rows
+
+
+def continuations(model, pairs, *, encoder, progress=None, jit_compile=True):
+    """For (context, continuation) texts: the continuation's summed log-likelihood given the context, and whether
+    greedy decoding reproduces all of its tokens. The two are tokenized apart (a continuation starting with a
+    space begins a new pre-split piece either way)."""
+    from gpt2tf.score import score
+
+    n_ctx = model.hparams.n_ctx
+    items = []
+    for context, continuation in pairs:
+        ids, more = encoder.encode(context), encoder.encode(continuation)
+        if not more:
+            raise GPT2TFError(f"an empty continuation for {context[-40:]!r}")
+        ids = (ids or [encoder.eot_id]) + more
+        start = len(ids) - len(more)
+        if len(ids) > n_ctx:  # keep the end: the continuation and as much context as fits
+            ids, start = ids[len(ids) - n_ctx:], n_ctx - len(more)
+        items.append((ids, start))
+    return [(float(log_p.sum()), bool(greedy.all()), len(log_p))
+            for log_p, greedy in score(model, items, progress=progress, jit_compile=jit_compile)]
+
+
+def lambada(model, rows, *, encoder, progress=None, jit_compile=True):
+    """LAMBADA as lm-evaluation-harness's lambada_openai: context = every word of `text` but the last (split on
+    single spaces), target = " " + the last word. accuracy = the share of rows whose greedy decoding reproduces every
+    target token (whole-word accuracy; the GPT-2 paper's 45.99 for 117M counts the last BPE token only);
+    perplexity = exp(-mean over rows of the target's summed log-likelihood)."""
+    pairs = []
+    for row in rows:
+        context, _, word = row["text"].rpartition(" ")
+        if not word:
+            raise GPT2TFError(f"a LAMBADA row whose text ends in a space: {row['text'][-40:]!r}")
+        pairs.append((context, " " + word))
+    scored = continuations(model, pairs, encoder=encoder, progress=progress, jit_compile=jit_compile)
+    report = {"examples": len(rows), "accuracy": 100.0 * sum(hit for _, hit, _ in scored) / len(rows),
+              "perplexity": math.exp(-sum(ll for ll, _, _ in scored) / len(rows))}
+    examples = [{"target": target, "log_likelihood": ll, "correct": hit}
+                for (_, target), (ll, hit, _) in zip(pairs, scored)]
+    return report, examples
+
+
+def multiple_choice(model, rows, *, encoder, progress=None, jit_compile=True):
+    """Each ending's summed log-likelihood given the context; acc = the highest sum picks the label, acc_norm = the
+    highest sum / the ending's length in characters, acc_bytes = / its UTF-8 bytes (lm-evaluation-harness's)."""
+    pairs = [(row["context"], ending) for row in rows for ending in row["endings"]]
+    scored = iter(continuations(model, pairs, encoder=encoder, progress=progress, jit_compile=jit_compile))
+    hits = {"acc": 0, "acc_norm": 0, "acc_bytes": 0}
+    examples = []
+    for i, row in enumerate(rows):
+        sums = [next(scored)[0] for _ in row["endings"]]
+        picks = {"acc": [s for s in sums],
+                 "acc_norm": [s / max(len(e), 1) for s, e in zip(sums, row["endings"])],
+                 "acc_bytes": [s / max(len(e.encode("utf-8")), 1) for s, e in zip(sums, row["endings"])]}
+        chosen = {name: max(range(len(values)), key=values.__getitem__) for name, values in picks.items()}
+        for name in hits:
+            hits[name] += chosen[name] == row["label"]
+        examples.append({"index": i, "label": row["label"], "log_likelihoods": sums, **{f"pick_{k}": v for k, v in
+                                                                                       chosen.items()}})
+    return {"examples": len(rows), **{name: 100.0 * n / len(rows) for name, n in hits.items()}}, examples
+
+
+def _lambada_task(model, config, encoder, progress):
+    rows = read_jsonl(config.dataset_path, {"text": str}, config.max_examples)
+    return lambada(model, rows, encoder=encoder, progress=progress, jit_compile=not config.no_xla)
+
+
+def _multiple_choice_task(model, config, encoder, progress):
+    rows = read_jsonl(config.dataset_path, {"context": str, "endings": list, "label": int}, config.max_examples)
+    for number, row in enumerate(rows, 1):
+        if not row["endings"] or not all(isinstance(e, str) for e in row["endings"]) or \
+                not 0 <= row["label"] < len(row["endings"]):
+            raise GPT2TFError(f"{config.dataset_path}: row {number} needs non-empty string endings and a label "
+                              f"that indexes them")
+    return multiple_choice(model, rows, encoder=encoder, progress=progress, jit_compile=not config.no_xla)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CNN / Daily Mail: TL;DR summaries and ROUGE
+
+def summarize(model, articles, *, encoder, max_new_tokens=100, sentences=3, seed=0, batch_size=8,
+              jit_compile=True, **sampling):
+    """The paper's recipe: article (cut to leave room) + the fine-tuning loader's TL;DR joining, `max_new_tokens`
+    sampled (top-k 2 by default), the first `sentences` generated sentences kept."""
+    from gpt2tf import rouge
+    from gpt2tf.sample import generate
+
+    tail = encoder.encode(TLDR)
+    room = model.hparams.n_ctx - max_new_tokens - len(tail)
+    if room < 1:
+        raise GPT2TFError(f"--max_new_tokens {max_new_tokens} leaves no room for the article in the model's "
+                          f"context of {model.hparams.n_ctx}")
+    prompts = [encoder.encode(article)[:room] + tail for article in articles]
+    outputs = generate(model, prompts, length=max_new_tokens, seed=seed, batch_size=batch_size,
+                       jit_compile=jit_compile, **sampling)
+    return [rouge.first_sentences(encoder.decode(ids), sentences) for ids in outputs]
+
+
+def _cnndm_task(model, config, encoder, progress):
+    from gpt2tf import rouge
+    from gpt2tf.data import CNNDM_TFDS_NAME
+
+    source = cnndm_source(config.dataset_path or CNNDM_TFDS_NAME, config.split)
+    pairs = []
+    for pair in source.articles():
+        pairs.append(pair)
+        if config.max_examples and len(pairs) == config.max_examples:
+            break
+    sampling = dict(temperature=0) if config.greedy else dict(top_k=config.top_k, top_p=config.top_p,
+                                                              temperature=config.temperature)
+    summaries = []
+    for first in range(0, len(pairs), config.batch_size):
+        batch = pairs[first:first + config.batch_size]
+        summaries += summarize(model, [a for a, _ in batch], encoder=encoder, max_new_tokens=config.max_new_tokens,
+                               sentences=config.sentences, seed=config.seed + first, batch_size=config.batch_size,
+                               jit_compile=not config.no_xla, **sampling)
+        if progress:
+            progress(len(batch))
+    examples, totals, lead = [], dict.fromkeys(("rouge1", "rouge2", "rougeLsum"), 0.0), \
+        dict.fromkeys(("rouge1", "rouge2", "rougeLsum"), 0.0)
+    for (article, highlights), summary in zip(pairs, summaries):
+        reference = "\n".join(highlights)
+        scores, lead3 = rouge.score(reference, summary), rouge.score(reference, rouge.first_sentences(article, 3))
+        for name in totals:
+            totals[name] += scores[name]
+            lead[name] += lead3[name]
+        examples.append({"summary": summary, "reference": reference, **scores})
+    n = len(pairs)
+    report = {"examples": n, **{name: value / n for name, value in totals.items()},
+              "lead3": {name: value / n for name, value in lead.items()},
+              "sampling": "greedy" if config.greedy else f"top_k {config.top_k}, top_p {config.top_p}, "
+                                                          f"temperature {config.temperature}",
+              "max_new_tokens": config.max_new_tokens, "sentences": config.sentences}
+    return report, examples
+
+
+TASKS = {"perplexity": _perplexity_task, "lambada": _lambada_task, "multiple_choice": _multiple_choice_task,
+         "cnndm": _cnndm_task}
+UNITS = {"perplexity": "tokens", "lambada": "tokens", "multiple_choice": "tokens", "cnndm": "articles"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running and printing
+
+def run(config, out=sys.stdout):
+    """Evaluate every model of `config` on its task; print the reports; returns them ({model dir: report})."""
+    from tqdm import tqdm
+
+    from gpt2tf.encoder import get_encoder
+    from gpt2tf.inference import load_for_inference
+
+    check(config)
+    encoder = get_encoder()
+    reports, rows = {}, []
+    for model_dir in config.model_dir or [None]:
+        model = load_for_inference(model_dir, precision=config.precision)
+        with tqdm(desc=f"{config.task} {model_dir or DEFAULT_MODEL_DIR}", unit=UNITS[config.task], file=sys.stderr,
+                  disable=None, unit_scale=True) as bar:
+            report, examples = TASKS[config.task](model, config, encoder, bar.update)
+        name = model_dir or DEFAULT_MODEL_DIR
+        reports[name] = {"task": config.task, "model_dir": name, "dataset": config.dataset_path, **report}
+        rows += [{"model_dir": name, **row} for row in examples]
+    document = next(iter(reports.values())) if len(reports) == 1 else {"task": config.task, "models": reports}
+    if config.report_file:
+        _write(config.report_file, json.dumps(document, indent=2) + "\n")
+    if config.examples_file:
+        _write(config.examples_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    if config.output == "json":
+        out.write(json.dumps(document) + "\n")
+    else:
+        out.write(table(reports))
+    out.flush()
+    return reports
+
+
+def _write(path, text):
+    from gpt2tf.files import write_text_atomic
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
+    except OSError as err:
+        raise GPT2TFError(f"cannot write {path} ({err.strerror}); choose a writable place") from None
+
+
+def table(reports):
+    """The reports' numbers side by side, one column per model."""
+    names = list(reports)
+    keys = [k for k, v in next(iter(reports.values())).items() if isinstance(v, (int, float, dict))
+            and not isinstance(v, bool) and k not in ("context", "stride")]
+    rows = []
+    for key in keys:
+        values = [reports[n][key] for n in names]
+        if isinstance(values[0], dict):
+            for sub in values[0]:
+                rows.append((f"{key} {sub}", [_number(v[sub]) for v in values]))
+        else:
+            rows.append((key, [_number(v) for v in values]))
+    header = ["", *names]
+    widths = [max(len(str(r[i] if i == 0 else r[1][i - 1])) for r in [(header[0], header[1:])] + rows)
+              for i in range(len(header))]
+    lines = ["  ".join(str(h).ljust(w) if i == 0 else str(h).rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    for key, values in rows:
+        lines.append("  ".join([key.ljust(widths[0])] + [v.rjust(w) for v, w in zip(values, widths[1:])]))
+    return "\n".join(lines) + "\n"
+
+
+def _number(value):
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"

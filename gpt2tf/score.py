@@ -1,0 +1,99 @@
+"""The one log-likelihood path: how likely a model finds each token of many sequences, batched and compiled.
+
+`score(model, items)` takes `(ids, start)` pairs and gives, for every position p from `max(start, 1)` on, the
+log-probability of `ids[p]` given `ids[:p]` and whether greedy decoding would have chosen it. Evaluation
+(perplexity, LAMBADA, multiple choice) and validation during fine-tuning all score through here. Sequences are
+right-padded to a bucketed length (the padding is never scored, and causal attention never lets it change the real
+positions), grouped into batches of about `TOKENS_PER_CALL` tokens, and run through the model compiled by XLA once
+per (batch, length) shape, so new sequences never retrace.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.layout import PROMPT_BUCKET
+
+TOKENS_PER_CALL = 2048  # per compiled call: the logits of that many tokens (2048 x 50257 floats, ~400 MB) at once
+
+
+class Scorer:
+    """The compiled scoring function of one model (made once per model by `scorer_for`)."""
+
+    def __init__(self, model, *, jit_compile=True):
+        self.model = model
+        self.score_batch = tf.function(self._score_batch, jit_compile=jit_compile, autograph=False)
+
+    def _score_batch(self, tokens):
+        """tokens [batch, length]: each position's next token's log-probability and whether it is the argmax."""
+        logits = tf.cast(self.model(tokens), tf.float32)[:, :-1]  # [batch, length - 1, vocab]: predicts 1..
+        targets = tokens[:, 1:]
+        chosen = tf.gather(logits, targets, batch_dims=2)  # [batch, length - 1]
+        log_p = chosen - tf.reduce_logsumexp(logits, axis=-1)
+        greedy = tf.argmax(logits, axis=-1, output_type=tf.int32) == targets
+        return log_p, greedy
+
+
+_scorers = {}
+
+
+def scorer_for(model, *, jit_compile=True):
+    key = (id(model), jit_compile)
+    if key not in _scorers or _scorers[key].model is not model:
+        _scorers[key] = Scorer(model, jit_compile=jit_compile)
+    return _scorers[key]
+
+
+def bucket(length, n_ctx):
+    """The padded length a sequence of `length` tokens is scored at: a multiple of PROMPT_BUCKET, at most n_ctx."""
+    return min(-(-length // PROMPT_BUCKET) * PROMPT_BUCKET, n_ctx)
+
+
+def score(model, items, *, progress=None, jit_compile=True):
+    """[(log-probabilities, greedy hits)] for `items` of `(ids, start)`, in order: arrays over positions
+    max(start, 1)..len(ids) - 1 (each position predicted from the ones before it).
+
+    `progress`, if given, is called with the number of tokens scored after each batch.
+    """
+    n_ctx, n_vocab = model.hparams.n_ctx, model.hparams.n_vocab
+    for i, (ids, _) in enumerate(items):
+        if not 2 <= len(ids) <= n_ctx:
+            raise GPT2TFError(f"sequence {i} has {len(ids)} tokens; scoring takes 2 to the model's context of "
+                              f"{n_ctx}")
+        if min(ids) < 0 or max(ids) >= n_vocab:
+            raise GPT2TFError(f"sequence {i} holds token ids outside the model's vocabulary of {n_vocab}")
+    scorer = scorer_for(model, jit_compile=jit_compile)
+    results = [None] * len(items)
+    by_length = {}
+    for i, (ids, _) in enumerate(items):
+        by_length.setdefault(bucket(len(ids), n_ctx), []).append(i)
+    for length, indices in sorted(by_length.items()):
+        rows = max(1, TOKENS_PER_CALL // length)
+        for first in range(0, len(indices), rows):
+            batch = indices[first:first + rows]
+            tokens = np.zeros([rows, length], np.int32)  # a short last batch is padded: the same shape, no retrace
+            for row, i in enumerate(batch):
+                tokens[row, :len(items[i][0])] = items[i][0]
+            log_p, greedy = (t.numpy() for t in scorer.score_batch(tf.constant(tokens)))
+            for row, i in enumerate(batch):
+                ids, start = items[i]
+                begin = max(start, 1) - 1  # position p is predicted at row index p - 1
+                results[i] = (log_p[row, begin:len(ids) - 1].astype(np.float64), greedy[row, begin:len(ids) - 1])
+            if progress:
+                progress(sum(len(items[i][0]) - max(items[i][1], 1) for i in batch))
+    return results
+
+
+def windows(n_tokens, *, context, stride):
+    """The HF perplexity guide's strided windows over a text of `n_tokens`: [(begin, end, first scored)], each
+    window scoring only the tokens no earlier window scored (everything before them in it is context)."""
+    if not 1 <= stride <= context:
+        raise GPT2TFError(f"--stride must be from 1 to --context ({context}), got {stride}")
+    out, previous_end = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + context, n_tokens)
+        out.append((begin, end, previous_end - begin if previous_end > begin else 0))
+        previous_end = end
+        if end == n_tokens:
+            break
+    return out
