@@ -232,7 +232,6 @@ class Trainer:
         # No autograph: the steps are plain TF code, and converting Keras' internals only slows tracing.
         self._grads = tf.function(self._loss_and_grads, jit_compile=config.xla, autograph=False)
         self._train = tf.function(self._train_step, autograph=False)
-        self._eval = tf.function(self._eval_step, jit_compile=config.xla, autograph=False)
 
     def _loss_and_grads(self, tokens, weights, total_weight):
         with tf.GradientTape() as tape:
@@ -264,22 +263,9 @@ class Trainer:
         self.data_index.assign_add(tf.cast(tf.shape(tokens)[0], tf.int64))
         return loss
 
-    def _eval_step(self, tokens, weights):
-        logits = self.model(tokens[:, :-1])
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits)
-        return tf.reduce_sum(losses * weights), tf.reduce_sum(weights)
-
     def train_step(self, tokens, weights):
         """Run one step; returns its loss (a float)."""
         return float(self._train(tf.constant(tokens, tf.int32), tf.constant(weights, tf.float32)))
-
-    def evaluate(self, batches):
-        """Mean loss per target token over `batches`."""
-        total = count = 0.0
-        for batch in batches:
-            loss_sum, weight = self._eval(tf.constant(batch.tokens), tf.constant(batch.weights))
-            total, count = total + float(loss_sum), count + float(weight)
-        return total / max(count, 1.0)
 
     @property
     def learning_rate(self):
@@ -514,8 +500,8 @@ def _finetune(config, run, created):
 
     end = min(config.total_steps, config.max_steps or config.total_steps)
     batch_shape = dict(batch_size=config.batch_size, length=length, seed=config.seed)
-    val_batches = [val_data.batch(i, batch_size=config.batch_size, length=length, seed=0)
-                   for i in range(config.val_batches)] if val_data else []
+    validation = Validation(val_data, length=length, limit=config.val_batches * config.batch_size,
+                            encoder=tokenizer) if val_data else None
     saved_step = start_from.step if start_from.model_dir == run.path else None
     writer = tf.summary.create_file_writer(str(run.path / "tensorboard"))
     tokens_per_step = config.accumulate_gradients * config.batch_size * length
@@ -566,13 +552,12 @@ def _finetune(config, run, created):
                 if progress.disable:  # not a terminal: a plain line instead of the bar
                     print(json.dumps(record), file=sys.stderr, flush=True)
                 losses, window_seconds, window_tokens = [], 0.0, 0
-            if val_batches and ((config.val_every and step % config.val_every == 0)
-                                or (not config.val_every and step % config.steps_per_epoch == 0) or step == end):
-                val_loss = trainer.evaluate(val_batches)
-                run.log({"step": step, "val_loss": round(val_loss, 5),
-                           "val_perplexity": round(math.exp(min(val_loss, 50)), 3)})
-                tqdm.write(f"step {step}: validation loss {val_loss:.4f}, perplexity {math.exp(min(val_loss, 50)):.2f}",
-                           file=sys.stderr)
+            if validation and ((config.val_every and step % config.val_every == 0)
+                               or (not config.val_every and step % config.steps_per_epoch == 0) or step == end):
+                report = validation.run(model, jit_compile=config.xla)
+                run.log({"step": step, **{f"val_{k}": round(v, 6) for k, v in report.items()}})
+                tqdm.write(f"step {step}: validation loss {report['mean_nll']:.4f}, perplexity "
+                           f"{report['perplexity']:.2f} ({report['scored_tokens']:,} tokens)", file=sys.stderr)
             if config.sample_every and step % config.sample_every == 0:
                 tqdm.write(f"--- sample at step {step} ---\n{_sample(model, tokenizer, config, step)}\n---",
                            file=sys.stderr)
@@ -609,6 +594,43 @@ def _h5_path(config):
         raise GPT2TFError(f"cannot write --output_name {path}: {existing} is not a writable directory; choose "
                           f"another --output_name")
     return path
+
+
+class Validation:
+    """The validation set scored whole (or its first `limit` sequences), through the evaluation's scoring path:
+    a token stream in disjoint windows of `length` tokens as `evaluate.perplexity` scores a text, examples one
+    sequence each (their completion only when training counts only that). The report is the perplexity task's:
+    scored_tokens, mean_nll, perplexity, bits_per_byte, word_perplexity."""
+
+    def __init__(self, data, *, length, limit, encoder):
+        from gpt2tf.data import TokenStream
+        from gpt2tf.evaluate import text_units
+        from gpt2tf.score import windows
+
+        if isinstance(data, TokenStream):
+            tokens = [int(t) for t in data.tokens]
+            self.items = [(tokens[b:e], first) for b, e, first in windows(len(tokens), context=length, stride=length)]
+        else:
+            self.items = []
+            for i in range(len(data)):
+                ids, prompt = data.example(i, length)
+                self.items.append(([int(t) for t in ids], prompt if data.loss_on == "completion" else 0))
+        if limit:
+            self.items = self.items[:limit]
+        scored_text = [encoder.decode([t for t in ids[max(start, 1):] if t != encoder.eot_id])
+                       for ids, start in self.items]
+        self.n_bytes = sum(text_units(t)[0] for t in scored_text)
+        self.n_words = sum(text_units(t)[1] for t in scored_text)
+
+    def run(self, model, *, jit_compile=True):
+        from gpt2tf.score import score
+
+        scored = score(model, self.items, jit_compile=jit_compile)
+        total = sum(-float(log_p.sum()) for log_p, _ in scored)
+        count = sum(len(log_p) for log_p, _ in scored)
+        return {"scored_tokens": count, "mean_nll": total / count, "perplexity": math.exp(min(total / count, 50)),
+                "bits_per_byte": total / max(self.n_bytes, 1) / math.log(2),
+                "word_perplexity": math.exp(min(total / max(self.n_words, 1), 50))}
 
 
 def _load_data(config, tokenizer, length):

@@ -91,7 +91,8 @@ class TrainConfig:
     keep_checkpoints: int = flag(3, "keep the last K checkpoints")
     log_every: int = flag(10, "write metrics every N steps")
     val_every: int = flag(0, "validate every N steps; 0: at each epoch's end (with --val_dataset_path)")
-    val_batches: int = flag(8, "batches per validation")
+    val_batches: int = flag(0, "score at most this many batches (x --batch_size sequences) of the validation set; "
+                               "0: all of it")
     sample_every: int = flag(0, "print a sample every N steps; 0: off")
     sample_length: int = flag(64, "tokens per sample")
     sample_prompt: str = flag("", "the samples' prompt (default: start of a document)")
@@ -223,11 +224,11 @@ def check(config):
 
     check_types(dataclasses.asdict(config), "")
     for name in ("num_epoch", "steps_per_epoch", "batch_size", "accumulate_gradients", "keep_checkpoints",
-                 "log_every", "val_batches", "sample_length"):
+                 "log_every", "sample_length"):
         if getattr(config, name) < 1:
             conflict(f"--{name} must be at least 1, got {getattr(config, name)}")
-    for name in ("max_steps", "save_every", "val_every", "sample_every", "warmup_steps", "lora_rank", "clip_norm",
-                 "decay_lr", "weight_decay"):
+    for name in ("max_steps", "save_every", "val_every", "val_batches", "sample_every", "warmup_steps", "lora_rank",
+                 "clip_norm", "decay_lr", "weight_decay"):
         if getattr(config, name) < 0:
             conflict(f"--{name} must not be negative, got {getattr(config, name)}")
     for name in ("base_lr", "lora_alpha"):

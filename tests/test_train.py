@@ -196,7 +196,17 @@ def test_run_dir_is_a_model_dir_with_the_last_k_checkpoints(tmp_path, small_mode
     assert model.hparams == SMALL
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"step", "loss", "lr", "tokens_per_s"} <= set(metrics[0])
-    assert [m["step"] for m in metrics if "val_loss" in m] == [3, 6]  # each epoch's end
+    assert [m["step"] for m in metrics if "val_mean_nll" in m] == [3, 6]  # each epoch's end
+    # Validation is the evaluation's perplexity over the first val_batches x batch_size windows of the set.
+    val = [m for m in metrics if "val_mean_nll" in m][-1]
+    assert set(val) == {"step", "val_scored_tokens", "val_mean_nll", "val_perplexity", "val_bits_per_byte",
+                        "val_word_perplexity"}
+    tokens = data.load_dataset("text", str(corpus), tokenizer=gpt2tf.get_encoder(),
+                               cache_dir=str(tmp_path / "cache")).tokens
+    from gpt2tf import evaluate
+    report, _ = evaluate.perplexity(model, tokens[:4 * 16], context=16, stride=16)
+    assert val["val_scored_tokens"] == report["scored_tokens"]
+    assert val["val_mean_nll"] == pytest.approx(report["mean_nll"], abs=2e-6)
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert not [p for p in run_dir.rglob("*") if ".tmp-" in p.name]
 
