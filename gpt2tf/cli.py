@@ -1,7 +1,8 @@
 """The command-line interface: every script's flags, the `gpt2tf` command, and how a user error ends a command.
 
-The top-level scripts (`download_model.py`, `inference.py`, `finetune.py`, `serve.py`, `evaluate.py`) are two
-lines each that call `run_script`; the `gpt2tf` subcommands call the same functions, so a flag exists once. Flags are built from the
+The top-level scripts (`download_model.py`, `inference.py`, `finetune.py`, `serve.py`, `evaluate.py`,
+`export.py`) are two lines each that call `run_script`; the `gpt2tf` subcommands call the same functions, so a flag
+exists once. Flags are built from the
 config dataclasses (`flag()` fields: the field name is the flag, its metadata the help), which own the defaults.
 A `GPT2TFError` (or a usage error) becomes `error: <one line>` on stderr and exit status 2. This module imports no
 TensorFlow: `gpt2tf --help` and `download` start at once, and the tokenizer's worker processes, which re-import the
@@ -51,7 +52,7 @@ def add_config_flags(parser, config_class):
             target = groups[meta["group"]]
         default = field.default_factory() if field.default is dataclasses.MISSING else field.default
         help_text = meta["help"]
-        if default not in (None, False, "", []) and "default" not in help_text:
+        if default not in (None, False, "", []) and "(default" not in help_text:
             help_text += f" (default: {default})"
         help_text = help_text.replace("%", "%%")
         name = f"--{field.name}"
@@ -152,6 +153,19 @@ def evaluate_main(argv=None, *, prog="evaluate.py"):
     evaluate(config)
 
 
+def export_main(argv=None, *, prog="export.py"):
+    from gpt2tf.export import ExportConfig, check
+
+    parser = _config_parser(prog, "Export a self-contained text-in/text-out SavedModel (exact BPE inside, cached "
+                                  "decoding, sampling settings as inputs) in TF Serving's layout.", ExportConfig)
+    config = ExportConfig(**vars(parser.parse_args(argv)))
+    check(config)  # a mistake is reported before TensorFlow's seconds of start-up
+    import_tensorflow_quietly()
+    from gpt2tf.export import export
+
+    export(config)
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     script: str  # the top-level script that runs the same function
@@ -172,6 +186,8 @@ COMMANDS = {
     "evaluate": Command("evaluate.py", "perplexity, LAMBADA, multiple choice, CNN/Daily Mail ROUGE",
                         "gpt2tf evaluate --task perplexity --dataset_path wiki.test.raw --stride 512",
                         evaluate_main),
+    "export": Command("export.py", "a text-in/text-out SavedModel for TF Serving or any TF program",
+                      "gpt2tf export --model_dir models/124M --export_dir exported/gpt2", export_main),
 }
 
 

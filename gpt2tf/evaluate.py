@@ -151,7 +151,8 @@ def read_jsonl(path, fields, max_rows=0):
             raise GPT2TFError(f"{path}:{number}: not a JSON object") from None
         for name, kind in fields.items():
             if not isinstance(row, dict) or not isinstance(row.get(name), kind) or isinstance(row.get(name), bool):
-                raise GPT2TFError(f"{path}:{number}: expected a field {name!r} of type {kind.__name__}")
+                kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+                raise GPT2TFError(f"{path}:{number}: expected a field {name!r} of type {kinds}")
         rows.append(row)
         if max_rows and len(rows) == max_rows:
             break
@@ -225,8 +226,35 @@ def _lambada_task(model, config, encoder, progress):
     return lambada(model, rows, encoder=encoder, progress=progress, jit_compile=not config.no_xla)
 
 
+HELLASWAG_FIELDS = {"activity_label": str, "ctx_a": str, "ctx_b": str, "endings": list, "label": (str, int)}
+
+
+def _hellaswag_clean(text):
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag_row(row):
+    """A row of HellaSwag's own files as a multiple-choice row, as lm-evaluation-harness builds it: context =
+    activity_label + ": " + ctx_a + " " + ctx_b capitalized, each ending prefixed by a space, and the harness's light
+    clean-up (" [title]" -> ". ", "[header]"-style tags and double spaces removed) on both."""
+    context = row["ctx_a"] + " " + row["ctx_b"].capitalize()
+    return {"context": _hellaswag_clean(row["activity_label"] + ": " + context),
+            "endings": [" " + _hellaswag_clean(ending) for ending in row["endings"]], "label": int(row["label"])}
+
+
 def _multiple_choice_task(model, config, encoder, progress):
-    rows = read_jsonl(config.dataset_path, {"context": str, "endings": list, "label": int}, config.max_examples)
+    first = read_jsonl(config.dataset_path, {}, 1)[0]
+    if isinstance(first, dict) and "ctx_a" in first and "context" not in first:  # HellaSwag's own file
+        rows = []
+        for number, row in enumerate(read_jsonl(config.dataset_path, HELLASWAG_FIELDS, config.max_examples), 1):
+            if not str(row["label"]).strip().isdigit():
+                raise GPT2TFError(f"{config.dataset_path}: row {number}'s label {row['label']!r} is not an ending's "
+                                  f"index; HellaSwag's test file has no labels, use its validation file")
+            rows.append(hellaswag_row(row))
+    else:
+        rows = read_jsonl(config.dataset_path, {"context": str, "endings": list, "label": int}, config.max_examples)
     for number, row in enumerate(rows, 1):
         if not row["endings"] or not all(isinstance(e, str) for e in row["endings"]) or \
                 not 0 <= row["label"] < len(row["endings"]):

@@ -115,19 +115,27 @@ def gumbel_noise(row_seeds, steps, vocab_size):
     row_seeds: int32 [batch, 2] ((seed, sample number) per row); steps: int32 scalar or [batch].
     """
     batch = row_seeds.shape[0]
+    if batch is None:  # a batch of unknown size (the export): the same streams, row by row in a loop
+        steps = tf.broadcast_to(tf.cast(steps, tf.int32), tf.shape(row_seeds)[:1])
+        return tf.map_fn(lambda args: _gumbel_row(args[0], args[1], vocab_size), (row_seeds, steps),
+                         fn_output_signature=tf.float32)
     steps = tf.broadcast_to(tf.cast(steps, tf.int32), [batch])
     rows = []
     for row in range(batch):  # static batch size: unrolled, each row independent of the others
-        seed = tf.random.experimental.stateless_fold_in(row_seeds[row], steps[row])
-        uniform = tf.random.stateless_uniform([vocab_size], seed=seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
-        rows.append(-tf.math.log(-tf.math.log(uniform)))
+        rows.append(_gumbel_row(row_seeds[row], steps[row], vocab_size))
     return tf.stack(rows)
+
+
+def _gumbel_row(row_seed, step, vocab_size):
+    seed = tf.random.experimental.stateless_fold_in(row_seed, step)
+    uniform = tf.random.stateless_uniform([vocab_size], seed=seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
+    return -tf.math.log(-tf.math.log(uniform))
 
 
 def choose_tokens(logits, seen, row_seeds, steps, *, temperature, top_k, top_p, repetition_penalty):
     """The next token of every row: int32 [batch]. Settings are scalars or per-row tensors; `steps` is each row's
     number of tokens generated so far (the noise's step)."""
-    batch = logits.shape[0]
+    batch = logits.shape[0] if logits.shape[0] is not None else tf.shape(logits)[0]
     greedy = _per_row(temperature, batch, tf.float32) == 0.0
     plain = tf.reduce_all(greedy) & tf.reduce_all(_per_row(repetition_penalty, batch, tf.float32) == 1.0)
 

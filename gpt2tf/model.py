@@ -151,6 +151,10 @@ class Attention(keras.layers.Layer):
             if cache_index.shape.rank == 0:  # every row writes at the same slot
                 at = tf.stack([0, 0, cache_index, 0])
                 cache = tuple(xla.dynamic_update_slice(c, t, at) for c, t in zip(cache, new))
+            elif x.shape[0] is None:  # a batch of unknown size (the export), one token per row: one select
+                slot = tf.one_hot(cache_index, tf.shape(cache[0])[2], on_value=True, off_value=False,
+                                  dtype=tf.bool)[:, None, :, None]  # [batch, 1, max_length, 1]
+                cache = tuple(tf.where(slot, t, c) for c, t in zip(cache, new))
             else:  # row r writes at its own slot cache_index[r] (a static batch: one in-place update per row)
                 cache = list(cache)
                 for r in range(x.shape[0]):

@@ -208,6 +208,9 @@ def test_the_cli_prints_a_table_or_json_and_writes_reports(small_model_dir, tmp_
      ["--task", "lambada", "--dataset_path", "{d}/l.jsonl"], "l.jsonl:2: expected a field 'text'"),
     (lambda d: (d / "m.jsonl").write_text('{"context": "x", "endings": [" a"], "label": 3}\n'),
      ["--task", "multiple_choice", "--dataset_path", "{d}/m.jsonl"], "a label that indexes them"),
+    (lambda d: (d / "h.jsonl").write_text('{"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "endings": [" d"], '
+                                          '"label": ""}\n'),
+     ["--task", "multiple_choice", "--dataset_path", "{d}/h.jsonl"], "HellaSwag's test file has no labels"),
     (lambda d: (d / "t.txt").write_text("words " * 50), ["--dataset_path", "{d}/t.txt", "--context", "16",
                                                         "--stride", "32"], "--stride 32 is larger than --context 16"),
     (lambda d: (d / "t.txt").write_text("words " * 50), ["--dataset_path", "{d}/t.txt", "--context", "65"],
@@ -235,7 +238,7 @@ def test_scoring_does_not_retrace_for_new_lengths_in_a_bucket(tiny):
         score(model, [([1] * 33, 0)])
 
 
-def test_the_hellaswag_converter(tmp_path):
+def test_the_hellaswag_converter_and_reading_hellaswag_directly(small, small_model_dir, tmp_path):
     row = {"activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow covering the "
            "window of a car, and a woman wearing winter clothes smiles.", "ctx_b": "then",
            "endings": [", the man adds wax to the windshield and cuts it.", ", a person board a ski lift.",
@@ -248,4 +251,10 @@ def test_the_hellaswag_converter(tmp_path):
     assert converted["context"] == ("Removing ice from car: Then, the man writes over the snow covering the window "
                                     "of a car, and a woman wearing winter clothes smiles. Then")
     assert converted["endings"][3] == " , the man continues removing the snow on his car." and converted["label"] == 3
-    evaluate.read_jsonl(tmp_path / "val.jsonl", {"activity_label": str})  # and the file reads as JSONL
+    # evaluate.py reads HellaSwag's own file as the converted rows
+    result = cli("--model_dir", small_model_dir, "--task", "multiple_choice", "--dataset_path", tmp_path / "val.jsonl",
+                 "--output", "json")
+    assert result.returncode == 0, result.stderr
+    want, _ = evaluate.multiple_choice(small[0], [converted], encoder=gpt2tf.get_encoder())
+    got = json.loads(result.stdout)
+    assert {k: got[k] for k in want} == pytest.approx(want)
