@@ -2,6 +2,7 @@
 
     python bench/load.py --size 124M
     python bench/load.py --size 1558M
+    python bench/load.py --size 1558M --hf      # also the same weights in Hugging Face's layout, alternated
 
 Writes a synthetic checkpoint in OpenAI's exact layout first (in its own process, so the writer's memory is not
 counted; reused on later runs), then restores it in a fresh process and prints one JSON line: seconds spent in
@@ -48,6 +49,8 @@ def main():
     parser.add_argument("--size", default="124M", choices=["124M", "355M", "774M", "1558M"])
     parser.add_argument("--dir", help="where the synthetic checkpoint lives (default /tmp/gpt2tf-bench/<size>)")
     parser.add_argument("--repeat", type=int, default=3, help="fresh-process restores; the best is reported")
+    parser.add_argument("--hf", action="store_true", help="also load the same weights in Hugging Face's layout "
+                                                          "(converted once, beside the checkpoint), alternating")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
@@ -59,16 +62,32 @@ def main():
         code = ("import gpt2tf, gpt2tf.hparams as h, sys; "
                 f"gpt2tf.write_synthetic_checkpoint({model_dir!r}, h.pretrained({args.size!r}))")
         subprocess.run([sys.executable, "-c", code], check=True)
+    dirs = {"openai": model_dir}
+    if args.hf:
+        dirs["hf"] = model_dir.rstrip("/") + "-hf"
+        if not os.path.exists(os.path.join(dirs["hf"], "config.json")):
+            code = (f"import gpt2tf; from gpt2tf.hf import save_hf_checkpoint; "
+                    f"save_hf_checkpoint(gpt2tf.load_model({model_dir!r}), {dirs['hf']!r})")
+            subprocess.run([sys.executable, "-c", code], check=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    runs = []
+    runs = {layout: [] for layout in dirs}
     for _ in range(args.repeat):
-        out = subprocess.run([sys.executable, __file__, "--_child", model_dir], check=True, env=env,
-                             capture_output=True, text=True).stdout
-        runs.append(json.loads(out.strip().splitlines()[-1]))
-    best = min(runs, key=lambda r: r["load_s"])
-    print(json.dumps({"bench": "load", "size": args.size, **best,
-                      "peak_rss_gb_max": max(r["peak_rss_gb"] for r in runs),
-                      "load_s_all": [r["load_s"] for r in runs]}))
+        for layout, path in dirs.items():  # alternated: a slow spell of the machine hits both
+            out = subprocess.run([sys.executable, __file__, "--_child", path], check=True, env=env,
+                                 capture_output=True, text=True).stdout
+            runs[layout].append(json.loads(out.strip().splitlines()[-1]))
+    results = {}
+    for layout, layout_runs in runs.items():
+        best = min(layout_runs, key=lambda r: r["load_s"])
+        results[layout] = {"bench": "load", "size": args.size, "layout": layout, **best,
+                           "peak_rss_gb_max": max(r["peak_rss_gb"] for r in layout_runs),
+                           "load_s_all": [r["load_s"] for r in layout_runs]}
+    if "hf" in results:
+        results["hf"]["time_over_openai"] = round(results["hf"]["load_s"] / results["openai"]["load_s"], 2)
+        results["hf"]["peak_over_openai"] = round(results["hf"]["peak_rss_gb_max"] /
+                                                  results["openai"]["peak_rss_gb_max"], 2)
+    for result in results.values():
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

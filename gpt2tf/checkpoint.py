@@ -92,9 +92,9 @@ def resolve_checkpoint(path):
     elif (path / f"{PREFIX_NAME}.index").is_file():
         prefix = path / PREFIX_NAME
     else:
-        raise GPT2TFError(f"{path} is not a GPT-2 model dir: it has no `{STATE_FILE}` file and no "
-                          f"{PREFIX_NAME}.index (expected OpenAI's layout: {STATE_FILE}, {HPARAMS_FILE}, "
-                          f"{PREFIX_NAME}.index, {PREFIX_NAME}.data-00000-of-00001)")
+        raise GPT2TFError(f"{path} is not a GPT-2 model dir: expected OpenAI's layout ({STATE_FILE}, {HPARAMS_FILE}, "
+                          f"{PREFIX_NAME}.index, {PREFIX_NAME}.data-00000-of-00001) or Hugging Face's (config.json "
+                          f"and model.safetensors or model.safetensors.index.json)")
     if not prefix.is_absolute():
         prefix = path / prefix
     if not Path(f"{prefix}.index").is_file() and Path(f"{path / prefix.name}.index").is_file():
@@ -133,6 +133,29 @@ def load_hparams(model_dir):
     return HParams.from_json(Path(model_dir) / HPARAMS_FILE)
 
 
+def _is_openai_dir(path):
+    path = Path(path)
+    return Path(f"{path}.index").is_file() or (path / STATE_FILE).is_file() or (path / f"{PREFIX_NAME}.index").is_file()
+
+
+def model_hparams(path):
+    """The HParams of a model in either layout (OpenAI's hparams.json, or a HF dir's config.json)."""
+    from gpt2tf.hf import hparams_from_config, is_hf_dir
+
+    if is_hf_dir(path) and not _is_openai_dir(path):
+        return hparams_from_config(path)
+    return load_hparams(resolve_checkpoint(path)[0])
+
+
+def restore_into(model, path):
+    """Read the weights of a model in either layout (a dir or an OpenAI checkpoint prefix) into `model`."""
+    from gpt2tf.hf import is_hf_dir, restore_hf_weights
+
+    if is_hf_dir(path) and not _is_openai_dir(path):
+        return restore_hf_weights(model, path)
+    restore_weights(model, resolve_checkpoint(path)[1])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Restore
 
@@ -141,6 +164,10 @@ def load_model(model_dir, *, dtype=None):
 
     `dtype` is a Keras dtype policy such as "mixed_float16"; weights stay float32 either way.
     """
+    from gpt2tf.hf import is_hf_dir, load_hf_model
+
+    if is_hf_dir(model_dir) and not _is_openai_dir(model_dir):
+        return load_hf_model(model_dir, dtype=dtype)
     model_dir, prefix = resolve_checkpoint(model_dir)
     hparams = load_hparams(model_dir)
     # Checked against hparams.json before the model is allocated: a wrong (say, huge) shape is an error, not an
@@ -174,27 +201,43 @@ def restore_weights(model, prefix):
     _check_data_size(prefix, found_shapes, found_dtypes)
 
     def read(key):
-        (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
-                                        dtypes=[found_dtypes[key]])
+        try:
+            (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
+                                            dtypes=[found_dtypes[key]])
+        except tf.errors.OpError as err:  # TF checksums every tensor as it reads it
+            raise GPT2TFError(f"cannot read tensor {key} from {prefix} ({first_line(err)}): the data file is "
+                              f"corrupt; {repair_hint(prefix)}") from None
+        return value
+
+    fill_weights(model, read, {k: int(np.prod(found_shapes[k])) for k in variables}, source=prefix,
+                 hint=repair_hint(prefix))
+
+
+def fill_weights(model, read, sizes, *, source, hint):
+    """Assign every weight of `model` from `read(key)` (its value in OpenAI's layout, any float type), checking
+    each for NaN and infinite values as it arrives; `sizes` ({key: elements}) orders the reads, big first.
+
+    Reading is bound by page faults on the freshly allocated tensors, which run in parallel across cores; the
+    weights' own buffers were never touched (EmptyInitializer), and `assign` adopts each read (or transposed)
+    tensor's buffer, so the peak is one copy of the weights plus a tensor per thread. The reads release the GIL.
+    On any error the model's weights are unspecified, and the error says so.
+    """
+    variables = {checkpoint_key(v): v for v in model.weights}
+
+    def load(key):
+        value = read(key)
         finite = bool(tf.reduce_all(tf.math.is_finite(value)))  # at memory speed (check_numerics is 8x slower)
         return to_checkpoint_layout(key, value), finite  # the same transposition takes it to the model's layout
 
-    # Reading is bound by page faults on the freshly allocated tensors, which run in parallel across cores; the
-    # weights' own buffers were never touched (EmptyInitializer), and `assign` adopts each read (or transposed)
-    # tensor's buffer, so the peak is one copy of the weights plus a tensor per thread. The TF ops release the GIL.
-    keys = sorted(variables, key=lambda k: -int(np.prod(found_shapes[k])))  # big first: balances the threads
+    keys = sorted(variables, key=lambda k: -sizes[k])  # big first: balances the threads
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        futures = [(key, pool.submit(read, key)) for key in keys]
+        futures = [(key, pool.submit(load, key)) for key in keys]
         try:
             for key, future in futures:
-                try:
-                    value, finite = future.result()
-                except tf.errors.OpError as err:  # TF checksums every tensor as it reads it
-                    raise GPT2TFError(f"cannot read tensor {key} from {prefix} ({first_line(err)}): the data file "
-                                      f"is corrupt; {repair_hint(prefix)}") from None
+                value, finite = future.result()
                 if not finite:
-                    raise GPT2TFError(f"tensor {key} in {prefix} holds NaN or infinite values: these weights are "
-                                      f"broken; {repair_hint(prefix)}")
+                    raise GPT2TFError(f"tensor {key} in {source} holds NaN or infinite values: these weights are "
+                                      f"broken; {hint}")
                 variables[key].assign(tf.cast(value, variables[key].dtype))
         finally:
             for _, future in futures:
@@ -215,7 +258,7 @@ def repair_hint(prefix):
     return "download the model again"
 
 
-def check_tensor_names_and_shapes(found, expected, prefix):
+def check_tensor_names_and_shapes(found, expected, prefix, *, described_by=HPARAMS_FILE):
     """Raise a one-line GPT2TFError naming missing, unexpected and mis-shaped tensors."""
     found = {k: tuple(v) for k, v in found.items()}
     missing = sorted(set(expected) - set(found))
@@ -230,9 +273,9 @@ def check_tensor_names_and_shapes(found, expected, prefix):
         problems.append(f"unexpected {_some(unexpected)}")
     if misshaped:
         problems.append("mis-shaped " + _some(
-            [f"{k} {list(found[k])} (hparams.json says {list(expected[k])})" for k in misshaped]))
-    raise GPT2TFError(f"checkpoint {prefix} does not match its hparams.json: {'; '.join(problems)}; "
-                      f"check that hparams.json belongs to this checkpoint")
+            [f"{k} {list(found[k])} ({described_by} says {list(expected[k])})" for k in misshaped]))
+    raise GPT2TFError(f"checkpoint {prefix} does not match its {described_by}: {'; '.join(problems)}; "
+                      f"check that {described_by} belongs to this checkpoint")
 
 
 def _check_data_size(prefix, shapes, dtypes):

@@ -1,7 +1,7 @@
 """The command-line interface: every script's flags, the `gpt2tf` command, and how a user error ends a command.
 
 The top-level scripts (`download_model.py`, `inference.py`, `finetune.py`, `serve.py`, `evaluate.py`,
-`export.py`) are two lines each that call `run_script`; the `gpt2tf` subcommands call the same functions, so a flag
+`export.py`, `convert.py`) are two lines each that call `run_script`; the `gpt2tf` subcommands call the same functions, so a flag
 exists once. Flags are built from the
 config dataclasses (`flag()` fields: the field name is the flag, its metadata the help), which own the defaults.
 A `GPT2TFError` (or a usage error) becomes `error: <one line>` on stderr and exit status 2. This module imports no
@@ -166,6 +166,24 @@ def export_main(argv=None, *, prog="export.py"):
     export(config)
 
 
+def convert_main(argv=None, *, prog="convert.py"):
+    parser = Parser(prog=prog, description="Convert a GPT-2 between OpenAI's checkpoint layout and Hugging Face's "
+                                           "(config.json + model.safetensors + tokenizer files), exactly.")
+    parser.add_argument("source", help="a model dir or run dir in either layout")
+    parser.add_argument("destination", help="the dir to write (written beside its name, then renamed into place)")
+    parser.add_argument("--to", required=True, choices=("hf", "openai"), help="the layout to write")
+    args = parser.parse_args(argv)
+    import_tensorflow_quietly()
+    from gpt2tf.checkpoint import load_model, save_openai_checkpoint
+    from gpt2tf.hf import save_hf_checkpoint
+
+    if os.path.abspath(args.source) == os.path.abspath(args.destination):
+        raise GPT2TFError("the destination is the source: give another dir")
+    model = load_model(args.source)
+    (save_hf_checkpoint if args.to == "hf" else save_openai_checkpoint)(model, args.destination)
+    print(f"wrote {args.destination} ({'Hugging Face' if args.to == 'hf' else 'OpenAI'}'s layout)", file=sys.stderr)
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     script: str  # the top-level script that runs the same function
@@ -188,6 +206,8 @@ COMMANDS = {
                         evaluate_main),
     "export": Command("export.py", "a text-in/text-out SavedModel for TF Serving or any TF program",
                       "gpt2tf export --model_dir models/124M --export_dir exported/gpt2", export_main),
+    "convert": Command("convert.py", "between OpenAI's checkpoint layout and Hugging Face's safetensors",
+                       "gpt2tf convert runs/cnndm out/cnndm-hf --to hf", convert_main),
 }
 
 

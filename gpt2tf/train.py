@@ -40,7 +40,8 @@ try:
 except ImportError:  # Windows: no lock
     fcntl = None
 
-from gpt2tf.checkpoint import (checkpoint_key, first_line, load_hparams, load_model, model_tensors, read_state_file,
+from gpt2tf.checkpoint import (checkpoint_key, first_line, load_hparams, load_model, model_hparams, model_tensors,
+                               read_state_file, restore_into,
                                replace_bundle, resolve_checkpoint, restore_weights, write_bundle, write_model_files,
                                write_state_file)
 from gpt2tf.data import load_dataset
@@ -570,6 +571,11 @@ def _finetune(config, run, created):
         write_h5_weights(h5_path, model, trainer.weights_to_save())
         print(f"\nwrote the weights to {h5_path} as well: python inference.py --model_dir {run.path} "
               f"--custom_model {h5_path} --starter \"...\"", file=sys.stderr)
+    if config.save_hf and not stop.requested:
+        from gpt2tf.hf import save_hf_checkpoint
+
+        save_hf_checkpoint(model, run.path / "hf", tensors=trainer.weights_to_save())
+        print(f"\nwrote a Hugging Face copy to {run.path / 'hf'}", file=sys.stderr)
     _print_usage(run, config, step, loss, interrupted=stop.requested)
     if stop.requested:
         raise KeyboardInterrupt
@@ -719,19 +725,19 @@ def _hparams(config, start_from):
         return load_hparams(start_from.model_dir)
     if config.init == "random":
         given = {n: getattr(config, n) for n in HPARAM_FIELDS if getattr(config, n) is not None}
-        base = load_hparams(config.model_dir) if config.model_dir else HParams()
+        base = model_hparams(config.model_dir) if config.model_dir else HParams()
         return base.replace(**given)
-    return load_hparams(resolve_checkpoint(config.model_dir)[0])
+    return model_hparams(config.model_dir)
 
 
 def _build_model(config, hparams, policy, start_from):
     """The model with its starting weights: a checkpoint to resume, the pretrained model, or a random init."""
     weights = start_from.weights
     if config.lora_rank and start_from.state:
-        weights = resolve_checkpoint(config.model_dir)[1]  # the saved weights have the adapters merged in
+        weights = config.model_dir  # the saved weights have the adapters merged in
     if weights:
         model = GPT2(hparams, initializer="empty", dtype=policy)
-        restore_weights(model, weights)
+        restore_into(model, weights)
         return model
     if config.init == "random":
         return GPT2(hparams, initializer="random", dtype=policy)

@@ -58,6 +58,8 @@ class TrainConfig:
                                  "runs/<model>-<data>, e.g. runs/355M-cnndm; see the README)")
     output_name: str = flag(None, "also write the final weights to output/NAME.h5 (a path with a folder is used as "
                                   "given), a Keras .h5 weights file for inference.py --custom_model")
+    save_hf: bool = flag(False, "also write the final weights in Hugging Face's layout to RUN_DIR/hf (config.json, "
+                                "model.safetensors, tokenizer files; transformers' from_pretrained loads it)")
     restore_from: str = flag("latest", "latest: continue the run in --output_dir if there is one; fresh: start "
                                          "from --model_dir (refused if --output_dir holds a run); or a run dir, "
                                          "model dir or checkpoint prefix to start from")

@@ -177,7 +177,8 @@ def test_the_gpt2tf_command_runs_every_subcommand(tmp_path):
     listing = run(str(command), "--help")
     assert listing.returncode == 0 and len(listing.stdout.splitlines()) <= 24  # one screen
     for name, script in (("download", "download_model.py"), ("generate", "inference.py"),
-                         ("finetune", "finetune.py"), ("serve", "serve.py"), ("evaluate", "evaluate.py")):
+                         ("finetune", "finetune.py"), ("serve", "serve.py"), ("evaluate", "evaluate.py"),
+                         ("export", "export.py")):
         assert f"  {name} " in listing.stdout and f"python {script}" in listing.stdout
         sub, alone = run(str(command), name, "--help"), run(sys.executable, str(ROOT / script), "--help")
         assert sub.returncode == 0 and alone.returncode == 0, sub.stderr + alone.stderr

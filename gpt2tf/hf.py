@@ -1,0 +1,337 @@
+"""Hugging Face's GPT-2 layout: the one module that knows its file names, tensor names and config keys.
+
+A HF GPT-2 dir holds `config.json` (`model_type: "gpt2"`, `n_layer`, `n_embd`, `n_head`, `n_positions`,
+`vocab_size`, ...) and `model.safetensors` — or shards `model-0000i-of-0000n.safetensors` listed by
+`model.safetensors.index.json` — plus the tokenizer's `vocab.json` and `merges.txt` (OpenAI's `encoder.json` and
+`vocab.bpe` under other names). Tensor names are `transformer.h.3.attn.c_attn.weight` (the prefix may be absent),
+projections stored `[in, out]` as OpenAI's (without its leading 1), the output layer tied to `wte` (an explicit
+`lm_head.weight` must equal it). HF's `attn.bias`/`attn.masked_bias` buffers are ignored.
+
+Safetensors files are read and written here directly from the format's documentation: 8 bytes (little-endian
+header length), a JSON header `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`, then the
+data; tensors are read tensor by tensor, in parallel, straight into their buffers (no second copy of the weights),
+and written one tensor at a time.
+"""
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.files import write_text_atomic
+from gpt2tf.hparams import HParams
+from gpt2tf.layout import EOT_ID
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+SHARD_NAME = "model-{:05d}-of-{:05d}.safetensors"
+MAX_SHARD_BYTES = 5_000_000_000  # transformers' default max_shard_size, "5GB"
+DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+BUFFERS = (".attn.bias", ".attn.masked_bias")  # HF's causal-mask buffers, saved by older versions
+LAYER_NORM_EPSILON = 1e-5
+
+
+def is_hf_dir(path):
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and ((path / WEIGHTS_FILE).is_file() or (path / INDEX_FILE).is_file())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names and config
+
+def hf_name(key):
+    """OpenAI's checkpoint key -> HF's tensor name (without `transformer.`): model/h3/attn/c_attn/w -> h.3.attn.c_attn.weight"""
+    parts = key.split("/")[1:]
+    if parts[0].startswith("h") and parts[0][1:].isdigit():
+        parts = ["h", parts[0][1:]] + parts[1:]
+    leaf = {"g": "weight", "w": "weight", "b": "bias"}.get(parts[-1])
+    return ".".join(parts[:-1] + [leaf]) if leaf else f"{parts[0]}.weight"  # wte, wpe
+
+
+def hparams_from_config(model_dir):
+    """HParams from `config.json`; a setting GPT-2's model cannot represent is a one-line error naming its key."""
+    path = Path(model_dir) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise GPT2TFError(f"cannot read {path} ({err}): it is not a JSON config") from None
+    if not isinstance(config, dict):
+        raise GPT2TFError(f"{path} is not a JSON object")
+    if config.get("model_type") != "gpt2":
+        raise GPT2TFError(f"{path} has model_type {config.get('model_type')!r}, not 'gpt2': gpt2tf loads GPT-2 "
+                          f"checkpoints only")
+    unsupported = {
+        "activation_function": (config.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
+                                "GPT-2's tanh GELU (gelu_new)"),
+        "layer_norm_epsilon": (abs(float(config.get("layer_norm_epsilon", LAYER_NORM_EPSILON)) - LAYER_NORM_EPSILON)
+                               < 1e-12, "1e-05"),
+        "scale_attn_weights": (config.get("scale_attn_weights", True) is True, "true"),
+        "scale_attn_by_inverse_layer_idx": (not config.get("scale_attn_by_inverse_layer_idx", False), "false"),
+        "add_cross_attention": (not config.get("add_cross_attention", False), "false"),
+        "n_inner": (config.get("n_inner") in (None, 4 * config.get("n_embd", 768)), "null (4 × n_embd)"),
+    }
+    for key, (ok, wanted) in unsupported.items():
+        if not ok:
+            raise GPT2TFError(f"{path}: {key} = {config.get(key)!r} is not something gpt2tf's GPT-2 computes "
+                              f"(it needs {wanted}); this checkpoint cannot be loaded exactly")
+    names = {"n_vocab": "vocab_size", "n_ctx": "n_positions", "n_embd": "n_embd", "n_head": "n_head",
+             "n_layer": "n_layer"}
+    values = {}
+    for field, key in names.items():
+        value = config.get(key, config.get("n_ctx") if key == "n_positions" else None)
+        if value is None:
+            value = getattr(HParams(), field)  # transformers' GPT2Config defaults are GPT-2 124M's
+        values[field] = value
+    try:
+        return HParams(**values)
+    except (TypeError, ValueError, GPT2TFError) as err:
+        raise GPT2TFError(f"{path}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+def _read_header(path):
+    """(entries {name: (dtype, shape, begin, end)} with absolute byte offsets, metadata) of one safetensors file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise GPT2TFError(f"{path} is cut short ({size} bytes): not a safetensors file; download it again")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(size - 8, 100_000_000):
+                raise GPT2TFError(f"{path} is not a safetensors file, or it is cut short (its header says "
+                                  f"{length:,} bytes); download it again")
+            header = json.loads(f.read(length))
+    except OSError as err:
+        raise GPT2TFError(f"cannot read {path} ({err.strerror})") from None
+    except ValueError:
+        raise GPT2TFError(f"{path} has a damaged header (not JSON): download it again") from None
+    metadata = header.pop("__metadata__", None)
+    entries = {}
+    for name, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], [int(n) for n in entry["shape"]], entry["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise GPT2TFError(f"{path}: tensor {name} has a damaged header entry; download the file again") from None
+        if dtype not in DTYPES:
+            raise GPT2TFError(f"{path}: tensor {name} has dtype {dtype}; gpt2tf reads {', '.join(DTYPES)}")
+        if end - begin != int(np.prod(shape)) * np.dtype(DTYPES[dtype]).itemsize or begin < 0:
+            raise GPT2TFError(f"{path}: tensor {name}'s byte range does not match its shape {shape}: the file is "
+                              f"damaged; download it again")
+        if 8 + length + end > size:
+            raise GPT2TFError(f"{path} is cut short: it has {size:,} bytes but tensor {name} ends at byte "
+                              f"{8 + length + end:,}; download it again")
+        entries[name] = (dtype, tuple(shape), 8 + length + begin, 8 + length + end)
+    return entries, metadata
+
+
+def tensor_index(model_dir):
+    """{name without `transformer.`: (file, dtype, shape, begin, end)} of every tensor of a HF dir."""
+    model_dir = Path(model_dir)
+    if (model_dir / WEIGHTS_FILE).is_file():
+        files = [model_dir / WEIGHTS_FILE]
+    else:
+        try:
+            weight_map = json.loads((model_dir / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise GPT2TFError(f"cannot read {model_dir / INDEX_FILE} ({err}): it should hold a weight_map") from None
+        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise GPT2TFError(f"{model_dir} is missing shard {missing[0]}{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} "
+                              f"named by {INDEX_FILE}: download the checkpoint again")
+    index = {}
+    for path in files:
+        entries, _ = _read_header(path)
+        for name, (dtype, shape, begin, end) in entries.items():
+            short = name[len("transformer."):] if name.startswith("transformer.") else name
+            if short.endswith(BUFFERS):
+                continue
+            index[short] = (path, dtype, shape, begin, end)
+    return index
+
+
+def read_tensor(entry):
+    """A tensor's values as float32 NumPy, read straight into its buffer."""
+    path, dtype, shape, begin, end = entry
+    raw = np.empty(shape, DTYPES[dtype])
+    try:
+        with open(path, "rb") as f:
+            f.seek(begin)
+            if f.readinto(memoryview(raw).cast("B")) != end - begin:
+                raise GPT2TFError(f"{path} is cut short; download it again")
+    except OSError as err:
+        raise GPT2TFError(f"cannot read {path} ({err.strerror})") from None
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw if dtype == "F32" else raw.astype(np.float32)
+
+
+def load_hf_model(model_dir, *, dtype=None):
+    """Build a GPT2 from a HF dir, checking names and shapes against config.json before allocating anything."""
+    from gpt2tf.model import GPT2
+
+    hparams = hparams_from_config(model_dir)
+    index = _checked_index(model_dir, hparams)
+    model = GPT2(hparams, initializer="empty", dtype=dtype)
+    _fill(model, model_dir, index)
+    return model
+
+
+def restore_hf_weights(model, model_dir):
+    """Read a HF dir's weights into `model` (of the same shape)."""
+    if hparams_from_config(model_dir) != model.hparams:
+        raise GPT2TFError(f"{model_dir} holds a model of another shape ({hparams_from_config(model_dir)}) than "
+                          f"this one ({model.hparams})")
+    _fill(model, model_dir, _checked_index(model_dir, model.hparams))
+
+
+def _checked_index(model_dir, hparams):
+    from gpt2tf.checkpoint import check_tensor_names_and_shapes, openai_tensor_shapes
+
+    index = tensor_index(model_dir)
+    expected = {hf_name(k): s[1:] if k.endswith("/w") else s for k, s in openai_tensor_shapes(hparams).items()}
+    found = {k: v[2] for k, v in index.items() if k != "lm_head.weight"}
+    check_tensor_names_and_shapes(found, expected, Path(model_dir), described_by=CONFIG_FILE)
+    if "lm_head.weight" in index:
+        head, wte = read_tensor(index["lm_head.weight"]), read_tensor(index["wte.weight"])
+        if head.shape != wte.shape or not np.array_equal(head, wte):
+            raise GPT2TFError(f"{model_dir} has an lm_head.weight that differs from wte.weight: GPT-2's output layer "
+                              f"is tied to its embedding, so this untied checkpoint cannot be loaded exactly")
+    return index
+
+
+def _fill(model, model_dir, index):
+    from gpt2tf.checkpoint import fill_weights, openai_tensor_shapes
+
+    def read(key):
+        value = read_tensor(index[hf_name(key)])
+        return value[None] if key.endswith("/w") else value  # OpenAI's [1, in, out]
+
+    sizes = {k: int(np.prod(s)) for k, s in openai_tensor_shapes(model.hparams).items()}
+    fill_weights(model, read, sizes, source=str(model_dir), hint="download the checkpoint again")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+
+def hf_config(hparams):
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": hparams.n_vocab,
+        "n_positions": hparams.n_ctx, "n_ctx": hparams.n_ctx, "n_embd": hparams.n_embd, "n_layer": hparams.n_layer,
+        "n_head": hparams.n_head, "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": 0.1,
+        "embd_pdrop": 0.1, "attn_pdrop": 0.1, "layer_norm_epsilon": LAYER_NORM_EPSILON, "initializer_range": 0.02,
+        "scale_attn_weights": True, "use_cache": True, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
+        "tie_word_embeddings": True, "dtype": "float32",
+    }
+
+
+TOKENIZER_CONFIG = {
+    "tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "add_prefix_space": False,
+    "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+    "clean_up_tokenization_spaces": False, "errors": "replace",
+}
+
+
+def save_hf_checkpoint(model, out_dir, *, tensors=None, max_shard_bytes=MAX_SHARD_BYTES):
+    """Write `model` (or `tensors`, {OpenAI key: tensor in OpenAI's layout} of its shape, e.g. LoRA-merged weights)
+    as a HF GPT-2 dir that `transformers`' from_pretrained (model and tokenizer) loads. Tensors are converted and
+    written one at a time.
+
+    A new dir is written beside its final name and renamed into place; into an existing dir, files are written
+    under temporary names and renamed, config.json last.
+    """
+    from gpt2tf.checkpoint import VOCAB_DIR, checkpoint_key, checkpoint_shape, first_line, to_checkpoint_layout
+
+    import tensorflow as tf
+
+    out_dir = Path(out_dir)
+    entries = []  # (HF name, OpenAI key, HF shape)
+    for variable in model.weights:
+        key = checkpoint_key(variable)
+        shape = [int(n) for n in checkpoint_shape(variable)]
+        entries.append(("transformer." + hf_name(key), key, shape[1:] if key.endswith("/w") else shape))
+
+    def value(key):  # float32 NumPy in HF's layout
+        if tensors is not None:
+            array = np.asarray(tensors[key], np.float32)
+        else:
+            variable = next(v for v in model.weights if checkpoint_key(v) == key)
+            array = to_checkpoint_layout(key, tf.convert_to_tensor(variable.value)).numpy()
+        return np.ascontiguousarray(array[0] if key.endswith("/w") else array, np.float32)
+
+    shards, current, size = [], [], 0
+    for entry in entries:
+        nbytes = int(np.prod(entry[2])) * 4
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += nbytes
+    shards.append(current)
+    names = [WEIGHTS_FILE] if len(shards) == 1 else [SHARD_NAME.format(i + 1, len(shards)) for i in range(len(shards))]
+
+    fresh = not out_dir.exists()
+    work = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}") if fresh else out_dir
+    suffix = "" if fresh else f".tmp-{os.getpid()}"
+    written = []
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        weight_map, total = {}, 0
+        for file_name, shard in zip(names, shards):
+            header, offset = {}, 0
+            for name, _, shape in shard:
+                nbytes = int(np.prod(shape)) * 4
+                header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + nbytes]}
+                offset += nbytes
+                weight_map[name] = file_name
+            total += offset
+            header["__metadata__"] = {"format": "pt"}
+            text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+            text += b" " * (-len(text) % 8)
+            target = work / (file_name + suffix)
+            with open(target, "wb") as f:
+                f.write(struct.pack("<Q", len(text)))
+                f.write(text)
+                for _, key, _ in shard:
+                    f.write(value(key).data)
+            written.append(target)
+        files = {"generation_config.json": {"_from_model_config": True, "bos_token_id": EOT_ID,
+                                            "eos_token_id": EOT_ID},
+                 "tokenizer_config.json": {**TOKENIZER_CONFIG, "model_max_length": model.hparams.n_ctx},
+                 "special_tokens_map.json": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                                             "unk_token": "<|endoftext|>"}}
+        if len(shards) > 1:
+            files[INDEX_FILE] = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        for name, content in files.items():
+            write_text_atomic(work / name, json.dumps(content, indent=2) + "\n")
+        for source, name in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+            shutil.copyfile(VOCAB_DIR / source, work / (name + suffix))
+            written.append(work / (name + suffix))
+        for path in written:
+            os.replace(path, work / path.name[:len(path.name) - len(suffix)] if suffix else path)
+        if not fresh:  # shards of an earlier, differently sharded save would confuse a reader
+            stale = {WEIGHTS_FILE, INDEX_FILE} - set(names) - set(files)
+            for old in [*out_dir.glob("model-*-of-*.safetensors"), *(out_dir / n for n in stale)]:
+                if old.name not in names and old.exists():
+                    old.unlink()
+        write_text_atomic(work / CONFIG_FILE, json.dumps(hf_config(model.hparams), indent=2) + "\n")
+        if fresh:
+            os.replace(work, out_dir)
+    except (OSError, tf.errors.OpError) as err:
+        raise GPT2TFError(f"cannot write {out_dir} ({getattr(err, 'strerror', None) or first_line(err)}); choose a "
+                          f"writable location with enough free space") from None
+    finally:
+        if fresh and work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+        for path in written:
+            if path.name.endswith(suffix) and suffix and path.exists():
+                path.unlink()
+    return out_dir
