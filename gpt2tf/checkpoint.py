@@ -225,7 +225,7 @@ def fill_weights(model, read, sizes, *, source, hint):
     variables = {checkpoint_key(v): v for v in model.weights}
 
     def load(key):
-        value = read(key)
+        value = tf.convert_to_tensor(read(key))  # once: a NumPy value would be converted by each op below
         finite = bool(tf.reduce_all(tf.math.is_finite(value)))  # at memory speed (check_numerics is 8x slower)
         return to_checkpoint_layout(key, value), finite  # the same transposition takes it to the model's layout
 

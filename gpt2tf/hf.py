@@ -9,14 +9,16 @@ projections stored `[in, out]` as OpenAI's (without its leading 1), the output l
 
 Safetensors files are read and written here directly from the format's documentation: 8 bytes (little-endian
 header length), a JSON header `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`, then the
-data; tensors are read tensor by tensor, in parallel, straight into their buffers (no second copy of the weights),
-and written one tensor at a time.
+data. Reading maps each file and copies each tensor once, from the page cache into its TensorFlow buffer, in
+parallel, dropping the mapped pages as it goes (no second copy of the weights in memory); writing goes one tensor
+at a time.
 """
 
 import json
 import os
 import shutil
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -158,20 +160,56 @@ def tensor_index(model_dir):
     return index
 
 
+_maps = {}  # path -> (mtime, size, mmap): the files being read, mapped once
+
+
+_maps_lock = threading.Lock()
+
+
+def _mapped(path):
+    import mmap
+
+    stat = path.stat()
+    key = str(path)
+    with _maps_lock:  # the readers' threads share one map per file
+        if key not in _maps or _maps[key][:2] != (stat.st_mtime_ns, stat.st_size):
+            with open(path, "rb") as f:
+                _maps[key] = (stat.st_mtime_ns, stat.st_size, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        return _maps[key][2]
+
+
 def read_tensor(entry):
-    """A tensor's values as float32 NumPy, read straight into its buffer."""
+    """A tensor's values as float32 NumPy: for F32, a read-only view of the mapped file (the header check made sure
+    the file holds its bytes), so converting it to a TensorFlow tensor is the one copy; other types converted."""
     path, dtype, shape, begin, end = entry
-    raw = np.empty(shape, DTYPES[dtype])
     try:
-        with open(path, "rb") as f:
-            f.seek(begin)
-            if f.readinto(memoryview(raw).cast("B")) != end - begin:
-                raise GPT2TFError(f"{path} is cut short; download it again")
-    except OSError as err:
-        raise GPT2TFError(f"cannot read {path} ({err.strerror})") from None
+        raw = np.frombuffer(_mapped(path), DTYPES[dtype], int(np.prod(shape)), begin).reshape(shape)
+    except (OSError, ValueError) as err:
+        raise GPT2TFError(f"cannot read {path} ({getattr(err, 'strerror', None) or err}); download it again") from None
     if dtype == "BF16":
         return (raw.astype(np.uint32) << 16).view(np.float32)
     return raw if dtype == "F32" else raw.astype(np.float32)
+
+
+def _forget(entry):
+    """Drop a read tensor's pages from this process's map of its file (they stay in the page cache): mapped pages
+    count in the process's resident memory, which would otherwise hold a second copy of the weights at the end."""
+    import mmap
+
+    path, _, _, begin, end = entry
+    page = mmap.PAGESIZE
+    first, last = -(-begin // page) * page, end // page * page
+    if last > first and hasattr(mmap, "MADV_DONTNEED"):
+        _mapped(path).madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def _release_maps():
+    for _, _, mapped in _maps.values():
+        try:
+            mapped.close()
+        except BufferError:  # a view of it is still alive somewhere: the map goes when that does
+            pass
+    _maps.clear()
 
 
 def load_hf_model(model_dir, *, dtype=None):
@@ -202,7 +240,10 @@ def _checked_index(model_dir, hparams):
     check_tensor_names_and_shapes(found, expected, Path(model_dir), described_by=CONFIG_FILE)
     if "lm_head.weight" in index:
         head, wte = read_tensor(index["lm_head.weight"]), read_tensor(index["wte.weight"])
-        if head.shape != wte.shape or not np.array_equal(head, wte):
+        equal = head.shape == wte.shape and np.array_equal(head, wte)
+        del head, wte
+        _release_maps()
+        if not equal:
             raise GPT2TFError(f"{model_dir} has an lm_head.weight that differs from wte.weight: GPT-2's output layer "
                               f"is tied to its embedding, so this untied checkpoint cannot be loaded exactly")
     return index
@@ -211,12 +252,19 @@ def _checked_index(model_dir, hparams):
 def _fill(model, model_dir, index):
     from gpt2tf.checkpoint import fill_weights, openai_tensor_shapes
 
+    import tensorflow as tf
+
     def read(key):
-        value = read_tensor(index[hf_name(key)])
+        entry = index[hf_name(key)]
+        value = tf.convert_to_tensor(read_tensor(entry))  # the one copy, out of the mapped file
+        _forget(entry)
         return value[None] if key.endswith("/w") else value  # OpenAI's [1, in, out]
 
     sizes = {k: int(np.prod(s)) for k, s in openai_tensor_shapes(model.hparams).items()}
-    fill_weights(model, read, sizes, source=str(model_dir), hint="download the checkpoint again")
+    try:
+        fill_weights(model, read, sizes, source=str(model_dir), hint="download the checkpoint again")
+    finally:
+        _release_maps()
 
 
 # ---------------------------------------------------------------------------------------------------------------
