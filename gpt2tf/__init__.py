@@ -12,6 +12,8 @@ _EXPORTS = {
     "load_model": "gpt2tf.checkpoint",
     "save_openai_checkpoint": "gpt2tf.checkpoint",
     "write_synthetic_checkpoint": "gpt2tf.checkpoint",
+    "save_hf_checkpoint": "gpt2tf.hf",
+    "load_hf_model": "gpt2tf.hf",
     "Encoder": "gpt2tf.encoder",
     "get_encoder": "gpt2tf.encoder",
     "generate": "gpt2tf.sample",

@@ -18,7 +18,7 @@ import transformers
 import gpt2tf
 from conftest import SMALL
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.hf import save_hf_checkpoint
+from gpt2tf import save_hf_checkpoint
 from gpt2tf.hparams import pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
