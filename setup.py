@@ -28,8 +28,12 @@ INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "request
 # Test-only: pytest runs the suite; tiktoken (built offline from our bundled vocab files) is the independent
 # reference the encoder is checked against, bit for bit; openai is the official client the server is tested with,
 # httpx the plain HTTP client for what it cannot send (bad bodies, the predict API, disconnects; and bench/serve.py);
-# selenium drives the system's headless Chromium (installed by .ci/run) to test the page.
-EXTRAS_REQUIRE = {"test": ["pytest", "tiktoken", "openai", "httpx", "selenium"]}
+# selenium drives the system's headless Chromium (installed by .ci/run) to test the page. transformers (with torch,
+# and safetensors to write test checkpoints) is the independent reference for the Hugging Face interop and the peer in
+# the benchmarks; never a runtime dependency. torch is pinned to the CPU build this machine image carries on disk
+# (any other release pulls a CUDA build of several GB).
+EXTRAS_REQUIRE = {"test": ["pytest", "tiktoken", "openai", "httpx", "selenium", "torch==2.13.0", "transformers",
+                           "safetensors"]}
 
 setup(
     name="gpt2tf",
