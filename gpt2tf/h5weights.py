@@ -95,11 +95,18 @@ def load_h5_weights(model, path):
 
 
 def load_h5_model(model_dir, path, *, dtype=None):
-    """The GPT-2 that `model_dir`'s hparams.json describes, with the weights of the `.h5` file at `path`."""
-    if not (Path(model_dir) / "hparams.json").is_file():
-        raise GPT2TFError(f"{model_dir} has no hparams.json: give a model dir (e.g. models/124M) whose shape the "
-                          f"weights in {path} have")
-    model = GPT2(load_hparams(model_dir), initializer="empty", dtype=dtype)
+    """The GPT-2 that `model_dir` describes (its hparams.json, or a Hugging Face dir's config.json), with the
+    weights of the `.h5` file at `path`."""
+    from gpt2tf.hf import hparams_from_config, is_hf_dir
+
+    if is_hf_dir(model_dir) and not (Path(model_dir) / "hparams.json").is_file():
+        hparams = hparams_from_config(model_dir)
+    elif (Path(model_dir) / "hparams.json").is_file():
+        hparams = load_hparams(model_dir)
+    else:
+        raise GPT2TFError(f"{model_dir} has no hparams.json (nor a Hugging Face config.json): give a model dir (e.g. "
+                          f"models/124M) whose shape the weights in {path} have")
+    model = GPT2(hparams, initializer="empty", dtype=dtype)
     load_h5_weights(model, path)
     return model
 
