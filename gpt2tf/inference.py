@@ -40,6 +40,9 @@ class InferenceConfig:
     prompts_file: str = flag(None, "one prompt per line (\\n escapes allowed), or a .jsonl file with a \"prompt\" "
                                    "field", group=PROMPTS)
     interactive: bool = flag(False, "ask for prompts in a loop; output is streamed", group=PROMPTS)
+    shard: str = flag(None, "I/N: generate only shard I of N of --prompts_file (every N-th prompt from the I-th), so "
+                            "N processes or machines split a file; give them the same --seed", metavar="I/N",
+                      group=PROMPTS)
     temperature: float = flag(1.0, "0 means greedy", group=SAMPLING)
     top_k: int = flag(None, f"keep the k most likely tokens; 0 = off (default {DEFAULT_TOP_K}, or 0 with --nucleus)",
                       type=int, group=SAMPLING)
@@ -60,7 +63,8 @@ class InferenceConfig:
     no_eos_stop: bool = flag(False, "keep going past <|endoftext|>", group=LENGTH)
     truncate_prompt: bool = flag(False, "drop the start of a prompt that would not fit n_ctx with --output_length "
                                         "(else an error)", group=LENGTH)
-    output: str = flag("plain", "plain text, or JSON lines with prompt, sample, text, tokens and seed",
+    output: str = flag("plain", "plain text, or JSON lines with index (the prompt's number), prompt, sample, text, "
+                                "tokens and seed",
                        choices=("plain", "jsonl"), group=OUTPUT)
     precision: str = flag("float32", "compute dtype (mixed types are for GPUs)",
                           choices=("float32", "mixed_float16", "mixed_bfloat16"), group=OUTPUT)
@@ -120,19 +124,38 @@ def check(config):
         raise GPT2TFError(f"--output must be plain or jsonl, got {config.output!r}")
     if sum([config.starter is not None, config.prompts_file is not None, config.interactive]) > 1:
         raise GPT2TFError("give only one of --starter, --prompts_file and --interactive")
+    if config.shard is not None:
+        parse_shard(config.shard)
+        if config.prompts_file is None:
+            raise GPT2TFError("--shard splits a --prompts_file: give one")
+
+
+def parse_shard(text):
+    """`"I/N"` -> (I, N), with 0 <= I < N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise GPT2TFError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4 for the first of 4 processes), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
 
 
 def run(config, out=sys.stdout):
     """Load the model and print samples for the configured prompts (or prompt interactively)."""
     check(config)
     prompts = read_prompts(config.prompts_file) if config.prompts_file else None
+    indices = None
+    if config.shard is not None:
+        first, count = parse_shard(config.shard)
+        indices = list(range(first, len(prompts), count))
+        prompts = [prompts[i] for i in indices]
+        if not prompts:
+            return  # more shards than prompts: this one has none
     model = _load(config)
     encoder = get_encoder()
     if config.interactive:
         return _interactive(model, encoder, config, out)
     if prompts is None:
         prompts = [config.starter or ""]
-    _generate_and_print(model, encoder, config, prompts, out)
+    _generate_and_print(model, encoder, config, prompts, out, indices=indices)
 
 
 def _load(config):
@@ -158,7 +181,8 @@ def load_for_inference(model_dir=None, *, custom_model=None, precision="float32"
     return model
 
 
-def _generate_and_print(model, encoder, config, prompts, out):
+def _generate_and_print(model, encoder, config, prompts, out, indices=None):
+    """`indices`: each prompt's number in the prompts file (a shard's), reported as `index` in JSON lines."""
     from gpt2tf.engine import CHUNK_STEPS
     from gpt2tf.sample import generate_stream  # TensorFlow: imported once the settings are checked
     from gpt2tf.stops import cut_at_stop
@@ -191,7 +215,9 @@ def _generate_and_print(model, encoder, config, prompts, out):
         ids = collected.get(row, [])
         text = cut_at_stop(encoder.decode(ids), stop)
         if config.output == "jsonl":
-            out.write(json.dumps({"prompt": prompts[row // config.nsamples], "sample": row % config.nsamples,
+            number = row // config.nsamples
+            out.write(json.dumps({"index": indices[number] if indices else number,
+                                  "prompt": prompts[number], "sample": row % config.nsamples,
                                   "text": text, "tokens": ids, "seed": seed}, ensure_ascii=False) + "\n")
         elif not stream or row not in decoders:  # streamed rows are already out; an empty one gets its header
             _print_header(out, row, config.nsamples)

@@ -201,3 +201,25 @@ def test_ctrl_c_during_start_up_is_one_line(model_dir):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert stderr.strip() == "interrupted"
+
+
+def test_shards_together_give_the_unsharded_output_row_for_row(model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt number {i}\n" for i in range(5)))
+    common = dict(model_dir=str(model_dir), prompts_file=str(prompts), output_length=6, nsamples=2, top_k=5,
+                  seed=11, output="jsonl", no_eos_stop=True, batch_size=3)
+    whole = [json.loads(line) for line in _run(**common).splitlines()]
+    assert [(r["index"], r["sample"]) for r in whole] == [(i, j) for i in range(5) for j in range(2)]
+    parts = [json.loads(line) for shard in ("0/3", "1/3", "2/3") for line in _run(shard=shard, **common).splitlines()]
+    assert sorted(parts, key=lambda r: (r["index"], r["sample"])) == whole
+    assert _run(shard="6/7", **common) == ""  # more shards than prompts: an empty one
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shard", "3/3", "--prompts_file", "p.txt"], "--shard must be I/N with 0 <= I < N"),
+    (["--shard", "x", "--prompts_file", "p.txt"], "--shard must be I/N"),
+    (["--shard", "0/2", "--starter", "hi"], "--shard splits a --prompts_file"),
+])
+def test_bad_shards_are_one_line(model_dir, args, message):
+    result = _cli("--model_dir", model_dir, *args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
