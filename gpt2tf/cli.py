@@ -121,7 +121,7 @@ def finetune_main(argv=None, *, prog="finetune.py"):
     parser = _config_parser(prog, "Fine-tune GPT-2 (or train one from scratch) in a resumable run dir.",
                             TrainConfig)
     config = configure(vars(parser.parse_args(argv)))  # checked before TensorFlow's seconds of start-up
-    import_tensorflow_quietly()
+    import_tensorflow_quietly(cpu_devices=config.cpu_replicas)
     from gpt2tf.train import finetune
 
     finetune(config)
@@ -261,18 +261,20 @@ def _stderr_silenced():
         os.close(saved)
 
 
-def import_tensorflow_quietly():
+def import_tensorflow_quietly(cpu_devices=0):
     """Import TensorFlow without its start-up log lines (CUDA probing, oneDNN notices) unless the user asked for
-    them with TF_CPP_MIN_LOG_LEVEL; an import failure still raises as usual."""
+    them with TF_CPP_MIN_LOG_LEVEL; an import failure still raises as usual. `cpu_devices` > 1 splits the CPU into
+    that many logical devices first (it must happen before TensorFlow initialises its devices)."""
     if "tensorflow" in sys.modules:
         return
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        importlib.import_module("tensorflow")
-        return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    with _stderr_silenced():
-        import tensorflow as tf
-
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    with _stderr_silenced() if quiet else contextlib.nullcontext():
+        tf = importlib.import_module("tensorflow")
+        if cpu_devices > 1:
+            tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                                       [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
         tf.constant(0)  # device initialisation logs too
 
 

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from gpt2tf.checkpoint import (first_line, load_hparams, load_model, model_hparams, read_state_file,
                                resolve_checkpoint, restore_into)
 from gpt2tf.data import load_dataset
+from gpt2tf.distribute import make_distribution
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import HParams
@@ -106,6 +107,8 @@ def _finetune(config, run, created):
             raise GPT2TFError(f"--sample_prompt and --sample_length {config.sample_length} do not fit the model's "
                               f"context of {hparams.n_ctx} tokens; give a shorter --sample_length")
         train_data, val_data = _load_data(config, tokenizer, length)
+        distribution = make_distribution(config.strategy, config.cpu_replicas)
+        distribution.check_batch(config.batch_size)
     except (GPT2TFError, KeyboardInterrupt):
         run.close(remove_lock=run.path in created)  # a lock file may go only with a dir this run made
         for path in created:  # a run that never started leaves no empty dir behind
@@ -115,8 +118,9 @@ def _finetune(config, run, created):
 
     policy, loss_scaling = resolve_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
-    model = _build_model(config, hparams, policy, start_from)
-    trainer = Trainer(model, config, loss_scaling=loss_scaling)
+    with distribution.scope():  # the model's variables mirrored on every replica
+        model = _build_model(config, hparams, policy, start_from)
+    trainer = Trainer(model, config, loss_scaling=loss_scaling, distribution=distribution)
     if start_from.state:
         _restore_state(trainer, start_from.state)
     run.write_model_files(hparams, config)
@@ -133,7 +137,7 @@ def _finetune(config, run, created):
     trained = sum(int(np.prod(v.shape)) for v in trainer.variables)
     print(f"training {trained / 1e6:.2f}M of {hparams.num_parameters / 1e6:.2f}M parameters on {train_data.name}: "
           f"steps {start}..{end} of {config.total_steps}, {tokens_per_step:,} tokens per step, {policy}, "
-          f"{config.optimizer}", file=sys.stderr)
+          f"{config.optimizer}, {distribution.name}", file=sys.stderr)
 
     def save(step):
         nonlocal saved_step

@@ -84,6 +84,11 @@ class TrainConfig:
                                     "mixed_float16 with loss scaling", choices=PRECISIONS)
     xla: bool = flag(True, "compile the training step with XLA (--no_xla: off)")
     recompute: bool = flag(False, "recompute each block's activations in the backward pass (less memory)")
+    strategy: str = flag("auto", "auto: mirrored over every GPU of this machine when it has several, else none; "
+                                 "mirrored: every GPU (or --cpu_replicas CPU replicas); --batch_size is the global "
+                                 "batch, split evenly", choices=("auto", "none", "mirrored"))
+    cpu_replicas: int = flag(0, "split this machine's CPU into N replicas (for --strategy mirrored without GPUs: "
+                                "testing the distributed step)")
     only_train_transformer_layers: bool = flag(False, "train the blocks only, not wte, wpe or ln_f")
     lora_rank: int = flag(0, "train rank-R LoRA adapters on the attention and MLP projections instead of the "
                                "weights; merged into the saved weights; 0: off")
@@ -230,9 +235,14 @@ def check(config):
         if getattr(config, name) < 1:
             conflict(f"--{name} must be at least 1, got {getattr(config, name)}")
     for name in ("max_steps", "save_every", "val_every", "val_batches", "sample_every", "warmup_steps", "lora_rank",
-                 "clip_norm", "decay_lr", "weight_decay"):
+                 "clip_norm", "decay_lr", "weight_decay", "cpu_replicas"):
         if getattr(config, name) < 0:
             conflict(f"--{name} must not be negative, got {getattr(config, name)}")
+    if config.cpu_replicas > 1 and config.strategy == "none":
+        conflict("--cpu_replicas makes replicas for --strategy mirrored (or auto), not --strategy none")
+    if config.cpu_replicas > 1 and config.batch_size % config.cpu_replicas:
+        conflict(f"--batch_size {config.batch_size} does not split evenly over --cpu_replicas {config.cpu_replicas}: "
+                 f"give a multiple of {config.cpu_replicas}")
     for name in ("base_lr", "lora_alpha"):
         if getattr(config, name) <= 0:
             conflict(f"--{name} must be a positive number, got {getattr(config, name)}")
