@@ -121,10 +121,17 @@ def finetune_main(argv=None, *, prog="finetune.py"):
     parser = _config_parser(prog, "Fine-tune GPT-2 (or train one from scratch) in a resumable run dir.",
                             TrainConfig)
     config = configure(vars(parser.parse_args(argv)))  # checked before TensorFlow's seconds of start-up
-    import_tensorflow_quietly(cpu_devices=config.cpu_replicas)
+    made = {}
+
+    def make_distribution(tf):  # before TensorFlow runs anything: logical devices and collectives need that
+        from gpt2tf.distribute import make_distribution
+
+        made["distribution"] = make_distribution(config.strategy, config.cpu_replicas, config.peer_timeout)
+
+    import_tensorflow_quietly(setup=make_distribution)
     from gpt2tf.train import finetune
 
-    finetune(config)
+    finetune(config, distribution=made["distribution"])
 
 
 def serve_main(argv=None, *, prog="serve.py"):
@@ -261,20 +268,21 @@ def _stderr_silenced():
         os.close(saved)
 
 
-def import_tensorflow_quietly(cpu_devices=0):
+def import_tensorflow_quietly(setup=None):
     """Import TensorFlow without its start-up log lines (CUDA probing, oneDNN notices) unless the user asked for
-    them with TF_CPP_MIN_LOG_LEVEL; an import failure still raises as usual. `cpu_devices` > 1 splits the CPU into
-    that many logical devices first (it must happen before TensorFlow initialises its devices)."""
+    them with TF_CPP_MIN_LOG_LEVEL; an import failure still raises as usual. `setup(tf)`, if given, runs before
+    TensorFlow initialises its devices (logical devices and collective ops must be set up before that)."""
     if "tensorflow" in sys.modules:
+        if setup is not None:
+            setup(sys.modules["tensorflow"])
         return
     quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
     if quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     with _stderr_silenced() if quiet else contextlib.nullcontext():
         tf = importlib.import_module("tensorflow")
-        if cpu_devices > 1:
-            tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
-                                                       [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+        if setup is not None:
+            setup(tf)
         tf.constant(0)  # device initialisation logs too
 
 

@@ -24,8 +24,10 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -78,21 +80,43 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def finetune(config):
-    """Train as `config` says; returns the run dir (a model dir). Ctrl-C checkpoints, then raises KeyboardInterrupt."""
+def finetune(config, distribution=None):
+    """Train as `config` says; returns the run dir (a model dir). Ctrl-C checkpoints, then raises KeyboardInterrupt.
+
+    `distribution` (`gpt2tf.distribute`; made from the config's --strategy if not given) says where the step runs.
+    Of several workers only the chief writes the run dir; the others run the same loop (saves included, so every
+    collective operation happens on all of them) in a scratch dir they remove, and start from the chief's weights
+    and training state, which it sends them once it has restored them.
+    """
+    distribution = distribution or make_distribution(config.strategy, config.cpu_replicas, config.peer_timeout)
+    distribution.check_batch(config.batch_size)
+    if not distribution.is_chief:
+        scratch = tempfile.mkdtemp(prefix="gpt2tf-worker-")
+        try:
+            worker_config = dataclasses.replace(config, output_dir=scratch, restore_from="latest", output_name=None,
+                                                save_hf=False)
+            run = RunDir(scratch)
+            _finetune(worker_config, run, [], distribution)
+            return None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     created = [p for p in (Path(config.output_dir), *Path(config.output_dir).parents) if not p.exists()]
     run = RunDir(config.output_dir)
     try:
         run.lock()
-        return _finetune(config, run, created)
+        return _finetune(config, run, created, distribution)
     finally:
         run.close()
 
 
-def _finetune(config, run, created):
+def _finetune(config, run, created, distribution):
     try:
         start_from = _start_point(config, run)
-        print(f"run dir: {run.path} ({_describe_start(run, start_from)})", file=sys.stderr)
+        if distribution.is_chief:
+            print(f"run dir: {run.path} ({_describe_start(run, start_from)})", file=sys.stderr)
+        else:
+            print(f"{distribution.name}: the chief writes the run dir; this worker starts from the chief's state "
+                  f"(scratch dir {run.path})", file=sys.stderr)
         h5_path = _h5_path(config)
         hparams = _hparams(config, start_from)
         length = config.length or hparams.n_ctx
@@ -107,8 +131,6 @@ def _finetune(config, run, created):
             raise GPT2TFError(f"--sample_prompt and --sample_length {config.sample_length} do not fit the model's "
                               f"context of {hparams.n_ctx} tokens; give a shorter --sample_length")
         train_data, val_data = _load_data(config, tokenizer, length)
-        distribution = make_distribution(config.strategy, config.cpu_replicas)
-        distribution.check_batch(config.batch_size)
     except (GPT2TFError, KeyboardInterrupt):
         run.close(remove_lock=run.path in created)  # a lock file may go only with a dir this run made
         for path in created:  # a run that never started leaves no empty dir behind
@@ -123,6 +145,9 @@ def _finetune(config, run, created):
     trainer = Trainer(model, config, loss_scaling=loss_scaling, distribution=distribution)
     if start_from.state:
         _restore_state(trainer, start_from.state)
+    # Every worker takes the chief's weights and state (the others started from --model_dir, or nothing).
+    distribution.sync_from_chief([*model.weights, *trainer.optimizer.variables, *(trainer.lora.variables if
+                                  trainer.lora else []), trainer.step, trainer.data_index])
     run.write_model_files(hparams, config)
     start = int(trainer.step.numpy())
     run.truncate_metrics(start)
@@ -204,7 +229,10 @@ def _finetune(config, run, created):
 
         save_hf_checkpoint(model, run.path / "hf", tensors=trainer.weights_to_save())
         print(f"\nwrote a Hugging Face copy to {run.path / 'hf'}", file=sys.stderr)
-    _print_usage(run, config, step, loss, interrupted=stop.requested)
+    if distribution.is_chief:
+        _print_usage(run, config, step, loss, interrupted=stop.requested)
+    else:
+        print(f"\nthis worker stopped at step {step}; the chief wrote the run dir", file=sys.stderr)
     if stop.requested:
         raise KeyboardInterrupt
     return run.path

@@ -84,9 +84,13 @@ class TrainConfig:
                                     "mixed_float16 with loss scaling", choices=PRECISIONS)
     xla: bool = flag(True, "compile the training step with XLA (--no_xla: off)")
     recompute: bool = flag(False, "recompute each block's activations in the backward pass (less memory)")
-    strategy: str = flag("auto", "auto: mirrored over every GPU of this machine when it has several, else none; "
-                                 "mirrored: every GPU (or --cpu_replicas CPU replicas); --batch_size is the global "
-                                 "batch, split evenly", choices=("auto", "none", "mirrored"))
+    strategy: str = flag("auto", "auto: multi_worker when TF_CONFIG names several tasks, mirrored over every GPU "
+                                 "of this machine when it has several, else none; mirrored: every GPU (or "
+                                 "--cpu_replicas CPU replicas); multi_worker: the machines TF_CONFIG names (run the "
+                                 "same command on each); --batch_size is the global batch, split evenly",
+                         choices=("auto", "none", "mirrored", "multi_worker"))
+    peer_timeout: float = flag(300.0, "multi_worker: seconds to wait for the other workers (at the start and in "
+                                      "each exchange) before giving up with an error")
     cpu_replicas: int = flag(0, "split this machine's CPU into N replicas (for --strategy mirrored without GPUs: "
                                 "testing the distributed step)")
     only_train_transformer_layers: bool = flag(False, "train the blocks only, not wte, wpe or ln_f")
@@ -235,7 +239,7 @@ def check(config):
         if getattr(config, name) < 1:
             conflict(f"--{name} must be at least 1, got {getattr(config, name)}")
     for name in ("max_steps", "save_every", "val_every", "val_batches", "sample_every", "warmup_steps", "lora_rank",
-                 "clip_norm", "decay_lr", "weight_decay", "cpu_replicas"):
+                 "clip_norm", "decay_lr", "weight_decay", "cpu_replicas", "peer_timeout"):
         if getattr(config, name) < 0:
             conflict(f"--{name} must not be negative, got {getattr(config, name)}")
     if config.cpu_replicas > 1 and config.strategy == "none":

@@ -2,7 +2,9 @@
 logical devices must be set before TensorFlow starts) against the one-device run in this process, and the
 refusals."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -71,4 +73,67 @@ def test_refusals_are_one_line(tmp_path, small_model_dir, corpus, args, message)
     result = finetune_cli("--model_dir", small_model_dir, "--dataset_path", corpus, "--output_dir", tmp_path / "r",
                           *args)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_workers(tmp_path, *args):
+    """The same finetune.py command as two workers on localhost ports; their results."""
+    ports = [free_port(), free_port()]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker",
+                                                                                       "index": index}}
+        (tmp_path / f"tmp{index}").mkdir(exist_ok=True)
+        env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+               "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(tmp_path / f"tmp{index}"),
+               "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"}  # the two share 2 cores
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "finetune.py"), *map(str, args)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+    return [err for _, err in results]
+
+
+def test_two_workers_train_the_weights_of_one_device_and_resume_bitwise(tmp_path, small_model_dir, corpus):
+    common = dict(model_dir=str(small_model_dir), dataset_path=str(corpus), length=16, batch_size=4, save_every=0,
+                  log_every=1, cache_dir=str(tmp_path / "cache"), optimizer="sgd", base_lr=0.5,
+                  accumulate_gradients=2, xla=False)
+    train.finetune(train.configure({**common, "output_dir": str(tmp_path / "one"), "max_steps": 3,
+                                    "strategy": "none"}))
+    flags = ["--model_dir", small_model_dir, "--dataset_path", corpus, "--length", 16, "--batch_size", 4,
+             "--cache_dir", tmp_path / "cache", "--optimizer", "sgd", "--base_lr", 0.5, "--accumulate_gradients", 2,
+             "--no_xla", "--log_every", 1, "--strategy", "multi_worker"]
+    logs = two_workers(tmp_path, *flags, "--output_dir", tmp_path / "straight", "--max_steps", 3)
+    assert "multi-worker over 2 workers" in logs[0] and "the chief writes the run dir" in logs[1]
+    one, straight = weights(tmp_path / "one" / "model.ckpt-3"), weights(tmp_path / "straight" / "model.ckpt-3")
+    for key in one:
+        np.testing.assert_allclose(straight[key], one[key], atol=1e-5, rtol=0, err_msg=key)
+    # Stopped after 2 steps and run again: the same weights, bit for bit, as the run never stopped.
+    two_workers(tmp_path, *flags, "--output_dir", tmp_path / "resumed", "--max_steps", 2)
+    two_workers(tmp_path, *flags, "--output_dir", tmp_path / "resumed", "--max_steps", 3)
+    resumed = weights(tmp_path / "resumed" / "model.ckpt-3")
+    assert all(np.array_equal(resumed[k], straight[k]) for k in straight)
+    # Only the chief wrote: the other worker's scratch dirs are gone and nothing else was made.
+    assert not list((tmp_path / "tmp1").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "one", "resumed", "straight", "tmp0", "tmp1"]
+
+
+def test_multi_worker_refusals_are_one_line_and_never_hang(tmp_path, small_model_dir, corpus):
+    base = ["--model_dir", small_model_dir, "--dataset_path", corpus, "--output_dir", tmp_path / "r"]
+    result = finetune_cli(*base, "--strategy", "multi_worker")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "needs TF_CONFIG" in result.stderr
+    env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+           "TF_CONFIG": json.dumps({"cluster": {"worker": [f"localhost:{free_port()}", "localhost:1"]},
+                                    "task": {"type": "worker", "index": 0}})}
+    result = subprocess.run([sys.executable, str(ROOT / "finetune.py"), *map(str, base), "--peer_timeout", "1"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "worker localhost:1 of TF_CONFIG did not answer within 1 s" in result.stderr
     assert not (tmp_path / "r").exists()
