@@ -120,6 +120,13 @@ def test_two_workers_train_the_weights_of_one_device_and_resume_bitwise(tmp_path
     two_workers(tmp_path, *flags, "--output_dir", tmp_path / "resumed", "--max_steps", 3)
     resumed = weights(tmp_path / "resumed" / "model.ckpt-3")
     assert all(np.array_equal(resumed[k], straight[k]) for k in straight)
+    # A run of two workers continues on one device (the checkpoint does not depend on the replicas).
+    for run in ("straight", "one"):
+        train.finetune(train.configure({**common, "output_dir": str(tmp_path / run), "max_steps": 4,
+                                        "strategy": "none"}))
+    one, straight = weights(tmp_path / "one" / "model.ckpt-4"), weights(tmp_path / "straight" / "model.ckpt-4")
+    for key in one:
+        np.testing.assert_allclose(straight[key], one[key], atol=1e-5, rtol=0, err_msg=key)
     # Only the chief wrote: the other worker's scratch dirs are gone and nothing else was made.
     assert not list((tmp_path / "tmp1").iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "one", "resumed", "straight", "tmp0", "tmp1"]
