@@ -144,3 +144,34 @@ def test_multi_worker_refusals_are_one_line_and_never_hang(tmp_path, small_model
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "worker localhost:1 of TF_CONFIG did not answer within 1 s" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_mixed_float16_loss_scaling_works_on_two_replicas(tmp_path, small_model_dir, corpus):
+    """ln_f's gain x50 makes the scaled fp16 gradients overflow at first: the loss scaler skips steps, halving its
+    scale, until they fit. Two replicas skip steps too and end within one halving of one device: each replica sums
+    only its half of the batch in float16, so a step at the edge can overflow on one device and not on two (the
+    replicas' sum is float32) — the same steps are skipped only away from that edge."""
+    import gpt2tf
+
+    model = gpt2tf.load_model(small_model_dir)
+    model.ln_f.g.assign(model.ln_f.g.numpy() * 50)
+    gpt2tf.save_openai_checkpoint(model, tmp_path / "hot")
+    common = dict(model_dir=str(tmp_path / "hot"), dataset_path=str(corpus), length=16, batch_size=4, max_steps=8,
+                  save_every=0, log_every=1, cache_dir=str(tmp_path / "cache"), precision="mixed_float16",
+                  base_lr=0.001, xla=False)
+    train.finetune(train.configure({**common, "output_dir": str(tmp_path / "one"), "strategy": "none"}))
+    flags = ["--model_dir", tmp_path / "hot", "--dataset_path", corpus, "--length", 16, "--batch_size", 4,
+             "--max_steps", 8, "--cache_dir", tmp_path / "cache", "--precision", "mixed_float16", "--base_lr", 0.001,
+             "--no_xla", "--output_dir", tmp_path / "two", "--strategy", "mirrored", "--cpu_replicas", 2]
+    result = finetune_cli(*flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def scale_and_applied(run):  # the loss scaler's scale, and the inner optimizer's applied steps
+        reader = tf.train.load_checkpoint(str(tmp_path / run / "train_state" / "ckpt-8"))
+        values = [reader.get_tensor(n).item() for n, s in sorted(reader.get_variable_to_shape_map().items())
+                  if s == [] and n.startswith("optimizer")]
+        return max(v for v in values if isinstance(v, float)), max(v for v in values if isinstance(v, int))
+
+    (scale_one, applied_one), (scale_two, applied_two) = scale_and_applied("one"), scale_and_applied("two")
+    assert scale_one < 32768 and scale_two < 32768 and applied_one < 8 and applied_two < 8  # steps were skipped
+    assert scale_two / scale_one in (0.5, 1.0, 2.0) and abs(applied_two - applied_one) <= 1
