@@ -128,6 +128,8 @@ def finetune_main(argv=None, *, prog="finetune.py"):
 
         made["distribution"] = make_distribution(config.strategy, config.cpu_replicas, config.peer_timeout)
 
+    if os.environ.get("TF_CONFIG") and config.strategy in ("auto", "multi_worker"):
+        print(f"waiting for the workers TF_CONFIG names (at most {config.peer_timeout:g} s) ...", file=sys.stderr)
     import_tensorflow_quietly(setup=make_distribution)
     from gpt2tf.train import finetune
 
