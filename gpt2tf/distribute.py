@@ -148,8 +148,9 @@ def _multi_worker(cluster, peer_timeout):
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=peer_timeout)
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    except (RuntimeError, ValueError) as err:
-        raise GPT2TFError(f"cannot start this worker ({own}) of TF_CONFIG's cluster: {err}") from None
+    except (RuntimeError, ValueError, tf.errors.OpError) as err:
+        raise GPT2TFError(f"cannot start this worker ({own}) of TF_CONFIG's cluster: "
+                          f"{str(getattr(err, 'message', err)).splitlines()[0]}") from None
     workers = len(peers) + 1
     return Distribution(strategy, f"multi-worker over {workers} workers, {strategy.num_replicas_in_sync} replicas"
                                   f" ({'chief' if chief else 'worker'} {own})", is_chief=chief, workers=workers)
@@ -169,8 +170,10 @@ def _wait_for(addresses, timeout, own):
     """
     listener = None
     try:
-        listener = socket.create_server(_split(own), reuse_port=hasattr(socket, "SO_REUSEPORT"))
-    except OSError:  # not this machine's address as written (a service name, say): others will retry
+        # All interfaces, as TensorFlow's server listens: the address peers use may not be this host's own
+        # (a Kubernetes service, a NAT'd or mapped port).
+        listener = socket.create_server(("", _split(own)[1]), reuse_port=hasattr(socket, "SO_REUSEPORT"))
+    except OSError:  # the port is taken: peers retry until TensorFlow's server answers on it
         pass
     deadline = time.monotonic() + timeout
     try:

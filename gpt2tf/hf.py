@@ -67,6 +67,9 @@ def hparams_from_config(model_dir):
     if config.get("model_type") != "gpt2":
         raise GPT2TFError(f"{path} has model_type {config.get('model_type')!r}, not 'gpt2': gpt2tf loads GPT-2 "
                           f"checkpoints only")
+    for key in ("layer_norm_epsilon", "n_embd"):
+        if key in config and not isinstance(config[key], (int, float)):
+            raise GPT2TFError(f"{path}: {key} = {config[key]!r} is not a number")
     unsupported = {
         "activation_function": (config.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
                                 "GPT-2's tanh GELU (gelu_new)"),
@@ -115,11 +118,14 @@ def _read_header(path):
         raise GPT2TFError(f"cannot read {path} ({err.strerror})") from None
     except ValueError:
         raise GPT2TFError(f"{path} has a damaged header (not JSON): download it again") from None
+    if not isinstance(header, dict):
+        raise GPT2TFError(f"{path} has a damaged header (not a JSON object): download it again")
     metadata = header.pop("__metadata__", None)
     entries = {}
     for name, entry in header.items():
         try:
             dtype, shape, (begin, end) = entry["dtype"], [int(n) for n in entry["shape"]], entry["data_offsets"]
+            begin, end = int(begin), int(end)
         except (TypeError, KeyError, ValueError):
             raise GPT2TFError(f"{path}: tensor {name} has a damaged header entry; download the file again") from None
         if dtype not in DTYPES:

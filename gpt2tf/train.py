@@ -90,6 +90,10 @@ def finetune(config, distribution=None):
     """
     distribution = distribution or make_distribution(config.strategy, config.cpu_replicas, config.peer_timeout)
     distribution.check_batch(config.batch_size)
+    if distribution.workers > 1 and config.init == "pretrained" and not config.model_dir:
+        # (every worker stops here alike: none is left waiting for the others)
+        raise GPT2TFError("with several workers give every worker the whole command, --model_dir included: the "
+                          "other workers need the model's shape and do not read the chief's run dir")
     if not distribution.is_chief:
         scratch = tempfile.mkdtemp(prefix="gpt2tf-worker-")
         try:
@@ -166,7 +170,7 @@ def _finetune(config, run, created, distribution):
 
     def save(step):
         nonlocal saved_step
-        if step == saved_step:
+        if step == saved_step or not distribution.is_chief:  # the chief alone writes (no collective op in a save)
             return
         if not trainer.weights_are_finite():
             raise GPT2TFError(f"the weights are no longer finite at step {step}; not saved. The last good "
