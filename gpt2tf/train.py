@@ -188,7 +188,17 @@ def _finetune(config, run, created, distribution):
             micro = [train_data.batch(index + i, **batch_shape) for i in range(config.accumulate_gradients)]
             lr = trainer.learning_rate
             started = time.perf_counter()
-            loss = trainer.train_step(np.stack([b.tokens for b in micro]), np.stack([b.weights for b in micro]))
+            try:
+                loss = trainer.train_step(np.stack([b.tokens for b in micro]), np.stack([b.weights for b in micro]))
+            except tf.errors.OpError as err:
+                if distribution.workers == 1:
+                    raise
+                # Another worker stopped or died: the exchange of gradients failed before anything was applied,
+                # so the weights are those after the last step; keep them.
+                save(step)
+                raise GPT2TFError(f"the workers lost each other in step {step + 1} ({first_line(err)}); "
+                                  f"{'step ' + str(step) + ' is saved in ' + str(run.path) if distribution.is_chief else 'the chief saved the last step'}; "
+                                  f"run the same command on every worker again to continue") from None
             window_seconds += time.perf_counter() - started
             step = int(trainer.step.numpy())
             if not math.isfinite(loss):
