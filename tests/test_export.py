@@ -38,7 +38,7 @@ def tf_encoder(encoder):
 
 
 def test_in_graph_bpe_equals_the_encoder_on_the_corpus(encoder, tf_encoder):
-    docs = HARD + _adversarial_documents(random.Random(20260522), 800) + _real_documents()[:8]
+    docs = HARD + _adversarial_documents(random.Random(20260522), 400) + _real_documents()[:8]
     encode = tf.function(tf_encoder.encode)
     mismatches = []
     for first in range(0, len(docs), 64):

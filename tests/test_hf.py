@@ -57,7 +57,7 @@ def hf_small(tmp_path_factory):
     return model, path
 
 
-@pytest.mark.parametrize("shape", ["small", "124M"])
+@pytest.mark.parametrize("shape", ["small", pytest.param("124M", marks=pytest.mark.slow)])
 def test_transformers_checkpoints_load_with_transformers_logits(tmp_path, shape, hf_small):
     if shape == "small":
         model, path = hf_small
