@@ -102,17 +102,20 @@ def download_main(argv=None, *, prog="download_model.py"):
                                                 quiet=args.quiet, verify=args.verify, force=args.force))
 
 
-def generate_main(argv=None, *, prog="inference.py"):
-    from gpt2tf.inference import InferenceConfig, check
-
-    parser = _config_parser(prog, "Generate text with GPT-2 (OpenAI's model or a fine-tuned run dir).",
-                            InferenceConfig)
-    config = InferenceConfig(**vars(parser.parse_args(argv)))
-    check(config)  # a mistake is reported before TensorFlow's seconds of start-up
+def _config_command(argv, prog, module, config_name, description, runner):
+    """A command whose flags are `module.<config_name>`'s fields: parse them, let `module.check` report a mistake
+    before TensorFlow's seconds of start-up, then run `module.<runner>(config)`."""
+    module = importlib.import_module(module)
+    config_class = getattr(module, config_name)
+    config = config_class(**vars(_config_parser(prog, description, config_class).parse_args(argv)))
+    module.check(config)
     import_tensorflow_quietly()
-    from gpt2tf.inference import run as generate_and_print
+    getattr(module, runner)(config)
 
-    generate_and_print(config)
+
+def generate_main(argv=None, *, prog="inference.py"):
+    _config_command(argv, prog, "gpt2tf.inference", "InferenceConfig",
+                    "Generate text with GPT-2 (OpenAI's model or a fine-tuned run dir).", "run")
 
 
 def finetune_main(argv=None, *, prog="finetune.py"):
@@ -137,42 +140,20 @@ def finetune_main(argv=None, *, prog="finetune.py"):
 
 
 def serve_main(argv=None, *, prog="serve.py"):
-    from gpt2tf.server import ServeConfig, check
-
-    parser = _config_parser(prog, "Serve GPT-2 over HTTP: OpenAI's /v1/completions, TF Serving's predict API and "
-                                  "a web page, with continuous batching.", ServeConfig)
-    config = ServeConfig(**vars(parser.parse_args(argv)))
-    check(config)  # a mistake is reported before TensorFlow's seconds of start-up
-    import_tensorflow_quietly()
-    from gpt2tf.server import serve
-
-    serve(config)
+    _config_command(argv, prog, "gpt2tf.server", "ServeConfig",
+                    "Serve GPT-2 over HTTP: OpenAI's /v1/completions, TF Serving's predict API and a web page, with "
+                    "continuous batching.", "serve")
 
 
 def evaluate_main(argv=None, *, prog="evaluate.py"):
-    from gpt2tf.evaluate import EvaluateConfig, check
-
-    parser = _config_parser(prog, "Evaluate GPT-2: perplexity, LAMBADA, multiple choice, CNN/Daily Mail ROUGE.",
-                            EvaluateConfig)
-    config = EvaluateConfig(**vars(parser.parse_args(argv)))
-    check(config)  # a mistake is reported before TensorFlow's seconds of start-up
-    import_tensorflow_quietly()
-    from gpt2tf.evaluate import run as evaluate
-
-    evaluate(config)
+    _config_command(argv, prog, "gpt2tf.evaluate", "EvaluateConfig",
+                    "Evaluate GPT-2: perplexity, LAMBADA, multiple choice, CNN/Daily Mail ROUGE.", "run")
 
 
 def export_main(argv=None, *, prog="export.py"):
-    from gpt2tf.export import ExportConfig, check
-
-    parser = _config_parser(prog, "Export a self-contained text-in/text-out SavedModel (exact BPE inside, cached "
-                                  "decoding, sampling settings as inputs) in TF Serving's layout.", ExportConfig)
-    config = ExportConfig(**vars(parser.parse_args(argv)))
-    check(config)  # a mistake is reported before TensorFlow's seconds of start-up
-    import_tensorflow_quietly()
-    from gpt2tf.export import export
-
-    export(config)
+    _config_command(argv, prog, "gpt2tf.export", "ExportConfig",
+                    "Export a self-contained text-in/text-out SavedModel (exact BPE inside, cached decoding, "
+                    "sampling settings as inputs) in TF Serving's layout.", "export")
 
 
 def convert_main(argv=None, *, prog="convert.py"):
@@ -182,12 +163,12 @@ def convert_main(argv=None, *, prog="convert.py"):
     parser.add_argument("destination", help="the dir to write (written beside its name, then renamed into place)")
     parser.add_argument("--to", required=True, choices=("hf", "openai"), help="the layout to write")
     args = parser.parse_args(argv)
+    if os.path.abspath(args.source) == os.path.abspath(args.destination):
+        raise GPT2TFError("the destination is the source: give another dir")
     import_tensorflow_quietly()
     from gpt2tf.checkpoint import load_model, save_openai_checkpoint
     from gpt2tf.hf import save_hf_checkpoint
 
-    if os.path.abspath(args.source) == os.path.abspath(args.destination):
-        raise GPT2TFError("the destination is the source: give another dir")
     model = load_model(args.source)
     (save_hf_checkpoint if args.to == "hf" else save_openai_checkpoint)(model, args.destination)
     print(f"wrote {args.destination} ({'Hugging Face' if args.to == 'hf' else 'OpenAI'}'s layout)", file=sys.stderr)

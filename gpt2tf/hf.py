@@ -210,12 +210,13 @@ def _forget(entry):
 
 
 def _release_maps():
-    for _, _, mapped in _maps.values():
-        try:
-            mapped.close()
-        except BufferError:  # a view of it is still alive somewhere: the map goes when that does
-            pass
-    _maps.clear()
+    with _maps_lock:
+        for _, _, mapped in _maps.values():
+            try:
+                mapped.close()
+            except BufferError:  # a view of it is still alive somewhere: the map goes when that does
+                pass
+        _maps.clear()
 
 
 def load_hf_model(model_dir, *, dtype=None):
