@@ -292,7 +292,7 @@ def browser():
     session.quit()
 
 
-def test_the_page_streams_a_completion_and_stops(server, browser, tmp_path):
+def test_the_page_streams_a_completion_and_stops(server, browser, tmp_path, monkeypatch):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -311,7 +311,11 @@ def test_the_page_streams_a_completion_and_stops(server, browser, tmp_path):
     want = expected(server_model(server), "Once upon a time", length=20, temperature=0)[0]
     assert text == want.strip() or text == want  # the browser trims trailing white space in .text
     browser.save_screenshot(str(tmp_path / "page.png"))
-    # A long generation, stopped from the page: the server frees the slot.
+    # A long generation, stopped from the page: the server frees the slot. The tiny model would finish 55 tokens
+    # before the click lands, so each step is slowed as a real model's would be.
+    engine = server.server.config.app.state.worker.engine
+    step = engine.step
+    monkeypatch.setattr(engine, "step", lambda *a, **k: time.sleep(0.1) or step(*a, **k))
     field = browser.find_element(By.ID, "max_tokens")
     field.clear()
     field.send_keys("55")
