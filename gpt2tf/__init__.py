@@ -13,6 +13,7 @@ _EXPORTS = {
     "save_openai_checkpoint": "gpt2tf.checkpoint",
     "write_synthetic_checkpoint": "gpt2tf.checkpoint",
     "save_hf_checkpoint": "gpt2tf.hf",
+    "save_quantized": "gpt2tf.quantize",
     "load_hf_model": "gpt2tf.hf",
     "Encoder": "gpt2tf.encoder",
     "get_encoder": "gpt2tf.encoder",

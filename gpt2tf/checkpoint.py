@@ -20,6 +20,7 @@ import tensorflow as tf
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.files import write_text_atomic
 from gpt2tf.hparams import HParams
+from gpt2tf.layout import QUANTIZED_FILE
 from gpt2tf.model import GPT2
 
 STATE_FILE = "checkpoint"
@@ -67,8 +68,24 @@ def to_checkpoint_layout(key, tensor):
     return tf.transpose(tensor, [0, 2, 1]) if _is_projection(key) else tensor  # [1, a, b] -> [1, b, a]
 
 
+def checkpoint_variables(model):
+    """{checkpoint key: variable} for the weights a float32 checkpoint holds: every weight of a float32 model; of
+    an int8 one, all but the scales (`<key>_scale`, which quantizing makes from the weight beside them)."""
+    variables = {checkpoint_key(v): v for v in model.weights}
+    return {k: v for k, v in variables.items() if not (k.endswith("_scale") and k[:-len("_scale")] in variables)}
+
+
+def require_float_weights(model):
+    """Refuse to write a quantized model (`gpt2tf.quantize`) where float32 weights belong."""
+    if model.weight_format != "float32":
+        raise GPT2TFError(f"this model holds {model.weight_format} weights for decoding, not the float32 ones a "
+                          f"checkpoint holds: save it with gpt2tf.save_quantized (or --save_quantized), or load the "
+                          f"float32 model to save it in OpenAI's or Hugging Face's layout")
+
+
 def model_tensors(model):
     """{checkpoint key: tensor in the checkpoint's layout} for every weight of `model`."""
+    require_float_weights(model)
     return {checkpoint_key(v): to_checkpoint_layout(checkpoint_key(v), tf.convert_to_tensor(v.value))
             for v in model.weights}
 
@@ -86,6 +103,9 @@ def resolve_checkpoint(path):
                           f"`python download_model.py 124M`) or a checkpoint prefix such as {path}/model.ckpt")
     if not path.is_dir():
         raise GPT2TFError(f"{path} is not a model dir or a checkpoint prefix (no {path}.index)")
+    if (path / QUANTIZED_FILE).is_file():
+        raise GPT2TFError(f"{path} holds quantized weights saved for decoding (its {QUANTIZED_FILE}): generation and "
+                          f"serving load it; for this, give the float32 model dir it was made from")
     state = path / STATE_FILE
     if state.is_file():
         prefix = _prefix_from_state(state)
@@ -159,21 +179,27 @@ def restore_into(model, path):
 # ---------------------------------------------------------------------------------------------------------------
 # Restore
 
-def load_model(model_dir, *, dtype=None):
+def load_model(model_dir, *, dtype=None, weights=None):
     """Build a GPT2 from a model dir (or checkpoint prefix) as OpenAI ships it, with its weights restored.
 
-    `dtype` is a Keras dtype policy such as "mixed_float16"; weights stay float32 either way.
+    `dtype` is a Keras dtype policy such as "mixed_float16"; weights stay float32 either way. `weights` "int8" or
+    "bf16" quantizes the projections and the token embedding as they load, for decoding (see `gpt2tf.quantize`; no
+    float32 copy of them is kept); a dir saved by `save_quantized` loads as what it holds.
     """
     from gpt2tf.hf import is_hf_dir, load_hf_model
+    from gpt2tf.quantize import check_format, load_quantized, quantized_format
 
+    if Path(model_dir).is_dir() and quantized_format(model_dir):
+        return load_quantized(model_dir, weights=weights)
+    weight_format = check_format(weights)
     if is_hf_dir(model_dir) and not _is_openai_dir(model_dir):
-        return load_hf_model(model_dir, dtype=dtype)
+        return load_hf_model(model_dir, dtype=dtype, weights=weight_format)
     model_dir, prefix = resolve_checkpoint(model_dir)
     hparams = load_hparams(model_dir)
     # Checked against hparams.json before the model is allocated: a wrong (say, huge) shape is an error, not an
     # attempt to allocate it.
     check_tensor_names_and_shapes(_read_index(prefix)[0], openai_tensor_shapes(hparams), prefix)
-    model = GPT2(hparams, initializer="empty", dtype=dtype)
+    model = GPT2(hparams, initializer="empty", dtype=dtype, weight_format=weight_format)
     restore_weights(model, prefix)
     return model
 
@@ -195,7 +221,7 @@ def restore_weights(model, prefix):
     way that could pass for a good model (the model's weights are then unspecified, and the error says so).
     """
     found_shapes, found_dtypes = _read_index(prefix)
-    variables = {checkpoint_key(v): v for v in model.weights}
+    variables = checkpoint_variables(model)
     check_tensor_names_and_shapes(
         found_shapes, {key: checkpoint_shape(v) for key, v in variables.items()}, prefix)
     _check_data_size(prefix, found_shapes, found_dtypes)
@@ -220,25 +246,37 @@ def fill_weights(model, read, sizes, *, source, hint):
     Reading is bound by page faults on the freshly allocated tensors, which run in parallel across cores; the
     weights' own buffers were never touched (EmptyInitializer), and `assign` adopts each read (or transposed)
     tensor's buffer, so the peak is one copy of the weights plus a tensor per thread. The reads release the GIL.
+    A model with int8 or bf16 weights (`gpt2tf.quantize`) gets each stored weight quantized in the reading thread,
+    so only the quantized tensors stay: the peak is the quantized model plus a float32 tensor per thread.
     On any error the model's weights are unspecified, and the error says so.
     """
-    variables = {checkpoint_key(v): v for v in model.weights}
+    from gpt2tf.quantize import encode, is_stored
+
+    variables = checkpoint_variables(model)
+    everything = {checkpoint_key(v): v for v in model.weights}
 
     def load(key):
         value = tf.convert_to_tensor(read(key))  # once: a NumPy value would be converted by each op below
         finite = bool(tf.reduce_all(tf.math.is_finite(value)))  # at memory speed (check_numerics is 8x slower)
-        return to_checkpoint_layout(key, value), finite  # the same transposition takes it to the model's layout
+        value = to_checkpoint_layout(key, value)  # the same transposition takes it to the model's layout
+        if model.weight_format == "float32" or not is_stored(key):
+            return (value, None), finite
+        return encode(tf.cast(value, tf.float32), model.weight_format), finite
 
     keys = sorted(variables, key=lambda k: -sizes[k])  # big first: balances the threads
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         futures = [(key, pool.submit(load, key)) for key in keys]
         try:
             for key, future in futures:
-                value, finite = future.result()
+                (value, scale), finite = future.result()
                 if not finite:
                     raise GPT2TFError(f"tensor {key} in {source} holds NaN or infinite values: these weights are "
                                       f"broken; {hint}")
                 variables[key].assign(tf.cast(value, variables[key].dtype))
+                if scale is not None:
+                    scale_variable = everything[f"{key}_scale"]
+                    scale_variable.assign(tf.reshape(scale, scale_variable.shape))
+                del value, scale
         finally:
             for _, future in futures:
                 future.cancel()

@@ -123,6 +123,9 @@ def finetune_main(argv=None, *, prog="finetune.py"):
 
     parser = _config_parser(prog, "Fine-tune GPT-2 (or train one from scratch) in a resumable run dir.",
                             TrainConfig)
+    if any(arg == "--weights" or arg.startswith("--weights=") for arg in (sys.argv[1:] if argv is None else argv)):
+        raise GPT2TFError("--weights is for decoding (inference.py, serve.py): fine-tuning trains float32 weights "
+                          "(or --precision mixed_float16 on a GPU); drop --weights")
     config = configure(vars(parser.parse_args(argv)))  # checked before TensorFlow's seconds of start-up
     made = {}
 

@@ -15,7 +15,8 @@ import h5py
 import keras
 import numpy as np
 
-from gpt2tf.checkpoint import checkpoint_key, checkpoint_shape, load_hparams, model_tensors, to_checkpoint_layout
+from gpt2tf.checkpoint import (checkpoint_key, checkpoint_shape, checkpoint_variables, fill_weights, load_hparams,
+                               model_tensors)
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.model import GPT2
 
@@ -73,7 +74,7 @@ def load_h5_weights(model, path):
     except (OSError, KeyError, ValueError) as err:
         raise GPT2TFError(f"cannot read {path} as an HDF5 weights file ({str(err).splitlines()[0]}); give the .h5 "
                           f"file that finetune.py --output_name wrote") from None
-    variables = {checkpoint_key(v): v for v in model.weights}
+    variables = checkpoint_variables(model)
     for key, variable in variables.items():
         if key not in found:
             raise GPT2TFError(f"{path} has no tensor {key}, which the model needs: it was not written for a GPT-2 "
@@ -89,12 +90,12 @@ def load_h5_weights(model, path):
     if extra:
         raise GPT2TFError(f"{path} has tensors the model does not have, e.g. {extra[0]}: it was written for a larger "
                           f"GPT-2; give the --model_dir it was fine-tuned from")
-    for key, variable in variables.items():
-        value = to_checkpoint_layout(key, found[key])  # the transposition takes it to the model's layout
-        variable.assign(np.asarray(value, dtype=variable.dtype))
+    sizes = {key: value.size for key, value in found.items()}
+    fill_weights(model, lambda key: np.asarray(found[key], np.float32), sizes, source=str(path),
+                 hint="give the .h5 file that finetune.py --output_name wrote")
 
 
-def load_h5_model(model_dir, path, *, dtype=None):
+def load_h5_model(model_dir, path, *, dtype=None, weights="float32"):
     """The GPT-2 that `model_dir` describes (its hparams.json, or a Hugging Face dir's config.json), with the
     weights of the `.h5` file at `path`."""
     from gpt2tf.hf import hparams_from_config, is_hf_dir
@@ -106,7 +107,7 @@ def load_h5_model(model_dir, path, *, dtype=None):
     else:
         raise GPT2TFError(f"{model_dir} has no hparams.json (nor a Hugging Face config.json): give a model dir (e.g. "
                           f"models/124M) whose shape the weights in {path} have")
-    model = GPT2(hparams, initializer="empty", dtype=dtype)
+    model = GPT2(hparams, initializer="empty", dtype=dtype, weight_format=weights)
     load_h5_weights(model, path)
     return model
 

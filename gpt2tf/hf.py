@@ -219,13 +219,14 @@ def _release_maps():
         _maps.clear()
 
 
-def load_hf_model(model_dir, *, dtype=None):
-    """Build a GPT2 from a HF dir, checking names and shapes against config.json before allocating anything."""
+def load_hf_model(model_dir, *, dtype=None, weights="float32"):
+    """Build a GPT2 from a HF dir, checking names and shapes against config.json before allocating anything
+    (`weights`: as `gpt2tf.load_model`'s)."""
     from gpt2tf.model import GPT2
 
     hparams = hparams_from_config(model_dir)
     index = _checked_index(model_dir, hparams)
-    model = GPT2(hparams, initializer="empty", dtype=dtype)
+    model = GPT2(hparams, initializer="empty", dtype=dtype, weight_format=weights)
     _fill(model, model_dir, index)
     return model
 
@@ -303,10 +304,13 @@ def save_hf_checkpoint(model, out_dir, *, tensors=None, max_shard_bytes=MAX_SHAR
     A new dir is written beside its final name and renamed into place; into an existing dir, files are written
     under temporary names and renamed, config.json last.
     """
-    from gpt2tf.checkpoint import VOCAB_DIR, checkpoint_key, checkpoint_shape, first_line, to_checkpoint_layout
+    from gpt2tf.checkpoint import (VOCAB_DIR, checkpoint_key, checkpoint_shape, first_line, require_float_weights,
+                                   to_checkpoint_layout)
 
     import tensorflow as tf
 
+    if tensors is None:
+        require_float_weights(model)
     out_dir = Path(out_dir)
     entries = []  # (HF name, OpenAI key, HF shape)
     for variable in model.weights:

@@ -15,6 +15,7 @@ from gpt2tf.cli import flag
 from gpt2tf.download import DownloadConfig
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.layout import WEIGHT_FORMATS
 from gpt2tf.settings import SamplerConfig, check_seed, random_seed
 
 DEFAULT_TOP_K = 40  # used unless --nucleus or an explicit --top_k says otherwise
@@ -26,6 +27,11 @@ PROMPTS = "prompts (default: one unconditional sample, started from <|endoftext|
 SAMPLING = "sampling"
 LENGTH = "length and batching"
 OUTPUT = "output and speed"
+
+
+WEIGHTS_HELP = ("hold the weights for decoding as int8 (1/4 of float32's bytes: ~2-3x faster on a CPU) or bf16 "
+                "(1/2), quantized as they load; default: as the model dir holds them (float32, or what "
+                "--save_quantized wrote)")
 
 
 @dataclasses.dataclass
@@ -69,6 +75,10 @@ class InferenceConfig:
     precision: str = flag("float32", "compute dtype (mixed types are for GPUs)",
                           choices=("float32", "mixed_float16", "mixed_bfloat16"), group=OUTPUT)
     no_xla: bool = flag(False, "don't compile the decode loop with XLA", group=OUTPUT)
+    weights: str = flag(None, WEIGHTS_HELP, choices=WEIGHT_FORMATS, group=OUTPUT)
+    save_quantized: str = flag(None, "write the model loaded with --weights int8|bf16 to this dir, which then loads "
+                                     "as it is (without reading the float32 checkpoint); with no prompt given, only "
+                                     "that", metavar="DIR", group=OUTPUT)
 
     def sampler(self):
         """The SamplerConfig these flags mean (`--nucleus` switches top-k off unless --top_k is given)."""
@@ -113,8 +123,18 @@ def read_prompts(path):
     return prompts
 
 
+def check_weights(weights, precision):
+    """--weights with --precision, as one line (shared with serve.py)."""
+    if weights in ("int8", "bf16") and precision != "float32":
+        raise GPT2TFError(f"{weights} weights compute in float32: drop --precision {precision} (mixed precision is "
+                          f"for float32 weights on a GPU)")
+
+
 def check(config):
     """Every setting, as one-line errors, before anything slow (TensorFlow, the model) is loaded."""
+    check_weights(config.weights, config.precision)
+    if config.save_quantized and config.weights not in ("int8", "bf16"):
+        raise GPT2TFError("--save_quantized saves int8 or bf16 weights: give --weights int8 or --weights bf16")
     config.sampler()  # temperature, top_k, top_p, repetition_penalty
     check_seed(config.seed)
     for name in ("output_length", "nsamples", "batch_size"):
@@ -150,6 +170,14 @@ def run(config, out=sys.stdout):
         if not prompts:
             return  # more shards than prompts: this one has none
     model = _load(config)
+    if config.save_quantized:
+        from gpt2tf.quantize import save_quantized
+
+        save_quantized(model, config.save_quantized)
+        print(f"wrote {config.save_quantized} ({model.weight_format} weights; load it as a --model_dir)",
+              file=sys.stderr)
+        if prompts is None and config.starter is None and not config.interactive:
+            return
     encoder = get_encoder()
     if config.interactive:
         return _interactive(model, encoder, config, out)
@@ -159,12 +187,14 @@ def run(config, out=sys.stdout):
 
 
 def _load(config):
-    return load_for_inference(config.model_dir, custom_model=config.custom_model, precision=config.precision)
+    return load_for_inference(config.model_dir, custom_model=config.custom_model, precision=config.precision,
+                              weights=config.weights)
 
 
-def load_for_inference(model_dir=None, *, custom_model=None, precision="float32"):
+def load_for_inference(model_dir=None, *, custom_model=None, precision="float32", weights=None):
     """The model `inference.py` (and `serve.py`) runs: `model_dir` (default models/124M), or the weights of a
-    `custom_model` .h5 file on its shape; refused if its vocabulary is smaller than GPT-2's tokenizer."""
+    `custom_model` .h5 file on its shape, held as `weights` says (see `gpt2tf.load_model`); refused if its
+    vocabulary is smaller than GPT-2's tokenizer."""
     # Imported here: flag errors are reported without loading TensorFlow's model code.
     from gpt2tf.checkpoint import load_model
     from gpt2tf.h5weights import load_h5_model
@@ -174,7 +204,10 @@ def load_for_inference(model_dir=None, *, custom_model=None, precision="float32"
                           f"model with `python download_model.py 124M`, or give --model_dir")
     model_dir = model_dir or DEFAULT_MODEL_DIR
     dtype = None if precision == "float32" else precision
-    model = load_h5_model(model_dir, custom_model, dtype=dtype) if custom_model else load_model(model_dir, dtype=dtype)
+    if custom_model:
+        model = load_h5_model(model_dir, custom_model, dtype=dtype, weights=weights or "float32")
+    else:
+        model = load_model(model_dir, dtype=dtype, weights=weights)
     if model.hparams.n_vocab < len(get_encoder()):
         raise GPT2TFError(f"the model has n_vocab {model.hparams.n_vocab}, fewer than GPT-2's {len(get_encoder())} "
                           f"token ids: it was not trained with GPT-2's tokenizer, so its output would be garbage")

@@ -22,24 +22,26 @@ from tensorflow.compiler.tf2xla.python import xla
 from gpt2tf import native
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import HParams
-from gpt2tf.layout import MASKED_VALUE
+from gpt2tf.layout import MASKED_VALUE, WEIGHT_FORMATS
 
 LAYER_NORM_EPSILON = 1e-5  # OpenAI's value
 MASKED_SCORE = MASKED_VALUE  # OpenAI's `mask_attn_weights` value for masked positions (softmax makes it exactly 0)
+STORED_DTYPES = {"int8": "int8", "bf16": "bfloat16"}
+BYTES_PER_WEIGHT = {"float32": 4, "int8": 1, "bf16": 2}
 
 
-def _check_fits_in_memory(hparams):
-    """Refuse a shape whose float32 weights alone exceed this machine's memory (a typo in hparams.json, say)."""
+def _check_fits_in_memory(hparams, weight_format="float32"):
+    """Refuse a shape whose weights alone exceed this machine's memory (a typo in hparams.json, say)."""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return  # not knowable here: let the allocation decide
-    need = 4 * hparams.num_parameters
+    need = BYTES_PER_WEIGHT[weight_format] * hparams.num_parameters
     if need > memory:
         raise GPT2TFError(f"a GPT-2 of n_vocab {hparams.n_vocab}, n_ctx {hparams.n_ctx}, n_embd {hparams.n_embd}, "
                           f"n_layer {hparams.n_layer} has {hparams.num_parameters:,} parameters ({need / 2**30:.1f} "
-                          f"GiB as float32), more than this machine's {memory / 2**30:.1f} GiB of memory; check "
-                          f"the hparams")
+                          f"GiB as {weight_format}), more than this machine's {memory / 2**30:.1f} GiB of memory; "
+                          f"check the hparams")
 
 
 class EmptyInitializer(keras.initializers.Initializer):
@@ -82,27 +84,52 @@ class LayerNorm(keras.layers.Layer):
         return (x - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON) * self.g + self.b
 
 
+def _add_stored_weight(layer, name, shape, init, weight_format, *, autocast=True):
+    """A weight as `weight_format` stores it: float32, or int8 / bfloat16 (see `gpt2tf.quantize`) for decoding,
+    with an int8 weight's per-row scale as `<name>_scale` (shape[:-1]; each row is quantized over the last axis).
+    Returns (weight, scale or None)."""
+    if weight_format == "float32":
+        return layer.add_weight(name=name, shape=shape, initializer=init, autocast=autocast), None
+    if not isinstance(init, EmptyInitializer):
+        raise GPT2TFError(f"a model with {weight_format} weights is only made by quantizing a checkpoint: load one "
+                          f"with gpt2tf.load_model(..., weights={weight_format!r})")
+    dtype = STORED_DTYPES[weight_format]
+    weight = layer.add_weight(name=name, shape=shape, initializer=init, dtype=dtype, trainable=False, autocast=False)
+    scale = None
+    if weight_format == "int8":
+        scale = layer.add_weight(name=f"{name}_scale", shape=shape[:-1], initializer=init, trainable=False,
+                                 autocast=False)
+    return weight, scale
+
+
 class Conv1D(keras.layers.Layer):
     """OpenAI's `conv1d`, a dense layer `x w + b`, with its weight held transposed: `w [1, n_out, n_in]`.
 
     OpenAI's checkpoint stores `w` as `[1, n_in, n_out]`; `checkpoint` transposes it on the way in and out. Held
     this way, the weights of each output are contiguous, so decoding one token reads every weight in one
-    sequential stream (see `native`), which a CPU's memory serves faster than several interleaved rows.
+    sequential stream (see `native`), which a CPU's memory serves faster than several interleaved rows. With
+    int8 weights `w_scale [1, n_out]` holds each output's scale.
     """
 
-    def __init__(self, n_in, n_out, *, init, w_init="w", **kwargs):
+    def __init__(self, n_in, n_out, *, init, w_init="w", weight_format="float32", **kwargs):
         super().__init__(**kwargs)
         self.n_in, self.n_out, self.init, self.w_init = n_in, n_out, init, w_init
+        self.weight_format = weight_format
 
     def build(self, input_shape=None):
-        self.w = self.add_weight(name="w", shape=(1, self.n_out, self.n_in), initializer=self.init[self.w_init])
+        self.w, self.w_scale = _add_stored_weight(self, "w", (1, self.n_out, self.n_in), self.init[self.w_init],
+                                                  self.weight_format)
         self.b = self.add_weight(name="b", shape=(self.n_out,), initializer=self.init["b"])
 
     def call(self, x):
         dtype = self.compute_dtype
         x2d = tf.reshape(x, [-1, self.n_in])  # [batch*seq, n_in]: one plain matmul beats a batched one on CPU
-        w = tf.reshape(tf.cast(self.w, dtype), [self.n_out, self.n_in])  # [n_out, n_in]
-        y = tf.nn.bias_add(native.matmul_transposed(x2d, w), tf.cast(self.b, dtype))  # [batch*seq, n_out]
+        if self.weight_format == "float32":
+            w, scale = tf.reshape(tf.cast(self.w, dtype), [self.n_out, self.n_in]), None  # [n_out, n_in]
+        else:  # stored as it is, for the kernel to read: [n_out, n_in] int8 / bfloat16, scale [n_out]
+            w = tf.reshape(self.w, [self.n_out, self.n_in])
+            scale = None if self.w_scale is None else tf.reshape(self.w_scale, [self.n_out])
+        y = tf.nn.bias_add(native.matmul_transposed(x2d, w, scale), tf.cast(self.b, dtype))  # [batch*seq, n_out]
         if x.shape.is_fully_defined():  # static shapes (the compiled decode step): fewer ops to trace and compile
             return tf.reshape(y, x.shape[:-1] + [self.n_out])
         return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.n_out]], 0))  # [..., n_out]
@@ -111,12 +138,13 @@ class Conv1D(keras.layers.Layer):
 class Attention(keras.layers.Layer):
     """Multi-head causal self-attention with an optional in-place key/value cache."""
 
-    def __init__(self, hparams, *, init, **kwargs):
+    def __init__(self, hparams, *, init, weight_format="float32", **kwargs):
         super().__init__(**kwargs)
         d = hparams.n_embd
         self.n_head, self.head_size = hparams.n_head, hparams.head_size
-        self.c_attn = Conv1D(d, 3 * d, init=init, name="c_attn", dtype=self.dtype_policy)
-        self.c_proj = Conv1D(d, d, init=init, w_init="proj_w", name="c_proj", dtype=self.dtype_policy)
+        stored = dict(init=init, weight_format=weight_format, dtype=self.dtype_policy)
+        self.c_attn = Conv1D(d, 3 * d, name="c_attn", **stored)
+        self.c_proj = Conv1D(d, d, w_init="proj_w", name="c_proj", **stored)
 
     def build(self, input_shape=None):
         self.c_attn.build()
@@ -181,11 +209,12 @@ class Attention(keras.layers.Layer):
 class MLP(keras.layers.Layer):
     """Position-wise feed-forward: c_fc (4x wider), tanh-approximate GELU, c_proj."""
 
-    def __init__(self, hparams, *, init, **kwargs):
+    def __init__(self, hparams, *, init, weight_format="float32", **kwargs):
         super().__init__(**kwargs)
         d = hparams.n_embd
-        self.c_fc = Conv1D(d, 4 * d, init=init, name="c_fc", dtype=self.dtype_policy)
-        self.c_proj = Conv1D(4 * d, d, init=init, w_init="proj_w", name="c_proj", dtype=self.dtype_policy)
+        stored = dict(init=init, weight_format=weight_format, dtype=self.dtype_policy)
+        self.c_fc = Conv1D(d, 4 * d, name="c_fc", **stored)
+        self.c_proj = Conv1D(4 * d, d, w_init="proj_w", name="c_proj", **stored)
 
     def build(self, input_shape=None):
         self.c_fc.build()
@@ -199,12 +228,12 @@ class MLP(keras.layers.Layer):
 class Block(keras.layers.Layer):
     """One pre-LayerNorm transformer block: two residual lines."""
 
-    def __init__(self, hparams, *, init, **kwargs):
+    def __init__(self, hparams, *, init, weight_format="float32", **kwargs):
         super().__init__(**kwargs)
         self.ln_1 = LayerNorm(init=init, name="ln_1")
-        self.attn = Attention(hparams, init=init, name="attn", dtype=self.dtype_policy)
+        self.attn = Attention(hparams, init=init, weight_format=weight_format, name="attn", dtype=self.dtype_policy)
         self.ln_2 = LayerNorm(init=init, name="ln_2")
-        self.mlp = MLP(hparams, init=init, name="mlp", dtype=self.dtype_policy)
+        self.mlp = MLP(hparams, init=init, weight_format=weight_format, name="mlp", dtype=self.dtype_policy)
         self.n_embd = hparams.n_embd
         self.recompute = False  # set through GPT2.recompute
 
@@ -234,23 +263,33 @@ class GPT2(keras.Model):
     cache holding these tokens' keys and values too. `padding_mask` (`[batch, seq]`, or
     `[batch, max_length]` with a cache; true for real tokens) lets rows of unequal length share a batch:
     padded positions are never attended to and position ids count real tokens only.
+
+    `weight_format` "int8" or "bf16" holds the projections' weights and the token embedding as `gpt2tf.quantize`
+    stores them, for decoding (float32 compute; see `gpt2tf.load_model(..., weights=)`); "float32" otherwise.
     """
 
-    def __init__(self, hparams=HParams(), *, initializer="random", dtype=None, name="model", **kwargs):
-        _check_fits_in_memory(hparams)
+    def __init__(self, hparams=HParams(), *, initializer="random", dtype=None, weight_format="float32",
+                 name="model", **kwargs):
+        if weight_format not in WEIGHT_FORMATS:
+            raise GPT2TFError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
+        _check_fits_in_memory(hparams, weight_format)
         super().__init__(name=name, dtype=dtype, **kwargs)
+        if weight_format != "float32" and self.dtype_policy.compute_dtype != "float32":
+            raise GPT2TFError(f"{weight_format} weights compute in float32: drop the mixed precision "
+                              f"({self.dtype_policy.name}), which is for float32 weights on a GPU")
         self.hparams = hparams
+        self.weight_format = weight_format
         self._init = _initializers(initializer, hparams.n_layer)
-        self.h = [Block(hparams, init=self._init, name=f"h{i}", dtype=self.dtype_policy)
-                  for i in range(hparams.n_layer)]
+        self.h = [Block(hparams, init=self._init, weight_format=weight_format, name=f"h{i}",
+                        dtype=self.dtype_policy) for i in range(hparams.n_layer)]
         self.ln_f = LayerNorm(init=self._init, name="ln_f")
         self.build()
 
     def build(self, input_shape=None):
         hp = self.hparams
         # autocast=False: the model casts these itself, so the tied logits see the float32 embedding.
-        self.wte = self.add_weight(name="wte", shape=(hp.n_vocab, hp.n_embd), initializer=self._init["wte"],
-                                   autocast=False)
+        self.wte, self.wte_scale = _add_stored_weight(self, "wte", (hp.n_vocab, hp.n_embd), self._init["wte"],
+                                                      self.weight_format, autocast=False)
         self.wpe = self.add_weight(name="wpe", shape=(hp.n_ctx, hp.n_embd), initializer=self._init["wpe"],
                                    autocast=False)
         for block in self.h:
@@ -298,14 +337,20 @@ class GPT2(keras.Model):
                 cached = cached & padding_mask  # [batch, max_length]
             cached = cached[:, None, None, :] if cached.shape.rank == 2 else cached[None, None, None, :]
             mask = (cached, mask)
-        x = tf.cast(tf.gather(self.wte, token_ids) + tf.gather(self.wpe, positions), self.compute_dtype)
+        x = tf.cast(self._token_embeddings(token_ids) + tf.gather(self.wpe, positions), self.compute_dtype)
         return x, mask
+
+    def _token_embeddings(self, token_ids):
+        """float32 `[batch, seq, n_embd]`: rows of wte (int8 rows times their scale)."""
+        rows = tf.cast(tf.gather(self.wte, token_ids), tf.float32)
+        return rows if self.wte_scale is None else rows * tf.gather(self.wte_scale, token_ids)[..., None]
 
     def head(self, x):
         """Float32 logits `[batch, seq, n_vocab]` from the last block's output."""
         x = self.ln_f(x)  # float32
         d = self.hparams.n_embd
-        logits = native.matmul_transposed(tf.reshape(x, [-1, d]), tf.cast(self.wte, tf.float32))  # tied embedding
+        wte = self.wte if self.weight_format != "float32" else tf.cast(self.wte, tf.float32)  # as stored: see native
+        logits = native.matmul_transposed(tf.reshape(x, [-1, d]), wte, self.wte_scale)  # tied embedding
         if x.shape.is_fully_defined():
             return tf.reshape(logits, x.shape[:-1] + [self.hparams.n_vocab])
         return tf.reshape(logits, tf.concat([tf.shape(x)[:-1], [self.hparams.n_vocab]], 0))  # [batch, seq, n_vocab]

@@ -6,10 +6,11 @@ per step. `native_matmul.cc` reads each weight once, straight from memory, on ev
 weights so that each output's are contiguous: `x @ transpose(w)`), and computes the step's attention over the
 key/value cache reading only the slots written so far. It is built on first use with the system C++ compiler
 (once per source and compiler), cached under `~/.cache/gpt2tf/` (or `$GPT2TF_CACHE_DIR`), loaded into the process and
-registered with XLA as the custom-call targets `gpt2tf_matmul_nt` / `gpt2tf_attend`.
+registered with XLA as the custom-call targets `gpt2tf_matmul_nt` (and its `_i8` / `_bf16` forms for weights stored
+as int8 or bfloat16, see `gpt2tf.quantize`) and `gpt2tf_attend`.
 
 It is used only where it helps and is safe: inside the compiled decode step (`use_in_decode_step`), for float32
-products of at most `MAX_ROWS` rows and one-token attention, on an x86-64 CPU with AVX2 and FMA, when no GPU is
+(or int8 / bfloat16-weight) products of at most `MAX_ROWS` rows and one-token attention, on an x86-64 CPU with AVX2 and FMA, when no GPU is
 visible. Anywhere else, or if it cannot be built (no compiler, another architecture), `matmul_transposed` is
 `tf.matmul`, the model computes attention itself, and decoding runs on XLA's own ops — slower, same results to
 float rounding. `GPT2TF_NATIVE=0` turns it off; `GPT2TF_NATIVE_THREADS` sets its thread count (default: the CPUs
@@ -203,13 +204,24 @@ def _in_decode_step():
     return getattr(_context, "enabled", False)
 
 
-def matmul_transposed(x, w):
-    """`x @ transpose(w)` for x [m, k] and w [n, k]; the native kernel where `use_in_decode_step` allows it."""
+_TARGETS = {tf.float32: "gpt2tf_matmul_nt", tf.int8: "gpt2tf_matmul_nt_i8", tf.bfloat16: "gpt2tf_matmul_nt_bf16"}
+
+
+def matmul_transposed(x, w, scale=None):
+    """`x @ transpose(w)` for x [m, k] and w [n, k]; the native kernel where `use_in_decode_step` allows it.
+
+    w may be stored weights (see `gpt2tf.quantize`): int8 with `scale` [n] (the result is `(x @ w^T) * scale`, each
+    output scaled once) or bfloat16. The kernel reads them as stored; elsewhere (prefill, more than MAX_ROWS rows,
+    no kernel) XLA or TensorFlow converts one matrix at a time to x's dtype for the product.
+    """
+    w = tf.convert_to_tensor(w)  # a Keras variable's dtype is a string
+    scale = None if scale is None else tf.convert_to_tensor(scale)
     rows, inner = x.shape
-    if (_in_decode_step() and x.dtype == tf.float32 and w.dtype == tf.float32
+    if (_in_decode_step() and x.dtype == tf.float32 and w.dtype in _TARGETS
             and rows is not None and inner is not None and rows <= MAX_ROWS and available()):
-        return _custom_call(x, w)
-    return tf.matmul(x, w, transpose_b=True)
+        return _custom_call(x, w, scale)
+    y = tf.matmul(x, tf.cast(w, x.dtype), transpose_b=True)
+    return y if scale is None else y * tf.cast(scale, y.dtype)
 
 
 def attention_applies(q, cache):
@@ -238,7 +250,8 @@ def attend(q, keys, values, own_k, own_v, cached_mask, own_mask):
     return tf.reshape(out, [batch, heads, 1, size])
 
 
-def _custom_call(x, w):
+def _custom_call(x, w, scale=None):
     (rows, inner), cols = x.shape, w.shape[0]
-    return gen_xla_ops.xla_custom_call_v2([x, w], "gpt2tf_matmul_nt", f"{rows},{inner},{cols}", False, [tf.float32],
+    operands = [x, w] if w.dtype != tf.int8 else [x, w, scale]
+    return gen_xla_ops.xla_custom_call_v2(operands, _TARGETS[w.dtype], f"{rows},{inner},{cols}", False, [tf.float32],
                                           [[rows, cols]])[0]

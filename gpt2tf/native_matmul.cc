@@ -5,9 +5,15 @@
 //
 //   gpt2tf_matmul_nt: y[m, n] = x[m, k] @ w[n, k]^T    (w row-major: the model's projections, which it holds
 //                                                        transposed, and the tied token embedding, for the logits)
+//   gpt2tf_matmul_nt_i8:   y[m, n] = (x[m, k] @ q[n, k]^T) * scale[n]   (int8 weights, a float32 scale per row)
+//   gpt2tf_matmul_nt_bf16: y[m, n] = x[m, k] @ w[n, k]^T                 (bfloat16 weights)
 //   gpt2tf_attend:    one new token per sequence attending over the key/value cache (see attend_one)
 //
-// The backend config (XLA's "opaque" string) is "m,k,n" for the product, "batch,heads,max_length,head_size" for
+// Quantized weights are read as they are stored (1 or 2 bytes each) and turned into float32 in registers: for one
+// row of x straight in the dot product; for several rows, a tile of 8 rows of w at a time into a small buffer that
+// stays in cache, which the float32 kernels then read once per row of x (never a float32 copy of a whole matrix).
+//
+// The backend config (XLA's "opaque" string) is "m,k,n" for the products, "batch,heads,max_length,head_size" for
 // attention. Built by gpt2tf/native.py with the system C++ compiler,
 // loaded into the TensorFlow process, registered with XLA through `gpt2tf_register`. It links against nothing of
 // TensorFlow: the registry's two entry points are passed in as addresses.
@@ -51,22 +57,63 @@ GPT2TF_AVX2 inline float sum8(__m256 v) {
 // at a time makes one sequential stream; reading several rows at once (as matmul_nt does for several x rows, to
 // reuse each weight) makes interleaved streams, which memory serves more slowly than one sequential stream.
 
+// How each stored weight type becomes float32: eight at a time (load8) or one (at). int8 values are the integers
+// themselves (the row's scale is applied to the finished output); bfloat16 is the top half of a float32.
+struct F32W {
+  using T = float;
+  GPT2TF_AVX2 static __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+  static float at(const float* p) { return *p; }
+};
+struct I8W {
+  using T = int8_t;
+  GPT2TF_AVX2 static __m256 load8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static float at(const int8_t* p) { return static_cast<float>(*p); }
+};
+struct BF16W {
+  using T = uint16_t;
+  GPT2TF_AVX2 static __m256 load8(const uint16_t* p) {
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  }
+  static float at(const uint16_t* p) {
+    const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+  }
+};
+
 // y[j] = x . w[j, :] for j in [j0, j1), w [n, k]: one row of w at a time, so one sequential stream.
-GPT2TF_AVX2 void dot_rows(const float* __restrict x, const float* __restrict w, float* __restrict y, long k,
+template <class W>
+GPT2TF_AVX2 void dot_rows(const float* __restrict x, const typename W::T* __restrict w, float* __restrict y, long k,
                           long j0, long j1) {
   const long kv = k / 32 * 32;
   for (long j = j0; j < j1; ++j) {
-    const float* wr = w + j * k;
+    const typename W::T* wr = w + j * k;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (long t = 0; t < kv; t += 32) {
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + t), _mm256_loadu_ps(wr + t), a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + t + 8), _mm256_loadu_ps(wr + t + 8), a1);
-      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + t + 16), _mm256_loadu_ps(wr + t + 16), a2);
-      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + t + 24), _mm256_loadu_ps(wr + t + 24), a3);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + t), W::load8(wr + t), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + t + 8), W::load8(wr + t + 8), a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + t + 16), W::load8(wr + t + 16), a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + t + 24), W::load8(wr + t + 24), a3);
     }
     float a = sum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (long t = kv; t < k; ++t) a += x[t] * wr[t];
+    for (long t = kv; t < k; ++t) a += x[t] * W::at(wr + t);
     y[j] = a;
+  }
+}
+
+// Rows [j0, j1) of a stored w [n, k] as float32, into tile [(j1 - j0), k].
+template <class W>
+GPT2TF_AVX2 void dequantize_rows(const typename W::T* __restrict w, float* __restrict tile, long k, long j0, long j1) {
+  const long kv = k / 8 * 8;
+  for (long j = j0; j < j1; ++j) {
+    const typename W::T* wr = w + j * k;
+    float* out = tile + (j - j0) * k;
+    for (long t = 0; t < kv; t += 8) _mm256_storeu_ps(out + t, W::load8(wr + t));
+    for (long t = kv; t < k; ++t) out[t] = W::at(wr + t);
   }
 }
 
@@ -74,7 +121,7 @@ GPT2TF_AVX2 void dot_rows(const float* __restrict x, const float* __restrict w, 
 GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w, float* __restrict y, long m, long k,
                            long n, long j0, long j1) {
   if (m == 1) {
-    dot_rows(x, w, y, k, j0, j1);
+    dot_rows<F32W>(x, w, y, k, j0, j1);
     return;
   }
   const long kv = k / 8 * 8;
@@ -289,10 +336,19 @@ constexpr long kMaxChunks = 0xffff;  // chunk counts and indices share one 64-bi
 
 inline long round_up(long a, long b) { return (a + b - 1) / b * b; }
 
+enum class Weights { kF32, kI8, kBF16 };
+
+struct Task;
+template <class W>
+void run_stored(const Task& task, long j0, long j1);
+
 struct Task {
   const float* x = nullptr;
   const float* xt = nullptr;  // set: x packed for matmul_nt_lanes
   const float* w = nullptr;
+  const void* stored = nullptr;  // int8 or bfloat16 weights (weights != kF32)
+  const float* scale = nullptr;  // int8: one per row of w
+  Weights weights = Weights::kF32;
   float* y = nullptr;
   long m = 0, k = 0, n = 0;
   long chunk = 0;  // output columns (or attention units) per chunk
@@ -315,6 +371,10 @@ struct Task {
     if (attend != nullptr) {
       for (long unit = c * chunk; unit < std::min((c + 1) * chunk, attend->b * attend->h); ++unit)
         attend_one(*attend, unit);
+    } else if (weights == Weights::kI8) {
+      run_stored<I8W>(*this, c * chunk, std::min((c + 1) * chunk, n));
+    } else if (weights == Weights::kBF16) {
+      run_stored<BF16W>(*this, c * chunk, std::min((c + 1) * chunk, n));
     } else if (xt != nullptr) {
       matmul_nt_lanes(xt, w, y, m, k, n, c * chunk, std::min((c + 1) * chunk, n));
     } else {
@@ -322,6 +382,32 @@ struct Task {
     }
   }
 };
+
+// Output columns [j0, j1) of a product with stored (int8 / bfloat16) weights. One row of x reads the weights in the
+// dot product itself; more rows dequantize kTile rows of w at a time into a per-thread tile (8 x k floats, in L1 or
+// L2) and run the float32 kernel on it, so each stored weight is read and converted once per product.
+constexpr long kTile = 8;
+
+template <class W>
+GPT2TF_AVX2 void run_stored(const Task& task, long j0, long j1) {
+  const auto* w = static_cast<const typename W::T*>(task.stored);
+  const long m = task.m, k = task.k, n = task.n;
+  if (m == 1) {
+    dot_rows<W>(task.x, w, task.y, k, j0, j1);
+  } else {
+    thread_local std::vector<float> tile;
+    if (static_cast<long>(tile.size()) < kTile * k) tile.resize(kTile * k);
+    for (long jt = j0; jt < j1; jt += kTile) {
+      const long rows = std::min(kTile, j1 - jt);
+      dequantize_rows<W>(w, tile.data(), k, jt, jt + rows);
+      if (task.xt != nullptr) matmul_nt_lanes(task.xt, tile.data(), task.y + jt, m, k, n, 0, rows);
+      else matmul_nt(task.x, tile.data(), task.y + jt, m, k, n, 0, rows);
+    }
+  }
+  if (task.scale != nullptr)
+    for (long i = 0; i < m; ++i)
+      for (long j = j0; j < j1; ++j) task.y[i * n + j] *= task.scale[j];
+}
 
 // The calling thread plus (threads - 1) workers, which spin briefly between products (a decode step makes ~50 of
 // them, microseconds apart), then sleep. A product that arrives while the pool is busy (XLA may run independent
@@ -409,11 +495,17 @@ std::array<long, kCount> parse_dims(const char* opaque, size_t opaque_len) {
   return dims;
 }
 
-void MatmulCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
+void RunMatmul(void* out, const void** in, const char* opaque, size_t opaque_len, Weights weights) {
   const auto dims = parse_dims<3>(opaque, opaque_len);
   const long m = dims[0], k = dims[1];
   const float* x = static_cast<const float*>(in[0]);
   Task task(x, static_cast<const float*>(in[1]), static_cast<float*>(out), m, k, dims[2]);
+  task.weights = weights;
+  if (weights != Weights::kF32) {
+    task.w = nullptr;
+    task.stored = in[1];
+    if (weights == Weights::kI8) task.scale = static_cast<const float*>(in[2]);
+  }
   if (m > 4 && m <= kLanes) {  // batch 5-8: x packed once, transposed, for every chunk
     thread_local std::vector<float> xt;
     xt.resize(k * kLanes);
@@ -422,6 +514,18 @@ void MatmulCall(void* out, const void** in, const char* opaque, size_t opaque_le
     task.xt = xt.data();
   }
   pool->Run(task);
+}
+
+void MatmulCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
+  RunMatmul(out, in, opaque, opaque_len, Weights::kF32);
+}
+
+void MatmulI8Call(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
+  RunMatmul(out, in, opaque, opaque_len, Weights::kI8);
+}
+
+void MatmulBF16Call(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
+  RunMatmul(out, in, opaque, opaque_len, Weights::kBF16);
 }
 
 void AttendCall(void* out, const void** in, const char* opaque, size_t opaque_len, void* /*status*/) {
@@ -442,6 +546,8 @@ extern "C" int gpt2tf_register(void* registry_global, void* registry_register, i
   void* registry = reinterpret_cast<void* (*)()>(registry_global)();
   auto add = reinterpret_cast<void (*)(void*, const std::string&, void*, const std::string&)>(registry_register);
   add(registry, "gpt2tf_matmul_nt", reinterpret_cast<void*>(&MatmulCall), "Host");
+  add(registry, "gpt2tf_matmul_nt_i8", reinterpret_cast<void*>(&MatmulI8Call), "Host");
+  add(registry, "gpt2tf_matmul_nt_bf16", reinterpret_cast<void*>(&MatmulBF16Call), "Host");
   add(registry, "gpt2tf_attend", reinterpret_cast<void*>(&AttendCall), "Host");
   return 0;
 }

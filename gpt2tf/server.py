@@ -25,7 +25,7 @@ from pathlib import Path
 
 from gpt2tf.cli import flag
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.inference import DEFAULT_MODEL_DIR, load_for_inference
+from gpt2tf.inference import DEFAULT_MODEL_DIR, WEIGHT_FORMATS, WEIGHTS_HELP, check_weights, load_for_inference
 from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, random_seed
 from gpt2tf.stops import cut_at_stop
 
@@ -51,10 +51,12 @@ class ServeConfig:
     precision: str = flag("float32", "compute dtype (mixed types are for GPUs)",
                           choices=("float32", "mixed_float16", "mixed_bfloat16"))
     no_xla: bool = flag(False, "don't compile the decode step with XLA")
+    weights: str = flag(None, WEIGHTS_HELP, choices=WEIGHT_FORMATS)
 
 
 def check(config):
     """The settings, as one-line errors, before TensorFlow and the model are loaded."""
+    check_weights(config.weights, config.precision)
     for name in ("max_batch", "max_queue", "max_body_bytes"):
         if getattr(config, name) < 1:
             raise GPT2TFError(f"--{name} must be at least 1, got {getattr(config, name)}")
@@ -365,7 +367,7 @@ def create_app(config, *, model=None, encoder=None):
 
     check(config)
     encoder = encoder or get_encoder()
-    model = model or load_for_inference(config.model_dir, precision=config.precision)
+    model = model or load_for_inference(config.model_dir, precision=config.precision, weights=config.weights)
     name = config.model_name or Path(config.model_dir or DEFAULT_MODEL_DIR).name
     n_ctx = model.hparams.n_ctx
     engine = Engine(model, max_batch=config.max_batch, jit_compile=not config.no_xla, encoder=encoder)

@@ -1,0 +1,170 @@
+"""Weight-only int8 and bfloat16 for decoding: the formats, quantizing float32 weights as they load, and the
+saved layout.
+
+Decoding reads every weight once per token, so on a CPU its speed is the bytes of the weights over the memory's read
+rate. Stored as int8 a weight is 1 byte, as bfloat16 2, against float32's 4; the native kernels (`native`) read
+them as stored and compute in float32.
+
+- `int8`: each row of a stored matrix (a projection's output, a token's embedding row) is `q * scale`:
+  `scale = max|row| / 127` (float32; 0 for a row of zeros) and `q = round_half_even(row / scale)` in [-127, 127].
+  Products are computed as `(x . q) * scale`, each output scaled once.
+- `bf16`: each weight rounded to the nearest bfloat16 (ties to even), computed in float32.
+
+Only the projections' `w` and the token embedding `wte` (used for the lookup and the tied logits) are stored so;
+they are over 99% of the bytes. Biases, gains and the position embedding stay float32.
+
+A quantized model can be saved (`save_quantized`, `inference.py --save_quantized DIR`) so that loading it reads 1/4
+(or 1/2) of the bytes and never touches the float32 checkpoint. The layout of such a dir:
+
+    quantized.json                        {"format": "gpt2tf-quantized", "version": 1, "weights": "int8"}
+    hparams.json, encoder.json, vocab.bpe as in OpenAI's model dirs
+    weights.index, weights.data-00000-of-00001
+                                          a TF bundle (tf.train.load_checkpoint reads it) holding every weight as
+                                          the model holds it: model/h0/attn/c_attn/w int8 [1, n_out, n_in] (the
+                                          transpose of OpenAI's), model/h0/attn/c_attn/w_scale float32 [1, n_out],
+                                          model/wte int8 [n_vocab, n_embd], model/wte_scale [n_vocab], and the
+                                          float32 biases, gains and wpe under OpenAI's names
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.layout import HPARAMS_FILE, QUANTIZED_FILE, QUANTIZED_PREFIX, WEIGHT_FORMATS
+from gpt2tf.model import STORED_DTYPES
+
+LAYOUT_NAME = "gpt2tf-quantized"
+LAYOUT_VERSION = 1
+INT8_MAX = 127  # symmetric: -128 is never used, so q and -q are both representable
+
+
+def check_format(weights):
+    """The weight format named by `weights` (None means float32); a bad name is a one-line error."""
+    if weights is None:
+        return "float32"
+    if weights not in WEIGHT_FORMATS:
+        raise GPT2TFError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    return weights
+
+
+def is_stored(key):
+    """Whether the weight with this checkpoint key is stored quantized (a projection's w, or wte)."""
+    return key.endswith("/w") or key == "model/wte"
+
+
+def quantize_int8(value):
+    """(q int8, scale float32) of a float32 tensor, each row (over the last axis) quantized on its own."""
+    value = tf.convert_to_tensor(value, tf.float32)
+    scale = tf.reduce_max(tf.abs(value), axis=-1) / INT8_MAX  # [...]
+    safe = tf.where(scale > 0, scale, tf.ones_like(scale))  # a zero row: q = 0, scale 0
+    q = tf.clip_by_value(tf.round(value / safe[..., None]), -INT8_MAX, INT8_MAX)  # tf.round: half to even
+    return tf.cast(q, tf.int8), scale
+
+
+def encode(value, weight_format):
+    """A float32 weight in the model's layout as `weight_format` stores it: (stored, scale or None)."""
+    if weight_format == "int8":
+        return quantize_int8(value)
+    if weight_format == "bf16":
+        return tf.cast(value, tf.bfloat16), None  # round to nearest, ties to even
+    return tf.convert_to_tensor(value, tf.float32), None
+
+
+def dequantize(stored, scale=None):
+    """The float32 values a stored weight stands for."""
+    value = tf.cast(stored, tf.float32)
+    return value if scale is None else value * tf.cast(scale, tf.float32)[..., None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The saved layout
+
+def quantized_format(path):
+    """The weight format of a dir saved by `save_quantized`, or None if `path` is not one."""
+    marker = Path(path) / QUANTIZED_FILE
+    if not marker.is_file():
+        return None
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        weights = info["weights"]
+        ok = info.get("format") == LAYOUT_NAME and weights in STORED_DTYPES
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise GPT2TFError(f"{marker} is damaged (it should read {{\"format\": \"{LAYOUT_NAME}\", \"version\": "
+                          f"{LAYOUT_VERSION}, \"weights\": \"int8\"}}): save the quantized model again")
+    if info.get("version", LAYOUT_VERSION) > LAYOUT_VERSION:
+        raise GPT2TFError(f"{path} was saved by a newer gpt2tf (layout version {info['version']}): upgrade gpt2tf")
+    return weights
+
+
+def save_quantized(model, out_dir):
+    """Write a model loaded with int8 or bf16 weights as a dir that `load_model` loads without the float32 file."""
+    from gpt2tf.checkpoint import checkpoint_key, first_line, write_bundle, write_model_files
+    from gpt2tf.files import write_text_atomic
+
+    if model.weight_format == "float32":
+        raise GPT2TFError("this model holds float32 weights: load it with weights='int8' or 'bf16' to save it "
+                          "quantized (or save it with save_openai_checkpoint)")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and quantized_format(out_dir) is None:
+        raise GPT2TFError(f"{out_dir} exists and is not a quantized model dir: choose a new dir for the quantized "
+                          f"weights")
+    fresh = not out_dir.exists()
+    work = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}") if fresh else out_dir
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        write_bundle(work / QUANTIZED_PREFIX, {checkpoint_key(v): v.value for v in model.weights})
+        write_model_files(work, model.hparams)
+        write_text_atomic(work / QUANTIZED_FILE, json.dumps(
+            {"format": LAYOUT_NAME, "version": LAYOUT_VERSION, "weights": model.weight_format}) + "\n")
+        if fresh:
+            os.replace(work, out_dir)
+    except (OSError, tf.errors.OpError) as err:
+        raise GPT2TFError(f"cannot write {out_dir} ({getattr(err, 'strerror', None) or first_line(err)}); choose a "
+                          f"writable location with enough free space") from None
+    finally:
+        if fresh and work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+def load_quantized(model_dir, *, weights=None):
+    """The model saved by `save_quantized` in `model_dir`; `weights`, if given, must be the format it holds."""
+    from gpt2tf.checkpoint import (_read_index, check_tensor_names_and_shapes, checkpoint_key, first_line,
+                                   load_hparams)
+    from gpt2tf.model import GPT2
+
+    stored = quantized_format(model_dir)
+    if weights not in (None, stored):
+        raise GPT2TFError(f"{model_dir} holds {stored} weights, saved for decoding: load it with weights={stored!r} "
+                          f"(or --weights {stored}), or load the float32 checkpoint it was made from")
+    if not (Path(model_dir) / HPARAMS_FILE).is_file():
+        raise GPT2TFError(f"{model_dir} has no {HPARAMS_FILE}: the quantized model dir is incomplete; save it again")
+    prefix = str(Path(model_dir) / QUANTIZED_PREFIX)
+    hparams = load_hparams(model_dir)
+    model = GPT2(hparams, initializer="empty", weight_format=stored)
+    variables = {checkpoint_key(v): v for v in model.weights}
+    found_shapes, found_dtypes = _read_index(prefix)
+    check_tensor_names_and_shapes(found_shapes, {k: tuple(v.shape) for k, v in variables.items()}, prefix)
+    for key, variable in variables.items():
+        if found_dtypes[key] != tf.as_dtype(variable.dtype):
+            raise GPT2TFError(f"{prefix}: tensor {key} is {found_dtypes[key].name}, not {variable.dtype}: the "
+                              f"quantized model dir is damaged; save it again")
+    for key in sorted(variables, key=lambda k: -int(np.prod(found_shapes[k]))):
+        try:
+            (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
+                                            dtypes=[found_dtypes[key]])
+        except tf.errors.OpError as err:
+            raise GPT2TFError(f"cannot read tensor {key} from {prefix} ({first_line(err)}): the file is corrupt; "
+                              f"save the quantized model again") from None
+        if value.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(tf.cast(value, tf.float32)))):
+            raise GPT2TFError(f"tensor {key} in {prefix} holds NaN or infinite values: save the quantized model "
+                              f"again")
+        variables[key].assign(value)
+    return model
