@@ -3,6 +3,7 @@
     python bench/generate.py                     # batch 1 and 8, every variant, first-call time, peers if installed
     python bench/generate.py --batch_sizes 1 --variants cache_xla
     python bench/generate.py --arrivals          # 8 requests arriving one every 10 steps, mixed settings
+    python bench/generate.py --weights float32,int8,bf16 [--size 1558M --new 32 --memory]
 
 Variants: `cache_xla` (the library default: KV cache, XLA-compiled step with the native kernels),
 `cache_xla_plain` (the same with GPT2TF_NATIVE=0: XLA's own ops), `cache` (KV cache, no XLA), and two no-cache
@@ -14,7 +15,10 @@ processes while it grows the 64-token prompt to 192). `first_call_s` is
 a fresh process's first `generate` (tracing and XLA compilation included), `compile_s` that minus a warm call.
 If `transformers` + `torch` are installed, Hugging Face's GPT-2 runs on the same weights for a ratio.
 `--arrivals` measures continuous batching instead: one engine serving requests as they arrive, against serving
-them one after another.
+them one after another. `--weights` measures the default variant with the weights held as each format (the
+formats take turns, one round after another), each against float32 in the same run and against its own floor:
+the bytes of its weights over this machine's read rate (measured in the same run); `--memory` adds each format's
+peak resident memory in a fresh process that loads the model and generates.
 Prints one JSON line per measurement.
 """
 
@@ -181,6 +185,64 @@ def hf_peer(model_dir, batch, repeat):
             "ms_per_step": round(step_ms, 1), "tokens_per_s": round(batch * 1e3 / step_ms, 1)}
 
 
+def read_rate():
+    """Bytes per second this machine reads from memory on every core: a reduction over 1 GiB, best of 5."""
+    import tensorflow as tf
+
+    data = tf.ones([1 << 28], tf.float32)
+    reduce = tf.function(lambda t: tf.reduce_sum(t), jit_compile=False)
+    reduce(data)
+    return (1 << 30) / _best(lambda: reduce(data).numpy(), 5)
+
+
+def weight_bytes(model):
+    import numpy as np
+    import tensorflow as tf
+
+    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in model.weights)
+
+
+def weights_rows(model_dir, formats, batches, repeat):
+    """The default decode path with the weights held as each format, in turns; ratios against float32."""
+    import gpt2tf
+
+    models = {f: gpt2tf.load_model(model_dir, weights=f) for f in formats}
+    rate = read_rate()
+    print(json.dumps({"bench": "memory_read_rate", "gb_per_s": round(rate / 1e9, 1)}), flush=True)
+    for batch in batches:
+        best = {}
+        for _ in range(repeat):  # the formats take turns: the VM's slow spells fall on all of them
+            for f in formats:
+                result = measure(models[f], "cache_xla", batch, 1)
+                if f not in best or result["ms_per_step"] < best[f]["ms_per_step"]:
+                    best[f] = result
+        for f in formats:
+            row = {**best[f], "bench": "generate_weights", "weights": f, "weight_bytes": weight_bytes(models[f])}
+            floor_ms = row["weight_bytes"] / rate * 1e3
+            row["floor_ms_per_step"] = round(floor_ms, 1)
+            row["floor_over_measured"] = round(floor_ms / row["ms_per_step"], 2)
+            if "float32" in best:
+                row["ratio_to_float32"] = round(row["ms_per_step"] / best["float32"]["ms_per_step"], 2)
+            print(json.dumps(row), flush=True)
+
+
+def peak_memory(model_dir, weights):
+    """In a fresh process: load the model as `weights` and generate; the peak resident memory (ru_maxrss)."""
+    code = f"""
+import json, resource, sys
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+import gpt2tf
+from gpt2tf import sample
+model = gpt2tf.load_model({model_dir!r}, weights={weights!r})
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+sample.generate(model, [list(range(1000, 1000 + {PROMPT}))], length=16, temperature=0, stop_at_eos=False)
+print(json.dumps({{"peak_after_load_gb": round(loaded / 2**20, 2),
+                   "peak_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return {"bench": "generate_peak_memory", "weights": weights, **json.loads(out.strip().splitlines()[-1])}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="124M")
@@ -192,7 +254,24 @@ def main():
     parser.add_argument("--arrivals", action="store_true",
                         help="only the continuous-batching scenario: 8 requests arriving one every 10 steps, with "
                              "mixed settings and all greedy")
+    parser.add_argument("--weights", help="comma-separated formats (float32,int8,bf16): the decode speed of each, "
+                                          "side by side")
+    parser.add_argument("--memory", action="store_true", help="with --weights: each format's peak memory too")
+    parser.add_argument("--new", type=int, default=NEW, help="new tokens per measured call")
     args = parser.parse_args()
+    global NEW
+    NEW = args.new
+    if args.weights:
+        formats = args.weights.split(",")
+        model_dir = common.model_dir(args.size)
+        if args.memory:
+            rows = [peak_memory(model_dir, f) for f in formats]
+            for row in rows:
+                if "float32" in formats:
+                    row["ratio_to_float32"] = round(row["peak_gb"] / rows[formats.index("float32")]["peak_gb"], 2)
+                print(json.dumps(row), flush=True)
+        weights_rows(model_dir, formats, list(map(int, args.batch_sizes.split(","))), args.repeat)
+        return
     if args.arrivals:
         import gpt2tf
 

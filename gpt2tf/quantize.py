@@ -41,6 +41,7 @@ from gpt2tf.model import STORED_DTYPES
 LAYOUT_NAME = "gpt2tf-quantized"
 LAYOUT_VERSION = 1
 INT8_MAX = 127  # symmetric: -128 is never used, so q and -q are both representable
+QUANTIZE_BLOCK_FLOATS = 1 << 22
 
 
 def check_format(weights):
@@ -58,11 +59,25 @@ def is_stored(key):
 
 
 def quantize_int8(value):
-    """(q int8, scale float32) of a float32 tensor, each row (over the last axis) quantized on its own."""
+    """(q int8, scale float32) of a float32 tensor, each row (over the last axis) quantized on its own.
+
+    Rows are quantized a block of ~16 MB at a time, so the float32 temporaries of the ops stay small beside the
+    tensor being loaded (1558M's wte alone is 321 MB).
+    """
     value = tf.convert_to_tensor(value, tf.float32)
-    scale = tf.reduce_max(tf.abs(value), axis=-1) / INT8_MAX  # [...]
+    width = value.shape[-1]
+    rows = tf.reshape(value, [-1, width])  # [rows, width]
+    block = max(1, QUANTIZE_BLOCK_FLOATS // max(width, 1))
+    parts = [_quantize_rows(rows[i:i + block]) for i in range(0, rows.shape[0], block)]
+    q = tf.concat([p[0] for p in parts], 0) if len(parts) != 1 else parts[0][0]
+    scale = tf.concat([p[1] for p in parts], 0) if len(parts) != 1 else parts[0][1]
+    return tf.reshape(q, value.shape), tf.reshape(scale, value.shape[:-1])
+
+
+def _quantize_rows(rows):
+    scale = tf.reduce_max(tf.abs(rows), axis=-1) / INT8_MAX  # [rows]
     safe = tf.where(scale > 0, scale, tf.ones_like(scale))  # a zero row: q = 0, scale 0
-    q = tf.clip_by_value(tf.round(value / safe[..., None]), -INT8_MAX, INT8_MAX)  # tf.round: half to even
+    q = tf.clip_by_value(tf.round(rows / safe[:, None]), -INT8_MAX, INT8_MAX)  # tf.round: half to even
     return tf.cast(q, tf.int8), scale
 
 

@@ -58,7 +58,7 @@ def relative_rms(got, want):
     return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want ** 2)))
 
 
-def test_int8_quantization_is_numpys_bit_for_bit():
+def test_int8_quantization_is_numpys_bit_for_bit(monkeypatch):
     rng = np.random.default_rng(0)
     w = rng.normal(scale=0.02, size=(37, 53)).astype(np.float32)
     w[3] = 0  # a zero row: scale 0, q 0
@@ -73,6 +73,10 @@ def test_int8_quantization_is_numpys_bit_for_bit():
     assert list(q.numpy()[7, :4]) == [127, -64, 0, 2]
     error = np.abs(quantize.dequantize(q, scale).numpy() - w)
     assert (error <= want_scale[:, None] / 2 * (1 + 1e-6)).all()  # half a step at most
+    monkeypatch.setattr(quantize, "QUANTIZE_BLOCK_FLOATS", 200)  # a big tensor, quantized a block of rows at a time
+    q, scale = quantize.quantize_int8(w.reshape(1, 37, 53))
+    np.testing.assert_array_equal(q.numpy()[0], want_q)
+    np.testing.assert_array_equal(scale.numpy()[0], want_scale)
 
 
 def test_bf16_rounds_to_nearest_even_as_ml_dtypes_does():
