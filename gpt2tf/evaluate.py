@@ -18,7 +18,8 @@ from pathlib import Path
 from gpt2tf.cli import flag
 from gpt2tf.data import TLDR, cnndm_source
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.inference import DEFAULT_MODEL_DIR
+from gpt2tf.inference import DEFAULT_MODEL_DIR, WEIGHTS_HELP, check_weights
+from gpt2tf.layout import WEIGHT_FORMATS
 
 TASK_NAMES = ("perplexity", "lambada", "multiple_choice", "cnndm")
 
@@ -52,10 +53,12 @@ class EvaluateConfig:
     precision: str = flag("float32", "compute dtype (mixed types are for GPUs)",
                           choices=("float32", "mixed_float16", "mixed_bfloat16"))
     no_xla: bool = flag(False, "don't compile with XLA")
+    weights: str = flag(None, WEIGHTS_HELP, choices=WEIGHT_FORMATS)
 
 
 def check(config):
     """Settings that cannot work, as one-line errors, before anything is loaded."""
+    check_weights(config.weights, config.precision)
     if not config.dataset_path and config.task != "cnndm":
         raise GPT2TFError(f"--task {config.task} needs --dataset_path")
     for name in ("context", "stride"):
@@ -341,7 +344,7 @@ def run(config, out=sys.stdout):
     encoder = get_encoder()
     reports, rows = {}, []
     for model_dir in config.model_dir or [None]:
-        model = load_for_inference(model_dir, precision=config.precision)
+        model = load_for_inference(model_dir, precision=config.precision, weights=config.weights)
         with tqdm(desc=f"{config.task} {model_dir or DEFAULT_MODEL_DIR}", unit=UNITS[config.task], file=sys.stderr,
                   disable=None, unit_scale=True) as bar:
             report, examples = TASKS[config.task](model, config, encoder, bar.update)

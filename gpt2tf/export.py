@@ -239,6 +239,9 @@ def export(config, out=sys.stderr):
     check(config)
     target = version_dir(config)
     model = load_for_inference(config.model_dir, precision=config.precision)
+    if model.weight_format != "float32":
+        raise GPT2TFError(f"{config.model_dir} holds {model.weight_format} weights saved for decoding: the export "
+                          f"holds float32 weights; give the float32 model dir it was made from")
     if config.max_new_tokens >= model.hparams.n_ctx:
         raise GPT2TFError(f"--max_new_tokens {config.max_new_tokens} must be below the model's context of "
                           f"{model.hparams.n_ctx}")

@@ -232,6 +232,27 @@ def test_inference_with_int8_streams_the_tokens_generate_gives_and_saves_the_qua
     assert json.loads(again.stdout)["tokens"] == tokens
 
 
+def test_the_server_decodes_and_streams_with_int8_weights(small_model_dir):
+    import httpx
+
+    from gpt2tf.server import ServeConfig, create_app
+    from test_server import Running
+
+    running = Running(create_app(ServeConfig(model_dir=str(small_model_dir), weights="int8", max_batch=2)))
+    try:
+        body = {"prompt": "She picked up the sword", "max_tokens": 10, "temperature": 0}
+        text = httpx.post(running.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+        model = gpt2tf.load_model(small_model_dir, weights="int8")
+        enc = gpt2tf.get_encoder()
+        want = enc.decode(sample.generate(model, [enc.encode(body["prompt"])], length=10, temperature=0)[0])
+        assert text == want
+        with httpx.stream("POST", running.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        assert "".join(c["choices"][0]["text"] for c in chunks) == want
+    finally:
+        running.stop()
+
+
 def test_a_lora_run_dir_decodes_with_int8(tmp_path, small_model_dir):
     from gpt2tf import train
 
