@@ -65,7 +65,7 @@ def trained(run_dir, val_path):
     reports, top1 = {}, {}
     for weights in ("float32", "int8", "bf16"):
         model = gpt2tf.load_model(run_dir, weights=weights)
-        reports[weights] = perplexity(model, tokens)
+        reports[weights] = perplexity(model, tokens)[0]
         n = model.hparams.n_ctx
         windows = np.array(tokens[:len(tokens) // n * n]).reshape(-1, n)
         top1[weights] = np.concatenate([tf.argmax(model(tf.constant(windows[i:i + 16])), -1).numpy().ravel()
