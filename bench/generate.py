@@ -244,6 +244,7 @@ print(json.dumps({{"peak_after_load_gb": round(loaded / 2**20, 2),
 
 
 def main():
+    global NEW
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="124M")
     parser.add_argument("--batch_sizes", default="1,8")
@@ -259,7 +260,6 @@ def main():
     parser.add_argument("--memory", action="store_true", help="with --weights: each format's peak memory too")
     parser.add_argument("--new", type=int, default=NEW, help="new tokens per measured call")
     args = parser.parse_args()
-    global NEW
     NEW = args.new
     if args.weights:
         formats = args.weights.split(",")

@@ -250,25 +250,32 @@ def fill_weights(model, read, sizes, *, source, hint):
     so only the quantized tensors stay: the peak is the quantized model plus a float32 tensor per thread.
     On any error the model's weights are unspecified, and the error says so.
     """
-    from gpt2tf.quantize import encode, is_stored
+    from gpt2tf.quantize import encode, encode_projection, is_stored
 
     variables = checkpoint_variables(model)
     everything = {checkpoint_key(v): v for v in model.weights}
+    quantized = model.weight_format != "float32"
 
     def load(key):
         value = tf.convert_to_tensor(read(key))  # once: a NumPy value would be converted by each op below
+        if quantized and is_stored(key) and model.weight_format == "int8":
+            stored = (encode_projection if _is_projection(key) else encode)(value, "int8")
+            return stored, bool(np.isfinite(stored[1]).all())  # a NaN or inf weight makes its row's scale so
         finite = bool(tf.reduce_all(tf.math.is_finite(value)))  # at memory speed (check_numerics is 8x slower)
-        value = to_checkpoint_layout(key, value)  # the same transposition takes it to the model's layout
-        if model.weight_format == "float32" or not is_stored(key):
-            return (value, None), finite
-        return encode(tf.cast(value, tf.float32), model.weight_format), finite
+        if quantized and is_stored(key):
+            return (encode_projection if _is_projection(key) else encode)(value, model.weight_format), finite
+        return (to_checkpoint_layout(key, value), None), finite  # the transposition takes it to the model's layout
 
     keys = sorted(variables, key=lambda k: -sizes[k])  # big first: balances the threads
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+    # Quantizing, each thread holds a float32 tensor it has read beside the small stored one: two threads keep that
+    # below a quarter of the quantized model (1558M's wte alone is 321 MB).
+    threads = min(2 if quantized else 4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         futures = [(key, pool.submit(load, key)) for key in keys]
         try:
-            for key, future in futures:
+            for index, (key, future) in enumerate(futures):
                 (value, scale), finite = future.result()
+                futures[index] = (key, None)  # the future would keep the tensor alive beside the weight's copy
                 if not finite:
                     raise GPT2TFError(f"tensor {key} in {source} holds NaN or infinite values: these weights are "
                                       f"broken; {hint}")
@@ -279,7 +286,8 @@ def fill_weights(model, read, sizes, *, source, hint):
                 del value, scale
         finally:
             for _, future in futures:
-                future.cancel()
+                if future is not None:
+                    future.cancel()
 
 
 def repair_hint(prefix):

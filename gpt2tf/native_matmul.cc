@@ -360,10 +360,13 @@ struct Task {
     chunks = (a->b * a->h + chunk - 1) / chunk;
   }
 
-  Task(const float* x_, const float* w_, float* y_, long m_, long k_, long n_)
+  Task(const float* x_, const float* w_, float* y_, long m_, long k_, long n_, long bytes_per_weight = 4)
       : x(x_), w(w_), y(y_), m(m_), k(k_), n(n_) {
-    // 64 rows of w: a 768-wide projection makes 12 chunks, so two threads finish within a chunk of each other.
-    chunk = round_up(std::max(64L, (n + kMaxChunks - 1) / kMaxChunks), 8);  // the kernels take 4 or 8 rows at a time
+    // 64 float32 rows of w (192 KiB at k = 768; as many bytes for 1- or 2-byte weights): a 768-wide projection
+    // makes 12 chunks, so two threads finish within a chunk of each other, and each chunk is one long stream
+    // (a chunk's start costs a memory latency before the prefetchers catch up).
+    const long rows = 64 * 4 / bytes_per_weight;
+    chunk = round_up(std::max(rows, (n + kMaxChunks - 1) / kMaxChunks), 8);  // the kernels take 4 or 8 rows at a time
     chunks = (n + chunk - 1) / chunk;
   }
 
@@ -499,7 +502,8 @@ void RunMatmul(void* out, const void** in, const char* opaque, size_t opaque_len
   const auto dims = parse_dims<3>(opaque, opaque_len);
   const long m = dims[0], k = dims[1];
   const float* x = static_cast<const float*>(in[0]);
-  Task task(x, static_cast<const float*>(in[1]), static_cast<float*>(out), m, k, dims[2]);
+  const long bytes = weights == Weights::kF32 ? 4 : weights == Weights::kBF16 ? 2 : 1;
+  Task task(x, static_cast<const float*>(in[1]), static_cast<float*>(out), m, k, dims[2], bytes);
   task.weights = weights;
   if (weights != Weights::kF32) {
     task.w = nullptr;

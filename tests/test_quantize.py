@@ -67,16 +67,21 @@ def test_int8_quantization_is_numpys_bit_for_bit(monkeypatch):
     w[9] = -2.0  # every value at the limit
     q, scale = quantize.quantize_int8(w)
     want_q, want_scale = numpy_int8(w)
-    np.testing.assert_array_equal(q.numpy(), want_q)
-    np.testing.assert_array_equal(scale.numpy(), want_scale)
-    assert q.numpy().min() >= -127 and scale.numpy()[3] == 0 and (q.numpy()[3] == 0).all()
-    assert list(q.numpy()[7, :4]) == [127, -64, 0, 2]
+    np.testing.assert_array_equal(q, want_q)
+    np.testing.assert_array_equal(scale, want_scale)
+    assert q.min() >= -127 and scale[3] == 0 and (q[3] == 0).all()
+    assert list(q[7, :4]) == [127, -64, 0, 2]
     error = np.abs(quantize.dequantize(q, scale).numpy() - w)
     assert (error <= want_scale[:, None] / 2 * (1 + 1e-6)).all()  # half a step at most
     monkeypatch.setattr(quantize, "QUANTIZE_BLOCK_FLOATS", 200)  # a big tensor, quantized a block of rows at a time
     q, scale = quantize.quantize_int8(w.reshape(1, 37, 53))
-    np.testing.assert_array_equal(q.numpy()[0], want_q)
-    np.testing.assert_array_equal(scale.numpy()[0], want_scale)
+    np.testing.assert_array_equal(q[0], want_q)
+    np.testing.assert_array_equal(scale[0], want_scale)
+    q, scale = quantize.encode_projection(w.T[None], "int8")  # OpenAI's [1, n_in, n_out], quantized per column
+    np.testing.assert_array_equal(q[0], want_q)
+    np.testing.assert_array_equal(scale[0], want_scale)
+    w[11, 5] = np.nan
+    assert np.isnan(quantize.quantize_int8(w)[1][11]) and np.isnan(quantize.encode_projection(w.T[None], "int8")[1][0, 11])
 
 
 def test_bf16_rounds_to_nearest_even_as_ml_dtypes_does():
@@ -84,8 +89,12 @@ def test_bf16_rounds_to_nearest_even_as_ml_dtypes_does():
     w = np.concatenate([rng.normal(size=4000).astype(np.float32),
                         np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 3.0e38], np.float32)])  # halves, large
     stored, scale = quantize.encode(w, "bf16")
-    assert scale is None and stored.dtype == tf.bfloat16
-    np.testing.assert_array_equal(stored.numpy().view(np.uint16), numpy_bf16(w).view(np.uint16))
+    assert scale is None
+    np.testing.assert_array_equal(np.asarray(stored).view(np.uint16), numpy_bf16(w).view(np.uint16))
+    assert tf.convert_to_tensor(stored).dtype == tf.bfloat16
+    projection, _ = quantize.encode_projection(w[:4000].reshape(1, 40, 100), "bf16")
+    np.testing.assert_array_equal(projection[0].view(np.uint16),
+                                  numpy_bf16(w[:4000].reshape(40, 100).T).view(np.uint16))
     assert relative_rms(quantize.dequantize(stored).numpy()[:4000], w[:4000]) < 2**-8
 
 
