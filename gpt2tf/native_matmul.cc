@@ -30,6 +30,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 #include <unistd.h>
 
@@ -105,17 +106,76 @@ GPT2TF_AVX2 void dot_rows(const float* __restrict x, const typename W::T* __rest
   }
 }
 
-// Rows [j0, j1) of a stored w [n, k] as float32, into tile [(j1 - j0), k].
-template <class W>
-GPT2TF_AVX2 void dequantize_rows(const typename W::T* __restrict w, float* __restrict tile, long k, long j0, long j1) {
+// Up to eight rows of x against rows [j0, j1) of stored weights: each row of w is read once, as one sequential
+// stream, and turned into float32 eight weights at a time in a register that all M rows of x use (x, M x k floats,
+// stays in cache). y[i, j] = x[i] . w[j, :].
+template <class W, int M>
+GPT2TF_AVX2 void dot_rows_multi(const float* __restrict x, const typename W::T* __restrict w, float* __restrict y,
+                                long k, long n, long j0, long j1) {
   const long kv = k / 8 * 8;
   for (long j = j0; j < j1; ++j) {
     const typename W::T* wr = w + j * k;
-    float* out = tile + (j - j0) * k;
-    for (long t = 0; t < kv; t += 8) _mm256_storeu_ps(out + t, W::load8(wr + t));
-    for (long t = kv; t < k; ++t) out[t] = W::at(wr + t);
+    __m256 a[M];
+    for (int i = 0; i < M; ++i) a[i] = _mm256_setzero_ps();
+    long t = 0;
+    for (; t + 16 <= kv; t += 16) {  // two independent conversions in flight
+      const __m256 v0 = W::load8(wr + t), v1 = W::load8(wr + t + 8);
+      for (int i = 0; i < M; ++i) {
+        a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i * k + t), v0, a[i]);
+        a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i * k + t + 8), v1, a[i]);
+      }
+    }
+    for (; t < kv; t += 8) {
+      const __m256 v = W::load8(wr + t);
+      for (int i = 0; i < M; ++i) a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i * k + t), v, a[i]);
+    }
+    for (int i = 0; i < M; ++i) {
+      float r = sum8(a[i]);
+      for (long t = kv; t < k; ++t) r += x[i * k + t] * W::at(wr + t);
+      y[i * n + j] = r;
+    }
   }
 }
+
+// The same for bfloat16 weights, sixteen at a time: interleaving them with zeros (an unpack, on the shuffle unit)
+// makes the float32 values, in the order [0-3, 8-11] and [4-7, 12-15]; xp holds each row of x's first k16 values
+// (k16 = k / 16 * 16) in that order, packed once per product. The values past k16 are taken as they are.
+template <int M>
+GPT2TF_AVX2 void dot_rows_multi_bf16(const float* __restrict x, const float* __restrict xp,
+                                     const uint16_t* __restrict w, float* __restrict y, long k, long n, long j0,
+                                     long j1) {
+  const long k16 = k / 16 * 16;
+  const __m256i zero = _mm256_setzero_si256();
+  for (long j = j0; j < j1; ++j) {
+    const uint16_t* wr = w + j * k;
+    __m256 a[M];
+    for (int i = 0; i < M; ++i) a[i] = _mm256_setzero_ps();
+    for (long t = 0; t < k16; t += 16) {
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + t));
+      const __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, b));
+      const __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, b));
+      for (int i = 0; i < M; ++i) {
+        a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * k16 + t), lo, a[i]);
+        a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * k16 + t + 8), hi, a[i]);
+      }
+    }
+    for (int i = 0; i < M; ++i) {
+      float r = sum8(a[i]);
+      for (long t = k16; t < k; ++t) r += x[i * k + t] * BF16W::at(wr + t);
+      y[i * n + j] = r;
+    }
+  }
+}
+
+// xp for dot_rows_multi_bf16: each block of 16 values of a row of x as [0-3, 8-11, 4-7, 12-15].
+inline void pack_for_bf16(const float* x, float* xp, long m, long k) {
+  const long k16 = k / 16 * 16;
+  static constexpr int kOrder[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
+  for (long i = 0; i < m; ++i)
+    for (long t = 0; t < k16; t += 16)
+      for (int u = 0; u < 16; ++u) xp[i * k16 + t + u] = x[i * k + t + kOrder[u]];
+}
+
 
 // y[i, j] = sum_k x[i, k] w[j, k]: dot products of x rows with w rows, four w rows by two x rows at a time.
 GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w, float* __restrict y, long m, long k,
@@ -345,6 +405,7 @@ void run_stored(const Task& task, long j0, long j1);
 struct Task {
   const float* x = nullptr;
   const float* xt = nullptr;  // set: x packed for matmul_nt_lanes
+  const float* xp = nullptr;  // set: x packed for dot_rows_multi_bf16
   const float* w = nullptr;
   const void* stored = nullptr;  // int8 or bfloat16 weights (weights != kF32)
   const float* scale = nullptr;  // int8: one per row of w
@@ -386,10 +447,8 @@ struct Task {
   }
 };
 
-// Output columns [j0, j1) of a product with stored (int8 / bfloat16) weights. One row of x reads the weights in the
-// dot product itself; more rows dequantize kTile rows of w at a time into a per-thread tile (8 x k floats, in L1 or
-// L2) and run the float32 kernel on it, so each stored weight is read and converted once per product.
-constexpr long kTile = 8;
+// Output columns [j0, j1) of a product with stored (int8 / bfloat16) weights: each row of w is read once, in one
+// sequential stream, and converted in registers for every row of x (up to eight at a time).
 
 template <class W>
 GPT2TF_AVX2 void run_stored(const Task& task, long j0, long j1) {
@@ -398,13 +457,20 @@ GPT2TF_AVX2 void run_stored(const Task& task, long j0, long j1) {
   if (m == 1) {
     dot_rows<W>(task.x, w, task.y, k, j0, j1);
   } else {
-    thread_local std::vector<float> tile;
-    if (static_cast<long>(tile.size()) < kTile * k) tile.resize(kTile * k);
-    for (long jt = j0; jt < j1; jt += kTile) {
-      const long rows = std::min(kTile, j1 - jt);
-      dequantize_rows<W>(w, tile.data(), k, jt, jt + rows);
-      if (task.xt != nullptr) matmul_nt_lanes(task.xt, tile.data(), task.y + jt, m, k, n, 0, rows);
-      else matmul_nt(task.x, tile.data(), task.y + jt, m, k, n, 0, rows);
+    for (long i = 0; i < m; i += 8) {  // eight rows of x at a time
+      const float* x = task.x + i * k;
+      const float* xp = task.xp + i * (k / 16 * 16);
+      float* y = task.y + i * n;
+      switch (std::min(8L, m - i)) {
+#define GPT2TF_ROWS(M)                                                                           \
+  case M:                                                                                        \
+    if constexpr (std::is_same_v<W, BF16W>) dot_rows_multi_bf16<M>(x, xp, w, y, k, n, j0, j1); \
+    else dot_rows_multi<W, M>(x, w, y, k, n, j0, j1);                                            \
+    break;
+        GPT2TF_ROWS(1) GPT2TF_ROWS(2) GPT2TF_ROWS(3) GPT2TF_ROWS(4) GPT2TF_ROWS(5) GPT2TF_ROWS(6) GPT2TF_ROWS(7)
+        default: GPT2TF_ROWS(8)
+#undef GPT2TF_ROWS
+      }
     }
   }
   if (task.scale != nullptr)
@@ -510,7 +576,12 @@ void RunMatmul(void* out, const void** in, const char* opaque, size_t opaque_len
     task.stored = in[1];
     if (weights == Weights::kI8) task.scale = static_cast<const float*>(in[2]);
   }
-  if (m > 4 && m <= kLanes) {  // batch 5-8: x packed once, transposed, for every chunk
+  if (weights == Weights::kBF16 && m > 1) {  // x packed once for every chunk
+    thread_local std::vector<float> xp;
+    xp.resize(m * (k / 16 * 16) + 1);
+    pack_for_bf16(x, xp.data(), m, k);
+    task.xp = xp.data();
+  } else if (weights == Weights::kF32 && m > 4 && m <= kLanes) {  // batch 5-8: x packed once, transposed
     thread_local std::vector<float> xt;
     xt.resize(k * kLanes);
     for (long t = 0; t < k; ++t)  // written in order, lanes past m zeroed in the same pass
