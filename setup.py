@@ -17,13 +17,14 @@ from setuptools import find_packages, setup
 #   h5py              the ancestor's .h5 weights files (--output_name, --custom_model); Keras needs it anyway
 #   rouge-score       evaluate.py's ROUGE: Google's re-implementation of ROUGE-1.5.5, what papers' CNN/DM figures
 #                     are computed with (its stemmer comes from nltk, which it brings; no NLTK data is needed)
+#   ml_dtypes        NumPy's bfloat16 for --weights bf16 (round to nearest even); TensorFlow itself depends on it
 #   fastapi, uvicorn  serve.py's HTTP layer: request parsing, streaming responses (server-sent events) and client
 #                     disconnects handled by a well-kept ASGI stack instead of a hand-written HTTP server; serving
 #                     is a main use, so they are installed with the package
 # Not a dependency: a C++ compiler (g++/clang++). If present, gpt2tf builds its small decode kernel
 #   (gpt2tf/native_matmul.cc) on first use; without one, decoding falls back to XLA's own dot.
 INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "requests", "tqdm", "tensorflow-datasets",
-                    "importlib_resources", "h5py", "fastapi", "uvicorn", "rouge-score"]
+                    "importlib_resources", "h5py", "ml_dtypes", "fastapi", "uvicorn", "rouge-score"]
 
 # Test-only: pytest runs the suite; tiktoken (built offline from our bundled vocab files) is the independent
 # reference the encoder is checked against, bit for bit; openai is the official client the server is tested with,
