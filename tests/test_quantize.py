@@ -197,6 +197,32 @@ def test_quantized_weights_take_a_quarter_or_half_of_the_bytes(small_model_dir):
     assert nbytes(int8, "float32") < 0.2 * nbytes(full)  # no float32 copy of a stored weight anywhere
 
 
+def test_loading_int8_grows_the_process_by_little_more_than_the_int8_weights(tmp_path):
+    """The resident memory a load adds, in fresh processes: the float32 temporaries of quantizing must not stay."""
+    from gpt2tf.hparams import HParams
+
+    model_dir = tmp_path / "model"
+    gpt2tf.write_synthetic_checkpoint(model_dir, HParams(n_vocab=1000, n_ctx=64, n_embd=512, n_head=8, n_layer=8))
+    # VmHWM, the process's peak resident memory (ru_maxrss would carry pytest's own over the exec).
+    code = ("import sys, gpt2tf, gpt2tf.checkpoint, gpt2tf.quantize\n"  # TensorFlow imported before measuring
+            "peak = lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+            "before = peak()\n"
+            "model = gpt2tf.load_model(sys.argv[1], weights=sys.argv[2])\n"
+            "print((peak() - before) * 1024)\n")
+
+    def grows(weights):
+        out = subprocess.run([sys.executable, "-c", code, str(model_dir), weights], capture_output=True, text=True,
+                             check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        return int(out.stdout.split()[-1])
+
+    float_bytes = 4 * (1000 * 512 + 8 * 12 * 512 * 512)  # wte and the projections: 103 MB (int8: 26 MB)
+    full, int8 = grows("float32"), grows("int8")
+    assert full > 0.9 * float_bytes
+    # Loading int8 holds at least half of the float32 weights' bytes less than loading float32 (a load that kept
+    # the float32 tensors it quantized would hold more).
+    assert int8 < full - 0.5 * float_bytes, (full, int8)
+
+
 def test_saved_quantized_dir_loads_the_same_model_without_the_float_file(small_model_dir, tmp_path):
     model = gpt2tf.load_model(small_model_dir, weights="int8")
     out = quantize.save_quantized(model, tmp_path / "int8")
