@@ -20,7 +20,7 @@ import tensorflow as tf
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.files import write_text_atomic
 from gpt2tf.hparams import HParams
-from gpt2tf.layout import QUANTIZED_FILE
+from gpt2tf.layout import QUANTIZED_FILE, QUANTIZED_PREFIX
 from gpt2tf.model import GPT2
 
 STATE_FILE = "checkpoint"
@@ -190,7 +190,9 @@ def load_model(model_dir, *, dtype=None, weights=None):
     from gpt2tf.quantize import check_format, load_quantized, quantized_format
 
     if Path(model_dir).is_dir() and quantized_format(model_dir):
-        return load_quantized(model_dir, weights=weights)
+        return load_quantized(model_dir, weights=weights, dtype=dtype)
+    if Path(model_dir).name == QUANTIZED_PREFIX and quantized_format(Path(model_dir).parent):  # its bundle's prefix
+        return load_quantized(Path(model_dir).parent, weights=weights, dtype=dtype)
     weight_format = check_format(weights)
     if is_hf_dir(model_dir) and not _is_openai_dir(model_dir):
         return load_hf_model(model_dir, dtype=dtype, weights=weight_format)

@@ -31,7 +31,7 @@ from pathlib import Path
 from gpt2tf.cli import flag
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.inference import DEFAULT_MODEL_DIR
-from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
+from gpt2tf.layout import EOT_ID, PROMPT_BUCKET, QUANTIZED_FILE
 from gpt2tf.settings import MAX_SEED
 
 
@@ -63,6 +63,9 @@ def check(config):
 
     if not (isinstance(config.version, int) and config.version >= 1):
         raise GPT2TFError(f"--version must be a positive integer, got {config.version}")
+    if config.model_dir and (Path(config.model_dir) / QUANTIZED_FILE).is_file():
+        raise GPT2TFError(f"{config.model_dir} holds weights quantized for decoding: the export holds float32 "
+                          f"weights; give the float32 model dir it was made from")
     if config.max_new_tokens < 1:
         raise GPT2TFError(f"--max_new_tokens must be at least 1, got {config.max_new_tokens}")
     if config.max_new_tokens_limit is not None and config.max_new_tokens_limit < config.max_new_tokens:

@@ -91,11 +91,11 @@ def load_h5_weights(model, path):
         raise GPT2TFError(f"{path} has tensors the model does not have, e.g. {extra[0]}: it was written for a larger "
                           f"GPT-2; give the --model_dir it was fine-tuned from")
     sizes = {key: value.size for key, value in found.items()}
-    fill_weights(model, lambda key: np.asarray(found[key], np.float32), sizes, source=str(path),
+    fill_weights(model, lambda key: np.asarray(found.pop(key), np.float32), sizes, source=str(path),
                  hint="give the .h5 file that finetune.py --output_name wrote")
 
 
-def load_h5_model(model_dir, path, *, dtype=None, weights="float32"):
+def load_h5_model(model_dir, path, *, dtype=None, weights=None):
     """The GPT-2 that `model_dir` describes (its hparams.json, or a Hugging Face dir's config.json), with the
     weights of the `.h5` file at `path`."""
     from gpt2tf.hf import hparams_from_config, is_hf_dir
@@ -107,7 +107,7 @@ def load_h5_model(model_dir, path, *, dtype=None, weights="float32"):
     else:
         raise GPT2TFError(f"{model_dir} has no hparams.json (nor a Hugging Face config.json): give a model dir (e.g. "
                           f"models/124M) whose shape the weights in {path} have")
-    model = GPT2(hparams, initializer="empty", dtype=dtype, weight_format=weights)
+    model = GPT2(hparams, initializer="empty", dtype=dtype, weight_format=weights or "float32")
     load_h5_weights(model, path)
     return model
 

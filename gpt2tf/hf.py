@@ -219,14 +219,14 @@ def _release_maps():
         _maps.clear()
 
 
-def load_hf_model(model_dir, *, dtype=None, weights="float32"):
+def load_hf_model(model_dir, *, dtype=None, weights=None):
     """Build a GPT2 from a HF dir, checking names and shapes against config.json before allocating anything
     (`weights`: as `gpt2tf.load_model`'s)."""
     from gpt2tf.model import GPT2
 
     hparams = hparams_from_config(model_dir)
     index = _checked_index(model_dir, hparams)
-    model = GPT2(hparams, initializer="empty", dtype=dtype, weight_format=weights)
+    model = GPT2(hparams, initializer="empty", dtype=dtype, weight_format=weights or "float32")
     _fill(model, model_dir, index)
     return model
 

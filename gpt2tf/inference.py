@@ -15,7 +15,8 @@ from gpt2tf.cli import flag
 from gpt2tf.download import DownloadConfig
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.layout import WEIGHT_FORMATS
+from gpt2tf.files import check_output_dir
+from gpt2tf.layout import QUANTIZED_FILE, WEIGHT_FORMATS
 from gpt2tf.settings import SamplerConfig, check_seed, random_seed
 
 DEFAULT_TOP_K = 40  # used unless --nucleus or an explicit --top_k says otherwise
@@ -125,7 +126,7 @@ def read_prompts(path):
 
 def check_weights(weights, precision):
     """--weights with --precision, as one line (shared with serve.py)."""
-    if weights in ("int8", "bf16") and precision != "float32":
+    if weights not in (None, "float32") and precision != "float32":
         raise GPT2TFError(f"{weights} weights compute in float32: drop --precision {precision} (mixed precision is "
                           f"for float32 weights on a GPU)")
 
@@ -133,8 +134,10 @@ def check_weights(weights, precision):
 def check(config):
     """Every setting, as one-line errors, before anything slow (TensorFlow, the model) is loaded."""
     check_weights(config.weights, config.precision)
-    if config.save_quantized and config.weights not in ("int8", "bf16"):
-        raise GPT2TFError("--save_quantized saves int8 or bf16 weights: give --weights int8 or --weights bf16")
+    if config.save_quantized:
+        if config.weights in (None, "float32"):
+            raise GPT2TFError("--save_quantized saves int8 or bf16 weights: give --weights int8 or --weights bf16")
+        check_output_dir(config.save_quantized, marker=QUANTIZED_FILE, what="quantized model")
     config.sampler()  # temperature, top_k, top_p, repetition_penalty
     check_seed(config.seed)
     for name in ("output_length", "nsamples", "batch_size"):
@@ -205,7 +208,7 @@ def load_for_inference(model_dir=None, *, custom_model=None, precision="float32"
     model_dir = model_dir or DEFAULT_MODEL_DIR
     dtype = None if precision == "float32" else precision
     if custom_model:
-        model = load_h5_model(model_dir, custom_model, dtype=dtype, weights=weights or "float32")
+        model = load_h5_model(model_dir, custom_model, dtype=dtype, weights=weights)
     else:
         model = load_model(model_dir, dtype=dtype, weights=weights)
     if model.hparams.n_vocab < len(get_encoder()):

@@ -431,6 +431,15 @@ struct Task {
     chunks = (n + chunk - 1) / chunk;
   }
 
+  // Stored weights' chunks are longer (as many bytes as float32's): make their number a multiple of the threads, so
+  // that none of them waits for a last odd chunk (a 768-wide int8 projection would make 3 chunks for 2 threads).
+  void Balance(long threads) {
+    if (threads <= 1 || chunks >= kMaxChunks / 2) return;
+    const long even = (chunks + threads - 1) / threads * threads;
+    chunk = round_up((n + even - 1) / even, 8);
+    chunks = (n + chunk - 1) / chunk;
+  }
+
   void Run(long c) const {
     if (attend != nullptr) {
       for (long unit = c * chunk; unit < std::min((c + 1) * chunk, attend->b * attend->h); ++unit)
@@ -459,7 +468,7 @@ GPT2TF_AVX2 void run_stored(const Task& task, long j0, long j1) {
   } else {
     for (long i = 0; i < m; i += 8) {  // eight rows of x at a time
       const float* x = task.x + i * k;
-      const float* xp = task.xp + i * (k / 16 * 16);
+      const float* xp = task.xp != nullptr ? task.xp + i * (k / 16 * 16) : nullptr;  // bf16 only
       float* y = task.y + i * n;
       switch (std::min(8L, m - i)) {
 #define GPT2TF_ROWS(M)                                                                           \
@@ -486,6 +495,8 @@ class Pool {
   explicit Pool(int threads) : threads_(threads), pid_(getpid()) {
     for (int t = 1; t < threads_; ++t) std::thread([this] { Work(); }).detach();
   }
+
+  long threads() const { return threads_; }
 
   void Run(const Task& task) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
@@ -572,6 +583,7 @@ void RunMatmul(void* out, const void** in, const char* opaque, size_t opaque_len
   Task task(x, static_cast<const float*>(in[1]), static_cast<float*>(out), m, k, dims[2], bytes);
   task.weights = weights;
   if (weights != Weights::kF32) {
+    task.Balance(pool->threads());
     task.w = nullptr;
     task.stored = in[1];
     if (weights == Weights::kI8) task.scale = static_cast<const float*>(in[2]);

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.files import check_output_dir
 from gpt2tf.layout import HPARAMS_FILE, QUANTIZED_FILE, QUANTIZED_PREFIX, WEIGHT_FORMATS
 from gpt2tf.model import STORED_DTYPES
 
@@ -155,15 +156,16 @@ def quantized_format(path):
         return None
     try:
         info = json.loads(marker.read_text(encoding="utf-8"))
-        weights = info["weights"]
-        ok = info.get("format") == LAYOUT_NAME and weights in STORED_DTYPES
+        weights, version = info["weights"], info.get("version", LAYOUT_VERSION)
+        ok = (info.get("format") == LAYOUT_NAME and weights in STORED_DTYPES and isinstance(version, int)
+              and not isinstance(version, bool))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         raise GPT2TFError(f"{marker} is damaged (it should read {{\"format\": \"{LAYOUT_NAME}\", \"version\": "
-                          f"{LAYOUT_VERSION}, \"weights\": \"int8\"}}): save the quantized model again")
-    if info.get("version", LAYOUT_VERSION) > LAYOUT_VERSION:
-        raise GPT2TFError(f"{path} was saved by a newer gpt2tf (layout version {info['version']}): upgrade gpt2tf")
+                          f"{LAYOUT_VERSION}, \"weights\": \"int8\" or \"bf16\"}}): save the quantized model again")
+    if version > LAYOUT_VERSION:
+        raise GPT2TFError(f"{path} was saved by a newer gpt2tf (layout version {version}): upgrade gpt2tf")
     return weights
 
 
@@ -176,9 +178,7 @@ def save_quantized(model, out_dir):
         raise GPT2TFError("this model holds float32 weights: load it with weights='int8' or 'bf16' to save it "
                           "quantized (or save it with save_openai_checkpoint)")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and quantized_format(out_dir) is None:
-        raise GPT2TFError(f"{out_dir} exists and is not a quantized model dir: choose a new dir for the quantized "
-                          f"weights")
+    check_output_dir(out_dir, marker=QUANTIZED_FILE, what="quantized model")
     fresh = not out_dir.exists()
     work = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}") if fresh else out_dir
     try:
@@ -198,8 +198,9 @@ def save_quantized(model, out_dir):
     return out_dir
 
 
-def load_quantized(model_dir, *, weights=None):
-    """The model saved by `save_quantized` in `model_dir`; `weights`, if given, must be the format it holds."""
+def load_quantized(model_dir, *, weights=None, dtype=None):
+    """The model saved by `save_quantized` in `model_dir`; `weights`, if given, must be the format it holds (and
+    `dtype`, if given, a float32 policy: quantized weights compute in float32)."""
     from gpt2tf.checkpoint import (_read_index, check_tensor_names_and_shapes, checkpoint_key, first_line,
                                    load_hparams)
     from gpt2tf.model import GPT2
@@ -212,7 +213,7 @@ def load_quantized(model_dir, *, weights=None):
         raise GPT2TFError(f"{model_dir} has no {HPARAMS_FILE}: the quantized model dir is incomplete; save it again")
     prefix = str(Path(model_dir) / QUANTIZED_PREFIX)
     hparams = load_hparams(model_dir)
-    model = GPT2(hparams, initializer="empty", weight_format=stored)
+    model = GPT2(hparams, initializer="empty", weight_format=stored, dtype=dtype)
     variables = {checkpoint_key(v): v for v in model.weights}
     found_shapes, found_dtypes = _read_index(prefix)
     check_tensor_names_and_shapes(found_shapes, {k: tuple(v.shape) for k, v in variables.items()}, prefix)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from gpt2tf.cli import flag
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.inference import DEFAULT_MODEL_DIR, WEIGHT_FORMATS, WEIGHTS_HELP, check_weights, load_for_inference
+from gpt2tf.inference import DEFAULT_MODEL_DIR, WEIGHTS_HELP, check_weights, load_for_inference
+from gpt2tf.layout import WEIGHT_FORMATS
 from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, random_seed
 from gpt2tf.stops import cut_at_stop
 

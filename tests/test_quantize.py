@@ -175,12 +175,13 @@ def test_decoding_with_the_native_kernels_and_with_xla_gives_the_same_tokens(sma
         assert compiled.use_native
         hlo = compiled.head.experimental_get_compiler_ir(tf.zeros([3, 1, 16]))(stage="hlo")
         assert ("gpt2tf_matmul_nt_i8" if weight_format == "int8" else "gpt2tf_matmul_nt_bf16") in hlo
+    # Beyond the kernel's 16 rows (and in every prefill) XLA computes with the stored weights, the kernel on or off.
+    many = dict(length=6, temperature=0, batch_size=17, stop_at_eos=False)
+    assert sample.generate(model, [TOKENS[:3]] * 17, **many) == [first[0][:6]] * 17
     monkeypatch.setenv("GPT2TF_NATIVE", "0")
     assert not engine.compiled_for(model).use_native
     assert sample.generate(model, prompts, **kwargs) == first
-    # Beyond the kernel's 16 rows (and in every prefill) XLA computes with the stored weights too.
-    many = sample.generate(model, [TOKENS[:3]] * 17, length=6, temperature=0, batch_size=17, stop_at_eos=False)
-    assert many == [first[0][:6]] * 17
+    assert sample.generate(model, [TOKENS[:3]] * 17, **many) == [first[0][:6]] * 17
 
 
 def test_quantized_weights_take_a_quarter_or_half_of_the_bytes(small_model_dir):
@@ -244,6 +245,39 @@ def test_saved_quantized_dir_loads_the_same_model_without_the_float_file(small_m
         gpt2tf.checkpoint.model_hparams(out)  # what fine-tuning, export and convert read first
 
 
+def test_hugging_face_and_h5_weights_quantize_the_same(small_model_dir, tmp_path):
+    from gpt2tf.h5weights import load_h5_model
+
+    want = gpt2tf.load_model(small_model_dir, weights="int8")
+    gpt2tf.save_hf_checkpoint(gpt2tf.load_model(small_model_dir), tmp_path / "hf")
+    gpt2tf.write_h5_weights(tmp_path / "w.h5", gpt2tf.load_model(small_model_dir))
+    for got in (gpt2tf.load_model(tmp_path / "hf", weights="int8"),
+                load_h5_model(small_model_dir, tmp_path / "w.h5", weights="int8")):
+        assert got.weight_format == "int8"
+        for a, b in zip(want.weights, got.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_saved_dir_refuses_mixed_precision_and_a_bad_destination(small_model_dir, tmp_path):
+    model = gpt2tf.load_model(small_model_dir, weights="bf16")
+    out = quantize.save_quantized(model, tmp_path / "bf16")
+    with pytest.raises(GPT2TFError, match="bf16 weights compute in float32: drop the mixed precision"):
+        gpt2tf.load_model(out, dtype="mixed_float16")
+    assert gpt2tf.load_model(out / "weights").weight_format == "bf16"  # the bundle's prefix names the dir too
+    from gpt2tf import export
+
+    with pytest.raises(GPT2TFError, match="holds weights quantized for decoding: the export holds float32"):
+        export.check(export.ExportConfig(model_dir=str(out), export_dir=str(tmp_path / "exported")))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GPT2TFError, match="is a file: give a new dir for the quantized model"):
+        quantize.save_quantized(model, tmp_path / "file")
+    with pytest.raises(GPT2TFError, match="exists and is not a quantized model dir"):
+        quantize.save_quantized(model, small_model_dir)
+    (out / "quantized.json").write_text('{"format": "gpt2tf-quantized", "version": "2", "weights": "bf16"}')
+    with pytest.raises(GPT2TFError, match="quantized.json is damaged"):
+        gpt2tf.load_model(out)
+
+
 # ---- every path that decodes, and the refusals -------------------------------------------------------------------
 
 def run(script, *args, env=None):
@@ -303,6 +337,8 @@ def test_a_lora_run_dir_decodes_with_int8(tmp_path, small_model_dir):
     own = reference_logits(quantized_params(params, "int8"), 2, TOKENS[:6])
     np.testing.assert_allclose(model(tf.constant([TOKENS[:6]])).numpy()[0], own, rtol=1e-4,
                                atol=1e-4 * np.abs(own).max())
+    # Decoding (the engine, the kernels) gives the reference's greedy next token.
+    assert sample.generate(model, [TOKENS[:6]], length=1, temperature=0)[0] == [int(np.argmax(own[-1]))]
 
 
 @pytest.mark.parametrize("script,args,message", [
@@ -311,6 +347,7 @@ def test_a_lora_run_dir_decodes_with_int8(tmp_path, small_model_dir):
      "--weights is for decoding (inference.py, serve.py): fine-tuning trains float32 weights"),
     ("inference.py", ["--weights", "int8", "--precision", "mixed_float16"], "int8 weights compute in float32"),
     ("inference.py", ["--save_quantized", "out"], "--save_quantized saves int8 or bf16 weights: give --weights"),
+    ("inference.py", ["--weights", "int8", "--save_quantized", "README.md"], "README.md is a file: give a new dir"),
 ])
 def test_bad_combinations_are_one_line_errors(small_model_dir, script, args, message):
     result = run(script, "--model_dir", str(small_model_dir), *args)
