@@ -8,6 +8,7 @@ assigning anything, then reads tensor by tensor into weights that were allocated
 holds the projections' weights transposed (`model.Conv1D`): reading and writing transpose them.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -187,13 +188,13 @@ def load_model(model_dir, *, dtype=None, weights=None):
     float32 copy of them is kept); a dir saved by `save_quantized` loads as what it holds.
     """
     from gpt2tf.hf import is_hf_dir, load_hf_model
-    from gpt2tf.quantize import check_format, load_quantized, quantized_format
+    from gpt2tf.quantize import load_quantized, quantized_format
 
     if Path(model_dir).is_dir() and quantized_format(model_dir):
         return load_quantized(model_dir, weights=weights, dtype=dtype)
     if Path(model_dir).name == QUANTIZED_PREFIX and quantized_format(Path(model_dir).parent):  # its bundle's prefix
         return load_quantized(Path(model_dir).parent, weights=weights, dtype=dtype)
-    weight_format = check_format(weights)
+    weight_format = weights or "float32"  # GPT2 refuses a format it does not know
     if is_hf_dir(model_dir) and not _is_openai_dir(model_dir):
         return load_hf_model(model_dir, dtype=dtype, weights=weight_format)
     model_dir, prefix = resolve_checkpoint(model_dir)
@@ -252,7 +253,7 @@ def fill_weights(model, read, sizes, *, source, hint):
     so only the quantized tensors stay: the peak is the quantized model plus a float32 tensor per thread.
     On any error the model's weights are unspecified, and the error says so.
     """
-    from gpt2tf.quantize import encode, encode_projection, is_stored
+    from gpt2tf.quantize import encode, encode_projection
 
     variables = checkpoint_variables(model)
     everything = {checkpoint_key(v): v for v in model.weights}
@@ -260,13 +261,13 @@ def fill_weights(model, read, sizes, *, source, hint):
 
     def load(key):
         value = tf.convert_to_tensor(read(key))  # once: a NumPy value would be converted by each op below
-        if quantized and is_stored(key) and model.weight_format == "int8":
-            stored = (encode_projection if _is_projection(key) else encode)(value, "int8")
-            return stored, bool(np.isfinite(stored[1]).all())  # a NaN or inf weight makes its row's scale so
-        finite = bool(tf.reduce_all(tf.math.is_finite(value)))  # at memory speed (check_numerics is 8x slower)
-        if quantized and is_stored(key):
-            return (encode_projection if _is_projection(key) else encode)(value, model.weight_format), finite
-        return (to_checkpoint_layout(key, value), None), finite  # the transposition takes it to the model's layout
+        if not quantized or not (_is_projection(key) or key == "model/wte"):  # what quantized models store so
+            finite = bool(tf.reduce_all(tf.math.is_finite(value)))  # at memory speed (check_numerics is 8x slower)
+            return (to_checkpoint_layout(key, value), None), finite  # the transposition takes it to the model's layout
+        stored = (encode_projection if _is_projection(key) else encode)(value, model.weight_format)
+        if stored[1] is not None:  # int8: a NaN or infinite weight makes its row's scale so
+            return stored, bool(np.isfinite(stored[1]).all())
+        return stored, bool(tf.reduce_all(tf.math.is_finite(value)))
 
     keys = sorted(variables, key=lambda k: -sizes[k])  # big first: balances the threads
     # Quantizing, each thread holds a float32 tensor it has read beside the small stored one: two threads keep that
@@ -388,23 +389,36 @@ def write_model_dir(model_dir, hparams, tensors):
     a dir that looks complete but mixes old and new tensors undetected (sizes and checksums are verified on load).
     """
     model_dir = Path(model_dir)
-    fresh = not model_dir.exists()
-    work_dir = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}") if fresh else model_dir
     try:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        write_bundle(work_dir / PREFIX_NAME, tensors)
-        write_model_files(work_dir, hparams)
-        write_state_file(work_dir, [PREFIX_NAME])
-        if fresh:
-            os.replace(work_dir, model_dir)
-    except (OSError, tf.errors.OpError) as err:
-        raise GPT2TFError(f"cannot write model dir {model_dir} ({getattr(err, 'strerror', None) or first_line(err)}); "
-                          f"choose a writable location with enough free space") from None
+        with writing_dir(model_dir, what="model dir ") as (work_dir, _):
+            write_bundle(work_dir / PREFIX_NAME, tensors)
+            write_model_files(work_dir, hparams)
+            write_state_file(work_dir, [PREFIX_NAME])
     finally:
-        if fresh and work_dir.exists():
-            shutil.rmtree(work_dir, ignore_errors=True)
         for leftover in model_dir.glob(f"*.tmp-{os.getpid()}*") if model_dir.exists() else ():
             leftover.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing_dir(out_dir, *, what=""):
+    """`with writing_dir(out_dir) as (work, fresh):` write a dir of files so that an interruption never leaves one
+    that looks complete. A new `out_dir` is written as `work`, a dir beside it, renamed into place when the block
+    ends (and removed if it fails); an existing one is `work` itself (`fresh` False), whose writer must write each
+    file under a temporary name and rename it. An OS or TensorFlow error is one line naming `out_dir`."""
+    out_dir = Path(out_dir)
+    fresh = not out_dir.exists()
+    work = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}") if fresh else out_dir
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        yield work, fresh
+        if fresh:
+            os.replace(work, out_dir)
+    except (OSError, tf.errors.OpError) as err:
+        raise GPT2TFError(f"cannot write {what}{out_dir} ({getattr(err, 'strerror', None) or first_line(err)}); "
+                          f"choose a writable location with enough free space") from None
+    finally:
+        if fresh and work.exists():
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def write_model_files(model_dir, hparams):

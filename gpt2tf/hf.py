@@ -304,8 +304,8 @@ def save_hf_checkpoint(model, out_dir, *, tensors=None, max_shard_bytes=MAX_SHAR
     A new dir is written beside its final name and renamed into place; into an existing dir, files are written
     under temporary names and renamed, config.json last.
     """
-    from gpt2tf.checkpoint import (VOCAB_DIR, checkpoint_key, checkpoint_shape, first_line, require_float_weights,
-                                   to_checkpoint_layout)
+    from gpt2tf.checkpoint import (VOCAB_DIR, checkpoint_key, checkpoint_shape, require_float_weights,
+                                   to_checkpoint_layout, writing_dir)
 
     import tensorflow as tf
 
@@ -337,60 +337,51 @@ def save_hf_checkpoint(model, out_dir, *, tensors=None, max_shard_bytes=MAX_SHAR
     shards.append(current)
     names = [WEIGHTS_FILE] if len(shards) == 1 else [SHARD_NAME.format(i + 1, len(shards)) for i in range(len(shards))]
 
-    fresh = not out_dir.exists()
-    work = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}") if fresh else out_dir
-    suffix = "" if fresh else f".tmp-{os.getpid()}"
     written = []
-    try:
-        work.mkdir(parents=True, exist_ok=True)
-        weight_map, total = {}, 0
-        for file_name, shard in zip(names, shards):
-            header, offset = {}, 0
-            for name, _, shape in shard:
-                nbytes = int(np.prod(shape)) * 4
-                header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + nbytes]}
-                offset += nbytes
-                weight_map[name] = file_name
-            total += offset
-            header["__metadata__"] = {"format": "pt"}
-            text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-            text += b" " * (-len(text) % 8)
-            target = work / (file_name + suffix)
-            with open(target, "wb") as f:
-                f.write(struct.pack("<Q", len(text)))
-                f.write(text)
-                for _, key, _ in shard:
-                    f.write(value(key).data)
-            written.append(target)
-        files = {"generation_config.json": {"_from_model_config": True, "bos_token_id": EOT_ID,
-                                            "eos_token_id": EOT_ID},
-                 "tokenizer_config.json": {**TOKENIZER_CONFIG, "model_max_length": model.hparams.n_ctx},
-                 "special_tokens_map.json": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-                                             "unk_token": "<|endoftext|>"}}
-        if len(shards) > 1:
-            files[INDEX_FILE] = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        for name, content in files.items():
-            write_text_atomic(work / name, json.dumps(content, indent=2) + "\n")
-        for source, name in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
-            shutil.copyfile(VOCAB_DIR / source, work / (name + suffix))
-            written.append(work / (name + suffix))
-        for path in written:
-            os.replace(path, work / path.name[:len(path.name) - len(suffix)] if suffix else path)
-        if not fresh:  # shards of an earlier, differently sharded save would confuse a reader
-            stale = {WEIGHTS_FILE, INDEX_FILE} - set(names) - set(files)
-            for old in [*out_dir.glob("model-*-of-*.safetensors"), *(out_dir / n for n in stale)]:
-                if old.name not in names and old.exists():
-                    old.unlink()
-        write_text_atomic(work / CONFIG_FILE, json.dumps(hf_config(model.hparams), indent=2) + "\n")
-        if fresh:
-            os.replace(work, out_dir)
-    except (OSError, tf.errors.OpError) as err:
-        raise GPT2TFError(f"cannot write {out_dir} ({getattr(err, 'strerror', None) or first_line(err)}); choose a "
-                          f"writable location with enough free space") from None
-    finally:
-        if fresh and work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-        for path in written:
-            if path.name.endswith(suffix) and suffix and path.exists():
-                path.unlink()
+    with writing_dir(out_dir) as (work, fresh):
+        suffix = "" if fresh else f".tmp-{os.getpid()}"
+        try:
+            weight_map, total = {}, 0
+            for file_name, shard in zip(names, shards):
+                header, offset = {}, 0
+                for name, _, shape in shard:
+                    nbytes = int(np.prod(shape)) * 4
+                    header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + nbytes]}
+                    offset += nbytes
+                    weight_map[name] = file_name
+                total += offset
+                header["__metadata__"] = {"format": "pt"}
+                text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+                text += b" " * (-len(text) % 8)
+                target = work / (file_name + suffix)
+                with open(target, "wb") as f:
+                    f.write(struct.pack("<Q", len(text)))
+                    f.write(text)
+                    for _, key, _ in shard:
+                        f.write(value(key).data)
+                written.append(target)
+            files = {"generation_config.json": {"_from_model_config": True, "bos_token_id": EOT_ID,
+                                                "eos_token_id": EOT_ID},
+                     "tokenizer_config.json": {**TOKENIZER_CONFIG, "model_max_length": model.hparams.n_ctx},
+                     "special_tokens_map.json": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                                                 "unk_token": "<|endoftext|>"}}
+            if len(shards) > 1:
+                files[INDEX_FILE] = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            for name, content in files.items():
+                write_text_atomic(work / name, json.dumps(content, indent=2) + "\n")
+            for source, name in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+                shutil.copyfile(VOCAB_DIR / source, work / (name + suffix))
+                written.append(work / (name + suffix))
+            for path in written:
+                os.replace(path, work / path.name[:len(path.name) - len(suffix)] if suffix else path)
+            if not fresh:  # shards of an earlier, differently sharded save would confuse a reader
+                stale = {WEIGHTS_FILE, INDEX_FILE} - set(names) - set(files)
+                for old in [*out_dir.glob("model-*-of-*.safetensors"), *(out_dir / n for n in stale)]:
+                    if old.name not in names and old.exists():
+                        old.unlink()
+            write_text_atomic(work / CONFIG_FILE, json.dumps(hf_config(model.hparams), indent=2) + "\n")
+        finally:
+            for path in written:
+                if suffix and path.name.endswith(suffix) and path.exists():
+                    path.unlink()
     return out_dir

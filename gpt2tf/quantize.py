@@ -27,8 +27,6 @@ A quantized model can be saved (`save_quantized`, `inference.py --save_quantized
 """
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import ml_dtypes  # NumPy's bfloat16 (a TensorFlow dependency)
@@ -37,27 +35,13 @@ import tensorflow as tf
 
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.files import check_output_dir
-from gpt2tf.layout import HPARAMS_FILE, QUANTIZED_FILE, QUANTIZED_PREFIX, WEIGHT_FORMATS
+from gpt2tf.layout import HPARAMS_FILE, QUANTIZED_FILE, QUANTIZED_PREFIX
 from gpt2tf.model import STORED_DTYPES
 
 LAYOUT_NAME = "gpt2tf-quantized"
 LAYOUT_VERSION = 1
 INT8_MAX = 127  # symmetric: -128 is never used, so q and -q are both representable
 QUANTIZE_BLOCK_FLOATS = 1 << 18  # 1 MB of float32 per block: the passes over it stay in cache
-
-
-def check_format(weights):
-    """The weight format named by `weights` (None means float32); a bad name is a one-line error."""
-    if weights is None:
-        return "float32"
-    if weights not in WEIGHT_FORMATS:
-        raise GPT2TFError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
-    return weights
-
-
-def is_stored(key):
-    """Whether the weight with this checkpoint key is stored quantized (a projection's w, or wte)."""
-    return key.endswith("/w") or key == "model/wte"
 
 
 def quantize_int8(value):
@@ -171,7 +155,7 @@ def quantized_format(path):
 
 def save_quantized(model, out_dir):
     """Write a model loaded with int8 or bf16 weights as a dir that `load_model` loads without the float32 file."""
-    from gpt2tf.checkpoint import checkpoint_key, first_line, write_bundle, write_model_files
+    from gpt2tf.checkpoint import checkpoint_key, write_bundle, write_model_files, writing_dir
     from gpt2tf.files import write_text_atomic
 
     if model.weight_format == "float32":
@@ -179,22 +163,11 @@ def save_quantized(model, out_dir):
                           "quantized (or save it with save_openai_checkpoint)")
     out_dir = Path(out_dir)
     check_output_dir(out_dir, marker=QUANTIZED_FILE, what="quantized model")
-    fresh = not out_dir.exists()
-    work = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}") if fresh else out_dir
-    try:
-        work.mkdir(parents=True, exist_ok=True)
+    with writing_dir(out_dir) as (work, _):
         write_bundle(work / QUANTIZED_PREFIX, {checkpoint_key(v): v.value for v in model.weights})
         write_model_files(work, model.hparams)
         write_text_atomic(work / QUANTIZED_FILE, json.dumps(
             {"format": LAYOUT_NAME, "version": LAYOUT_VERSION, "weights": model.weight_format}) + "\n")
-        if fresh:
-            os.replace(work, out_dir)
-    except (OSError, tf.errors.OpError) as err:
-        raise GPT2TFError(f"cannot write {out_dir} ({getattr(err, 'strerror', None) or first_line(err)}); choose a "
-                          f"writable location with enough free space") from None
-    finally:
-        if fresh and work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     return out_dir
 
 
