@@ -391,7 +391,8 @@ class _Compiled:
         compiled = lambda f: tf.function(f, jit_compile=jit_compile, autograph=False)  # noqa: E731
         self.embed, self.block, self.head = compiled(self._embed), compiled(self._block), compiled(self._head)
         self.prefill_block = compiled(self._prefill_block)
-        self.steps = tf.function(self._steps, autograph=False)
+        self.steps_function = tf.function(self._steps, autograph=False)
+        self._concrete = {}  # (rows, cache shape) -> its traced step: called directly, ~0.8 ms less per call
         self.prefill = tf.function(self._prefill, autograph=False)
         self._ready = {}  # (rows, cache shape) -> Event, set once that step is compiled
         self._queue, self._worker, self._lock = [], None, threading.Lock()  # steps waiting to be compiled
@@ -423,7 +424,7 @@ class _Compiled:
             ready.set()
         else:
             args = self._trial_args(rows, cache)
-            self.steps.get_concrete_function(**args)  # tracing stays on this thread (and an error is raised here)
+            self._concrete_step(args)  # tracing stays on this thread (and an error is raised here)
         self._ready[key] = ready
         if ready.is_set():
             return
@@ -456,10 +457,21 @@ class _Compiled:
                     return
                 args, ready = self._queue.pop(0)
             try:
-                self.steps(**args).numpy()
+                self.steps(**args)["tokens"].numpy()
             except Exception:  # noqa: BLE001 -- the real step will compile it again and report the error
                 pass
             ready.set()
+
+    def steps(self, **args):
+        """Run `_steps` (see there) through its traced function for these shapes: calling it directly skips the
+        tf.function's matching of ~30 arguments (variables among them) against its traces on every call."""
+        return self._concrete_step(args)(**args)
+
+    def _concrete_step(self, args):
+        key = (args["decoding"].shape[0], args["cache"][0][0].shape)  # every argument's shape follows from these
+        if key not in self._concrete:
+            self._concrete[key] = self.steps_function.get_concrete_function(**args)
+        return self._concrete[key]
 
     def _trial_args(self, rows, cache):
         """A step's arguments with every row decoding at its last cache slot, on scratch logits and seen: the loop

@@ -9,9 +9,8 @@
 //   gpt2tf_matmul_nt_bf16: y[m, n] = x[m, k] @ w[n, k]^T                 (bfloat16 weights)
 //   gpt2tf_attend:    one new token per sequence attending over the key/value cache (see attend_one)
 //
-// Quantized weights are read as they are stored (1 or 2 bytes each) and turned into float32 in registers: for one
-// row of x straight in the dot product; for several rows, a tile of 8 rows of w at a time into a small buffer that
-// stays in cache, which the float32 kernels then read once per row of x (never a float32 copy of a whole matrix).
+// Quantized weights are read as they are stored (1 or 2 bytes each) and turned into float32 in registers, once for
+// up to eight rows of x (never a float32 copy of a matrix).
 //
 // The backend config (XLA's "opaque" string) is "m,k,n" for the products, "batch,heads,max_length,head_size" for
 // attention. Built by gpt2tf/native.py with the system C++ compiler,
@@ -87,6 +86,9 @@ struct BF16W {
 };
 
 // y[j] = x . w[j, :] for j in [j0, j1), w [n, k]: one row of w at a time, so one sequential stream.
+// int8 weights are also prefetched four cache lines ahead as non-temporal: they then push less of x out of the
+// first-level cache (x is up to 25 KB, for 1558M's 6400-wide projection), which made int8 products 5-15% faster on
+// this project's VM (float32 and bfloat16 products: no change, so only int8's are prefetched).
 template <class W>
 GPT2TF_AVX2 void dot_rows(const float* __restrict x, const typename W::T* __restrict w, float* __restrict y, long k,
                           long j0, long j1) {
@@ -95,6 +97,8 @@ GPT2TF_AVX2 void dot_rows(const float* __restrict x, const typename W::T* __rest
     const typename W::T* wr = w + j * k;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (long t = 0; t < kv; t += 32) {
+      if constexpr (std::is_same_v<W, I8W>)  // 32 bytes an iteration: the line 256 bytes ahead, twice
+        _mm_prefetch(reinterpret_cast<const char*>(wr + t) + 256, _MM_HINT_NTA);
       a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + t), W::load8(wr + t), a0);
       a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + t + 8), W::load8(wr + t + 8), a1);
       a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + t + 16), W::load8(wr + t + 16), a2);
@@ -177,12 +181,20 @@ inline void pack_for_bf16(const float* x, float* xp, long m, long k) {
 }
 
 
-// y[i, j] = sum_k x[i, k] w[j, k]: dot products of x rows with w rows, four w rows by two x rows at a time.
+// y[i, j] = sum_k x[i, k] w[j, k]. One row of x: dot_rows. Two to five rows: each row of w read once, as one
+// sequential stream, for all the rows of x (dot_rows_multi; measured on this project's 2-core VM, a block's products
+// and the logits together took 5.5-5.7 ms at 2-5 rows this way against 7.0-9.5 ms with the four-streams kernel
+// below, which reads four rows of w at a time). More rows (9-16; 6-8 go to matmul_nt_lanes): dot products of x
+// rows with w rows, four w rows by two x rows at a time.
 GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w, float* __restrict y, long m, long k,
                            long n, long j0, long j1) {
-  if (m == 1) {
-    dot_rows<F32W>(x, w, y, k, j0, j1);
-    return;
+  switch (m) {
+    case 1: dot_rows<F32W>(x, w, y, k, j0, j1); return;
+    case 2: dot_rows_multi<F32W, 2>(x, w, y, k, n, j0, j1); return;
+    case 3: dot_rows_multi<F32W, 3>(x, w, y, k, n, j0, j1); return;
+    case 4: dot_rows_multi<F32W, 4>(x, w, y, k, n, j0, j1); return;
+    case 5: dot_rows_multi<F32W, 5>(x, w, y, k, n, j0, j1); return;
+    default: break;
   }
   const long kv = k / 8 * 8;
   long j = j0;
@@ -244,7 +256,7 @@ GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w,
   }
 }
 
-// Five to eight rows of x (batch 5-8), packed transposed into xt [k, 8] (lanes past m are zeros): each weight is
+// Six to eight rows of x (batch 6-8), packed transposed into xt [k, 8] (lanes past m are zeros): each weight is
 // broadcast and multiplied into the eight rows at once, eight rows of w at a time: no horizontal sums, and each
 // weight loaded feeds eight lanes, where matmul_nt's dot products end in a horizontal sum per output and row.
 constexpr long kLanes = 8;
@@ -593,7 +605,7 @@ void RunMatmul(void* out, const void** in, const char* opaque, size_t opaque_len
     xp.resize(m * (k / 16 * 16) + 1);
     pack_for_bf16(x, xp.data(), m, k);
     task.xp = xp.data();
-  } else if (weights == Weights::kF32 && m > 4 && m <= kLanes) {  // batch 5-8: x packed once, transposed
+  } else if (weights == Weights::kF32 && m > 5 && m <= kLanes) {  // batch 6-8: x packed once, transposed
     thread_local std::vector<float> xt;
     xt.resize(k * kLanes);
     for (long t = 0; t < k; ++t)  // written in order, lanes past m zeroed in the same pass

@@ -176,7 +176,7 @@ def test_no_retracing_for_new_settings_prompt_lengths_or_engines(small_model_dir
     for round_ in range(2):
         eng = Engine(model, max_batch=5, max_length=64)
         drive(eng, list(zip([0, 1, 2, 4, 6], MIXED)), 30)
-        counts = dict(steps=compiled.steps.experimental_get_tracing_count(),
+        counts = dict(steps=compiled.steps_function.experimental_get_tracing_count(),
                       prefill=compiled.prefill.experimental_get_tracing_count(),
                       block=compiled.block.experimental_get_tracing_count(),
                       prefill_block=compiled.prefill_block.experimental_get_tracing_count(),
