@@ -64,16 +64,21 @@ def _top_k_top_p(logits, k, p):
     fast_k = min(FAST_K, vocab)
 
     def fast_then_full():
-        result, exact = _filter(logits, k, p, tf.math.top_k(logits, k=fast_k).values)
-        rows = tf.where(filtered & ~exact)[:, 0]  # [rows that need the whole vocabulary sorted]
+        # Only the filtered rows are filtered (a batch's greedy and free rows pass as they are): first from their
+        # FAST_K largest logits, then, for those where that is not exact, from the whole vocabulary sorted.
+        rows = tf.where(filtered)[:, 0]
+        sub, sub_k, sub_p = tf.gather(logits, rows), tf.gather(k, rows), tf.gather(p, rows)
+        result, exact = _filter(sub, sub_k, sub_p, tf.math.top_k(sub, k=fast_k).values)
+        again = tf.where(~exact)[:, 0]  # [positions in `sub` that need the whole vocabulary sorted]
 
         def full():
-            sub = tf.gather(logits, rows)
-            again, _ = _filter(sub, tf.gather(k, rows), tf.gather(p, rows),
-                               tf.sort(sub, axis=-1, direction="DESCENDING"))
-            return tf.tensor_scatter_nd_update(result, rows[:, None], again)
+            whole = tf.gather(sub, again)
+            refiltered, _ = _filter(whole, tf.gather(sub_k, again), tf.gather(sub_p, again),
+                                    tf.sort(whole, axis=-1, direction="DESCENDING"))
+            return tf.tensor_scatter_nd_update(result, again[:, None], refiltered)
 
-        return tf.cond(tf.size(rows) > 0, full, lambda: result)
+        result = tf.cond(tf.size(again) > 0, full, lambda: result)
+        return tf.tensor_scatter_nd_update(logits, rows[:, None], result)
 
     return tf.cond(tf.reduce_any(filtered), fast_then_full, lambda: logits)
 
@@ -109,10 +114,11 @@ def filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty):
     return tf.where(greedy[:, None], logits, _top_k_top_p(scaled, top_k, top_p))
 
 
-def gumbel_noise(row_seeds, steps, vocab_size):
+def gumbel_noise(row_seeds, steps, vocab_size, needed=None):
     """Gumbel(0, 1) noise [batch, vocab], each row from its own stateless stream keyed by (row seed, step).
 
-    row_seeds: int32 [batch, 2] ((seed, sample number) per row); steps: int32 scalar or [batch].
+    row_seeds: int32 [batch, 2] ((seed, sample number) per row); steps: int32 scalar or [batch]; needed: bool
+    [batch] or None (every row): rows not needed get zeros, and their noise is not drawn.
     """
     batch = row_seeds.shape[0]
     if batch is None:  # a batch of unknown size (the export): the same streams, row by row in a loop
@@ -122,7 +128,8 @@ def gumbel_noise(row_seeds, steps, vocab_size):
     steps = tf.broadcast_to(tf.cast(steps, tf.int32), [batch])
     rows = []
     for row in range(batch):  # static batch size: unrolled, each row independent of the others
-        rows.append(_gumbel_row(row_seeds[row], steps[row], vocab_size))
+        noise = lambda row=row: _gumbel_row(row_seeds[row], steps[row], vocab_size)  # noqa: E731
+        rows.append(noise() if needed is None else tf.cond(needed[row], noise, lambda: tf.zeros([vocab_size])))
     return tf.stack(rows)
 
 
@@ -143,7 +150,7 @@ def choose_tokens(logits, seen, row_seeds, steps, *, temperature, top_k, top_p, 
         filtered = filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty)
         noisy = tf.cond(tf.reduce_all(greedy), lambda: filtered,  # an all-greedy batch draws no noise
                         lambda: tf.where(greedy[:, None], filtered,
-                                         filtered + gumbel_noise(row_seeds, steps, logits.shape[-1])))
+                                         filtered + gumbel_noise(row_seeds, steps, logits.shape[-1], ~greedy)))
         return tf.argmax(noisy, axis=-1, output_type=tf.int32)
 
     # Plain greedy rows (no penalty) need nothing but the argmax: the common case costs no more than that.
