@@ -87,6 +87,15 @@ def test_a_sampled_token_is_drawn_with_the_rows_own_settings():
         assert batched[row] == alone[0]
 
 
+def test_noise_is_drawn_only_for_the_rows_that_need_it():
+    seeds = tf.constant([[7, 0], [7, 1], [9, 0]], tf.int32)
+    steps = tf.constant([0, 3, 5], tf.int32)
+    every = filters.gumbel_noise(seeds, steps, 300).numpy()
+    some = filters.gumbel_noise(seeds, steps, 300, tf.constant([True, False, True])).numpy()
+    np.testing.assert_array_equal(some[[0, 2]], every[[0, 2]])  # the same streams, bit for bit
+    assert not some[1].any() and every[1].any()
+
+
 # ---- joining, leaving, invariance --------------------------------------------------------------------------------
 
 MIXED = [  # requests with different settings, prompt lengths and lengths
