@@ -107,9 +107,10 @@ ARRIVAL_SETTINGS = [dict(temperature=0), dict(top_k=40, seed=1), dict(top_p=0.9,
 
 
 def arrivals(model, every, repeat, settings=ARRIVAL_SETTINGS):
-    """8 requests (64-token prompts, 128 new tokens, mixed settings) arriving one every `every` steps, served by
+    """8 requests (64-token prompts, NEW new tokens (--new, default 128), mixed settings) arriving one every `every`
+    steps, served by
     one engine with continuous batching, against serving them one after another (each with `generate`, the best
-    single-request path). Both produce the same 1,024 tokens; reports aggregate tokens/s of each."""
+    single-request path). Both produce the same 8 * NEW tokens; reports aggregate tokens/s of each."""
     from gpt2tf import sample
     from gpt2tf.engine import Engine, Request
 
@@ -134,7 +135,7 @@ def arrivals(model, every, repeat, settings=ARRIVAL_SETTINGS):
     batched, serial = _best(continuous, repeat), _best(one_after_another, repeat)
     tokens = NEW * len(requests)
     return {"bench": "generate_arrivals", "settings": "mixed" if settings is ARRIVAL_SETTINGS else "greedy",
-            "requests": len(requests), "every_steps": every, "new_tokens": tokens,
+            "requests": len(requests), "every_steps": every, "new_tokens_per_request": NEW, "new_tokens": tokens,
             "continuous_s": round(batched, 2), "continuous_tokens_per_s": round(tokens / batched, 1),
             "one_after_another_s": round(serial, 2), "one_after_another_tokens_per_s": round(tokens / serial, 1),
             "speedup": round(serial / batched, 2)}
