@@ -108,9 +108,9 @@ ARRIVAL_SETTINGS = [dict(temperature=0), dict(top_k=40, seed=1), dict(top_p=0.9,
 
 def arrivals(model, every, repeat, settings=ARRIVAL_SETTINGS):
     """8 requests (64-token prompts, NEW new tokens (--new, default 128), mixed settings) arriving one every `every`
-    steps, served by
-    one engine with continuous batching, against serving them one after another (each with `generate`, the best
-    single-request path). Both produce the same 8 * NEW tokens; reports aggregate tokens/s of each."""
+    steps, served by one engine with continuous batching, against serving them one after another (each with
+    `generate`, the best single-request path). Both produce the same 8 * NEW tokens; reports aggregate tokens/s of
+    each."""
     from gpt2tf import sample
     from gpt2tf.engine import Engine, Request
 
