@@ -30,9 +30,9 @@ LENGTH = "length and batching"
 OUTPUT = "output and speed"
 
 
-WEIGHTS_HELP = ("hold the weights for decoding as int8 (1/4 of float32's bytes: ~2.3x faster batch-1 decoding on "
-                "a CPU) or bf16 (1/2), quantized as they load; default: as the model dir holds them (float32, or "
-                "what --save_quantized wrote)")
+WEIGHTS_HELP = ("hold the weights for decoding as int8 (1/4 of float32's bytes: 1.6-3x faster batch-1 decoding on "
+                "a 2-core CPU) or bf16 (1/2), quantized as they load; default: as the model dir holds them "
+                "(float32, or what --save_quantized wrote)")
 
 
 @dataclasses.dataclass

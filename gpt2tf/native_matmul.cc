@@ -181,21 +181,12 @@ inline void pack_for_bf16(const float* x, float* xp, long m, long k) {
 }
 
 
-// y[i, j] = sum_k x[i, k] w[j, k]. One row of x: dot_rows. Two to five rows: each row of w read once, as one
-// sequential stream, for all the rows of x (dot_rows_multi; measured on this project's 2-core VM, a block's products
-// and the logits together took 5.5-5.7 ms at 2-5 rows this way against 7.0-9.5 ms with the four-streams kernel
-// below, which reads four rows of w at a time). More rows (9-16; 6-8 go to matmul_nt_lanes): dot products of x
-// rows with w rows, four w rows by two x rows at a time.
+// y[i, j] = sum_k x[i, k] w[j, k] for float32 x of 9-16 rows (1-5 rows: run_rows; 6-8: matmul_nt_lanes): dot
+// products of x rows with w rows, four w rows by two x rows at a time. Reading four rows of w at once makes four
+// interleaved streams, which this project's 2-core VM serves slowly: at 2-5 rows, a block's products and the logits
+// took 7.0-9.5 ms this way against 5.5-5.7 ms with run_rows' one stream.
 GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w, float* __restrict y, long m, long k,
                            long n, long j0, long j1) {
-  switch (m) {
-    case 1: dot_rows<F32W>(x, w, y, k, j0, j1); return;
-    case 2: dot_rows_multi<F32W, 2>(x, w, y, k, n, j0, j1); return;
-    case 3: dot_rows_multi<F32W, 3>(x, w, y, k, n, j0, j1); return;
-    case 4: dot_rows_multi<F32W, 4>(x, w, y, k, n, j0, j1); return;
-    case 5: dot_rows_multi<F32W, 5>(x, w, y, k, n, j0, j1); return;
-    default: break;
-  }
   const long kv = k / 8 * 8;
   long j = j0;
   for (; j + 4 <= j1; j += 4) {
@@ -412,14 +403,15 @@ enum class Weights { kF32, kI8, kBF16 };
 
 struct Task;
 template <class W>
-void run_stored(const Task& task, long j0, long j1);
+void run_rows(const Task& task, long j0, long j1);
+constexpr long kOneStreamRows = 5;  // float32 products of up to this many rows of x use run_rows
 
 struct Task {
   const float* x = nullptr;
   const float* xt = nullptr;  // set: x packed for matmul_nt_lanes
   const float* xp = nullptr;  // set: x packed for dot_rows_multi_bf16
   const float* w = nullptr;
-  const void* stored = nullptr;  // int8 or bfloat16 weights (weights != kF32)
+  const void* stored = nullptr;  // the weights as stored: float32, int8 or bfloat16 (see `weights`)
   const float* scale = nullptr;  // int8: one per row of w
   Weights weights = Weights::kF32;
   float* y = nullptr;
@@ -457,22 +449,25 @@ struct Task {
       for (long unit = c * chunk; unit < std::min((c + 1) * chunk, attend->b * attend->h); ++unit)
         attend_one(*attend, unit);
     } else if (weights == Weights::kI8) {
-      run_stored<I8W>(*this, c * chunk, std::min((c + 1) * chunk, n));
+      run_rows<I8W>(*this, c * chunk, std::min((c + 1) * chunk, n));
     } else if (weights == Weights::kBF16) {
-      run_stored<BF16W>(*this, c * chunk, std::min((c + 1) * chunk, n));
+      run_rows<BF16W>(*this, c * chunk, std::min((c + 1) * chunk, n));
     } else if (xt != nullptr) {
       matmul_nt_lanes(xt, w, y, m, k, n, c * chunk, std::min((c + 1) * chunk, n));
+    } else if (m <= kOneStreamRows) {
+      run_rows<F32W>(*this, c * chunk, std::min((c + 1) * chunk, n));
     } else {
       matmul_nt(x, w, y, m, k, n, c * chunk, std::min((c + 1) * chunk, n));
     }
   }
 };
 
-// Output columns [j0, j1) of a product with stored (int8 / bfloat16) weights: each row of w is read once, in one
-// sequential stream, and converted in registers for every row of x (up to eight at a time).
+// Output columns [j0, j1) of a product, each row of w read once, in one sequential stream (converted in registers
+// if stored as int8 or bfloat16), for every row of x (up to eight at a time): int8 and bfloat16 weights at any
+// number of rows, float32 at up to kOneStreamRows.
 
 template <class W>
-GPT2TF_AVX2 void run_stored(const Task& task, long j0, long j1) {
+GPT2TF_AVX2 void run_rows(const Task& task, long j0, long j1) {
   const auto* w = static_cast<const typename W::T*>(task.stored);
   const long m = task.m, k = task.k, n = task.n;
   if (m == 1) {
@@ -594,10 +589,10 @@ void RunMatmul(void* out, const void** in, const char* opaque, size_t opaque_len
   const long bytes = weights == Weights::kF32 ? 4 : weights == Weights::kBF16 ? 2 : 1;
   Task task(x, static_cast<const float*>(in[1]), static_cast<float*>(out), m, k, dims[2], bytes);
   task.weights = weights;
+  task.stored = in[1];
   if (weights != Weights::kF32) {
     task.Balance(pool->threads());
     task.w = nullptr;
-    task.stored = in[1];
     if (weights == Weights::kI8) task.scale = static_cast<const float*>(in[2]);
   }
   if (weights == Weights::kBF16 && m > 1) {  // x packed once for every chunk
@@ -605,7 +600,7 @@ void RunMatmul(void* out, const void** in, const char* opaque, size_t opaque_len
     xp.resize(m * (k / 16 * 16) + 1);
     pack_for_bf16(x, xp.data(), m, k);
     task.xp = xp.data();
-  } else if (weights == Weights::kF32 && m > 5 && m <= kLanes) {  // batch 6-8: x packed once, transposed
+  } else if (weights == Weights::kF32 && m > kOneStreamRows && m <= kLanes) {  // batch 6-8: x packed, transposed
     thread_local std::vector<float> xt;
     xt.resize(k * kLanes);
     for (long t = 0; t < k; ++t)  // written in order, lanes past m zeroed in the same pass
