@@ -526,7 +526,8 @@ class _Compiled:
 
         def body(i, decoding, position, steps, tokens, chosen, top_values, top_ids):
             row_logits = logits[:rows]
-            token = choose_tokens(row_logits, seen[:rows], row_seeds, steps, **settings)
+            with native.use_in_decode_step(self.use_native):  # top-p's whole-row sorts in the native kernel
+                token = choose_tokens(row_logits, seen[:rows], row_seeds, steps, **settings)
             lp = tf.cond(any_logprobs, lambda: log_probabilities(row_logits, token), lambda: none(row_logits, token))
             chosen, top_values, top_ids = (a.write(i, v) for a, v in zip((chosen, top_values, top_ids), lp))
             token = tf.where(decoding, token, 0)

@@ -49,7 +49,8 @@ def _compiled_product():
                                    (5, 3072, 768), (16, 40, 257), (1, 7, 1), (2, 255, 70),
                                    (3, 1001, 333), (16, 600, 70),  # these two: a short last chunk, a column tail
                                    (1, 3072, 768), (1, 1001, 100), (1, 100, 70),  # one row: vector tails
-                                   (6, 40, 257), (7, 33, 13), (5, 16, 3), (4, 100, 70), (11, 40, 257)])
+                                   (6, 40, 257), (7, 33, 13), (5, 16, 3), (4, 100, 70), (11, 40, 257),
+                                   (2, 3072, 70), (4, 1025, 33)])  # 2-4 rows too wide for L1: the lanes kernel
 def test_products_match_numpy(m, k, n):
     rng = np.random.default_rng(m * 1000 + k + n)
     x = rng.normal(size=(m, k)).astype(np.float32)
@@ -185,11 +186,58 @@ def test_same_bits_whatever_the_thread_count(tmp_path):
 
 
 @needs_kernel
+def test_sort_matches_tf_sort():
+    rng = np.random.default_rng(5)
+    values = rng.normal(0, 0.6, size=(6, 5003)).astype(np.float32)
+    values[0, :50], values[0, 50:100] = 0.0, -0.0  # signed zeros (equal as floats)
+    values[1, ::3] = -1e10  # logits masked by top-k
+    values[2, :4], values[2, 4:8] = np.inf, -np.inf
+    values[3] = np.round(values[3] * 4) / 4  # many ties
+    values[4, :300] = 1e-41  # subnormals
+    needed = np.array([True, True, True, True, True, False])
+    with native.use_in_decode_step():
+        assert native.sort_applies(tf.constant(values))
+        got = native.sort_descending(tf.constant(values), tf.constant(needed)).numpy()
+    want = tf.sort(values, direction="DESCENDING").numpy()
+    np.testing.assert_array_equal(got[:5], want[:5])
+    assert np.signbit(got[0]).sum() == np.signbit(values[0]).sum()  # every value kept, -0 included
+    assert got[5].tobytes() == values[5].tobytes()  # a row not needed comes back as it was
+    assert not native.sort_applies(tf.constant(values))  # outside the decode step: tf.sort
+
+
+@needs_kernel
+def test_top_p_with_the_native_sort_gives_the_same_tokens(monkeypatch):
+    """Rows whose nucleus is wider than the fast path's top values are sorted whole, by the kernel in the step."""
+    from gpt2tf.filters import FAST_K, choose_tokens
+
+    rng = np.random.default_rng(6)
+    logits = tf.constant(rng.normal(0, 0.3, size=(5, 3000)).astype(np.float32))  # flat: nuclei of ~2000 tokens
+    settings = dict(temperature=tf.constant([1.0, 0.7, 1.0, 0.0, 1.0]), top_k=tf.constant([0, 0, 40, 0, 0]),
+                    top_p=tf.constant([0.9, 0.95, 0.9, 1.0, 1.0]), repetition_penalty=tf.constant([1.0] * 5))
+    seen, seeds = tf.zeros([5, 3000], tf.bool), tf.constant([[s, 0] for s in range(5)], tf.int32)
+    sorted_rows = []
+    real = native.sort_descending
+    monkeypatch.setattr(native, "sort_descending", lambda v, n: sorted_rows.append(v.shape) or real(v, n))
+
+    def tokens(kernel):
+        @tf.function(autograph=False)
+        def choose(step):
+            with native.use_in_decode_step(kernel):
+                return choose_tokens(logits, seen, seeds, step, **settings)
+        return [choose(tf.constant(step)).numpy().tolist() for step in range(20)]
+
+    assert tokens(True) == tokens(False)
+    assert sorted_rows == [tf.TensorShape([5, 3000])] and FAST_K < 2000  # traced once, with the kernel
+
+
+@needs_kernel
 def test_decode_step_uses_the_kernel_and_gives_the_same_tokens(small_model_dir, monkeypatch):
     model = gpt2tf.load_model(small_model_dir)
     prompts = [[464, 2068, 7586], [10, 11]]
     kwargs = dict(length=20, temperature=0, batch_size=2, stop_at_eos=False)
     with_kernel = sample.generate(model, prompts, **kwargs)
+    nucleus = dict(length=6, top_p=0.9, seed=3, batch_size=2, stop_at_eos=False)  # nearly flat: sorts whole rows
+    nucleus_with_kernel = sample.generate(model, prompts, **nucleus)
     compiled = engine.compiled_for(model)
     assert compiled.use_native
     cache = compiled.cache_variables(2, 84)
@@ -203,6 +251,7 @@ def test_decode_step_uses_the_kernel_and_gives_the_same_tokens(small_model_dir, 
     monkeypatch.setenv("GPT2TF_NATIVE", "0")
     assert not engine.compiled_for(model).use_native
     assert sample.generate(model, prompts, **kwargs) == with_kernel
+    assert sample.generate(model, prompts, **nucleus) == nucleus_with_kernel
 
 
 def test_no_compiler_falls_back_with_a_warning(small_model_dir, tmp_path):
