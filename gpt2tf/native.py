@@ -8,7 +8,7 @@ key/value cache reading only the slots written so far. It is built on first use 
 (once per source and compiler), cached under `~/.cache/gpt2tf/` (or `$GPT2TF_CACHE_DIR`), loaded into the process and
 registered with XLA as the custom-call targets `gpt2tf_matmul_nt` (and its `_i8` / `_bf16` forms for weights stored
 as int8 or bfloat16, see `gpt2tf.quantize`), `gpt2tf_attend` and `gpt2tf_sort_descending` (the sampling's top-p
-sorts whole rows of logits: a radix sort, ~40x faster than TensorFlow's, giving the same sorted values).
+sorts whole rows of logits: a radix sort, ~8x faster than TensorFlow's, giving the same sorted values).
 
 It is used only where it helps and is safe: inside the compiled decode step (`use_in_decode_step`), for float32
 (or int8 / bfloat16-weight) products of at most `MAX_ROWS` rows and one-token attention, on an x86-64 CPU with AVX2 and FMA, when no GPU is
