@@ -183,7 +183,7 @@ inline void pack_for_bf16(const float* x, float* xp, long m, long k) {
 }
 
 
-// y[i, j] = sum_k x[i, k] w[j, k] for float32 x of 9-16 rows (1-5 rows: run_rows; 6-8: matmul_nt_lanes): dot
+// y[i, j] = sum_k x[i, k] w[j, k] for float32 x of 9-16 rows (fewer: run_rows or matmul_nt_lanes, see one_stream): dot
 // products of x rows with w rows, four w rows by two x rows at a time. Reading four rows of w at once makes four
 // interleaved streams, which this project's 2-core VM serves slowly: at 2-5 rows, a block's products and the logits
 // took 7.0-9.5 ms this way against 5.5-5.7 ms with run_rows' one stream.
@@ -249,7 +249,8 @@ GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w,
   }
 }
 
-// Six to eight rows of x (batch 6-8), packed transposed into xt [k, 8] (lanes past m are zeros): each weight is
+// Two to eight rows of x (batch 6-8, and 2-5 where one_stream says x does not fit in L1), packed transposed into
+// xt [k, 8] (lanes past m are zeros): each weight is
 // broadcast and multiplied into the eight rows at once, eight rows of w at a time: no horizontal sums, and each
 // weight loaded feeds eight lanes, where matmul_nt's dot products end in a horizontal sum per output and row.
 constexpr long kLanes = 8;
@@ -487,7 +488,10 @@ struct Task {
     chunks = (a->b * a->h + chunk - 1) / chunk;
   }
 
-  explicit Task(const SortRows* s) : chunk(1), chunks(s->m), sort(s) {}
+  explicit Task(const SortRows* s) : sort(s) {  // chunks of whole rows
+    chunk = (s->m + kMaxChunks - 1) / kMaxChunks;
+    chunks = (s->m + chunk - 1) / chunk;
+  }
 
   Task(const float* x_, const float* w_, float* y_, long m_, long k_, long n_, long bytes_per_weight = 4)
       : x(x_), w(w_), y(y_), m(m_), k(k_), n(n_) {
@@ -510,7 +514,7 @@ struct Task {
 
   void Run(long c) const {
     if (sort != nullptr) {
-      sort_row(*sort, c);
+      for (long row = c * chunk; row < std::min((c + 1) * chunk, sort->m); ++row) sort_row(*sort, row);
     } else if (attend != nullptr) {
       for (long unit = c * chunk; unit < std::min((c + 1) * chunk, attend->b * attend->h); ++unit)
         attend_one(*attend, unit);

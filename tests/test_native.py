@@ -207,37 +207,60 @@ def test_sort_matches_tf_sort():
 
 @needs_kernel
 def test_top_p_with_the_native_sort_gives_the_same_tokens(monkeypatch):
-    """Rows whose nucleus is wider than the fast path's top values are sorted whole, by the kernel in the step."""
-    from gpt2tf.filters import FAST_K, choose_tokens
+    """Rows whose nucleus is wider than the fast path's top values are sorted whole, by the kernel in the step: the
+    same filtered logits, bit for bit, and the same tokens."""
+    from gpt2tf.filters import FAST_K, choose_tokens, filter_logits
 
     rng = np.random.default_rng(6)
-    logits = tf.constant(rng.normal(0, 0.3, size=(5, 3000)).astype(np.float32))  # flat: nuclei of ~2000 tokens
-    settings = dict(temperature=tf.constant([1.0, 0.7, 1.0, 0.0, 1.0]), top_k=tf.constant([0, 0, 40, 0, 0]),
-                    top_p=tf.constant([0.9, 0.95, 0.9, 1.0, 1.0]), repetition_penalty=tf.constant([1.0] * 5))
+    scale = np.array([[0.3], [0.5], [0.4], [0.2], [0.6]], np.float32)  # each row its own: a wrong row shows
+    logits = tf.constant(rng.normal(size=(5, 3000)).astype(np.float32) * scale)  # flat: nuclei of >1000 tokens
+    # Rows: greedy, free, top-k + top-p (exact from the top values), then two that must be sorted whole: the
+    # filtered rows are 2-4 and the sorted ones 3-4 of the batch (1-2 of the filtered), so positions are mapped.
+    settings = dict(temperature=tf.constant([0.0, 1.0, 1.0, 1.0, 0.7]), top_k=tf.constant([0, 0, 40, 0, 0]),
+                    top_p=tf.constant([1.0, 1.0, 0.9, 0.9, 0.95]), repetition_penalty=tf.constant([1.0] * 5))
     seen, seeds = tf.zeros([5, 3000], tf.bool), tf.constant([[s, 0] for s in range(5)], tf.int32)
     sorted_rows = []
     real = native.sort_descending
     monkeypatch.setattr(native, "sort_descending", lambda v, n: sorted_rows.append(v.shape) or real(v, n))
 
-    def tokens(kernel):
+    def run(kernel):
         @tf.function(autograph=False)
         def choose(step):
             with native.use_in_decode_step(kernel):
                 return choose_tokens(logits, seen, seeds, step, **settings)
-        return [choose(tf.constant(step)).numpy().tolist() for step in range(20)]
 
-    assert tokens(True) == tokens(False)
-    assert sorted_rows == [tf.TensorShape([5, 3000])] and FAST_K < 2000  # traced once, with the kernel
+        @tf.function(autograph=False)
+        def filtered():
+            with native.use_in_decode_step(kernel):
+                return filter_logits(logits, seen, **settings)
+        return filtered().numpy(), [choose(tf.constant(step)).numpy().tolist() for step in range(20)]
+
+    (with_kernel, tokens), (without, want) = run(True), run(False)
+    assert with_kernel.tobytes() == without.tobytes() and tokens == want
+    kept = (without > -1e9).sum(axis=1)
+    assert kept[3] > FAST_K and kept[4] > FAST_K  # those two were sorted whole
+    assert sorted_rows == [tf.TensorShape([5, 3000])] * 2  # traced with the kernel: once per function
+
+    @tf.function(autograph=False)
+    def alone(row):  # each row filtered on its own (a batch of one), with the kernel
+        with native.use_in_decode_step():
+            return filter_logits(logits[row:row + 1], seen[:1], **{k: v[row:row + 1] for k, v in settings.items()})
+    for row in range(5):
+        assert alone(row).numpy().tobytes() == with_kernel[row:row + 1].tobytes()
 
 
 @needs_kernel
 def test_decode_step_uses_the_kernel_and_gives_the_same_tokens(small_model_dir, monkeypatch):
+    sorts = []
+    real_sort = native.sort_descending
+    monkeypatch.setattr(native, "sort_descending", lambda v, n: sorts.append(v.shape) or real_sort(v, n))
     model = gpt2tf.load_model(small_model_dir)
     prompts = [[464, 2068, 7586], [10, 11]]
     kwargs = dict(length=20, temperature=0, batch_size=2, stop_at_eos=False)
     with_kernel = sample.generate(model, prompts, **kwargs)
     nucleus = dict(length=6, top_p=0.9, seed=3, batch_size=2, stop_at_eos=False)  # nearly flat: sorts whole rows
     nucleus_with_kernel = sample.generate(model, prompts, **nucleus)
+    assert sorts  # the engine's step was traced with top-p's sort in the kernel
     compiled = engine.compiled_for(model)
     assert compiled.use_native
     cache = compiled.cache_variables(2, 84)

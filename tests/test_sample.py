@@ -83,6 +83,26 @@ def test_top_k_then_top_p_fast_path_keeps_the_same_set(k, p):
         assert _kept(got[row]) == top_p_kept(after_k, p) & set(np.flatnonzero(logits[row] >= kth))
 
 
+def test_rows_with_their_own_settings_each_keep_their_own_set():
+    """One call, six rows, six settings: greedy and free rows pass untouched; the rows top-k/top-p filter keep their
+    brute-force sets, whether from their top values or from the whole vocabulary sorted (rows 3 and 4: nuclei wider
+    than FAST_K), wherever they sit in the batch."""
+    rng = np.random.default_rng(11)
+    scale = np.array([[2.0], [1.0], [3.0], [0.2], [0.3], [1.5]])
+    logits = (rng.normal(size=(6, 1000)) * scale).astype(np.float32)
+    temperature, top_k, top_p = [0.0, 1.0, 1.0, 1.0, 0.7, 1.0], [0, 0, 40, 0, 0, 5], [1.0, 1.0, 0.9, 0.9, 0.95, 1.0]
+    got = filters.filter_logits(tf.constant(logits), tf.zeros((6, 1000), tf.bool), tf.constant(temperature),
+                                tf.constant(top_k), tf.constant(top_p), 1.0).numpy()
+    np.testing.assert_array_equal(got[0], logits[0])  # greedy
+    np.testing.assert_array_equal(got[1], logits[1])  # no filter
+    kth = np.sort(logits[2])[::-1][39]
+    assert _kept(got[2]) == top_p_kept(np.where(logits[2] >= kth, logits[2], -1e10).astype(np.float64), 0.9)
+    for row in (3, 4):
+        scaled = (logits[row] / np.float32(temperature[row])).astype(np.float64)
+        assert _kept(got[row]) == top_p_kept(scaled, top_p[row]) and len(_kept(got[row])) > filters.FAST_K
+    assert _kept(got[5]) == set(np.argsort(-logits[5])[:5])
+
+
 def test_repetition_penalty_direction():
     logits = tf.constant([[2.0, -2.0, 2.0, -2.0]])
     seen = tf.constant([[True, True, False, False]])
