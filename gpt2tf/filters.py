@@ -87,7 +87,7 @@ def _top_k_top_p(logits, k, p):
 def _sorted_rows(logits, rows):
     """Rows `rows` of logits, each sorted from largest to smallest: [len(rows), vocab]."""
     if native.sort_applies(logits):
-        needed = tf.scatter_nd(rows[:, None], tf.ones_like(rows, tf.float32), tf.constant([logits.shape[0]], rows.dtype))
+        needed = tf.scatter_nd(tf.cast(rows, tf.int32)[:, None], tf.ones_like(rows, tf.float32), [logits.shape[0]])
         return tf.gather(native.sort_descending(logits, needed > 0), rows)
     return tf.sort(tf.gather(logits, rows), axis=-1, direction="DESCENDING")
 

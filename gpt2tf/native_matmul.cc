@@ -183,10 +183,10 @@ inline void pack_for_bf16(const float* x, float* xp, long m, long k) {
 }
 
 
-// y[i, j] = sum_k x[i, k] w[j, k] for float32 x of 9-16 rows (fewer: run_rows or matmul_nt_lanes, see one_stream): dot
-// products of x rows with w rows, four w rows by two x rows at a time. Reading four rows of w at once makes four
-// interleaved streams, which this project's 2-core VM serves slowly: at 2-5 rows, a block's products and the logits
-// took 7.0-9.5 ms this way against 5.5-5.7 ms with run_rows' one stream.
+// y[i, j] = sum_k x[i, k] w[j, k] for float32 x of 9-16 rows (fewer: run_rows or matmul_nt_lanes, see
+// one_stream): dot products of x rows with w rows, four w rows by two x rows at a time. Reading four rows of w at
+// once makes four interleaved streams, which this project's 2-core VM serves slowly: at 2-5 rows, a block's
+// products and the logits took 7.0-9.5 ms this way against 5.5-5.7 ms with run_rows' one stream.
 GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w, float* __restrict y, long m, long k,
                            long n, long j0, long j1) {
   const long kv = k / 8 * 8;
@@ -250,9 +250,9 @@ GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w,
 }
 
 // Two to eight rows of x (batch 6-8, and 2-5 where one_stream says x does not fit in L1), packed transposed into
-// xt [k, 8] (lanes past m are zeros): each weight is
-// broadcast and multiplied into the eight rows at once, eight rows of w at a time: no horizontal sums, and each
-// weight loaded feeds eight lanes, where matmul_nt's dot products end in a horizontal sum per output and row.
+// xt [k, 8] (lanes past m are zeros): each weight is broadcast and multiplied into the eight rows at once, eight
+// rows of w at a time: no horizontal sums, and each weight loaded feeds eight lanes, where matmul_nt's dot products
+// end in a horizontal sum per output and row.
 constexpr long kLanes = 8;
 
 GPT2TF_AVX2 void matmul_nt_lanes(const float* __restrict xt, const float* __restrict w, float* __restrict y, long m,
@@ -481,7 +481,7 @@ struct Task {
   long chunk = 0;  // output columns (or attention units) per chunk
   long chunks = 0;
   const Attend* attend = nullptr;  // set: chunk c is (sequence, head) c of an attention
-  const SortRows* sort = nullptr;  // set: chunk c is row c of a sort
+  const SortRows* sort = nullptr;  // set: chunk c is rows [c * chunk, (c + 1) * chunk) of a sort
 
   explicit Task(const Attend* a) : attend(a) {  // chunks of whole (sequence, head) units
     chunk = (a->b * a->h + kMaxChunks - 1) / kMaxChunks;
