@@ -88,7 +88,7 @@ def _sorted_rows(logits, rows):
     """Rows `rows` of logits, each sorted from largest to smallest: [len(rows), vocab]."""
     if native.sort_applies(logits):
         needed = tf.scatter_nd(tf.cast(rows, tf.int32)[:, None], tf.ones_like(rows, tf.float32), [logits.shape[0]])
-        return tf.gather(native.sort_descending(logits, needed > 0), rows)
+        return tf.gather(native.sort_descending(logits, needed), rows)
     return tf.sort(tf.gather(logits, rows), axis=-1, direction="DESCENDING")
 
 

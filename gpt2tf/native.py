@@ -265,11 +265,12 @@ def sort_applies(values):
 
 
 def sort_descending(values, needed):
-    """values [m, n] float32 with the rows where `needed` [m] (bool) is true sorted from largest to smallest, the
-    others as they are: for those rows, the values `tf.sort(..., direction="DESCENDING")` gives (equal values are
-    indistinguishable, except +0 and -0, which compare equal). A NaN sorts first (or last, with its sign bit set),
-    where TensorFlow's sort leaves a row holding one unordered; the logsumexp of such a row is NaN either way."""
-    return _sort_call(values, tf.cast(needed, tf.float32))
+    """values [m, n] float32 with the rows where `needed` [m] (bool, or a number: nonzero) is set sorted from largest
+    to smallest, the others as they are: for those rows, the values `tf.sort(..., direction="DESCENDING")` gives
+    (equal values are indistinguishable, except +0 and -0, which compare equal). A NaN sorts first (or last, with
+    its sign bit set), where TensorFlow's sort leaves a row holding one unordered; the logsumexp of such a row is
+    NaN either way."""
+    return _sort_call(values, tf.cast(needed, tf.float32))  # the kernel reads a float flag per row
 
 
 @tf.function(jit_compile=True, autograph=False)
