@@ -23,8 +23,21 @@ from setuptools import find_packages, setup
 #                     is a main use, so they are installed with the package
 # Not a dependency: a C++ compiler (g++/clang++). If present, gpt2tf builds its small decode kernel
 #   (gpt2tf/native_matmul.cc) on first use; without one, decoding falls back to XLA's own dot.
-INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "requests", "tqdm", "tensorflow-datasets",
-                    "importlib_resources", "h5py", "ml_dtypes", "fastapi", "uvicorn", "rouge-score"]
+INSTALL_REQUIRES = [
+    "tensorflow>=2.16",
+    "keras>=3.0",
+    "numpy",
+    "regex",
+    "requests",
+    "tqdm",
+    "tensorflow-datasets",
+    "importlib_resources",
+    "h5py",
+    "ml_dtypes",
+    "fastapi",
+    "uvicorn",
+    "rouge-score",
+]
 
 # Test-only: pytest runs the suite; tiktoken (built offline from our bundled vocab files) is the independent
 # reference the encoder is checked against, bit for bit; openai is the official client the server is tested with,
@@ -33,8 +46,9 @@ INSTALL_REQUIRES = ["tensorflow>=2.16", "keras>=3.0", "numpy", "regex", "request
 # and safetensors to write test checkpoints) is the independent reference for the Hugging Face interop and the peer in
 # the benchmarks; never a runtime dependency. torch is pinned to the CPU build this machine image carries on disk
 # (any other release pulls a CUDA build of several GB).
-EXTRAS_REQUIRE = {"test": ["pytest", "tiktoken", "openai", "httpx", "selenium", "torch==2.13.0", "transformers",
-                           "safetensors"]}
+EXTRAS_REQUIRE = {
+    "test": ["pytest", "tiktoken", "openai", "httpx", "selenium", "torch==2.13.0", "transformers", "safetensors"]
+}
 
 setup(
     name="gpt2tf",

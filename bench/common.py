@@ -27,21 +27,42 @@ def hf_gpt2(path):
 
     reader = tf.train.load_checkpoint(os.path.join(path, "model.ckpt"))
     hp = json.load(open(os.path.join(path, "hparams.json")))
-    config = transformers.GPT2Config(vocab_size=hp["n_vocab"], n_positions=hp["n_ctx"], n_embd=hp["n_embd"],
-                                     n_head=hp["n_head"], n_layer=hp["n_layer"])
+    config = transformers.GPT2Config(
+        vocab_size=hp["n_vocab"],
+        n_positions=hp["n_ctx"],
+        n_embd=hp["n_embd"],
+        n_head=hp["n_head"],
+        n_layer=hp["n_layer"],
+    )
     model = transformers.GPT2LMHeadModel(config).eval()
-    names = {"transformer.wte.weight": "model/wte", "transformer.wpe.weight": "model/wpe",
-             "transformer.ln_f.weight": "model/ln_f/g", "transformer.ln_f.bias": "model/ln_f/b"}
+    names = {
+        "transformer.wte.weight": "model/wte",
+        "transformer.wpe.weight": "model/wpe",
+        "transformer.ln_f.weight": "model/ln_f/g",
+        "transformer.ln_f.bias": "model/ln_f/b",
+    }
     for i in range(hp["n_layer"]):
-        for ours, theirs in [("ln_1/g", "ln_1.weight"), ("ln_1/b", "ln_1.bias"), ("ln_2/g", "ln_2.weight"),
-                             ("ln_2/b", "ln_2.bias"), ("attn/c_attn/w", "attn.c_attn.weight"),
-                             ("attn/c_attn/b", "attn.c_attn.bias"), ("attn/c_proj/w", "attn.c_proj.weight"),
-                             ("attn/c_proj/b", "attn.c_proj.bias"), ("mlp/c_fc/w", "mlp.c_fc.weight"),
-                             ("mlp/c_fc/b", "mlp.c_fc.bias"), ("mlp/c_proj/w", "mlp.c_proj.weight"),
-                             ("mlp/c_proj/b", "mlp.c_proj.bias")]:
+        for ours, theirs in [
+            ("ln_1/g", "ln_1.weight"),
+            ("ln_1/b", "ln_1.bias"),
+            ("ln_2/g", "ln_2.weight"),
+            ("ln_2/b", "ln_2.bias"),
+            ("attn/c_attn/w", "attn.c_attn.weight"),
+            ("attn/c_attn/b", "attn.c_attn.bias"),
+            ("attn/c_proj/w", "attn.c_proj.weight"),
+            ("attn/c_proj/b", "attn.c_proj.bias"),
+            ("mlp/c_fc/w", "mlp.c_fc.weight"),
+            ("mlp/c_fc/b", "mlp.c_fc.bias"),
+            ("mlp/c_proj/w", "mlp.c_proj.weight"),
+            ("mlp/c_proj/b", "mlp.c_proj.bias"),
+        ]:
             names[f"transformer.h.{i}.{theirs}"] = f"model/h{i}/{ours}"
-    state = {k: torch.from_numpy(np.ascontiguousarray(reader.get_tensor(v).squeeze(0) if v.endswith("/w")
-                                                      else reader.get_tensor(v))) for k, v in names.items()}
+    state = {
+        k: torch.from_numpy(
+            np.ascontiguousarray(reader.get_tensor(v).squeeze(0) if v.endswith("/w") else reader.get_tensor(v))
+        )
+        for k, v in names.items()
+    }
     state["lm_head.weight"] = state["transformer.wte.weight"]  # tied
     model.load_state_dict(state, strict=False)
     return model

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import common  # noqa: E402
+import common
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,9 +99,16 @@ def main():
     mine = None
     for name in runners:
         count, perplexity = results[name]
-        line = {"bench": "evaluate_perplexity", "scorer": name, "context": args.context, "stride": args.stride,
-                "scored_tokens": count, "seconds": round(best[name], 2), "tokens_per_s": round(count / best[name], 1),
-                "perplexity": round(perplexity, 4)}
+        line = {
+            "bench": "evaluate_perplexity",
+            "scorer": name,
+            "context": args.context,
+            "stride": args.stride,
+            "scored_tokens": count,
+            "seconds": round(best[name], 2),
+            "tokens_per_s": round(count / best[name], 1),
+            "perplexity": round(perplexity, 4),
+        }
         if mine is None:
             mine = line
         else:

@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import common
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +34,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def export_in_child(model_dir, export_dir, extra=()):
     """Run export.py in a child; (seconds, peak RSS of the child in GB, size on disk in GB)."""
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(ROOT / "export.py"), "--model_dir", model_dir, "--export_dir",
-                             export_dir, "--overwrite", *extra], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "export.py"),
+            "--model_dir",
+            model_dir,
+            "--export_dir",
+            export_dir,
+            "--overwrite",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     if result.returncode:
         sys.exit(result.stderr)
@@ -58,10 +70,20 @@ def main():
     weights_gb = sum(f.stat().st_size for f in Path(model_dir).glob("model.ckpt.data*")) / 1e9
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
         seconds, peak, size = export_in_child(model_dir, tmp, ["--no_xla"] if args.no_xla else [])
-        print(json.dumps({"bench": "export", "size": args.size, "export_seconds": round(seconds, 1),
-                          "export_gb": round(size, 2), "weights_gb": round(weights_gb, 2),
-                          "export_peak_rss_gb": round(peak, 2), "peak_over_weights": round(peak / weights_gb, 2)}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "export",
+                    "size": args.size,
+                    "export_seconds": round(seconds, 1),
+                    "export_gb": round(size, 2),
+                    "weights_gb": round(weights_gb, 2),
+                    "export_peak_rss_gb": round(peak, 2),
+                    "peak_over_weights": round(peak / weights_gb, 2),
+                }
+            ),
+            flush=True,
+        )
         if args.only_export:
             return
 
@@ -81,9 +103,14 @@ def main():
         exported = tf.saved_model.load(str(Path(tmp) / "1"))
         loaded = time.perf_counter() - started
         signature = exported.signatures["generate"]
-        call_args = dict(prompt=tf.constant([prompt_text]), max_new_tokens=tf.constant([args.new_tokens]),
-                         temperature=tf.constant([0.0]), top_k=tf.constant([0]), top_p=tf.constant([1.0]),
-                         seed=tf.constant([0]))
+        call_args = dict(
+            prompt=tf.constant([prompt_text]),
+            max_new_tokens=tf.constant([args.new_tokens]),
+            temperature=tf.constant([0.0]),
+            top_k=tf.constant([0]),
+            top_p=tf.constant([1.0]),
+            seed=tf.constant([0]),
+        )
         started = time.perf_counter()
         signature(**call_args)["tokens"].numpy()
         first_call = time.perf_counter() - started
@@ -91,8 +118,9 @@ def main():
         model = gpt2tf.load_model(model_dir)
         runners = {
             "export": lambda: [int(t) for t in signature(**call_args)["tokens"].numpy()[0] if t >= 0],
-            "library": lambda: generate(model, [prompt_ids], length=args.new_tokens, temperature=0,
-                                        stop_at_eos=True)[0],
+            "library": lambda: generate(model, [prompt_ids], length=args.new_tokens, temperature=0, stop_at_eos=True)[
+                0
+            ],
         }
         outputs = {name: run() for name, run in runners.items()}  # warm-up
         best = dict.fromkeys(runners, math.inf)
@@ -103,13 +131,24 @@ def main():
                 best[name] = min(best[name], time.perf_counter() - started)
         same = outputs["export"] == outputs["library"]
         n = len(outputs["library"])
-        print(json.dumps({"bench": "export_generate", "size": args.size, "xla": not args.no_xla,
-                          "prompt_tokens": len(prompt_ids),
-                          "new_tokens": n, "load_seconds": round(loaded, 2), "first_call_seconds": round(first_call, 2),
-                          "export_ms_per_token": round(1000 * best["export"] / n, 1),
-                          "library_ms_per_token": round(1000 * best["library"] / n, 1),
-                          "ratio_export_over_library": round(best["export"] / best["library"], 2),
-                          "same_tokens": same}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "export_generate",
+                    "size": args.size,
+                    "xla": not args.no_xla,
+                    "prompt_tokens": len(prompt_ids),
+                    "new_tokens": n,
+                    "load_seconds": round(loaded, 2),
+                    "first_call_seconds": round(first_call, 2),
+                    "export_ms_per_token": round(1000 * best["export"] / n, 1),
+                    "library_ms_per_token": round(1000 * best["library"] / n, 1),
+                    "ratio_export_over_library": round(best["export"] / best["library"], 2),
+                    "same_tokens": same,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

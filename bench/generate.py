@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import common  # noqa: E402
+import common
 
 PROMPT, NEW = 64, 128
 
@@ -82,13 +82,16 @@ def measure(model, variant, batch, repeat):
         run = lambda n: _nocache_generate(model, prompts, n, variant == "nocache_xla")  # noqa: E731
     else:
         kwargs = dict(temperature=0) if variant != "topk_topp" else dict(top_k=40, top_p=0.9, seed=0)
+
         def run(n):
             os.environ["GPT2TF_NATIVE"] = "0" if variant == "cache_xla_plain" else native_setting
             try:
-                return sample.generate(model, prompts, length=n, stop_at_eos=False, jit_compile=variant != "cache",
-                                       **kwargs)
+                return sample.generate(
+                    model, prompts, length=n, stop_at_eos=False, jit_compile=variant != "cache", **kwargs
+                )
             finally:
                 os.environ["GPT2TF_NATIVE"] = native_setting
+
     # A no-cache step always runs the whole fixed-length sequence, so a few steps measure it as well as 128 do.
     steps = NEW if not variant.startswith("nocache") else 9
     run(steps)  # warm-up: traces and compiles
@@ -96,14 +99,27 @@ def measure(model, variant, batch, repeat):
     full = _best(lambda: run(steps), repeat)
     one = _best(lambda: run(1), repeat)
     step_ms = (full - one) / (steps - 1) * 1e3
-    return {"bench": "generate", "variant": variant, "batch": batch, "ms_per_step": round(step_ms, 1),
-            "ms_per_token": round(step_ms / batch, 2), "tokens_per_s": round(batch * 1e3 / step_ms, 1),
-            "prefill_plus_one_s": round(one, 3)}
+    return {
+        "bench": "generate",
+        "variant": variant,
+        "batch": batch,
+        "ms_per_step": round(step_ms, 1),
+        "ms_per_token": round(step_ms / batch, 2),
+        "tokens_per_s": round(batch * 1e3 / step_ms, 1),
+        "prefill_plus_one_s": round(one, 3),
+    }
 
 
-ARRIVAL_SETTINGS = [dict(temperature=0), dict(top_k=40, seed=1), dict(top_p=0.9, seed=2),
-                    dict(temperature=0.8, top_k=40, top_p=0.95, seed=3), dict(temperature=0, repetition_penalty=1.2),
-                    dict(top_k=10, temperature=0.7, seed=4), dict(top_p=0.8, seed=5), dict(top_k=40, seed=6)]
+ARRIVAL_SETTINGS = [
+    dict(temperature=0),
+    dict(top_k=40, seed=1),
+    dict(top_p=0.9, seed=2),
+    dict(temperature=0.8, top_k=40, top_p=0.95, seed=3),
+    dict(temperature=0, repetition_penalty=1.2),
+    dict(top_k=10, temperature=0.7, seed=4),
+    dict(top_p=0.8, seed=5),
+    dict(top_k=40, seed=6),
+]
 
 
 def arrivals(model, every, repeat, settings=ARRIVAL_SETTINGS):
@@ -134,11 +150,19 @@ def arrivals(model, every, repeat, settings=ARRIVAL_SETTINGS):
     assert continuous() == one_after_another()  # warm-up (traces, compiles) and the same tokens both ways
     batched, serial = _best(continuous, repeat), _best(one_after_another, repeat)
     tokens = NEW * len(requests)
-    return {"bench": "generate_arrivals", "settings": "mixed" if settings is ARRIVAL_SETTINGS else "greedy",
-            "requests": len(requests), "every_steps": every, "new_tokens_per_request": NEW, "new_tokens": tokens,
-            "continuous_s": round(batched, 2), "continuous_tokens_per_s": round(tokens / batched, 1),
-            "one_after_another_s": round(serial, 2), "one_after_another_tokens_per_s": round(tokens / serial, 1),
-            "speedup": round(serial / batched, 2)}
+    return {
+        "bench": "generate_arrivals",
+        "settings": "mixed" if settings is ARRIVAL_SETTINGS else "greedy",
+        "requests": len(requests),
+        "every_steps": every,
+        "new_tokens_per_request": NEW,
+        "new_tokens": tokens,
+        "continuous_s": round(batched, 2),
+        "continuous_tokens_per_s": round(tokens / batched, 1),
+        "one_after_another_s": round(serial, 2),
+        "one_after_another_tokens_per_s": round(tokens / serial, 1),
+        "speedup": round(serial / batched, 2),
+    }
 
 
 def first_call(model_dir):
@@ -174,16 +198,27 @@ def hf_peer(model_dir, batch, repeat):
 
     def run(n):
         with torch.no_grad():
-            hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                        do_sample=False, use_cache=True, pad_token_id=0)
+            hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=0,
+            )
 
     run(NEW)
     full = _best(lambda: run(NEW), repeat)
     one = _best(lambda: run(1), repeat)
     step_ms = (full - one) / (NEW - 1) * 1e3
-    return {"bench": "generate_peer", "peer": f"transformers {transformers.__version__} (torch "
-                                              f"{torch.__version__})", "batch": batch,
-            "ms_per_step": round(step_ms, 1), "tokens_per_s": round(batch * 1e3 / step_ms, 1)}
+    return {
+        "bench": "generate_peer",
+        "peer": f"transformers {transformers.__version__} (torch {torch.__version__})",
+        "batch": batch,
+        "ms_per_step": round(step_ms, 1),
+        "tokens_per_s": round(batch * 1e3 / step_ms, 1),
+    }
 
 
 def read_rate():
@@ -263,11 +298,15 @@ def main():
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is reported")
     parser.add_argument("--no_first_call", action="store_true")
     parser.add_argument("--no_peers", action="store_true")
-    parser.add_argument("--arrivals", action="store_true",
-                        help="only the continuous-batching scenario: 8 requests arriving one every 10 steps, with "
-                             "mixed settings and all greedy")
-    parser.add_argument("--weights", help="comma-separated formats (float32,int8,bf16): the decode speed of each, "
-                                          "side by side")
+    parser.add_argument(
+        "--arrivals",
+        action="store_true",
+        help="only the continuous-batching scenario: 8 requests arriving one every 10 steps, with "
+        "mixed settings and all greedy",
+    )
+    parser.add_argument(
+        "--weights", help="comma-separated formats (float32,int8,bf16): the decode speed of each, side by side"
+    )
     parser.add_argument("--memory", action="store_true", help="with --weights: each format's peak memory too")
     parser.add_argument("--new", type=int, default=NEW, help="new tokens per measured call")
     args = parser.parse_args()
@@ -304,14 +343,24 @@ def main():
             ours[(variant, batch)] = result["ms_per_step"]
             print(json.dumps(result), flush=True)
         if ("cache_xla", batch) in ours and ("nocache", batch) in ours:
-            print(json.dumps({"bench": "generate_cache_speedup", "batch": batch,
-                              "cache_xla_vs_nocache": round(ours[("nocache", batch)] / ours[("cache_xla", batch)], 1),
-                              "cache_xla_vs_nocache_xla": round(
-                                  ours.get(("nocache_xla", batch), float("nan")) / ours[("cache_xla", batch)], 1)}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "bench": "generate_cache_speedup",
+                        "batch": batch,
+                        "cache_xla_vs_nocache": round(ours[("nocache", batch)] / ours[("cache_xla", batch)], 1),
+                        "cache_xla_vs_nocache_xla": round(
+                            ours.get(("nocache_xla", batch), float("nan")) / ours[("cache_xla", batch)], 1
+                        ),
+                    }
+                ),
+                flush=True,
+            )
         peer = None if args.no_peers else hf_peer(model_dir, batch, args.repeat)
         if peer:
-            peer["ratio_peer_over_gpt2tf"] = round(peer["ms_per_step"] / ours.get(("cache_xla", batch), float("nan")), 2)
+            peer["ratio_peer_over_gpt2tf"] = round(
+                peer["ms_per_step"] / ours.get(("cache_xla", batch), float("nan")), 2
+            )
             print(json.dumps(peer), flush=True)
 
 

@@ -30,10 +30,10 @@ import common  # noqa: E402
 def random_weights(size, n_tokens):
     import numpy as np
     import tensorflow as tf
-
-    import gpt2tf
     from reference import read_openai_checkpoint, reference_logits
     from test_quantize import quantized_params, relative_rms
+
+    import gpt2tf
 
     model_dir = common.model_dir(size)
     params = read_openai_checkpoint(os.path.join(model_dir, "model.ckpt"))
@@ -45,9 +45,20 @@ def random_weights(size, n_tokens):
         model = gpt2tf.load_model(model_dir, weights=weights)
         got = relative_rms(model(tf.constant([tokens])).numpy()[0], exact)
         del model
-        print(json.dumps({"bench": "quantized_logits", "size": size, "weights": weights, "tokens": n_tokens,
-                          "relative_rms_error": round(got, 5), "format_own_error": round(own, 5),
-                          "ratio": round(got / own, 3)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "quantized_logits",
+                    "size": size,
+                    "weights": weights,
+                    "tokens": n_tokens,
+                    "relative_rms_error": round(got, 5),
+                    "format_own_error": round(own, 5),
+                    "ratio": round(got / own, 3),
+                }
+            ),
+            flush=True,
+        )
 
 
 def trained(run_dir, val_path):
@@ -67,15 +78,22 @@ def trained(run_dir, val_path):
         model = gpt2tf.load_model(run_dir, weights=weights)
         reports[weights] = perplexity(model, tokens)[0]
         n = model.hparams.n_ctx
-        windows = np.array(tokens[:len(tokens) // n * n]).reshape(-1, n)
-        top1[weights] = np.concatenate([tf.argmax(model(tf.constant(windows[i:i + 16])), -1).numpy().ravel()
-                                        for i in range(0, len(windows), 16)])
+        windows = np.array(tokens[: len(tokens) // n * n]).reshape(-1, n)
+        top1[weights] = np.concatenate(
+            [tf.argmax(model(tf.constant(windows[i : i + 16])), -1).numpy().ravel() for i in range(0, len(windows), 16)]
+        )
     for weights, report in reports.items():
-        row = {"bench": "quantized_perplexity", "run_dir": run_dir, "weights": weights,
-               "scored_tokens": report["scored_tokens"], "perplexity": round(report["perplexity"], 3)}
+        row = {
+            "bench": "quantized_perplexity",
+            "run_dir": run_dir,
+            "weights": weights,
+            "scored_tokens": report["scored_tokens"],
+            "perplexity": round(report["perplexity"], 3),
+        }
         if weights != "float32":
             row["perplexity_change_percent"] = round(
-                100 * (report["perplexity"] / reports["float32"]["perplexity"] - 1), 3)
+                100 * (report["perplexity"] / reports["float32"]["perplexity"] - 1), 3
+            )
             row["top1_agreement_percent"] = round(100 * float(np.mean(top1[weights] == top1["float32"])), 2)
             row["top1_positions"] = int(top1[weights].size)
         print(json.dumps(row), flush=True)

@@ -67,15 +67,22 @@ def summary(runs, wall):
     tokens = sum(len(t) - 1 for t in runs)
     gaps = sorted(g for t in runs for g in (b - a for a, b in zip(t[1:], t[2:])))
     ttft = [t[1] - t[0] for t in runs]
-    return {"tokens_per_s": round(tokens / wall, 1), "ttft_s": round(statistics.median(ttft), 3),
-            "token_gap_ms_p50": round(1e3 * gaps[len(gaps) // 2], 1),
-            "token_gap_ms_p95": round(1e3 * gaps[int(len(gaps) * 0.95)], 1)}
+    return {
+        "tokens_per_s": round(tokens / wall, 1),
+        "ttft_s": round(statistics.median(ttft), 3),
+        "token_gap_ms_p50": round(1e3 * gaps[len(gaps) // 2], 1),
+        "token_gap_ms_p95": round(1e3 * gaps[int(len(gaps) * 0.95)], 1),
+    }
 
 
 def start_server(model_dir, port, script):
     log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"gpt2tf-bench-serve-{port}.log"), "w+")
-    process = subprocess.Popen([sys.executable, script, "--model_dir", model_dir, "--port", str(port),
-                                "--max_batch", "8"], cwd=ROOT, stdout=log, stderr=log)
+    process = subprocess.Popen(
+        [sys.executable, script, "--model_dir", model_dir, "--port", str(port), "--max_batch", "8"],
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+    )
     import httpx
 
     deadline = time.monotonic() + 300
@@ -95,8 +102,11 @@ def arriving_while_others_decode(url):
     """TTFT of a request sent once 7 others are decoding (after their 10th token)."""
     out, threads = [], []
     for i in range(7):
-        threads.append(threading.Thread(target=stream, args=(url, {"prompt": prompt_ids(100 + i),
-                                                                   "max_tokens": NEW, "temperature": 0}, out)))
+        threads.append(
+            threading.Thread(
+                target=stream, args=(url, {"prompt": prompt_ids(100 + i), "max_tokens": NEW, "temperature": 0}, out)
+            )
+        )
         threads[-1].start()
     import httpx
 
@@ -117,8 +127,9 @@ def library_stream(model, ids):
     from gpt2tf import sample
 
     times = [time.perf_counter()]
-    for _ in sample.generate_stream(model, [ids], length=NEW, config=sample.SamplerConfig(temperature=0),
-                                    chunk_steps=1, stop_at_eos=False):
+    for _ in sample.generate_stream(
+        model, [ids], length=NEW, config=sample.SamplerConfig(temperature=0), chunk_steps=1, stop_at_eos=False
+    ):
         times.append(time.perf_counter())
     return summary([times], times[-1] - times[0])
 
@@ -151,20 +162,39 @@ def main():
         alone = max(lone, key=lambda r: r["tokens_per_s"])
         print(json.dumps({"bench": "serve", "clients": 1, **alone}), flush=True)
         best_library = max(library, key=lambda r: r["tokens_per_s"])
-        print(json.dumps({"bench": "serve_vs_library", "library_stream_tokens_per_s": best_library["tokens_per_s"],
-                          "library_ttft_s": best_library["ttft_s"],
-                          "library_token_gap_ms_p50": best_library["token_gap_ms_p50"],
-                          "server_lone_tokens_per_s": alone["tokens_per_s"],
-                          "server_over_library": round(alone["tokens_per_s"] / best_library["tokens_per_s"], 2)}),
-              flush=True)
-        best = max((summary(*clients(url, 8, offset=10)) for _ in range(args.rounds)),
-                   key=lambda r: r["tokens_per_s"])
+        print(
+            json.dumps(
+                {
+                    "bench": "serve_vs_library",
+                    "library_stream_tokens_per_s": best_library["tokens_per_s"],
+                    "library_ttft_s": best_library["ttft_s"],
+                    "library_token_gap_ms_p50": best_library["token_gap_ms_p50"],
+                    "server_lone_tokens_per_s": alone["tokens_per_s"],
+                    "server_over_library": round(alone["tokens_per_s"] / best_library["tokens_per_s"], 2),
+                }
+            ),
+            flush=True,
+        )
+        best = max((summary(*clients(url, 8, offset=10)) for _ in range(args.rounds)), key=lambda r: r["tokens_per_s"])
         print(json.dumps({"bench": "serve", "clients": 8, **best}), flush=True)
-        print(json.dumps({"bench": "serve_scaling", "aggregate_8_over_1": round(
-            best["tokens_per_s"] / alone["tokens_per_s"], 2)}), flush=True)
+        print(
+            json.dumps(
+                {"bench": "serve_scaling", "aggregate_8_over_1": round(best["tokens_per_s"] / alone["tokens_per_s"], 2)}
+            ),
+            flush=True,
+        )
         late = min(arriving_while_others_decode(url) for _ in range(args.rounds))
-        print(json.dumps({"bench": "serve_ttft_under_load", "ttft_s": round(late, 3), "lone_ttft_s": alone["ttft_s"],
-                          "ratio": round(late / alone["ttft_s"], 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "serve_ttft_under_load",
+                    "ttft_s": round(late, 3),
+                    "lone_ttft_s": alone["ttft_s"],
+                    "ratio": round(late / alone["ttft_s"], 2),
+                }
+            ),
+            flush=True,
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -180,8 +210,11 @@ def hf_peer(model_dir, port, rounds):
         import transformers
     except ImportError:
         return None
-    server = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "serve_hf_peer.py"), model_dir,
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "bench", "serve_hf_peer.py"), model_dir, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     import httpx
 
     url = f"http://127.0.0.1:{port}"
@@ -200,9 +233,13 @@ def hf_peer(model_dir, port, rounds):
         for count in (1, 8):
             runs, wall = min((clients(url, count, offset=10) for _ in range(rounds)), key=lambda r: r[1])
             result[count] = summary(runs, wall)
-        return {"bench": "serve_peer", "peer": f"transformers {transformers.__version__} behind FastAPI",
-                "clients_1_tokens_per_s": result[1]["tokens_per_s"],
-                "clients_8_tokens_per_s": result[8]["tokens_per_s"], "clients_8_ttft_s": result[8]["ttft_s"]}
+        return {
+            "bench": "serve_peer",
+            "peer": f"transformers {transformers.__version__} behind FastAPI",
+            "clients_1_tokens_per_s": result[1]["tokens_per_s"],
+            "clients_8_tokens_per_s": result[8]["tokens_per_s"],
+            "clients_8_ttft_s": result[8]["ttft_s"],
+        }
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
 
 def main():
@@ -55,9 +55,15 @@ def main():
 
         def run():
             with lock, torch.no_grad():  # one request at a time
-                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=body["max_tokens"],
-                               min_new_tokens=body["max_tokens"], do_sample=False, pad_token_id=0,
-                               streamer=Streamer())
+                model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=body["max_tokens"],
+                    min_new_tokens=body["max_tokens"],
+                    do_sample=False,
+                    pad_token_id=0,
+                    streamer=Streamer(),
+                )
 
         threading.Thread(target=run, daemon=True).start()
 

@@ -28,12 +28,19 @@ def child(args):
     import numpy as np
 
     import gpt2tf
-    from gpt2tf.train import Trainer, TrainConfig, resolve_precision
+    from gpt2tf.train import TrainConfig, Trainer, resolve_precision
 
     policy, loss_scaling = resolve_precision(args.precision)
     model = gpt2tf.load_model(args.dir, dtype=policy)
-    config = TrainConfig(output_dir="unused", optimizer=args.optimizer, recompute=args.recompute, xla=args.xla,
-                         batch_size=args.batch_size, length=args.length, lora_rank=args.lora_rank)
+    config = TrainConfig(
+        output_dir="unused",
+        optimizer=args.optimizer,
+        recompute=args.recompute,
+        xla=args.xla,
+        batch_size=args.batch_size,
+        length=args.length,
+        lora_rank=args.lora_rank,
+    )
     trainer = Trainer(model, config, loss_scaling=loss_scaling)
     rng = np.random.default_rng(0)
     shape = (1, args.batch_size, args.length)
@@ -54,12 +61,19 @@ def child(args):
         losses.append(trainer.train_step(tokens, weights))
         times.append(time.perf_counter() - start)
     tokens_per_step = args.batch_size * args.length
-    print(json.dumps({
-        "tokens_per_s": round(tokens_per_step / min(times), 1),
-        "tokens_per_s_median": round(tokens_per_step / statistics.median(times), 1),
-        "step_s": [round(t, 2) for t in times], "first_step_s": round(first_s, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "finite_loss": bool(np.isfinite(losses).all()), "precision": policy}))
+    print(
+        json.dumps(
+            {
+                "tokens_per_s": round(tokens_per_step / min(times), 1),
+                "tokens_per_s_median": round(tokens_per_step / statistics.median(times), 1),
+                "step_s": [round(t, 2) for t in times],
+                "first_step_s": round(first_s, 1),
+                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                "finite_loss": bool(np.isfinite(losses).all()),
+                "precision": policy,
+            }
+        )
+    )
 
 
 def main():
@@ -83,16 +97,31 @@ def main():
 
     if not os.path.exists(os.path.join(args.dir, "checkpoint")):
         print(f"writing synthetic {args.size} checkpoint to {args.dir} ...", file=sys.stderr)
-        code = ("import gpt2tf, gpt2tf.hparams as h; "
-                f"gpt2tf.write_synthetic_checkpoint({args.dir!r}, h.pretrained({args.size!r}))")
+        code = (
+            "import gpt2tf, gpt2tf.hparams as h; "
+            f"gpt2tf.write_synthetic_checkpoint({args.dir!r}, h.pretrained({args.size!r}))"
+        )
         subprocess.run([sys.executable, "-c", code], check=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, __file__, "--_child", *sys.argv[1:]], env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--_child", *sys.argv[1:]], env=env, check=True, capture_output=True, text=True
+    ).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    print(json.dumps({"bench": "train", "size": args.size, "batch_size": args.batch_size, "length": args.length,
-                      "optimizer": args.optimizer, "recompute": args.recompute, "xla": args.xla,
-                      "lora_rank": args.lora_rank, **result}))
+    print(
+        json.dumps(
+            {
+                "bench": "train",
+                "size": args.size,
+                "batch_size": args.batch_size,
+                "length": args.length,
+                "optimizer": args.optimizer,
+                "recompute": args.recompute,
+                "xla": args.xla,
+                "lora_rank": args.lora_rank,
+                **result,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

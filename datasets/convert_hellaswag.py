@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout, too
-from gpt2tf.evaluate import hellaswag_row  # noqa: E402
+from gpt2tf.evaluate import hellaswag_row
 
 
 def main():

@@ -37,14 +37,22 @@ def openai_tensor_shapes(hparams):
     shapes = {"model/wte": (hparams.n_vocab, d), "model/wpe": (hparams.n_ctx, d)}
     for i in range(hparams.n_layer):
         h = f"model/h{i}"
-        shapes.update({
-            f"{h}/ln_1/g": (d,), f"{h}/ln_1/b": (d,),
-            f"{h}/attn/c_attn/w": (1, d, 3 * d), f"{h}/attn/c_attn/b": (3 * d,),
-            f"{h}/attn/c_proj/w": (1, d, d), f"{h}/attn/c_proj/b": (d,),
-            f"{h}/ln_2/g": (d,), f"{h}/ln_2/b": (d,),
-            f"{h}/mlp/c_fc/w": (1, d, 4 * d), f"{h}/mlp/c_fc/b": (4 * d,),
-            f"{h}/mlp/c_proj/w": (1, 4 * d, d), f"{h}/mlp/c_proj/b": (d,),
-        })
+        shapes.update(
+            {
+                f"{h}/ln_1/g": (d,),
+                f"{h}/ln_1/b": (d,),
+                f"{h}/attn/c_attn/w": (1, d, 3 * d),
+                f"{h}/attn/c_attn/b": (3 * d,),
+                f"{h}/attn/c_proj/w": (1, d, d),
+                f"{h}/attn/c_proj/b": (d,),
+                f"{h}/ln_2/g": (d,),
+                f"{h}/ln_2/b": (d,),
+                f"{h}/mlp/c_fc/w": (1, d, 4 * d),
+                f"{h}/mlp/c_fc/b": (4 * d,),
+                f"{h}/mlp/c_proj/w": (1, 4 * d, d),
+                f"{h}/mlp/c_proj/b": (d,),
+            }
+        )
     shapes.update({"model/ln_f/g": (d,), "model/ln_f/b": (d,)})
     return shapes
 
@@ -73,26 +81,30 @@ def checkpoint_variables(model):
     """{checkpoint key: variable} for the weights a float32 checkpoint holds: every weight of a float32 model; of
     an int8 one, all but the scales (`<key>_scale`, which quantizing makes from the weight beside them)."""
     variables = {checkpoint_key(v): v for v in model.weights}
-    return {k: v for k, v in variables.items() if not (k.endswith("_scale") and k[:-len("_scale")] in variables)}
+    return {k: v for k, v in variables.items() if not (k.endswith("_scale") and k[: -len("_scale")] in variables)}
 
 
 def require_float_weights(model):
     """Refuse to write a quantized model (`gpt2tf.quantize`) where float32 weights belong."""
     if model.weight_format != "float32":
-        raise GPT2TFError(f"this model holds {model.weight_format} weights for decoding, not the float32 ones a "
-                          f"checkpoint holds: save it with gpt2tf.save_quantized (or --save_quantized), or load the "
-                          f"float32 model to save it in OpenAI's or Hugging Face's layout")
+        raise GPT2TFError(
+            f"this model holds {model.weight_format} weights for decoding, not the float32 ones a "
+            f"checkpoint holds: save it with gpt2tf.save_quantized (or --save_quantized), or load the "
+            f"float32 model to save it in OpenAI's or Hugging Face's layout"
+        )
 
 
 def model_tensors(model):
     """{checkpoint key: tensor in the checkpoint's layout} for every weight of `model`."""
     require_float_weights(model)
-    return {checkpoint_key(v): to_checkpoint_layout(checkpoint_key(v), tf.convert_to_tensor(v.value))
-            for v in model.weights}
+    return {
+        checkpoint_key(v): to_checkpoint_layout(checkpoint_key(v), tf.convert_to_tensor(v.value)) for v in model.weights
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Finding things in a model dir
+
 
 def resolve_checkpoint(path):
     """`(model_dir, prefix)` for a model dir (via its `checkpoint` file) or a checkpoint prefix."""
@@ -100,29 +112,37 @@ def resolve_checkpoint(path):
     if Path(f"{path}.index").is_file():
         return path.parent, str(path)
     if not path.exists():
-        raise GPT2TFError(f"{path} does not exist: give a GPT-2 model dir (download one with "
-                          f"`python download_model.py 124M`) or a checkpoint prefix such as {path}/model.ckpt")
+        raise GPT2TFError(
+            f"{path} does not exist: give a GPT-2 model dir (download one with "
+            f"`python download_model.py 124M`) or a checkpoint prefix such as {path}/model.ckpt"
+        )
     if not path.is_dir():
         raise GPT2TFError(f"{path} is not a model dir or a checkpoint prefix (no {path}.index)")
     if (path / QUANTIZED_FILE).is_file():
-        raise GPT2TFError(f"{path} holds quantized weights saved for decoding (its {QUANTIZED_FILE}): generation and "
-                          f"serving load it; for this, give the float32 model dir it was made from")
+        raise GPT2TFError(
+            f"{path} holds quantized weights saved for decoding (its {QUANTIZED_FILE}): generation and "
+            f"serving load it; for this, give the float32 model dir it was made from"
+        )
     state = path / STATE_FILE
     if state.is_file():
         prefix = _prefix_from_state(state)
     elif (path / f"{PREFIX_NAME}.index").is_file():
         prefix = path / PREFIX_NAME
     else:
-        raise GPT2TFError(f"{path} is not a GPT-2 model dir: expected OpenAI's layout ({STATE_FILE}, {HPARAMS_FILE}, "
-                          f"{PREFIX_NAME}.index, {PREFIX_NAME}.data-00000-of-00001) or Hugging Face's (config.json "
-                          f"and model.safetensors or model.safetensors.index.json)")
+        raise GPT2TFError(
+            f"{path} is not a GPT-2 model dir: expected OpenAI's layout ({STATE_FILE}, {HPARAMS_FILE}, "
+            f"{PREFIX_NAME}.index, {PREFIX_NAME}.data-00000-of-00001) or Hugging Face's (config.json "
+            f"and model.safetensors or model.safetensors.index.json)"
+        )
     if not prefix.is_absolute():
         prefix = path / prefix
     if not Path(f"{prefix}.index").is_file() and Path(f"{path / prefix.name}.index").is_file():
         prefix = path / prefix.name  # the dir was moved since the state file was written with an absolute path
     if not Path(f"{prefix}.index").is_file():
-        raise GPT2TFError(f"{state} names checkpoint {prefix}, but {prefix}.index is missing: "
-                          f"the dir is incomplete; {repair_hint(prefix)}")
+        raise GPT2TFError(
+            f"{state} names checkpoint {prefix}, but {prefix}.index is missing: "
+            f"the dir is incomplete; {repair_hint(prefix)}"
+        )
     return path, str(prefix)
 
 
@@ -138,8 +158,9 @@ def read_state_file(model_dir):
     unquote = lambda m: m.encode("utf-8").decode("unicode_escape")  # noqa: E731
     latest = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
     if not latest:
-        raise GPT2TFError(f"{state} has no model_checkpoint_path line; it should read "
-                          f'model_checkpoint_path: "{PREFIX_NAME}"')
+        raise GPT2TFError(
+            f'{state} has no model_checkpoint_path line; it should read model_checkpoint_path: "{PREFIX_NAME}"'
+        )
     every = re.findall(r'^all_model_checkpoint_paths:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
     return unquote(latest.group(1)), [unquote(p) for p in every]
 
@@ -180,6 +201,7 @@ def restore_into(model, path):
 # ---------------------------------------------------------------------------------------------------------------
 # Restore
 
+
 def load_model(model_dir, *, dtype=None, weights=None):
     """Build a GPT2 from a model dir (or checkpoint prefix) as OpenAI ships it, with its weights restored.
 
@@ -213,8 +235,10 @@ def _read_index(prefix):
         reader = tf.train.load_checkpoint(prefix)
         return reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
     except (tf.errors.OpError, ValueError) as err:
-        raise GPT2TFError(f"cannot read checkpoint index {prefix}.index ({first_line(err)}): "
-                          f"the file is corrupt; {repair_hint(prefix)}") from None
+        raise GPT2TFError(
+            f"cannot read checkpoint index {prefix}.index ({first_line(err)}): "
+            f"the file is corrupt; {repair_hint(prefix)}"
+        ) from None
 
 
 def restore_weights(model, prefix):
@@ -225,21 +249,24 @@ def restore_weights(model, prefix):
     """
     found_shapes, found_dtypes = _read_index(prefix)
     variables = checkpoint_variables(model)
-    check_tensor_names_and_shapes(
-        found_shapes, {key: checkpoint_shape(v) for key, v in variables.items()}, prefix)
+    check_tensor_names_and_shapes(found_shapes, {key: checkpoint_shape(v) for key, v in variables.items()}, prefix)
     _check_data_size(prefix, found_shapes, found_dtypes)
 
     def read(key):
         try:
-            (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
-                                            dtypes=[found_dtypes[key]])
+            (value,) = tf.raw_ops.RestoreV2(
+                prefix=prefix, tensor_names=[key], shape_and_slices=[""], dtypes=[found_dtypes[key]]
+            )
         except tf.errors.OpError as err:  # TF checksums every tensor as it reads it
-            raise GPT2TFError(f"cannot read tensor {key} from {prefix} ({first_line(err)}): the data file is "
-                              f"corrupt; {repair_hint(prefix)}") from None
+            raise GPT2TFError(
+                f"cannot read tensor {key} from {prefix} ({first_line(err)}): the data file is "
+                f"corrupt; {repair_hint(prefix)}"
+            ) from None
         return value
 
-    fill_weights(model, read, {k: int(np.prod(found_shapes[k])) for k in variables}, source=prefix,
-                 hint=repair_hint(prefix))
+    fill_weights(
+        model, read, {k: int(np.prod(found_shapes[k])) for k in variables}, source=prefix, hint=repair_hint(prefix)
+    )
 
 
 def fill_weights(model, read, sizes, *, source, hint):
@@ -280,8 +307,9 @@ def fill_weights(model, read, sizes, *, source, hint):
                 (value, scale), finite = future.result()
                 futures[index] = (key, None)  # the future would keep the tensor alive beside the weight's copy
                 if not finite:
-                    raise GPT2TFError(f"tensor {key} in {source} holds NaN or infinite values: these weights are "
-                                      f"broken; {hint}")
+                    raise GPT2TFError(
+                        f"tensor {key} in {source} holds NaN or infinite values: these weights are broken; {hint}"
+                    )
                 variables[key].assign(tf.cast(value, variables[key].dtype))
                 if scale is not None:
                     scale_variable = everything[f"{key}_scale"]
@@ -302,8 +330,10 @@ def repair_hint(prefix):
         kept = []
     earlier = [p for p in kept if Path(p).name != Path(prefix).name]
     if earlier:
-        return (f"use the run's previous checkpoint, {directory / Path(earlier[-1]).name} (give it as --model_dir "
-                f"or --restore_from)")
+        return (
+            f"use the run's previous checkpoint, {directory / Path(earlier[-1]).name} (give it as --model_dir "
+            f"or --restore_from)"
+        )
     return "download the model again"
 
 
@@ -321,25 +351,30 @@ def check_tensor_names_and_shapes(found, expected, prefix, *, described_by=HPARA
     if unexpected:
         problems.append(f"unexpected {_some(unexpected)}")
     if misshaped:
-        problems.append("mis-shaped " + _some(
-            [f"{k} {list(found[k])} ({described_by} says {list(expected[k])})" for k in misshaped]))
-    raise GPT2TFError(f"checkpoint {prefix} does not match its {described_by}: {'; '.join(problems)}; "
-                      f"check that {described_by} belongs to this checkpoint")
+        problems.append(
+            "mis-shaped "
+            + _some([f"{k} {list(found[k])} ({described_by} says {list(expected[k])})" for k in misshaped])
+        )
+    raise GPT2TFError(
+        f"checkpoint {prefix} does not match its {described_by}: {'; '.join(problems)}; "
+        f"check that {described_by} belongs to this checkpoint"
+    )
 
 
 def _check_data_size(prefix, shapes, dtypes):
     """A truncated or padded data file is caught here, before any weight is touched."""
     data_files = sorted(Path(prefix).parent.glob(f"{Path(prefix).name}.data-*-of-*"))
     if not data_files:
-        raise GPT2TFError(f"{prefix}.data-00000-of-00001 is missing: the dir is incomplete; "
-                          f"{repair_hint(prefix)}")
+        raise GPT2TFError(f"{prefix}.data-00000-of-00001 is missing: the dir is incomplete; {repair_hint(prefix)}")
     if len(data_files) != 1:
         return  # sharded bundles (not OpenAI's layout) are left to the per-tensor checksums
     expected = sum(int(np.prod(shape)) * dtypes[name].size for name, shape in shapes.items())
     actual = data_files[0].stat().st_size
     if actual != expected:
-        raise GPT2TFError(f"{data_files[0]} has {actual:,} bytes but its index describes {expected:,}: "
-                          f"the file is truncated or corrupt; {repair_hint(prefix)}")
+        raise GPT2TFError(
+            f"{data_files[0]} has {actual:,} bytes but its index describes {expected:,}: "
+            f"the file is truncated or corrupt; {repair_hint(prefix)}"
+        )
 
 
 def _some(items, limit=5):
@@ -355,6 +390,7 @@ def first_line(err):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Write
+
 
 def save_openai_checkpoint(model, model_dir):
     """Write `model` as a model dir in OpenAI's layout, readable by any GPT-2 tool; the round trip is bit-exact."""
@@ -414,8 +450,10 @@ def writing_dir(out_dir, *, what=""):
         if fresh:
             os.replace(work, out_dir)
     except (OSError, tf.errors.OpError) as err:
-        raise GPT2TFError(f"cannot write {what}{out_dir} ({getattr(err, 'strerror', None) or first_line(err)}); "
-                          f"choose a writable location with enough free space") from None
+        raise GPT2TFError(
+            f"cannot write {what}{out_dir} ({getattr(err, 'strerror', None) or first_line(err)}); "
+            f"choose a writable location with enough free space"
+        ) from None
     finally:
         if fresh and work.exists():
             shutil.rmtree(work, ignore_errors=True)
@@ -434,8 +472,9 @@ def write_bundle(prefix, tensors):
     """Write {key: tensor} as a single-shard TF bundle at `prefix` (under a temporary name, then renamed)."""
     temp = f"{prefix}.tmp-{os.getpid()}"
     names = sorted(tensors)
-    tf.raw_ops.SaveV2(prefix=temp, tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tensors[n] for n in names])
+    tf.raw_ops.SaveV2(
+        prefix=temp, tensor_names=names, shape_and_slices=[""] * len(names), tensors=[tensors[n] for n in names]
+    )
     replace_bundle(temp, str(prefix))
 
 
@@ -443,5 +482,5 @@ def replace_bundle(temp_prefix, prefix):
     """Rename a TF bundle (`.index` + `.data-*`) written under `temp_prefix` to `prefix`; the index goes last."""
     temp = Path(temp_prefix)
     for data in sorted(temp.parent.glob(temp.name + ".data-*")):
-        os.replace(data, prefix + data.name[len(temp.name):])
+        os.replace(data, prefix + data.name[len(temp.name) :])
     os.replace(f"{temp_prefix}.index", f"{prefix}.index")

@@ -58,16 +58,18 @@ def add_config_flags(parser, config_class):
         name = f"--{field.name}"
         if isinstance(default, bool):
             target.add_argument(name, action="store_const", const=True, help=help_text)
-            target.add_argument(f"--no_{field.name}", dest=field.name, action="store_const", const=False,
-                                help=argparse.SUPPRESS)
+            target.add_argument(
+                f"--no_{field.name}", dest=field.name, action="store_const", const=False, help=argparse.SUPPRESS
+            )
         elif isinstance(default, list) and "nargs" in meta:  # one flag, several values
             target.add_argument(name, nargs=meta["nargs"], metavar=meta.get("metavar"), help=help_text)
         elif isinstance(default, list):  # a flag given again for each value
             target.add_argument(name, action="append", metavar=meta.get("metavar"), help=help_text)
         else:
             kind = meta.get("type", type(default) if default is not None else str)
-            target.add_argument(name, type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"),
-                                help=help_text)
+            target.add_argument(
+                name, type=kind, choices=meta.get("choices"), metavar=meta.get("metavar"), help=help_text
+            )
 
 
 def _config_parser(prog, description, config_class):
@@ -79,27 +81,54 @@ def _config_parser(prog, description, config_class):
 # ---------------------------------------------------------------------------------------------------------------
 # The commands
 
+
 def download_main(argv=None, *, prog="download_model.py"):
-    from gpt2tf.download import (BASE_URL_ENV, DEFAULT_BASE_URL, LEGACY_NAMES, MODEL_NAMES, DownloadConfig,
-                                 download_models)
+    from gpt2tf.download import (
+        BASE_URL_ENV,
+        DEFAULT_BASE_URL,
+        LEGACY_NAMES,
+        MODEL_NAMES,
+        DownloadConfig,
+        download_models,
+    )
 
     parser = Parser(prog=prog, description="Download OpenAI's released GPT-2 models (resumable, verified).")
-    parser.add_argument("models", nargs="+", metavar="model",
-                        help=f"{', '.join(MODEL_NAMES)} (old names {', '.join(LEGACY_NAMES)} are accepted)")
-    parser.add_argument("--models_dir", default=DownloadConfig.models_dir,
-                        help="each model goes to <models_dir>/<model> (default: %(default)s)")
-    parser.add_argument("--base_url", default=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
-                        help=f"where <model>/<file> is fetched from, e.g. a mirror; the default is ${BASE_URL_ENV} "
-                             f"if set, else {DEFAULT_BASE_URL}")
+    parser.add_argument(
+        "models",
+        nargs="+",
+        metavar="model",
+        help=f"{', '.join(MODEL_NAMES)} (old names {', '.join(LEGACY_NAMES)} are accepted)",
+    )
+    parser.add_argument(
+        "--models_dir",
+        default=DownloadConfig.models_dir,
+        help="each model goes to <models_dir>/<model> (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--base_url",
+        default=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+        help=f"where <model>/<file> is fetched from, e.g. a mirror; the default is ${BASE_URL_ENV} "
+        f"if set, else {DEFAULT_BASE_URL}",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or notes, only errors")
-    parser.add_argument("--no_verify", dest="verify", action="store_false",
-                        help="skip loading each model with gpt2tf.load_model after the download (no TensorFlow)")
-    parser.add_argument("--force", action="store_true",
-                        help="download every file again, even complete ones (each is replaced only once its new "
-                             "copy is complete)")
+    parser.add_argument(
+        "--no_verify",
+        dest="verify",
+        action="store_false",
+        help="skip loading each model with gpt2tf.load_model after the download (no TensorFlow)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="download every file again, even complete ones (each is replaced only once its new copy is complete)",
+    )
     args = parser.parse_args(argv)
-    download_models(args.models, DownloadConfig(models_dir=args.models_dir, base_url=args.base_url,
-                                                quiet=args.quiet, verify=args.verify, force=args.force))
+    download_models(
+        args.models,
+        DownloadConfig(
+            models_dir=args.models_dir, base_url=args.base_url, quiet=args.quiet, verify=args.verify, force=args.force
+        ),
+    )
 
 
 def _config_command(argv, prog, module, config_name, description, runner):
@@ -114,18 +143,25 @@ def _config_command(argv, prog, module, config_name, description, runner):
 
 
 def generate_main(argv=None, *, prog="inference.py"):
-    _config_command(argv, prog, "gpt2tf.inference", "InferenceConfig",
-                    "Generate text with GPT-2 (OpenAI's model or a fine-tuned run dir).", "run")
+    _config_command(
+        argv,
+        prog,
+        "gpt2tf.inference",
+        "InferenceConfig",
+        "Generate text with GPT-2 (OpenAI's model or a fine-tuned run dir).",
+        "run",
+    )
 
 
 def finetune_main(argv=None, *, prog="finetune.py"):
     from gpt2tf.train_config import TrainConfig, configure
 
-    parser = _config_parser(prog, "Fine-tune GPT-2 (or train one from scratch) in a resumable run dir.",
-                            TrainConfig)
+    parser = _config_parser(prog, "Fine-tune GPT-2 (or train one from scratch) in a resumable run dir.", TrainConfig)
     if any(arg == "--weights" or arg.startswith("--weights=") for arg in (sys.argv[1:] if argv is None else argv)):
-        raise GPT2TFError("--weights is for decoding (inference.py, serve.py): fine-tuning trains float32 weights "
-                          "(or --precision mixed_float16 on a GPU); drop --weights")
+        raise GPT2TFError(
+            "--weights is for decoding (inference.py, serve.py): fine-tuning trains float32 weights "
+            "(or --precision mixed_float16 on a GPU); drop --weights"
+        )
     config = configure(vars(parser.parse_args(argv)))  # checked before TensorFlow's seconds of start-up
     made = {}
 
@@ -143,25 +179,46 @@ def finetune_main(argv=None, *, prog="finetune.py"):
 
 
 def serve_main(argv=None, *, prog="serve.py"):
-    _config_command(argv, prog, "gpt2tf.server", "ServeConfig",
-                    "Serve GPT-2 over HTTP: OpenAI's /v1/completions, TF Serving's predict API and a web page, with "
-                    "continuous batching.", "serve")
+    _config_command(
+        argv,
+        prog,
+        "gpt2tf.server",
+        "ServeConfig",
+        "Serve GPT-2 over HTTP: OpenAI's /v1/completions, TF Serving's predict API and a web page, with "
+        "continuous batching.",
+        "serve",
+    )
 
 
 def evaluate_main(argv=None, *, prog="evaluate.py"):
-    _config_command(argv, prog, "gpt2tf.evaluate", "EvaluateConfig",
-                    "Evaluate GPT-2: perplexity, LAMBADA, multiple choice, CNN/Daily Mail ROUGE.", "run")
+    _config_command(
+        argv,
+        prog,
+        "gpt2tf.evaluate",
+        "EvaluateConfig",
+        "Evaluate GPT-2: perplexity, LAMBADA, multiple choice, CNN/Daily Mail ROUGE.",
+        "run",
+    )
 
 
 def export_main(argv=None, *, prog="export.py"):
-    _config_command(argv, prog, "gpt2tf.export", "ExportConfig",
-                    "Export a self-contained text-in/text-out SavedModel (exact BPE inside, cached decoding, "
-                    "sampling settings as inputs) in TF Serving's layout.", "export")
+    _config_command(
+        argv,
+        prog,
+        "gpt2tf.export",
+        "ExportConfig",
+        "Export a self-contained text-in/text-out SavedModel (exact BPE inside, cached decoding, "
+        "sampling settings as inputs) in TF Serving's layout.",
+        "export",
+    )
 
 
 def convert_main(argv=None, *, prog="convert.py"):
-    parser = Parser(prog=prog, description="Convert a GPT-2 between OpenAI's checkpoint layout and Hugging Face's "
-                                           "(config.json + model.safetensors + tokenizer files), exactly.")
+    parser = Parser(
+        prog=prog,
+        description="Convert a GPT-2 between OpenAI's checkpoint layout and Hugging Face's "
+        "(config.json + model.safetensors + tokenizer files), exactly.",
+    )
     parser.add_argument("source", help="a model dir or run dir in either layout")
     parser.add_argument("destination", help="the dir to write (written beside its name, then renamed into place)")
     parser.add_argument("--to", required=True, choices=("hf", "openai"), help="the layout to write")
@@ -186,28 +243,60 @@ class Command:
 
 
 COMMANDS = {
-    "download": Command("download_model.py", "download OpenAI's released models (resumable, verified)",
-                        "gpt2tf download 124M", download_main),
-    "generate": Command("inference.py", "generate text with a model or a fine-tuned run",
-                        "gpt2tf generate --nucleus --top_p 0.9 --starter \"She picked up the sword\"", generate_main),
-    "finetune": Command("finetune.py", "fine-tune (or train from scratch) in a resumable run dir",
-                        "gpt2tf finetune --model_dir models/124M --dataset_path mytext.txt", finetune_main),
-    "serve": Command("serve.py", "serve over HTTP (OpenAI and TF Serving APIs, a web page)",
-                     "gpt2tf serve --model_dir models/124M --port 8000", serve_main),
-    "evaluate": Command("evaluate.py", "perplexity, LAMBADA, multiple choice, CNN/Daily Mail ROUGE",
-                        "gpt2tf evaluate --task perplexity --dataset_path wiki.test.raw --stride 512",
-                        evaluate_main),
-    "export": Command("export.py", "a text-in/text-out SavedModel for TF Serving or any TF program",
-                      "gpt2tf export --model_dir models/124M --export_dir exported/gpt2", export_main),
-    "convert": Command("convert.py", "between OpenAI's checkpoint layout and Hugging Face's safetensors",
-                       "gpt2tf convert runs/cnndm out/cnndm-hf --to hf", convert_main),
+    "download": Command(
+        "download_model.py",
+        "download OpenAI's released models (resumable, verified)",
+        "gpt2tf download 124M",
+        download_main,
+    ),
+    "generate": Command(
+        "inference.py",
+        "generate text with a model or a fine-tuned run",
+        'gpt2tf generate --nucleus --top_p 0.9 --starter "She picked up the sword"',
+        generate_main,
+    ),
+    "finetune": Command(
+        "finetune.py",
+        "fine-tune (or train from scratch) in a resumable run dir",
+        "gpt2tf finetune --model_dir models/124M --dataset_path mytext.txt",
+        finetune_main,
+    ),
+    "serve": Command(
+        "serve.py",
+        "serve over HTTP (OpenAI and TF Serving APIs, a web page)",
+        "gpt2tf serve --model_dir models/124M --port 8000",
+        serve_main,
+    ),
+    "evaluate": Command(
+        "evaluate.py",
+        "perplexity, LAMBADA, multiple choice, CNN/Daily Mail ROUGE",
+        "gpt2tf evaluate --task perplexity --dataset_path wiki.test.raw --stride 512",
+        evaluate_main,
+    ),
+    "export": Command(
+        "export.py",
+        "a text-in/text-out SavedModel for TF Serving or any TF program",
+        "gpt2tf export --model_dir models/124M --export_dir exported/gpt2",
+        export_main,
+    ),
+    "convert": Command(
+        "convert.py",
+        "between OpenAI's checkpoint layout and Hugging Face's safetensors",
+        "gpt2tf convert runs/cnndm out/cnndm-hf --to hf",
+        convert_main,
+    ),
 }
 
 
 def _usage():
     width = max(map(len, COMMANDS))
-    lines = ["usage: gpt2tf <command> [flags]", "", "OpenAI's GPT-2 in TensorFlow 2 / Keras 3.", "",
-             "commands (each takes exactly its script's flags; `gpt2tf <command> --help` lists them):"]
+    lines = [
+        "usage: gpt2tf <command> [flags]",
+        "",
+        "OpenAI's GPT-2 in TensorFlow 2 / Keras 3.",
+        "",
+        "commands (each takes exactly its script's flags; `gpt2tf <command> --help` lists them):",
+    ]
     lines += [f"  {name:<{width}}  {c.summary} (= python {c.script})" for name, c in COMMANDS.items()]
     lines += ["", "examples:"] + [f"  {c.example}" for c in COMMANDS.values()]
     return "\n".join(lines) + "\n"
@@ -226,8 +315,9 @@ def main(argv=None):
         sys.exit(0)
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)} (see gpt2tf --help)",
-              file=sys.stderr)
+        print(
+            f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)} (see gpt2tf --help)", file=sys.stderr
+        )
         sys.exit(2)
     run(lambda args: COMMANDS[name].main(args, prog=f"gpt2tf {name}"), rest)
 
@@ -239,6 +329,7 @@ def run_script(name):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Start-up and errors
+
 
 @contextlib.contextmanager
 def _stderr_silenced():

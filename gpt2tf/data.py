@@ -54,12 +54,14 @@ class TokenStream:
 
     def check_fits(self, length):
         if len(self.tokens) < length + 1:
-            raise GPT2TFError(f"{self.name} has {len(self.tokens):,} tokens, too few for one training window of "
-                              f"--length {length} (+1 for the targets); give more data or a smaller --length")
+            raise GPT2TFError(
+                f"{self.name} has {len(self.tokens):,} tokens, too few for one training window of "
+                f"--length {length} (+1 for the targets); give more data or a smaller --length"
+            )
 
     def batch(self, index, *, batch_size, length, seed):
         starts = np.random.default_rng([seed, index]).integers(0, len(self.tokens) - length, size=batch_size)
-        tokens = np.stack([self.tokens[s:s + length + 1] for s in starts]).astype(np.int32)  # [batch, length + 1]
+        tokens = np.stack([self.tokens[s : s + length + 1] for s in starts]).astype(np.int32)  # [batch, length + 1]
         return Batch(tokens, np.ones((batch_size, length), np.float32))
 
 
@@ -84,12 +86,12 @@ class Examples:
 
     def example(self, i, max_tokens):
         """Example i's ids cut to `max_tokens` by shortening its context, and how many ids precede the completion."""
-        ids = self.tokens[self.offsets[i]:self.offsets[i + 1]]
+        ids = self.tokens[self.offsets[i] : self.offsets[i + 1]]
         context, prompt = int(self.context_lengths[i]), int(self.prompt_lengths[i])
         excess = len(ids) - max_tokens
         if excess > 0:
             cut = min(excess, context)
-            ids = np.concatenate([ids[:context - cut], ids[context:]])[:max_tokens]  # rarely, the completion too
+            ids = np.concatenate([ids[: context - cut], ids[context:]])[:max_tokens]  # rarely, the completion too
             prompt -= cut
         return ids, prompt
 
@@ -103,14 +105,15 @@ class Examples:
         for row in range(batch_size):
             epoch, position = divmod(index * batch_size + row, len(self))
             ids, prompt = self.example(self._order(seed, epoch)[position], length + 1)
-            tokens[row, :len(ids)] = ids
+            tokens[row, : len(ids)] = ids
             # Target j is token j + 1, so the completion's first token is target prompt - 1.
-            weights[row, (max(prompt - 1, 0) if self.loss_on == "completion" else 0):len(ids) - 1] = 1.0
+            weights[row, (max(prompt - 1, 0) if self.loss_on == "completion" else 0) : len(ids) - 1] = 1.0
         return Batch(tokens, weights)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenising and its cache
+
 
 def encode_texts(tokenizer, texts, *, desc, allowed_special=frozenset()):
     """Each text's ids as a uint16/int32 array, encoded on all cores in chunks with a progress bar."""
@@ -119,20 +122,22 @@ def encode_texts(tokenizer, texts, *, desc, allowed_special=frozenset()):
     pieces = [list(split_exact(text, ENCODE_CHUNK_CHARS // 4)) if text else [] for text in texts]
     flat = [part for parts in pieces for part in parts]
     encoded = []
-    with tqdm(total=sum(map(len, flat)), desc=desc, unit="char", unit_scale=True, file=sys.stderr,
-              disable=None, leave=False) as progress:
+    with tqdm(
+        total=sum(map(len, flat)), desc=desc, unit="char", unit_scale=True, file=sys.stderr, disable=None, leave=False
+    ) as progress:
         chunk, chunk_chars = [], 0
         for i, text in enumerate(flat):
             chunk.append(text)
             chunk_chars += len(text)
             if chunk_chars >= ENCODE_CHUNK_CHARS or i == len(flat) - 1:
-                encoded += [np.asarray(ids, dtype) for ids in
-                            tokenizer.encode_batch(chunk, allowed_special=allowed_special)]
+                encoded += [
+                    np.asarray(ids, dtype) for ids in tokenizer.encode_batch(chunk, allowed_special=allowed_special)
+                ]
                 progress.update(chunk_chars)
                 chunk, chunk_chars = [], 0
     out, start = [], 0
     for parts in pieces:
-        out.append(np.concatenate(encoded[start:start + len(parts)]) if parts else np.zeros(0, dtype))
+        out.append(np.concatenate(encoded[start : start + len(parts)]) if parts else np.zeros(0, dtype))
         start += len(parts)
     return out
 
@@ -189,6 +194,7 @@ def _user_cache_dir():
 # ---------------------------------------------------------------------------------------------------------------
 # text: files, a directory, a glob, or pre-encoded .npy/.npz
 
+
 def load_text(path, *, tokenizer, split="train", feature=None, cache_dir=None):
     """UTF-8 text files (a file, a directory searched recursively, or a glob) and/or pre-encoded .npy/.npz tokens.
 
@@ -201,8 +207,9 @@ def load_text(path, *, tokenizer, split="train", feature=None, cache_dir=None):
     eot = tokenizer.eot_id
 
     def build():
-        documents = encode_texts(tokenizer, [_read_text(f) for f in texts], desc=f"tokenising {path}",
-                                 allowed_special={ENDOFTEXT})
+        documents = encode_texts(
+            tokenizer, [_read_text(f) for f in texts], desc=f"tokenising {path}", allowed_special={ENDOFTEXT}
+        )
         by_file = dict(zip(texts, documents))
         parts = []
         for f in files:
@@ -214,8 +221,11 @@ def load_text(path, *, tokenizer, split="train", feature=None, cache_dir=None):
         return {"tokens": np.concatenate(parts[:-1])}  # a document boundary between files, not after the last
 
     if texts:
-        key = ["text", tokenizer_fingerprint(tokenizer), [(f.suffix in TOKEN_FILE_SUFFIXES, file_digest(f))
-                                                          for f in files]]
+        key = [
+            "text",
+            tokenizer_fingerprint(tokenizer),
+            [(f.suffix in TOKEN_FILE_SUFFIXES, file_digest(f)) for f in files],
+        ]
         data_dir = Path(path) if Path(path).is_dir() else Path(texts[0]).parent
         arrays = cached(build, key=key, name=_safe_name(path), data_dir=data_dir, cache_dir=cache_dir)
     else:
@@ -229,8 +239,11 @@ def _find_files(path):
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file()
-                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]  # e.g. our cache
+        files = [
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]  # e.g. our cache
     elif any(c in text for c in "*?["):
         files = [Path(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p)]
     else:
@@ -247,8 +260,10 @@ def _read_text(path):
             raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise GPT2TFError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); give text files or "
-                          f"pre-encoded .npy/.npz token files") from None
+        raise GPT2TFError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); give text files or "
+            f"pre-encoded .npy/.npz token files"
+        ) from None
     except OSError as err:
         raise GPT2TFError(f"cannot read {path}: {err.strerror}") from None
 
@@ -263,8 +278,10 @@ def _read_tokens(path, n_vocab):
                 arrays = [loaded[k] for k in sorted(loaded.files, key=lambda k: (len(k), k))]
         ids = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.int64)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise GPT2TFError(f"cannot read {path} as NumPy token ids ({err or type(err).__name__}); give a .npy or "
-                          f".npz file written by numpy.save/numpy.savez") from None
+        raise GPT2TFError(
+            f"cannot read {path} as NumPy token ids ({err or type(err).__name__}); give a .npy or "
+            f".npz file written by numpy.save/numpy.savez"
+        ) from None
     if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= n_vocab):
         raise GPT2TFError(f"{path} must hold integer token ids in 0..{n_vocab - 1}")
     return ids.astype(np.uint16 if n_vocab <= 1 << 16 else np.int32)
@@ -300,21 +317,30 @@ def load_cnndm(path, *, tokenizer, split="train", feature=None, cache_dir=None):
         # Article and tail are encoded apart: after a stripped article, "\n" starts a new pre-split piece anyway,
         # so the ids equal those of the joined text, and the article's length is known for truncation.
         ids = encode_texts(tokenizer, articles + tails, desc=f"tokenising {path}")
-        article_ids, tail_ids = ids[:len(articles)], ids[len(articles):]
+        article_ids, tail_ids = ids[: len(articles)], ids[len(articles) :]
         tldr_length = len(tokenizer.encode(TLDR))  # the tail's pieces start afresh after TLDR's final "\n" too
         prompt_lengths = [len(a) + tldr_length for a in article_ids]
         eot = np.array([tokenizer.eot_id], ids[0].dtype)
         examples = [np.concatenate([a, t, eot]) for a, t in zip(article_ids, tail_ids)]
-        return {"tokens": np.concatenate(examples),
-                "offsets": np.cumsum([0] + [len(e) for e in examples]).astype(np.int64),
-                "context_lengths": np.array([len(a) for a in article_ids], np.int64),
-                "prompt_lengths": np.array(prompt_lengths, np.int64)}
+        return {
+            "tokens": np.concatenate(examples),
+            "offsets": np.cumsum([0] + [len(e) for e in examples]).astype(np.int64),
+            "context_lengths": np.array([len(a) for a in article_ids], np.int64),
+            "prompt_lengths": np.array(prompt_lengths, np.int64),
+        }
 
     key = [*source.key, split, tokenizer_fingerprint(tokenizer)]
-    arrays = cached(build, key=key, name=source.name, data_dir=source.data_dir or _user_cache_dir(),
-                    cache_dir=cache_dir)
-    return Examples(arrays["tokens"], arrays["offsets"], arrays["context_lengths"], arrays["prompt_lengths"],
-                    name=f"dataset {path} ({split})", pad_id=tokenizer.eot_id)
+    arrays = cached(
+        build, key=key, name=source.name, data_dir=source.data_dir or _user_cache_dir(), cache_dir=cache_dir
+    )
+    return Examples(
+        arrays["tokens"],
+        arrays["offsets"],
+        arrays["context_lengths"],
+        arrays["prompt_lengths"],
+        name=f"dataset {path} ({split})",
+        pad_id=tokenizer.eot_id,
+    )
 
 
 @dataclasses.dataclass
@@ -349,25 +375,40 @@ def cnndm_source(path, split):
             raise GPT2TFError(f"unknown split {split!r} for the CNN/Daily Mail stories; use {', '.join(SPLIT_FILES)}")
         url_list = path / "url_lists" / SPLIT_FILES[split]
         stories = _story_files(path, url_list)
-        return CnndmSource(path, split, lambda: (_read_story(f) for f in stories),
-                           ["cnndm-stories", file_digest(url_list), [file_digest(f) for f in stories]], path,
-                           f"cnndm-{split}")
+        return CnndmSource(
+            path,
+            split,
+            lambda: (_read_story(f) for f in stories),
+            ["cnndm-stories", file_digest(url_list), [file_digest(f) for f in stories]],
+            path,
+            f"cnndm-{split}",
+        )
     if path.is_file():
-        return CnndmSource(path, split, lambda: _read_jsonl(path), ["cnndm-jsonl", file_digest(path)], path.parent,
-                           _safe_name(path))
+        return CnndmSource(
+            path, split, lambda: _read_jsonl(path), ["cnndm-jsonl", file_digest(path)], path.parent, _safe_name(path)
+        )
     if path.exists():
-        raise GPT2TFError(f"{path} is not a CNN/Daily Mail dataset: expected url_lists/ and cnn/stories/, "
-                          f"dailymail/stories/ inside it, a JSONL file, or the tensorflow-datasets name cnn_dailymail")
+        raise GPT2TFError(
+            f"{path} is not a CNN/Daily Mail dataset: expected url_lists/ and cnn/stories/, "
+            f"dailymail/stories/ inside it, a JSONL file, or the tensorflow-datasets name cnn_dailymail"
+        )
     records = _tfds_records(str(path), split, download=True)
-    return CnndmSource(path, split, lambda: ((_text(r["article"]), _text(r["highlights"]).split("\n"))
-                                             for r in records),
-                       ["cnndm-tfds", records.identity], None, f"{_safe_name(path)}-{split}")
+    return CnndmSource(
+        path,
+        split,
+        lambda: ((_text(r["article"]), _text(r["highlights"]).split("\n")) for r in records),
+        ["cnndm-tfds", records.identity],
+        None,
+        f"{_safe_name(path)}-{split}",
+    )
 
 
 def _story_files(root, url_list):
     if not url_list.is_file():
-        raise GPT2TFError(f"{url_list} is missing: the CNN/Daily Mail layout needs url_lists/all_train.txt, "
-                          f"all_val.txt and all_test.txt")
+        raise GPT2TFError(
+            f"{url_list} is missing: the CNN/Daily Mail layout needs url_lists/all_train.txt, "
+            f"all_val.txt and all_test.txt"
+        )
     files, missing = [], 0
     for url in url_list.read_text(encoding="utf-8").split():
         site = "dailymail" if "dailymail.co.uk" in url else "cnn"
@@ -379,8 +420,10 @@ def _story_files(root, url_list):
     if not files:
         raise GPT2TFError(f"none of the stories listed in {url_list} is in {root}/{{cnn,dailymail}}/stories/")
     if missing:
-        print(f"note: {missing:,} stories listed in {url_list} are missing; using the other {len(files):,}",
-              file=sys.stderr)
+        print(
+            f"note: {missing:,} stories listed in {url_list} are missing; using the other {len(files):,}",
+            file=sys.stderr,
+        )
     return files
 
 
@@ -402,22 +445,30 @@ def _read_jsonl(path):
                 record = article = highlights = None
             if isinstance(highlights, str):
                 highlights = highlights.split("\n")
-            if not (isinstance(article, str) and isinstance(highlights, list)
-                    and all(isinstance(h, str) for h in highlights)):
-                raise GPT2TFError(f"{path} line {number} is not a JSON object with a string \"article\" and "
-                                  f"\"highlights\" (a string, or a list of strings)")
+            if not (
+                isinstance(article, str)
+                and isinstance(highlights, list)
+                and all(isinstance(h, str) for h in highlights)
+            ):
+                raise GPT2TFError(
+                    f'{path} line {number} is not a JSON object with a string "article" and '
+                    f'"highlights" (a string, or a list of strings)'
+                )
             yield article, highlights
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # tfds: one text feature of any tensorflow-datasets dataset
 
+
 def load_tfds(path, *, tokenizer, split="train", feature="text", cache_dir=None):
     """The `feature` texts of the tensorflow-datasets dataset named `path` (e.g. `reddit_tifu/short`, `documents`)."""
     records = _tfds_records(str(path), split)
     if feature not in records.features:
-        raise GPT2TFError(f"tensorflow-datasets {path} has no feature {feature!r}; pick --text_feature from "
-                          f"{', '.join(sorted(records.features))}")
+        raise GPT2TFError(
+            f"tensorflow-datasets {path} has no feature {feature!r}; pick --text_feature from "
+            f"{', '.join(sorted(records.features))}"
+        )
 
     def build():
         texts = [_text(r[feature]) for r in records]
@@ -428,8 +479,7 @@ def load_tfds(path, *, tokenizer, split="train", feature="text", cache_dir=None)
         return {"tokens": np.concatenate([part for ids in documents for part in (ids, eot)][:-1])}
 
     key = ["tfds", records.identity, feature, tokenizer_fingerprint(tokenizer)]
-    arrays = cached(build, key=key, name=f"{_safe_name(path)}-{split}", data_dir=_user_cache_dir(),
-                    cache_dir=cache_dir)
+    arrays = cached(build, key=key, name=f"{_safe_name(path)}-{split}", data_dir=_user_cache_dir(), cache_dir=cache_dir)
     return TokenStream(arrays["tokens"], name=f"tensorflow-datasets {path} ({split})")
 
 
@@ -452,9 +502,11 @@ class _TfdsRecords:
             self.dataset = builder.as_dataset(split=split)
         except (AssertionError, ValueError, KeyError) as err:  # not prepared, unknown name, unknown split
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise GPT2TFError(f"cannot read tensorflow-datasets {name} split {split!r} ({first}); prepare it first "
-                              f"(`tfds build {name}`) and set $TFDS_DATA_DIR if it is not in the default "
-                              f"place") from None
+            raise GPT2TFError(
+                f"cannot read tensorflow-datasets {name} split {split!r} ({first}); prepare it first "
+                f"(`tfds build {name}`) and set $TFDS_DATA_DIR if it is not in the default "
+                f"place"
+            ) from None
         self.features = set(builder.info.features.keys())
         self.identity = [builder.info.full_name, split, str(builder.data_dir)]
         self.tfds = tfds
@@ -487,9 +539,12 @@ PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 def _download_and_prepare(builder, name):
     root = Path(builder.data_dir).parents[1]  # <root>/<name>/<version>
     tried = f"tensorflow-datasets {name} is not prepared in {root} (set $TFDS_DATA_DIR if it is elsewhere)"
-    how = ("give --dataset_path: the CNN/Daily Mail story layout (url_lists/, cnn/stories/, dailymail/stories/) or "
-           "a JSONL file with \"article\" and \"highlights\"" if name == CNNDM_TFDS_NAME else
-           f"prepare it with `tfds build {name}` where it can be downloaded")
+    how = (
+        "give --dataset_path: the CNN/Daily Mail story layout (url_lists/, cnn/stories/, dailymail/stories/) or "
+        'a JSONL file with "article" and "highlights"'
+        if name == CNNDM_TFDS_NAME
+        else f"prepare it with `tfds build {name}` where it can be downloaded"
+    )
     if not any(os.environ.get(v) for v in PROXY_VARIABLES):
         for host in DOWNLOAD_HOSTS.get(name, ()):
             reason = _unreachable(host)

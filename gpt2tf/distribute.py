@@ -63,8 +63,10 @@ class Distribution:
 
     def check_batch(self, batch_size):
         if batch_size % self.replicas:
-            raise GPT2TFError(f"--batch_size {batch_size} does not split evenly over {self.replicas} replicas "
-                              f"({self.name}): give a multiple of {self.replicas}")
+            raise GPT2TFError(
+                f"--batch_size {batch_size} does not split evenly over {self.replicas} replicas "
+                f"({self.name}): give a multiple of {self.replicas}"
+            )
 
     def split(self, array, dtype):
         """`array` [micro, batch, ...] (the global batch) -> each replica's consecutive part of the batch axis."""
@@ -74,7 +76,7 @@ class Distribution:
 
         def value(context):
             r = context.replica_id_in_sync_group
-            return tf.constant(np.ascontiguousarray(array[:, r * part:(r + 1) * part]), dtype)
+            return tf.constant(np.ascontiguousarray(array[:, r * part : (r + 1) * part]), dtype)
 
         return self.strategy.experimental_distribute_values_from_function(value)
 
@@ -96,12 +98,17 @@ def cluster_from_env():
         config = json.loads(text)
         cluster, task = config["cluster"], config["task"]
         addresses = [a for kind in ("chief", "worker") for a in cluster.get(kind, [])]
-        if not addresses or task["type"] not in ("chief", "worker") or \
-                not 0 <= int(task["index"]) < len(cluster[task["type"]]):
+        if (
+            not addresses
+            or task["type"] not in ("chief", "worker")
+            or not 0 <= int(task["index"]) < len(cluster[task["type"]])
+        ):
             raise ValueError
     except (ValueError, KeyError, TypeError):
-        raise GPT2TFError('TF_CONFIG is not a cluster spec: expected {"cluster": {"worker": ["host:port", ...]}, '
-                          '"task": {"type": "worker", "index": i}} (a "chief" list too, optionally)') from None
+        raise GPT2TFError(
+            'TF_CONFIG is not a cluster spec: expected {"cluster": {"worker": ["host:port", ...]}, '
+            '"task": {"type": "worker", "index": i}} (a "chief" list too, optionally)'
+        ) from None
     return cluster, task
 
 
@@ -128,8 +135,9 @@ def make_distribution(strategy="auto", cpu_replicas=0, peer_timeout=300):
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
         except RuntimeError:  # TensorFlow has run already: the devices are fixed
             if len(tf.config.list_logical_devices("CPU")) != count:
-                raise GPT2TFError(f"cannot make {count} CPU replicas in this process: TensorFlow has started; "
-                                  f"use a fresh process") from None
+                raise GPT2TFError(
+                    f"cannot make {count} CPU replicas in this process: TensorFlow has started; use a fresh process"
+                ) from None
         devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return Distribution(tf.distribute.MirroredStrategy(devices), f"mirrored over {count} CPU replicas")
     return Distribution(tf.distribute.MirroredStrategy(), f"mirrored over {len(gpus)} GPUs")
@@ -137,9 +145,11 @@ def make_distribution(strategy="auto", cpu_replicas=0, peer_timeout=300):
 
 def _multi_worker(cluster, peer_timeout):
     if cluster is None:
-        raise GPT2TFError("--strategy multi_worker needs TF_CONFIG naming the cluster and this task, e.g. "
-                          'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": '
-                          '"worker", "index": 0}}\' (set by Kubernetes, Vertex AI, SLURM or Ray launchers)')
+        raise GPT2TFError(
+            "--strategy multi_worker needs TF_CONFIG naming the cluster and this task, e.g. "
+            'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": '
+            '"worker", "index": 0}}\' (set by Kubernetes, Vertex AI, SLURM or Ray launchers)'
+        )
     spec, task = cluster
     own = spec[task["type"]][int(task["index"])]
     chief = task["type"] == "chief" or ("chief" not in spec and int(task["index"]) == 0)
@@ -149,11 +159,18 @@ def _multi_worker(cluster, peer_timeout):
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except (RuntimeError, ValueError, tf.errors.OpError) as err:
-        raise GPT2TFError(f"cannot start this worker ({own}) of TF_CONFIG's cluster: "
-                          f"{str(getattr(err, 'message', err)).splitlines()[0]}") from None
+        raise GPT2TFError(
+            f"cannot start this worker ({own}) of TF_CONFIG's cluster: "
+            f"{str(getattr(err, 'message', err)).splitlines()[0]}"
+        ) from None
     workers = len(peers) + 1
-    return Distribution(strategy, f"multi-worker over {workers} workers, {strategy.num_replicas_in_sync} replicas"
-                                  f" ({'chief' if chief else 'worker'} {own})", is_chief=chief, workers=workers)
+    return Distribution(
+        strategy,
+        f"multi-worker over {workers} workers, {strategy.num_replicas_in_sync} replicas"
+        f" ({'chief' if chief else 'worker'} {own})",
+        is_chief=chief,
+        workers=workers,
+    )
 
 
 def _split(address):
@@ -184,8 +201,10 @@ def _wait_for(addresses, timeout, own):
                         break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise GPT2TFError(f"worker {address} of TF_CONFIG did not answer within {timeout:g} s; "
-                                          f"start the same command there (or raise --peer_timeout)") from None
+                        raise GPT2TFError(
+                            f"worker {address} of TF_CONFIG did not answer within {timeout:g} s; "
+                            f"start the same command there (or raise --peer_timeout)"
+                        ) from None
                     time.sleep(0.5)
     finally:
         if listener is not None:

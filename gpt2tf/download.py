@@ -37,8 +37,15 @@ MODEL_NAMES = tuple(PRETRAINED)  # a legacy name (LEGACY_NAMES) is fetched and s
 # The files OpenAI ships per model. `gpt2tf.checkpoint` owns these names but imports TensorFlow, which a download
 # must not pay for; it reads all of them except model.ckpt.meta (a TF1 graph), fetched so the dir matches OpenAI's.
 DATA_FILE = "model.ckpt.data-00000-of-00001"
-MODEL_FILES = ("checkpoint", "encoder.json", "hparams.json", DATA_FILE, "model.ckpt.index", "model.ckpt.meta",
-               "vocab.bpe")
+MODEL_FILES = (
+    "checkpoint",
+    "encoder.json",
+    "hparams.json",
+    DATA_FILE,
+    "model.ckpt.index",
+    "model.ckpt.meta",
+    "vocab.bpe",
+)
 LOADED_FILES = ("checkpoint", "hparams.json", "model.ckpt.index", DATA_FILE)  # what `load_model` reads
 
 # Sizes in bytes that we have confirmed, per model. A file missing here is checked only against the server's own
@@ -79,8 +86,9 @@ def canonical_name(name):
         return name
     if name in LEGACY_NAMES:
         return LEGACY_NAMES[name]
-    raise GPT2TFError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)} "
-                      f"(old names {', '.join(LEGACY_NAMES)} also work)")
+    raise GPT2TFError(
+        f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)} (old names {', '.join(LEGACY_NAMES)} also work)"
+    )
 
 
 def download_models(names, config):
@@ -90,15 +98,17 @@ def download_models(names, config):
     with _session() as session:
         for name, current in zip(names, current_names):
             if name != current:
-                _note(config, f"note: {name} is the old name of {current}; saving to "
-                              f"{Path(config.models_dir) / current}")
+                _note(
+                    config, f"note: {name} is the old name of {current}; saving to {Path(config.models_dir) / current}"
+                )
             fetched.append(download_model(current, config, session=session))
         for current, fetched_files in zip(current_names, fetched):
             if config.verify:
                 _check_and_repair(current, fetched_files, config, session)
             if not config.quiet:
-                print(f"{Path(config.models_dir) / current}: ready"
-                      + ("" if config.verify else " (load check skipped)"))
+                print(
+                    f"{Path(config.models_dir) / current}: ready" + ("" if config.verify else " (load check skipped)")
+                )
     return [Path(config.models_dir) / current for current in current_names]
 
 
@@ -139,9 +149,14 @@ def fetch_files(session, name, file_names, config, *, fresh=False):
             path = model_dir / file_name
             if fresh:
                 _part(path).unlink(missing_ok=True)
-            download_file(session, f"{config.base_url.rstrip('/')}/{name}/{file_name}", path,
-                          expected_size=config.known_sizes.get(name, {}).get(file_name),
-                          max_size=_max_size(name, file_name, config), config=config)
+            download_file(
+                session,
+                f"{config.base_url.rstrip('/')}/{name}/{file_name}",
+                path,
+                expected_size=config.known_sizes.get(name, {}).get(file_name),
+                max_size=_max_size(name, file_name, config),
+                config=config,
+            )
 
 
 def _check_and_repair(name, fetched, config, session):
@@ -155,8 +170,10 @@ def _check_and_repair(name, fetched, config, session):
         try:
             return check_model_loads(model_dir)
         except GPT2TFError as err:
-            _note(config, f"note: {model_dir} does not load, so downloading {', '.join(step)} again "
-                          f"({err.__cause__ or err})")
+            _note(
+                config,
+                f"note: {model_dir} does not load, so downloading {', '.join(step)} again ({err.__cause__ or err})",
+            )
         fetch_files(session, name, step, config, fresh=True)
     check_model_loads(model_dir)  # everything it reads is now fresh from the server: a failure is final
 
@@ -170,8 +187,12 @@ def download_file(session, url, path, *, expected_size, max_size, config):
         try:
             _fetch_into(session, url, part, expected_size=expected_size, max_size=max_size, config=config)
             break
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                _Retryable) as err:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            _Retryable,
+        ) as err:
             reason = _failure_reason(err, part)
         except requests.RequestException as err:  # a malformed URL and the like: retrying cannot help
             raise GPT2TFError(f"cannot fetch {url}: {_one_line(err)}; check --base_url") from err
@@ -182,8 +203,10 @@ def download_file(session, url, path, *, expected_size, max_size, config):
         else:
             failures += 1
             if failures >= config.tries:
-                raise GPT2TFError(f"giving up on {url} after {failures} tries without progress ({reason}); "
-                                  f"run the same command again to resume")
+                raise GPT2TFError(
+                    f"giving up on {url} after {failures} tries without progress ({reason}); "
+                    f"run the same command again to resume"
+                )
         delay = min(config.backoff_s * 2 ** max(failures - 1, 0), 60.0)
         _note(config, f"{path.name}: {reason}; retrying in {delay:g} s")
         time.sleep(delay)
@@ -243,15 +266,26 @@ def _fetch_into(session, url, part, *, expected_size, max_size, config):
             raise _html_error(url)
         if expected_size is not None and total is not None and total != expected_size:
             part.unlink(missing_ok=True)
-            raise GPT2TFError(f"{url} is {total:,} bytes but this file is known to be {expected_size:,}; "
-                              f"check --base_url")
+            raise GPT2TFError(
+                f"{url} is {total:,} bytes but this file is known to be {expected_size:,}; check --base_url"
+            )
         if total is not None and total > max_size:
             part.unlink(missing_ok=True)
             raise _too_big_error(url, max_size)
         label = f"{part.parent.name}/{part.name.removesuffix('.part')}"
         # disable=None: tqdm draws only on a terminal, so logs of unattended runs stay clean.
-        with open(part, mode) as f, tqdm(total=total, initial=have, desc=label, unit="B", unit_scale=True,
-                                         unit_divisor=1024, disable=True if config.quiet else None) as bar:
+        with (
+            open(part, mode) as f,
+            tqdm(
+                total=total,
+                initial=have,
+                desc=label,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                disable=True if config.quiet else None,
+            ) as bar,
+        ):
             for chunk in response.iter_content(chunk_size=config.chunk_bytes):
                 f.write(chunk)
                 bar.update(len(chunk))
@@ -263,7 +297,7 @@ def _fetch_into(session, url, part, *, expected_size, max_size, config):
         raise _too_big_error(url, max_size)
     if total is not None and size < total:
         raise _Retryable(f"connection closed after {size:,} of {total:,} bytes")
-    if total is not None and size > total or expected_size is not None and size != expected_size:
+    if (total is not None and size > total) or (expected_size is not None and size != expected_size):
         part.unlink(missing_ok=True)
         raise GPT2TFError(f"{url} delivered {size:,} bytes, expected {expected_size or total:,}; check --base_url")
 
@@ -334,8 +368,10 @@ def _text_flaw(path, file_name):
 
 
 def _html_error(url):
-    return GPT2TFError(f"{url} sent an HTML page instead of the file (a wrong --base_url, or a network's sign-in "
-                       f"page); check --base_url or sign in to the network, then run the same command again")
+    return GPT2TFError(
+        f"{url} sent an HTML page instead of the file (a wrong --base_url, or a network's sign-in "
+        f"page); check --base_url or sign in to the network, then run the same command again"
+    )
 
 
 def _too_big_error(url, max_size):
@@ -348,8 +384,10 @@ def _disk_errors(model_dir):
     try:
         yield
     except OSError as err:  # requests' own errors are OSErrors too, but download_file never lets one escape
-        raise GPT2TFError(f"cannot write {err.filename or model_dir}: {err.strerror or err}; "
-                          f"free some space or choose another --models_dir") from err
+        raise GPT2TFError(
+            f"cannot write {err.filename or model_dir}: {err.strerror or err}; "
+            f"free some space or choose another --models_dir"
+        ) from err
 
 
 def _part(path):

@@ -30,7 +30,7 @@ PARALLEL_MIN_CHARS = 1 << 20
 CHUNK_CHARS = 1 << 16
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bytes_to_unicode() -> dict[int, str]:
     """OpenAI's fixed byte -> character table, in which the vocab files spell every token."""
     # BPE runs on UTF-8 bytes, but OpenAI stored its tokens as JSON text. So each byte is given a visible
@@ -72,7 +72,7 @@ def _bmp_ranges(unicode_class: str) -> str:
     return "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in zip(starts, ends))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bmp_pattern() -> re.Pattern:
     """`PATTERN` for stdlib `re`, exact on text without characters above U+FFFF."""
     s, letter, number = _bmp_ranges(r"\s"), _bmp_ranges(r"\p{L}"), _bmp_ranges(r"\p{N}")

@@ -68,18 +68,25 @@ class Request:
         object.__setattr__(self, "stop", tuple(s for s in stop if s))
         self.sampler()  # temperature, top_k, top_p, repetition_penalty
         check_seed(self.seed)
-        if not (isinstance(self.max_new_tokens, int) and not isinstance(self.max_new_tokens, bool)
-                and self.max_new_tokens > 0):
+        if not (
+            isinstance(self.max_new_tokens, int)
+            and not isinstance(self.max_new_tokens, bool)
+            and self.max_new_tokens > 0
+        ):
             raise GPT2TFError(f"max_new_tokens must be a positive number of tokens, got {self.max_new_tokens}")
         if not (isinstance(self.sample, int) and 0 <= self.sample <= MAX_SEED):
             raise GPT2TFError(f"sample must be a whole number from 0 to {MAX_SEED}, got {self.sample}")
-        if self.logprobs is not None and not (isinstance(self.logprobs, int) and not isinstance(self.logprobs, bool)
-                                              and 0 <= self.logprobs <= MAX_LOGPROBS):
+        if self.logprobs is not None and not (
+            isinstance(self.logprobs, int)
+            and not isinstance(self.logprobs, bool)
+            and 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
             raise GPT2TFError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, got {self.logprobs}")
 
     def sampler(self):
-        return SamplerConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                             repetition_penalty=self.repetition_penalty)
+        return SamplerConfig(
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, repetition_penalty=self.repetition_penalty
+        )
 
 
 class Output(tuple):
@@ -134,8 +141,10 @@ class Engine:
         self._logits = tf.Variable(tf.zeros([max_batch, vocab]), trainable=False)
         self._seen = tf.Variable(tf.zeros([max_batch, vocab], tf.bool), trainable=False)
         # Per-row settings and positions live here and go to each step as small tensors.
-        self._settings = {name: np.full(max_batch, value, np.int32 if name == "top_k" else np.float32)
-                          for name, value in _IDLE.items()}
+        self._settings = {
+            name: np.full(max_batch, value, np.int32 if name == "top_k" else np.float32)
+            for name, value in _IDLE.items()
+        }
         self._row_seeds = np.zeros([max_batch, 2], np.int32)
         self._steps = np.zeros(max_batch, np.int32)  # tokens generated so far: the noise's step
         self._position = np.zeros(max_batch, np.int32)  # slots written so far
@@ -147,7 +156,7 @@ class Engine:
         self._ids = itertools.count()
         # A step runs only the first b rows, b the smallest of these that holds every decoding row: with few
         # requests it costs what a small batch costs. Rows move down when that lets a smaller b serve.
-        self._buckets = sorted({min(2 ** i, max_batch) for i in range(max_batch.bit_length() + 1)})
+        self._buckets = sorted({min(2**i, max_batch) for i in range(max_batch.bit_length() + 1)})
 
     # -----------------------------------------------------------------------------------------------------------
     # Joining and leaving
@@ -172,14 +181,20 @@ class Engine:
         self.check(request)
         slot = next((s for s, row in enumerate(self._rows) if row is None), None)
         if slot is None:
-            raise GPT2TFError(f"no free slot: all {self.max_batch} are in use; add the request after a step "
-                              f"finishes one (or cancel one)")
+            raise GPT2TFError(
+                f"no free slot: all {self.max_batch} are in use; add the request after a step "
+                f"finishes one (or cancel one)"
+            )
         if request.stop and self.encoder is None:
             from gpt2tf.encoder import get_encoder
 
             self.encoder = get_encoder()
-        row = _Row(next(self._ids), request, request.seed if request.seed is not None else random_seed(),
-                   stops=StopScanner(self.encoder, request.stop) if request.stop else None)
+        row = _Row(
+            next(self._ids),
+            request,
+            request.seed if request.seed is not None else random_seed(),
+            stops=StopScanner(self.encoder, request.stop) if request.stop else None,
+        )
         self._rows[slot] = row
         if not self._compiled.compiling():  # compile the step this row needs while its prompt is prefilled
             self._compiled.prepare(self._bucket(slot + 1), self._cache)
@@ -193,8 +208,7 @@ class Engine:
         chunk = min(PROMPT_BUCKET, self.max_length)
         for rows in self._buckets:  # every slot is free: what these write is overwritten by a request's prefill
             zeros = tf.zeros([rows], tf.int32)
-            self._compiled.prefill(tf.zeros([rows, chunk], tf.int32), tf.range(rows), zeros, zeros,
-                                   self._cache).numpy()
+            self._compiled.prefill(tf.zeros([rows, chunk], tf.int32), tf.range(rows), zeros, zeros, self._cache).numpy()
             self._compiled.prepare(rows, self._cache)
         for rows in self._buckets:
             self._compiled.ready_bucket(rows, [rows], self._cache)
@@ -204,12 +218,15 @@ class Engine:
         vocab = self.model.hparams.n_vocab
         outside = [t for t in request.prompt if not 0 <= t < vocab]
         if outside:  # XLA's gather would clamp them to a real token: a silently different prompt
-            raise GPT2TFError(f"{name} holds token id {outside[0]}, outside the model's vocabulary of {vocab} "
-                              f"ids (0..{vocab - 1})")
+            raise GPT2TFError(
+                f"{name} holds token id {outside[0]}, outside the model's vocabulary of {vocab} ids (0..{vocab - 1})"
+            )
         if len(request.prompt) + request.max_new_tokens > self.max_length:
-            raise GPT2TFError(f"{name} has {len(request.prompt)} tokens; with {request.max_new_tokens} new tokens "
-                              f"that exceeds the {self.max_length} this engine holds (the model's context is "
-                              f"{self.model.hparams.n_ctx}): shorten the prompt or the output")
+            raise GPT2TFError(
+                f"{name} has {len(request.prompt)} tokens; with {request.max_new_tokens} new tokens "
+                f"that exceeds the {self.max_length} this engine holds (the model's context is "
+                f"{self.model.hparams.n_ctx}): shorten the prompt or the output"
+            )
 
     def cancel(self, rid):
         """Free the slot of request `rid` (nothing happens if it has already finished)."""
@@ -237,14 +254,17 @@ class Engine:
             # A last chunk that would run past the cache ends at its end instead; the tokens it repeats are computed
             # again from the same cache and give the same keys and values.
             starts[i] = min(row.prefilled, self.max_length - chunk)
-            piece = row.request.prompt[starts[i]:starts[i] + chunk]
-            tokens[i, :len(piece)], lasts[i] = piece, len(piece) - 1
+            piece = row.request.prompt[starts[i] : starts[i] + chunk]
+            tokens[i, : len(piece)], lasts[i] = piece, len(piece) - 1
         rows = self._bucket(len(slots))
         pad = [len(slots) - 1] * (rows - len(slots))  # the batch's row count in buckets: the last row repeated
-        logits = self._compiled.prefill(tf.constant(np.concatenate([tokens, tokens[pad]])),
-                                        tf.constant(np.array(list(slots) + [slots[-1]] * len(pad), np.int32)),
-                                        tf.constant(np.concatenate([starts, starts[pad]])),
-                                        tf.constant(np.concatenate([lasts, lasts[pad]])), self._cache)
+        logits = self._compiled.prefill(
+            tf.constant(np.concatenate([tokens, tokens[pad]])),
+            tf.constant(np.array(list(slots) + [slots[-1]] * len(pad), np.int32)),
+            tf.constant(np.concatenate([starts, starts[pad]])),
+            tf.constant(np.concatenate([lasts, lasts[pad]])),
+            self._cache,
+        )
         for i, slot in enumerate(slots):
             row = self._rows[slot]
             row.prefilled = int(starts[i] + lasts[i] + 1)
@@ -280,19 +300,34 @@ class Engine:
     def _move(self, source, target):
         for variable in [self._logits, self._seen] + [v for layer in self._cache for v in layer]:
             variable[target].assign(variable[source])
-        for array in (*self._settings.values(), self._row_seeds, self._steps, self._position, self._limit,
-                      self._stop_at_eos, self._logprobs, self._decoding):
+        for array in (
+            *self._settings.values(),
+            self._row_seeds,
+            self._steps,
+            self._position,
+            self._limit,
+            self._stop_at_eos,
+            self._logprobs,
+            self._decoding,
+        ):
             array[target] = array[source]
         self._rows[target] = self._rows[source]
         self._free(source)
 
     def _step_args(self, rows):
-        return dict(logits=self._logits, seen=self._seen, cache=self._cache,
-                    decoding=tf.constant(self._decoding[:rows]), position=tf.constant(self._position[:rows]),
-                    steps=tf.constant(self._steps[:rows]), limit=tf.constant(self._limit[:rows]),
-                    stop_at_eos=tf.constant(self._stop_at_eos[:rows]), logprobs=tf.constant(self._logprobs[:rows]),
-                    row_seeds=tf.constant(self._row_seeds[:rows]),
-                    **{name: tf.constant(value[:rows]) for name, value in self._settings.items()})
+        return dict(
+            logits=self._logits,
+            seen=self._seen,
+            cache=self._cache,
+            decoding=tf.constant(self._decoding[:rows]),
+            position=tf.constant(self._position[:rows]),
+            steps=tf.constant(self._steps[:rows]),
+            limit=tf.constant(self._limit[:rows]),
+            stop_at_eos=tf.constant(self._stop_at_eos[:rows]),
+            logprobs=tf.constant(self._logprobs[:rows]),
+            row_seeds=tf.constant(self._row_seeds[:rows]),
+            **{name: tf.constant(value[:rows]) for name, value in self._settings.items()},
+        )
 
     def step(self, steps=1):
         """Advance every decoding row by one token (after prefilling one more chunk of every prompt not yet in).
@@ -309,8 +344,9 @@ class Engine:
             self._prefill_chunks(waiting)
         if not self._decoding.any():
             return []
-        rows = self._compiled.ready_bucket(self._bucket(int(np.flatnonzero(self._decoding)[-1]) + 1), self._buckets,
-                                           self._cache)
+        rows = self._compiled.ready_bucket(
+            self._bucket(int(np.flatnonzero(self._decoding)[-1]) + 1), self._buckets, self._cache
+        )
         out = self._compiled.steps(count=tf.constant(steps), **self._step_args(rows))
         tokens = out["tokens"].numpy()  # [run, rows]
         if self._logprobs[:rows].any():
@@ -324,15 +360,19 @@ class Engine:
                 self._position[slot] += 1
                 if row.request.logprobs is not None:
                     n = row.request.logprobs
-                    row.logprobs.append((float(chosen[t, slot]), {int(i): float(v) for i, v in
-                                                                  zip(top_ids[t, slot, :n], top_values[t, slot, :n])}))
+                    row.logprobs.append(
+                        (
+                            float(chosen[t, slot]),
+                            {int(i): float(v) for i, v in zip(top_ids[t, slot, :n], top_values[t, slot, :n])},
+                        )
+                    )
                 new, finished = self._advance(row, int(token))
                 ids += new
                 if finished:
                     self._free(slot)
                     break
             if ids or finished:
-                lp = row.logprobs[first:first + len(ids)] if row.request.logprobs is not None else None
+                lp = row.logprobs[first : first + len(ids)] if row.request.logprobs is not None else None
                 results.append(Output(row.rid, ids, finished, lp))
         return results
 
@@ -350,7 +390,7 @@ class Engine:
                 end, finished = cut, "stop"
             elif not finished:
                 end = row.stops.safe_end()  # hold back what may be a stop string's beginning
-        ids = new[row.emitted:end] if end > row.emitted else []
+        ids = new[row.emitted : end] if end > row.emitted else []
         row.emitted = max(row.emitted, end)
         return ids, finished
 
@@ -371,6 +411,7 @@ class Engine:
 # ---------------------------------------------------------------------------------------------------------------
 # The compiled pieces, shared by every engine of a model
 
+
 class _Compiled:
     """The prefill and step functions of one model, traced once per number of rows run and cache shape, and reused
     by every engine with those shapes: the engine's variables are passed in as arguments.
@@ -386,8 +427,10 @@ class _Compiled:
         self.use_native = jit_compile and use_native  # the native kernel runs only inside XLA
         self.jit_compile = jit_compile
         self._shared = shared
-        self._weights = [([w.value for w in block.trainable_variables],
-                          [w.value for w in block.non_trainable_variables]) for block in model.h]
+        self._weights = [
+            ([w.value for w in block.trainable_variables], [w.value for w in block.non_trainable_variables])
+            for block in model.h
+        ]
         compiled = lambda f: tf.function(f, jit_compile=jit_compile, autograph=False)  # noqa: E731
         self.embed, self.block, self.head = compiled(self._embed), compiled(self._block), compiled(self._head)
         self.prefill_block = compiled(self._prefill_block)
@@ -409,8 +452,10 @@ class _Compiled:
         the updated cache with its input and writes only the new slots; a cache passed in and returned as tensors
         would be copied whole every step.
         """
-        return tuple((tf.Variable(keys, trainable=False), tf.Variable(values, trainable=False))
-                     for keys, values in self.model.init_cache(batch, max_length))
+        return tuple(
+            (tf.Variable(keys, trainable=False), tf.Variable(values, trainable=False))
+            for keys, values in self.model.init_cache(batch, max_length)
+        )
 
     def prepare(self, rows, cache):
         """Queue the step for `rows` rows of `cache`'s shape for compiling on a background thread, unless it is
@@ -458,7 +503,7 @@ class _Compiled:
                 args, ready = self._queue.pop(0)
             try:
                 self.steps(**args)["tokens"].numpy()
-            except Exception:  # noqa: BLE001 -- the real step will compile it again and report the error
+            except Exception:
                 pass
             ready.set()
 
@@ -480,15 +525,29 @@ class _Compiled:
         for its whole run, and the slot it writes, the last of each row, is one a request writes before it reads."""
         batch, length = cache[0][0].shape[0], cache[0][0].shape[2]
         if batch not in self._scratch:
-            self._scratch[batch] = (tf.Variable(tf.zeros([batch, self.vocab_size]), trainable=False),
-                                    tf.Variable(tf.zeros([batch, self.vocab_size], tf.bool), trainable=False))
+            self._scratch[batch] = (
+                tf.Variable(tf.zeros([batch, self.vocab_size]), trainable=False),
+                tf.Variable(tf.zeros([batch, self.vocab_size], tf.bool), trainable=False),
+            )
         logits, seen = self._scratch[batch]
         zeros = tf.zeros([rows], tf.int32)
-        return dict(count=tf.constant(1), logits=logits, seen=seen, cache=cache, decoding=tf.ones([rows], tf.bool),
-                    position=zeros + length - 1, steps=zeros, limit=zeros + 1, stop_at_eos=tf.zeros([rows], tf.bool),
-                    logprobs=tf.zeros([rows], tf.bool),
-                    row_seeds=tf.zeros([rows, 2], tf.int32), temperature=tf.zeros([rows]), top_k=zeros,
-                    top_p=tf.ones([rows]), repetition_penalty=tf.ones([rows]))
+        return dict(
+            count=tf.constant(1),
+            logits=logits,
+            seen=seen,
+            cache=cache,
+            decoding=tf.ones([rows], tf.bool),
+            position=zeros + length - 1,
+            steps=zeros,
+            limit=zeros + 1,
+            stop_at_eos=tf.zeros([rows], tf.bool),
+            logprobs=tf.zeros([rows], tf.bool),
+            row_seeds=tf.zeros([rows, 2], tf.int32),
+            temperature=tf.zeros([rows]),
+            top_k=zeros,
+            top_p=tf.ones([rows]),
+            repetition_penalty=tf.ones([rows]),
+        )
 
     def _prefill(self, tokens, slots, starts, lasts, cache):
         """tokens [rows, chunk]: a chunk of the prompt in each of cache rows `slots`, at slots starts..; the logits
@@ -503,8 +562,24 @@ class _Compiled:
             x = self.prefill_block(x, mask, starts, self._weights[i], layer_cache, slots, None if self._shared else i)
         return self.head(tf.gather(x, lasts[:, None], batch_dims=1))  # [rows, 1, n_embd] -> [rows, vocab]
 
-    def _steps(self, count, logits, seen, cache, decoding, position, steps, limit, stop_at_eos, logprobs,
-               row_seeds, temperature, top_k, top_p, repetition_penalty):
+    def _steps(
+        self,
+        count,
+        logits,
+        seen,
+        cache,
+        decoding,
+        position,
+        steps,
+        limit,
+        stop_at_eos,
+        logprobs,
+        row_seeds,
+        temperature,
+        top_k,
+        top_p,
+        repetition_penalty,
+    ):
         """Up to `count` tokens for every decoding row, in one call: each chosen from the row's logits with its own
         settings, then run through the model at the row's position. A row stops at <|endoftext|> (with
         `stop_at_eos`) or after `limit` tokens in all, and the loop once no row decodes. Rows not decoding write
@@ -537,20 +612,37 @@ class _Compiled:
                 x = self.block(x, mask, at, self._weights[layer], layer_cache, None if self._shared else layer)
             logits[:rows].assign(self.head(x))
             # Only rows with a penalty read what they have seen (each row's prompt is set when it joins).
-            tf.cond(any_penalty, lambda: seen[:rows].assign(
-                seen[:rows] | ((tf.one_hot(token, self.vocab_size) > 0) & decoding[:, None])).op, tf.no_op)
+            tf.cond(
+                any_penalty,
+                lambda: (
+                    seen[:rows].assign(seen[:rows] | ((tf.one_hot(token, self.vocab_size) > 0) & decoding[:, None])).op
+                ),
+                tf.no_op,
+            )
             step = tf.cast(decoding, tf.int32)
             done = decoding & ((stop_at_eos & (token == EOT_ID)) | (steps + 1 >= limit))
-            return (i + 1, decoding & ~done, position + step, steps + step, tokens.write(i, token), chosen,
-                    top_values, top_ids)
+            return (
+                i + 1,
+                decoding & ~done,
+                position + step,
+                steps + step,
+                tokens.write(i, token),
+                chosen,
+                top_values,
+                top_ids,
+            )
 
-        arrays = [tf.TensorArray(dtype, size=0, dynamic_size=True) for dtype in (tf.int32, tf.float32, tf.float32,
-                                                                                 tf.int32)]
+        arrays = [
+            tf.TensorArray(dtype, size=0, dynamic_size=True) for dtype in (tf.int32, tf.float32, tf.float32, tf.int32)
+        ]
         *_, tokens, chosen, top_values, top_ids = tf.while_loop(
-            lambda i, decoding, *_: (i < count) & tf.reduce_any(decoding), body,
-            (tf.constant(0), decoding, position, steps, *arrays))
-        return dict(tokens=tokens.stack(), chosen=chosen.stack(), top_values=top_values.stack(),
-                    top_ids=top_ids.stack())
+            lambda i, decoding, *_: (i < count) & tf.reduce_any(decoding),
+            body,
+            (tf.constant(0), decoding, position, steps, *arrays),
+        )
+        return dict(
+            tokens=tokens.stack(), chosen=chosen.stack(), top_values=top_values.stack(), top_ids=top_ids.stack()
+        )
 
     def _embed(self, tokens, start, max_length):
         return self.model.embed(tokens, cache_index=start, max_length=max_length)
@@ -561,7 +653,8 @@ class _Compiled:
         keys, values = cache
         with native.use_in_decode_step(self.use_native):
             (x, (new_keys, new_values)), _ = self.model.h[layer or 0].stateless_call(
-                *weights, x, mask, (keys.read_value(), values.read_value()), at)
+                *weights, x, mask, (keys.read_value(), values.read_value()), at
+            )
         keys.assign(new_keys)
         values.assign(new_values)
         return x
@@ -579,11 +672,12 @@ class _Compiled:
 
         with native.use_in_decode_step(self.use_native):
             (x, (new_keys, new_values)), _ = self.model.h[layer or 0].stateless_call(
-                *weights, x, mask, (rows(keys), rows(values)), starts)
+                *weights, x, mask, (rows(keys), rows(values)), starts
+            )
         for variable, new in ((keys, new_keys), (values, new_values)):
             updated = variable.read_value()
             for r in range(x.shape[0]):  # a static number of rows: one in-place update each
-                updated = xla.dynamic_update_slice(updated, new[r:r + 1], tf.stack([slots[r], 0, 0, 0]))
+                updated = xla.dynamic_update_slice(updated, new[r : r + 1], tf.stack([slots[r], 0, 0, 0]))
             variable.assign(updated)
         return x
 
@@ -599,12 +693,20 @@ _KERAS_WRAPPED = ("build", "quantize")  # methods Keras itself wraps on every la
 def _alike(blocks):
     """Whether the blocks compute the same function of their own weights: same layer classes, dtype policies and
     weight names and shapes, and no method patched into a layer (as LoRA patches `call`)."""
+
     def signature(block):
         layers = list(block._flatten_layers())
-        patched = any(isinstance(value, (types.FunctionType, types.MethodType)) and name not in _KERAS_WRAPPED
-                      for layer in layers for name, value in vars(layer).items())
-        return (patched, [(type(layer), layer.dtype_policy.name) for layer in layers],
-                [(w.path.split(block.name + "/", 1)[-1], tuple(w.shape), w.dtype) for w in block.weights])
+        patched = any(
+            isinstance(value, (types.FunctionType, types.MethodType)) and name not in _KERAS_WRAPPED
+            for layer in layers
+            for name, value in vars(layer).items()
+        )
+        return (
+            patched,
+            [(type(layer), layer.dtype_policy.name) for layer in layers],
+            [(w.path.split(block.name + "/", 1)[-1], tuple(w.shape), w.dtype) for w in block.weights],
+        )
+
     first = signature(blocks[0])
     return not first[0] and all(signature(b) == first for b in blocks[1:])
 

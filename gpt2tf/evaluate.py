@@ -28,15 +28,20 @@ TASK_NAMES = ("perplexity", "lambada", "multiple_choice", "cnndm")
 class EvaluateConfig:
     """What `evaluate.py` (and `gpt2tf evaluate`) does; each field is the flag of the same name."""
 
-    model_dir: list = flag([], f"one or more model dirs or run dirs, side by side (default: {DEFAULT_MODEL_DIR})",
-                           nargs="+")
+    model_dir: list = flag(
+        [], f"one or more model dirs or run dirs, side by side (default: {DEFAULT_MODEL_DIR})", nargs="+"
+    )
     task: str = flag("perplexity", "what to measure", choices=TASK_NAMES)
-    dataset_path: str = flag(None, "perplexity: a text file, dir or glob; lambada, multiple_choice: a JSONL file; "
-                                   "cnndm: the story layout, a JSONL file, or cnn_dailymail (tensorflow-datasets)")
+    dataset_path: str = flag(
+        None,
+        "perplexity: a text file, dir or glob; lambada, multiple_choice: a JSONL file; "
+        "cnndm: the story layout, a JSONL file, or cnn_dailymail (tensorflow-datasets)",
+    )
     split: str = flag("test", "cnndm: the split")
     context: int = flag(None, "perplexity: tokens per window (default: the model's n_ctx)", type=int)
-    stride: int = flag(None, "perplexity: tokens between window starts (default: --context, disjoint windows)",
-                       type=int)
+    stride: int = flag(
+        None, "perplexity: tokens between window starts (default: --context, disjoint windows)", type=int
+    )
     prepend_eot: bool = flag(False, "perplexity: score the first token too, after <|endoftext|>")
     max_examples: int = flag(0, "evaluate at most this many rows or articles; 0: all")
     max_new_tokens: int = flag(100, "cnndm: tokens generated per summary (the paper's 100)")
@@ -50,8 +55,9 @@ class EvaluateConfig:
     output: str = flag("table", "a table, or the report as one JSON object on stdout", choices=("table", "json"))
     report_file: str = flag(None, "also write the report (JSON) here")
     examples_file: str = flag(None, "write per-example rows here (JSON lines)")
-    precision: str = flag("float32", "compute dtype (mixed types are for GPUs)",
-                          choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    precision: str = flag(
+        "float32", "compute dtype (mixed types are for GPUs)", choices=("float32", "mixed_float16", "mixed_bfloat16")
+    )
     no_xla: bool = flag(False, "don't compile with XLA")
     weights: str = flag(None, WEIGHTS_HELP, choices=WEIGHT_FORMATS)
 
@@ -65,8 +71,10 @@ def check(config):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise GPT2TFError(f"--{name} must be at least 1, got {getattr(config, name)}")
     if config.context and config.stride and config.stride > config.context:
-        raise GPT2TFError(f"--stride {config.stride} is larger than --context {config.context}: some tokens would "
-                          f"never be scored; give a stride of at most the context")
+        raise GPT2TFError(
+            f"--stride {config.stride} is larger than --context {config.context}: some tokens would "
+            f"never be scored; give a stride of at most the context"
+        )
     for name in ("max_examples",):
         if getattr(config, name) < 0:
             raise GPT2TFError(f"--{name} must not be negative, got {getattr(config, name)}")
@@ -78,13 +86,25 @@ def check(config):
 # ---------------------------------------------------------------------------------------------------------------
 # Perplexity
 
+
 def text_units(text):
     """(UTF-8 bytes, words) of a document: words as lm-evaluation-harness counts them, `re.split(r"\\s+", text)`."""
     return len(text.encode("utf-8")), len(re.split(r"\s+", text))
 
 
-def perplexity(model, tokens, *, context=None, stride=None, prepend_eot=False, n_bytes=None, n_words=None,
-               eot_id=50256, progress=None, jit_compile=True):
+def perplexity(
+    model,
+    tokens,
+    *,
+    context=None,
+    stride=None,
+    prepend_eot=False,
+    n_bytes=None,
+    n_words=None,
+    eot_id=50256,
+    progress=None,
+    jit_compile=True,
+):
     """Strided perplexity of a token stream, as the HF guide computes it: windows of `context` tokens (default
     n_ctx) starting every `stride` (default `context`), each scoring only the tokens no earlier window scored; the
     first token is scored only with `prepend_eot` (after <|endoftext|>). Returns (report, per-window rows).
@@ -103,18 +123,27 @@ def perplexity(model, tokens, *, context=None, stride=None, prepend_eot=False, n
     if len(tokens) < 2:
         raise GPT2TFError("the text has fewer than 2 tokens: nothing to score")
     spans = windows(len(tokens), context=context, stride=stride)
-    scored = score(model, [(tokens[begin:end], first) for begin, end, first in spans], progress=progress,
-                   jit_compile=jit_compile)
+    scored = score(
+        model, [(tokens[begin:end], first) for begin, end, first in spans], progress=progress, jit_compile=jit_compile
+    )
     total = sum(-float(log_p.sum()) for log_p, _ in scored)
     count = sum(len(log_p) for log_p, _ in scored)
-    report = {"scored_tokens": count, "mean_nll": total / count, "perplexity": math.exp(total / count),
-              "context": context, "stride": stride, "prepend_eot": prepend_eot}
+    report = {
+        "scored_tokens": count,
+        "mean_nll": total / count,
+        "perplexity": math.exp(total / count),
+        "context": context,
+        "stride": stride,
+        "prepend_eot": prepend_eot,
+    }
     if n_bytes:
         report["bits_per_byte"] = total / n_bytes / math.log(2)
     if n_words:
         report["word_perplexity"] = math.exp(total / n_words)
-    rows = [{"window": i, "begin": begin, "end": end, "scored": len(log_p), "nll": -float(log_p.sum())}
-            for i, ((begin, end, _), (log_p, _)) in enumerate(zip(spans, scored))]
+    rows = [
+        {"window": i, "begin": begin, "end": end, "scored": len(log_p), "nll": -float(log_p.sum())}
+        for i, ((begin, end, _), (log_p, _)) in enumerate(zip(spans, scored))
+    ]
     return report, rows
 
 
@@ -128,13 +157,23 @@ def _perplexity_task(model, config, encoder, progress):
     for text in texts:  # documents joined by <|endoftext|>, as the text loader joins them
         tokens += ([encoder.eot_id] if tokens else []) + encoder.encode(text)
     units = [text_units(t) for t in texts]
-    return perplexity(model, tokens, context=config.context, stride=config.stride, prepend_eot=config.prepend_eot,
-                      n_bytes=sum(u[0] for u in units), n_words=sum(u[1] for u in units), eot_id=encoder.eot_id,
-                      progress=progress, jit_compile=not config.no_xla)
+    return perplexity(
+        model,
+        tokens,
+        context=config.context,
+        stride=config.stride,
+        prepend_eot=config.prepend_eot,
+        n_bytes=sum(u[0] for u in units),
+        n_words=sum(u[1] for u in units),
+        eot_id=encoder.eot_id,
+        progress=progress,
+        jit_compile=not config.no_xla,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # LAMBADA and multiple choice: log-likelihoods of a continuation given a context
+
 
 def read_jsonl(path, fields, max_rows=0):
     """Rows of a JSONL file, each checked to hold `fields` ({name: type}); a bad row is an error with its line."""
@@ -179,10 +218,12 @@ def continuations(model, pairs, *, encoder, progress=None, jit_compile=True):
         ids = (ids or [encoder.eot_id]) + more
         start = len(ids) - len(more)
         if len(ids) > n_ctx:  # keep the end: the continuation and as much context as fits
-            ids, start = ids[len(ids) - n_ctx:], n_ctx - len(more)
+            ids, start = ids[len(ids) - n_ctx :], n_ctx - len(more)
         items.append((ids, start))
-    return [(float(log_p.sum()), bool(greedy.all()), len(log_p))
-            for log_p, greedy in score(model, items, progress=progress, jit_compile=jit_compile)]
+    return [
+        (float(log_p.sum()), bool(greedy.all()), len(log_p))
+        for log_p, greedy in score(model, items, progress=progress, jit_compile=jit_compile)
+    ]
 
 
 def lambada(model, rows, *, encoder, progress=None, jit_compile=True):
@@ -197,10 +238,14 @@ def lambada(model, rows, *, encoder, progress=None, jit_compile=True):
             raise GPT2TFError(f"a LAMBADA row whose text ends in a space: {row['text'][-40:]!r}")
         pairs.append((context, " " + word))
     scored = continuations(model, pairs, encoder=encoder, progress=progress, jit_compile=jit_compile)
-    report = {"examples": len(rows), "accuracy": 100.0 * sum(hit for _, hit, _ in scored) / len(rows),
-              "perplexity": math.exp(-sum(ll for ll, _, _ in scored) / len(rows))}
-    examples = [{"target": target, "log_likelihood": ll, "correct": hit}
-                for (_, target), (ll, hit, _) in zip(pairs, scored)]
+    report = {
+        "examples": len(rows),
+        "accuracy": 100.0 * sum(hit for _, hit, _ in scored) / len(rows),
+        "perplexity": math.exp(-sum(ll for ll, _, _ in scored) / len(rows)),
+    }
+    examples = [
+        {"target": target, "log_likelihood": ll, "correct": hit} for (_, target), (ll, hit, _) in zip(pairs, scored)
+    ]
     return report, examples
 
 
@@ -213,14 +258,17 @@ def multiple_choice(model, rows, *, encoder, progress=None, jit_compile=True):
     examples = []
     for i, row in enumerate(rows):
         sums = [next(scored)[0] for _ in row["endings"]]
-        picks = {"acc": [s for s in sums],
-                 "acc_norm": [s / max(len(e), 1) for s, e in zip(sums, row["endings"])],
-                 "acc_bytes": [s / max(len(e.encode("utf-8")), 1) for s, e in zip(sums, row["endings"])]}
+        picks = {
+            "acc": [s for s in sums],
+            "acc_norm": [s / max(len(e), 1) for s, e in zip(sums, row["endings"])],
+            "acc_bytes": [s / max(len(e.encode("utf-8")), 1) for s, e in zip(sums, row["endings"])],
+        }
         chosen = {name: max(range(len(values)), key=values.__getitem__) for name, values in picks.items()}
         for name in hits:
             hits[name] += chosen[name] == row["label"]
-        examples.append({"index": i, "label": row["label"], "log_likelihoods": sums, **{f"pick_{k}": v for k, v in
-                                                                                       chosen.items()}})
+        examples.append(
+            {"index": i, "label": row["label"], "log_likelihoods": sums, **{f"pick_{k}": v for k, v in chosen.items()}}
+        )
     return {"examples": len(rows), **{name: 100.0 * n / len(rows) for name, n in hits.items()}}, examples
 
 
@@ -243,8 +291,11 @@ def hellaswag_row(row):
     activity_label + ": " + ctx_a + " " + ctx_b capitalized, each ending prefixed by a space, and the harness's light
     clean-up (" [title]" -> ". ", "[header]"-style tags and double spaces removed) on both."""
     context = row["ctx_a"] + " " + row["ctx_b"].capitalize()
-    return {"context": _hellaswag_clean(row["activity_label"] + ": " + context),
-            "endings": [" " + _hellaswag_clean(ending) for ending in row["endings"]], "label": int(row["label"])}
+    return {
+        "context": _hellaswag_clean(row["activity_label"] + ": " + context),
+        "endings": [" " + _hellaswag_clean(ending) for ending in row["endings"]],
+        "label": int(row["label"]),
+    }
 
 
 def _multiple_choice_task(model, config, encoder, progress):
@@ -253,24 +304,32 @@ def _multiple_choice_task(model, config, encoder, progress):
         rows = []
         for number, row in enumerate(read_jsonl(config.dataset_path, HELLASWAG_FIELDS, config.max_examples), 1):
             if not str(row["label"]).strip().isdigit():
-                raise GPT2TFError(f"{config.dataset_path}: row {number}'s label {row['label']!r} is not an ending's "
-                                  f"index; HellaSwag's test file has no labels, use its validation file")
+                raise GPT2TFError(
+                    f"{config.dataset_path}: row {number}'s label {row['label']!r} is not an ending's "
+                    f"index; HellaSwag's test file has no labels, use its validation file"
+                )
             rows.append(hellaswag_row(row))
     else:
         rows = read_jsonl(config.dataset_path, {"context": str, "endings": list, "label": int}, config.max_examples)
     for number, row in enumerate(rows, 1):
-        if not row["endings"] or not all(isinstance(e, str) for e in row["endings"]) or \
-                not 0 <= row["label"] < len(row["endings"]):
-            raise GPT2TFError(f"{config.dataset_path}: row {number} needs non-empty string endings and a label "
-                              f"that indexes them")
+        if (
+            not row["endings"]
+            or not all(isinstance(e, str) for e in row["endings"])
+            or not 0 <= row["label"] < len(row["endings"])
+        ):
+            raise GPT2TFError(
+                f"{config.dataset_path}: row {number} needs non-empty string endings and a label that indexes them"
+            )
     return multiple_choice(model, rows, encoder=encoder, progress=progress, jit_compile=not config.no_xla)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # CNN / Daily Mail: TL;DR summaries and ROUGE
 
-def summarize(model, articles, *, encoder, max_new_tokens=100, sentences=3, seed=0, batch_size=8,
-              jit_compile=True, **sampling):
+
+def summarize(
+    model, articles, *, encoder, max_new_tokens=100, sentences=3, seed=0, batch_size=8, jit_compile=True, **sampling
+):
     """The paper's recipe: article (cut to leave room) + the fine-tuning loader's TL;DR joining, `max_new_tokens`
     sampled (top-k 2 by default), the first `sentences` generated sentences kept."""
     from gpt2tf import rouge
@@ -279,11 +338,14 @@ def summarize(model, articles, *, encoder, max_new_tokens=100, sentences=3, seed
     tail = encoder.encode(TLDR)
     room = model.hparams.n_ctx - max_new_tokens - len(tail)
     if room < 1:
-        raise GPT2TFError(f"--max_new_tokens {max_new_tokens} leaves no room for the article in the model's "
-                          f"context of {model.hparams.n_ctx}")
+        raise GPT2TFError(
+            f"--max_new_tokens {max_new_tokens} leaves no room for the article in the model's "
+            f"context of {model.hparams.n_ctx}"
+        )
     prompts = [encoder.encode(article)[:room] + tail for article in articles]
-    outputs = generate(model, prompts, length=max_new_tokens, seed=seed, batch_size=batch_size,
-                       jit_compile=jit_compile, **sampling)
+    outputs = generate(
+        model, prompts, length=max_new_tokens, seed=seed, batch_size=batch_size, jit_compile=jit_compile, **sampling
+    )
     return [rouge.first_sentences(encoder.decode(ids), sentences) for ids in outputs]
 
 
@@ -297,18 +359,32 @@ def _cnndm_task(model, config, encoder, progress):
         pairs.append(pair)
         if config.max_examples and len(pairs) == config.max_examples:
             break
-    sampling = dict(temperature=0) if config.greedy else dict(top_k=config.top_k, top_p=config.top_p,
-                                                              temperature=config.temperature)
+    sampling = (
+        dict(temperature=0)
+        if config.greedy
+        else dict(top_k=config.top_k, top_p=config.top_p, temperature=config.temperature)
+    )
     summaries = []
     for first in range(0, len(pairs), config.batch_size):
-        batch = pairs[first:first + config.batch_size]
-        summaries += summarize(model, [a for a, _ in batch], encoder=encoder, max_new_tokens=config.max_new_tokens,
-                               sentences=config.sentences, seed=config.seed + first, batch_size=config.batch_size,
-                               jit_compile=not config.no_xla, **sampling)
+        batch = pairs[first : first + config.batch_size]
+        summaries += summarize(
+            model,
+            [a for a, _ in batch],
+            encoder=encoder,
+            max_new_tokens=config.max_new_tokens,
+            sentences=config.sentences,
+            seed=config.seed + first,
+            batch_size=config.batch_size,
+            jit_compile=not config.no_xla,
+            **sampling,
+        )
         if progress:
             progress(len(batch))
-    examples, totals, lead = [], dict.fromkeys(("rouge1", "rouge2", "rougeLsum"), 0.0), \
-        dict.fromkeys(("rouge1", "rouge2", "rougeLsum"), 0.0)
+    examples, totals, lead = (
+        [],
+        dict.fromkeys(("rouge1", "rouge2", "rougeLsum"), 0.0),
+        dict.fromkeys(("rouge1", "rouge2", "rougeLsum"), 0.0),
+    )
     for (article, highlights), summary in zip(pairs, summaries):
         reference = "\n".join(highlights)
         scores, lead3 = rouge.score(reference, summary), rouge.score(reference, rouge.first_sentences(article, 3))
@@ -317,21 +393,31 @@ def _cnndm_task(model, config, encoder, progress):
             lead[name] += lead3[name]
         examples.append({"summary": summary, "reference": reference, **scores})
     n = len(pairs)
-    report = {"examples": n, **{name: value / n for name, value in totals.items()},
-              "lead3": {name: value / n for name, value in lead.items()},
-              "sampling": "greedy" if config.greedy else f"top_k {config.top_k}, top_p {config.top_p}, "
-                                                          f"temperature {config.temperature}",
-              "max_new_tokens": config.max_new_tokens, "sentences": config.sentences}
+    report = {
+        "examples": n,
+        **{name: value / n for name, value in totals.items()},
+        "lead3": {name: value / n for name, value in lead.items()},
+        "sampling": "greedy"
+        if config.greedy
+        else f"top_k {config.top_k}, top_p {config.top_p}, temperature {config.temperature}",
+        "max_new_tokens": config.max_new_tokens,
+        "sentences": config.sentences,
+    }
     return report, examples
 
 
-TASKS = {"perplexity": _perplexity_task, "lambada": _lambada_task, "multiple_choice": _multiple_choice_task,
-         "cnndm": _cnndm_task}
+TASKS = {
+    "perplexity": _perplexity_task,
+    "lambada": _lambada_task,
+    "multiple_choice": _multiple_choice_task,
+    "cnndm": _cnndm_task,
+}
 UNITS = {"perplexity": "tokens", "lambada": "tokens", "multiple_choice": "tokens", "cnndm": "articles"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Running and printing
+
 
 def run(config, out=sys.stdout):
     """Evaluate every model of `config` on its task; print the reports; returns them ({model dir: report})."""
@@ -345,8 +431,13 @@ def run(config, out=sys.stdout):
     reports, rows = {}, []
     for model_dir in config.model_dir or [None]:
         model = load_for_inference(model_dir, precision=config.precision, weights=config.weights)
-        with tqdm(desc=f"{config.task} {model_dir or DEFAULT_MODEL_DIR}", unit=UNITS[config.task], file=sys.stderr,
-                  disable=None, unit_scale=True) as bar:
+        with tqdm(
+            desc=f"{config.task} {model_dir or DEFAULT_MODEL_DIR}",
+            unit=UNITS[config.task],
+            file=sys.stderr,
+            disable=None,
+            unit_scale=True,
+        ) as bar:
             report, examples = TASKS[config.task](model, config, encoder, bar.update)
         name = model_dir or DEFAULT_MODEL_DIR
         reports[name] = {"task": config.task, "model_dir": name, "dataset": config.dataset_path, **report}
@@ -377,8 +468,11 @@ def _write(path, text):
 def table(reports):
     """The reports' numbers side by side, one column per model."""
     names = list(reports)
-    keys = [k for k, v in next(iter(reports.values())).items() if isinstance(v, (int, float, dict))
-            and not isinstance(v, bool) and k not in ("context", "stride")]
+    keys = [
+        k
+        for k, v in next(iter(reports.values())).items()
+        if isinstance(v, (int, float, dict)) and not isinstance(v, bool) and k not in ("context", "stride")
+    ]
     rows = []
     for key in keys:
         values = [reports[n][key] for n in names]
@@ -388,8 +482,10 @@ def table(reports):
         else:
             rows.append((key, [_number(v) for v in values]))
     header = ["", *names]
-    widths = [max(len(str(r[i] if i == 0 else r[1][i - 1])) for r in [(header[0], header[1:])] + rows)
-              for i in range(len(header))]
+    widths = [
+        max(len(str(r[i] if i == 0 else r[1][i - 1])) for r in [(header[0], header[1:])] + rows)
+        for i in range(len(header))
+    ]
     lines = ["  ".join(str(h).ljust(w) if i == 0 else str(h).rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
     for key, values in rows:
         lines.append("  ".join([key.ljust(widths[0])] + [v.rjust(w) for v, w in zip(values, widths[1:])]))

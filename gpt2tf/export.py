@@ -40,8 +40,9 @@ class ExportConfig:
     """What `export.py` (and `gpt2tf export`) does; each field is the flag of the same name."""
 
     model_dir: str = flag(None, f"an OpenAI model dir or a fine-tuning run dir (default: {DEFAULT_MODEL_DIR})")
-    export_dir: str = flag(None, "where the export goes: EXPORT_DIR/VERSION/ (TF Serving's layout) "
-                                 "(default: exported/<model dir name>)")
+    export_dir: str = flag(
+        None, "where the export goes: EXPORT_DIR/VERSION/ (TF Serving's layout) (default: exported/<model dir name>)"
+    )
     version: int = flag(1, "the version subdirectory TF Serving loads (the highest)")
     overwrite: bool = flag(False, "replace an existing version dir")
     max_new_tokens: int = flag(64, "serving_default: tokens generated per prompt")
@@ -49,12 +50,15 @@ class ExportConfig:
     top_k: int = flag(40, "serving_default: keep the k most likely tokens; 0 = off")
     top_p: float = flag(1.0, "serving_default: nucleus sampling's p, in (0, 1]; 1 = off")
     seed: int = flag(None, "serving_default: a fixed seed (default: a random one per call)", type=int)
-    max_new_tokens_limit: int = flag(None, "the most tokens a row may ask for; more is clamped (default: half the "
-                                           "model's context)", type=int)
-    precision: str = flag("float32", "compute dtype (mixed types are for GPUs)",
-                          choices=("float32", "mixed_float16", "mixed_bfloat16"))
-    no_xla: bool = flag(False, "export without XLA (jit_compile); TF Serving's GPU images cannot run XLA-compiled "
-                               "functions")
+    max_new_tokens_limit: int = flag(
+        None, "the most tokens a row may ask for; more is clamped (default: half the model's context)", type=int
+    )
+    precision: str = flag(
+        "float32", "compute dtype (mixed types are for GPUs)", choices=("float32", "mixed_float16", "mixed_bfloat16")
+    )
+    no_xla: bool = flag(
+        False, "export without XLA (jit_compile); TF Serving's GPU images cannot run XLA-compiled functions"
+    )
 
 
 def check(config):
@@ -64,19 +68,23 @@ def check(config):
     if not (isinstance(config.version, int) and config.version >= 1):
         raise GPT2TFError(f"--version must be a positive integer, got {config.version}")
     if config.model_dir and (Path(config.model_dir) / QUANTIZED_FILE).is_file():
-        raise GPT2TFError(f"{config.model_dir} holds weights quantized for decoding: the export holds float32 "
-                          f"weights; give the float32 model dir it was made from")
+        raise GPT2TFError(
+            f"{config.model_dir} holds weights quantized for decoding: the export holds float32 "
+            f"weights; give the float32 model dir it was made from"
+        )
     if config.max_new_tokens < 1:
         raise GPT2TFError(f"--max_new_tokens must be at least 1, got {config.max_new_tokens}")
     if config.max_new_tokens_limit is not None and config.max_new_tokens_limit < config.max_new_tokens:
-        raise GPT2TFError(f"--max_new_tokens_limit {config.max_new_tokens_limit} is below --max_new_tokens "
-                          f"{config.max_new_tokens}")
+        raise GPT2TFError(
+            f"--max_new_tokens_limit {config.max_new_tokens_limit} is below --max_new_tokens {config.max_new_tokens}"
+        )
     SamplerConfig(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
     check_seed(config.seed)
     target = version_dir(config)
     if target.exists() and any(target.iterdir()) and not config.overwrite:
-        raise GPT2TFError(f"{target} already holds an export: give another --version (TF Serving serves the "
-                          f"highest) or --overwrite")
+        raise GPT2TFError(
+            f"{target} already holds an export: give another --version (TF Serving serves the highest) or --overwrite"
+        )
     if target.exists() and not target.is_dir():
         raise GPT2TFError(f"{target} is a file, not a directory: give another --export_dir or --version")
 
@@ -149,8 +157,7 @@ def build_module(model, encoder, config):
             tokens = tf.where(columns < keep[:, None], tf.gather(dense, source, batch_dims=1), 0)
             length = tf.minimum(n_ctx, tf.maximum(width, _round_up_t(tf.reduce_max(keep + max_new), PROMPT_BUCKET)))
             shape = tf.stack([batch, model.hparams.n_head, length, model.hparams.head_size])
-            cache = tuple((tf.zeros(shape, model.compute_dtype), tf.zeros(shape, model.compute_dtype))
-                          for _ in model.h)
+            cache = tuple((tf.zeros(shape, model.compute_dtype), tf.zeros(shape, model.compute_dtype)) for _ in model.h)
             logits, cache = self._prefill(tokens, keep, cache)
             steps = tf.reduce_max(max_new)
             row_seeds = tf.stack([seed, tf.zeros_like(seed)], axis=1)  # (seed, sample 0), as the library keys it
@@ -158,34 +165,54 @@ def build_module(model, encoder, config):
             penalty = tf.ones([batch])
 
             def body(t, done, logits, cache, out):
-                token = choose_tokens(logits, seen, row_seeds, tf.fill([batch], t), temperature=temperature,
-                                      top_k=top_k, top_p=top_p, repetition_penalty=penalty)
+                token = choose_tokens(
+                    logits,
+                    seen,
+                    row_seeds,
+                    tf.fill([batch], t),
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    repetition_penalty=penalty,
+                )
                 end = token == EOT_ID
                 out = out.write(t, tf.where(done | end, -1, token))
                 done = done | end | (t + 1 >= max_new)
                 positions = tf.minimum(keep + t, length - 1)
-                logits, cache = tf.cond(tf.reduce_all(done), lambda: (logits, cache),
-                                        lambda: self._step(tf.where(done, 0, token), positions, cache))
+                logits, cache = tf.cond(
+                    tf.reduce_all(done),
+                    lambda: (logits, cache),
+                    lambda: self._step(tf.where(done, 0, token), positions, cache),
+                )
                 return t + 1, done, logits, cache, out
 
             out = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
             _, _, _, _, out = tf.while_loop(
-                lambda t, done, *_: (t < steps) & ~tf.reduce_all(done), body,
-                (tf.constant(0), tf.zeros([batch], tf.bool), logits, cache, out))
+                lambda t, done, *_: (t < steps) & ~tf.reduce_all(done),
+                body,
+                (tf.constant(0), tf.zeros([batch], tf.bool), logits, cache, out),
+            )
             new = tf.transpose(out.stack())  # [batch, steps run]
             new = tf.pad(new, [[0, 0], [0, steps - tf.shape(new)[1]]], constant_values=-1)
             new = tf.reshape(new, [batch, steps])
-            return {"text": self.tokenizer.decode(new), "tokens": new,
-                    "num_tokens": tf.reduce_sum(tf.cast(new >= 0, tf.int32), axis=1)}
+            return {
+                "text": self.tokenizer.decode(new),
+                "tokens": new,
+                "num_tokens": tf.reduce_sum(tf.cast(new >= 0, tf.int32), axis=1),
+            }
 
         # ---- the signatures ----------------------------------------------------------------------------------
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt"),
-                                      tf.TensorSpec([None], tf.int32, name="max_new_tokens"),
-                                      tf.TensorSpec([None], tf.float32, name="temperature"),
-                                      tf.TensorSpec([None], tf.int32, name="top_k"),
-                                      tf.TensorSpec([None], tf.float32, name="top_p"),
-                                      tf.TensorSpec([None], tf.int32, name="seed")])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None], tf.string, name="prompt"),
+                tf.TensorSpec([None], tf.int32, name="max_new_tokens"),
+                tf.TensorSpec([None], tf.float32, name="temperature"),
+                tf.TensorSpec([None], tf.int32, name="top_k"),
+                tf.TensorSpec([None], tf.float32, name="top_p"),
+                tf.TensorSpec([None], tf.int32, name="seed"),
+            ]
+        )
         def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
             return self._generate(prompt, max_new_tokens, temperature, top_k, top_p, seed)
 
@@ -196,10 +223,14 @@ def build_module(model, encoder, config):
                 seed = tf.random.uniform([batch], 0, MAX_SEED, tf.int32)
             else:
                 seed = tf.fill([batch], tf.constant(config.seed, tf.int32))
-            out = self._generate(prompt, tf.fill([batch], config.max_new_tokens),
-                                 tf.fill([batch], tf.constant(config.temperature, tf.float32)),
-                                 tf.fill([batch], config.top_k),
-                                 tf.fill([batch], tf.constant(config.top_p, tf.float32)), seed)
+            out = self._generate(
+                prompt,
+                tf.fill([batch], config.max_new_tokens),
+                tf.fill([batch], tf.constant(config.temperature, tf.float32)),
+                tf.fill([batch], config.top_k),
+                tf.fill([batch], tf.constant(config.top_p, tf.float32)),
+                seed,
+            )
             return {"text": out["text"]}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
@@ -243,11 +274,14 @@ def export(config, out=sys.stderr):
     target = version_dir(config)
     model = load_for_inference(config.model_dir, precision=config.precision)
     if model.weight_format != "float32":
-        raise GPT2TFError(f"{config.model_dir} holds {model.weight_format} weights saved for decoding: the export "
-                          f"holds float32 weights; give the float32 model dir it was made from")
+        raise GPT2TFError(
+            f"{config.model_dir} holds {model.weight_format} weights saved for decoding: the export "
+            f"holds float32 weights; give the float32 model dir it was made from"
+        )
     if config.max_new_tokens >= model.hparams.n_ctx:
-        raise GPT2TFError(f"--max_new_tokens {config.max_new_tokens} must be below the model's context of "
-                          f"{model.hparams.n_ctx}")
+        raise GPT2TFError(
+            f"--max_new_tokens {config.max_new_tokens} must be below the model's context of {model.hparams.n_ctx}"
+        )
     module = build_module(model, get_encoder(), config)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.parent / f".{target.name}.partial-{os.getpid()}"
@@ -258,8 +292,9 @@ def export(config, out=sys.stderr):
             shutil.rmtree(target)
         os.replace(temporary, target)
     except OSError as err:
-        raise GPT2TFError(f"cannot write the export to {target} ({err.strerror}); free space or choose another "
-                          f"--export_dir") from None
+        raise GPT2TFError(
+            f"cannot write the export to {target} ({err.strerror}); free space or choose another --export_dir"
+        ) from None
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     print(f"exported {config.model_dir or DEFAULT_MODEL_DIR} to {target}", file=out)

@@ -74,8 +74,12 @@ def _top_k_top_p(logits, k, p):
         again = tf.where(~exact)[:, 0]  # [positions in `sub` that need the whole vocabulary sorted]
 
         def full():
-            refiltered, _ = _filter(tf.gather(sub, again), tf.gather(sub_k, again), tf.gather(sub_p, again),
-                                    _sorted_rows(logits, tf.gather(rows, again)))
+            refiltered, _ = _filter(
+                tf.gather(sub, again),
+                tf.gather(sub_k, again),
+                tf.gather(sub_p, again),
+                _sorted_rows(logits, tf.gather(rows, again)),
+            )
             return tf.tensor_scatter_nd_update(result, again[:, None], refiltered)
 
         result = tf.cond(tf.size(again) > 0, full, lambda: result)
@@ -132,8 +136,9 @@ def gumbel_noise(row_seeds, steps, vocab_size, needed=None):
     batch = row_seeds.shape[0]
     if batch is None:  # a batch of unknown size (the export): the same streams, row by row in a loop
         steps = tf.broadcast_to(tf.cast(steps, tf.int32), tf.shape(row_seeds)[:1])
-        return tf.map_fn(lambda args: _gumbel_row(args[0], args[1], vocab_size), (row_seeds, steps),
-                         fn_output_signature=tf.float32)
+        return tf.map_fn(
+            lambda args: _gumbel_row(args[0], args[1], vocab_size), (row_seeds, steps), fn_output_signature=tf.float32
+        )
     steps = tf.broadcast_to(tf.cast(steps, tf.int32), [batch])
     rows = []
     for row in range(batch):  # static batch size: unrolled, each row independent of the others
@@ -157,9 +162,13 @@ def choose_tokens(logits, seen, row_seeds, steps, *, temperature, top_k, top_p, 
 
     def sampled():
         filtered = filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty)
-        noisy = tf.cond(tf.reduce_all(greedy), lambda: filtered,  # an all-greedy batch draws no noise
-                        lambda: tf.where(greedy[:, None], filtered,
-                                         filtered + gumbel_noise(row_seeds, steps, logits.shape[-1], ~greedy)))
+        noisy = tf.cond(
+            tf.reduce_all(greedy),
+            lambda: filtered,  # an all-greedy batch draws no noise
+            lambda: tf.where(
+                greedy[:, None], filtered, filtered + gumbel_noise(row_seeds, steps, logits.shape[-1], ~greedy)
+            ),
+        )
         return tf.argmax(noisy, axis=-1, output_type=tf.int32)
 
     # Plain greedy rows (no penalty) need nothing but the argmax: the common case costs no more than that.

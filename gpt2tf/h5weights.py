@@ -15,8 +15,14 @@ import h5py
 import keras
 import numpy as np
 
-from gpt2tf.checkpoint import (checkpoint_key, checkpoint_shape, checkpoint_variables, fill_weights, load_hparams,
-                               model_tensors)
+from gpt2tf.checkpoint import (
+    checkpoint_key,
+    checkpoint_shape,
+    checkpoint_variables,
+    fill_weights,
+    load_hparams,
+    model_tensors,
+)
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.model import GPT2
 
@@ -57,8 +63,9 @@ def write_h5_weights(path, model, tensors=None):
             os.fsync(f.fileno())
         os.replace(temp, path)
     except OSError as err:
-        raise GPT2TFError(f"cannot write {path} ({err.strerror or err}); choose a writable place with enough free "
-                          f"space") from None
+        raise GPT2TFError(
+            f"cannot write {path} ({err.strerror or err}); choose a writable place with enough free space"
+        ) from None
     finally:
         temp.unlink(missing_ok=True)
 
@@ -72,27 +79,40 @@ def load_h5_weights(model, path):
         with h5py.File(path, "r") as f:
             found = _read_tensors(f, path)
     except (OSError, KeyError, ValueError) as err:
-        raise GPT2TFError(f"cannot read {path} as an HDF5 weights file ({str(err).splitlines()[0]}); give the .h5 "
-                          f"file that finetune.py --output_name wrote") from None
+        raise GPT2TFError(
+            f"cannot read {path} as an HDF5 weights file ({str(err).splitlines()[0]}); give the .h5 "
+            f"file that finetune.py --output_name wrote"
+        ) from None
     variables = checkpoint_variables(model)
     for key, variable in variables.items():
         if key not in found:
-            raise GPT2TFError(f"{path} has no tensor {key}, which the model needs: it was not written for a GPT-2 "
-                              f"of this shape; give the --model_dir it was fine-tuned from")
+            raise GPT2TFError(
+                f"{path} has no tensor {key}, which the model needs: it was not written for a GPT-2 "
+                f"of this shape; give the --model_dir it was fine-tuned from"
+            )
         want = tuple(checkpoint_shape(variable))
         if not np.isfinite(found[key]).all():
             raise GPT2TFError(f"{path}: tensor {key} holds NaN or infinite values: these weights are broken")
         if found[key].shape != want:
-            raise GPT2TFError(f"{path} does not fit the model: {key} is {list(found[key].shape)} in the file but "
-                              f"{list(want)} in hparams.json ({_shape_text(model.hparams)}); give the --model_dir "
-                              f"it was fine-tuned from")
+            raise GPT2TFError(
+                f"{path} does not fit the model: {key} is {list(found[key].shape)} in the file but "
+                f"{list(want)} in hparams.json ({_shape_text(model.hparams)}); give the --model_dir "
+                f"it was fine-tuned from"
+            )
     extra = sorted(set(found) - set(variables))
     if extra:
-        raise GPT2TFError(f"{path} has tensors the model does not have, e.g. {extra[0]}: it was written for a larger "
-                          f"GPT-2; give the --model_dir it was fine-tuned from")
+        raise GPT2TFError(
+            f"{path} has tensors the model does not have, e.g. {extra[0]}: it was written for a larger "
+            f"GPT-2; give the --model_dir it was fine-tuned from"
+        )
     sizes = {key: value.size for key, value in found.items()}
-    fill_weights(model, lambda key: np.asarray(found.pop(key), np.float32), sizes, source=str(path),
-                 hint="give the .h5 file that finetune.py --output_name wrote")
+    fill_weights(
+        model,
+        lambda key: np.asarray(found.pop(key), np.float32),
+        sizes,
+        source=str(path),
+        hint="give the .h5 file that finetune.py --output_name wrote",
+    )
 
 
 def load_h5_model(model_dir, path, *, dtype=None, weights=None):
@@ -105,8 +125,10 @@ def load_h5_model(model_dir, path, *, dtype=None, weights=None):
     elif (Path(model_dir) / "hparams.json").is_file():
         hparams = load_hparams(model_dir)
     else:
-        raise GPT2TFError(f"{model_dir} has no hparams.json (nor a Hugging Face config.json): give a model dir (e.g. "
-                          f"models/124M) whose shape the weights in {path} have")
+        raise GPT2TFError(
+            f"{model_dir} has no hparams.json (nor a Hugging Face config.json): give a model dir (e.g. "
+            f"models/124M) whose shape the weights in {path} have"
+        )
     model = GPT2(hparams, initializer="empty", dtype=dtype, weight_format=weights or "float32")
     load_h5_weights(model, path)
     return model
@@ -116,8 +138,10 @@ def _read_tensors(f, path):
     """{checkpoint key: array} from an open file in the legacy layout (any model name as the keys' root)."""
     names = [_text(n) for n in f.attrs.get("layer_names", [])]
     if not names:
-        raise GPT2TFError(f"{path} is not a Keras .h5 weights file (it has no layer_names attribute); give the .h5 "
-                          f"file that finetune.py --output_name wrote")
+        raise GPT2TFError(
+            f"{path} is not a Keras .h5 weights file (it has no layer_names attribute); give the .h5 "
+            f"file that finetune.py --output_name wrote"
+        )
     tensors = {}
     for name in names + ([TOP_LEVEL_GROUP] if TOP_LEVEL_GROUP in f else []):
         group = f[name]

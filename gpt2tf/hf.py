@@ -46,6 +46,7 @@ def is_hf_dir(path):
 # ---------------------------------------------------------------------------------------------------------------
 # Names and config
 
+
 def hf_name(key):
     """OpenAI's checkpoint key -> HF's tensor name (without `transformer.`): model/h3/attn/c_attn/w -> h.3.attn.c_attn.weight"""
     parts = key.split("/")[1:]
@@ -65,16 +66,21 @@ def hparams_from_config(model_dir):
     if not isinstance(config, dict):
         raise GPT2TFError(f"{path} is not a JSON object")
     if config.get("model_type") != "gpt2":
-        raise GPT2TFError(f"{path} has model_type {config.get('model_type')!r}, not 'gpt2': gpt2tf loads GPT-2 "
-                          f"checkpoints only")
+        raise GPT2TFError(
+            f"{path} has model_type {config.get('model_type')!r}, not 'gpt2': gpt2tf loads GPT-2 checkpoints only"
+        )
     for key in ("layer_norm_epsilon", "n_embd"):
         if key in config and not isinstance(config[key], (int, float)):
             raise GPT2TFError(f"{path}: {key} = {config[key]!r} is not a number")
     unsupported = {
-        "activation_function": (config.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
-                                "GPT-2's tanh GELU (gelu_new)"),
-        "layer_norm_epsilon": (abs(float(config.get("layer_norm_epsilon", LAYER_NORM_EPSILON)) - LAYER_NORM_EPSILON)
-                               < 1e-12, "1e-05"),
+        "activation_function": (
+            config.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
+            "GPT-2's tanh GELU (gelu_new)",
+        ),
+        "layer_norm_epsilon": (
+            abs(float(config.get("layer_norm_epsilon", LAYER_NORM_EPSILON)) - LAYER_NORM_EPSILON) < 1e-12,
+            "1e-05",
+        ),
         "scale_attn_weights": (config.get("scale_attn_weights", True) is True, "true"),
         "scale_attn_by_inverse_layer_idx": (not config.get("scale_attn_by_inverse_layer_idx", False), "false"),
         "add_cross_attention": (not config.get("add_cross_attention", False), "false"),
@@ -82,10 +88,17 @@ def hparams_from_config(model_dir):
     }
     for key, (ok, wanted) in unsupported.items():
         if not ok:
-            raise GPT2TFError(f"{path}: {key} = {config.get(key)!r} is not something gpt2tf's GPT-2 computes "
-                              f"(it needs {wanted}); this checkpoint cannot be loaded exactly")
-    names = {"n_vocab": "vocab_size", "n_ctx": "n_positions", "n_embd": "n_embd", "n_head": "n_head",
-             "n_layer": "n_layer"}
+            raise GPT2TFError(
+                f"{path}: {key} = {config.get(key)!r} is not something gpt2tf's GPT-2 computes "
+                f"(it needs {wanted}); this checkpoint cannot be loaded exactly"
+            )
+    names = {
+        "n_vocab": "vocab_size",
+        "n_ctx": "n_positions",
+        "n_embd": "n_embd",
+        "n_head": "n_head",
+        "n_layer": "n_layer",
+    }
     values = {}
     for field, key in names.items():
         value = config.get(key, config.get("n_ctx") if key == "n_positions" else None)
@@ -101,6 +114,7 @@ def hparams_from_config(model_dir):
 # ---------------------------------------------------------------------------------------------------------------
 # Reading
 
+
 def _read_header(path):
     """(entries {name: (dtype, shape, begin, end)} with absolute byte offsets, metadata) of one safetensors file."""
     try:
@@ -111,8 +125,10 @@ def _read_header(path):
                 raise GPT2TFError(f"{path} is cut short ({size} bytes): not a safetensors file; download it again")
             (length,) = struct.unpack("<Q", head)
             if length > min(size - 8, 100_000_000):
-                raise GPT2TFError(f"{path} is not a safetensors file, or it is cut short (its header says "
-                                  f"{length:,} bytes); download it again")
+                raise GPT2TFError(
+                    f"{path} is not a safetensors file, or it is cut short (its header says "
+                    f"{length:,} bytes); download it again"
+                )
             header = json.loads(f.read(length))
     except OSError as err:
         raise GPT2TFError(f"cannot read {path} ({err.strerror})") from None
@@ -131,11 +147,15 @@ def _read_header(path):
         if dtype not in DTYPES:
             raise GPT2TFError(f"{path}: tensor {name} has dtype {dtype}; gpt2tf reads {', '.join(DTYPES)}")
         if end - begin != int(np.prod(shape)) * np.dtype(DTYPES[dtype]).itemsize or begin < 0:
-            raise GPT2TFError(f"{path}: tensor {name}'s byte range does not match its shape {shape}: the file is "
-                              f"damaged; download it again")
+            raise GPT2TFError(
+                f"{path}: tensor {name}'s byte range does not match its shape {shape}: the file is "
+                f"damaged; download it again"
+            )
         if 8 + length + end > size:
-            raise GPT2TFError(f"{path} is cut short: it has {size:,} bytes but tensor {name} ends at byte "
-                              f"{8 + length + end:,}; download it again")
+            raise GPT2TFError(
+                f"{path} is cut short: it has {size:,} bytes but tensor {name} ends at byte "
+                f"{8 + length + end:,}; download it again"
+            )
         entries[name] = (dtype, tuple(shape), 8 + length + begin, 8 + length + end)
     return entries, metadata
 
@@ -153,13 +173,15 @@ def tensor_index(model_dir):
         files = [model_dir / name for name in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
-            raise GPT2TFError(f"{model_dir} is missing shard {missing[0]}{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} "
-                              f"named by {INDEX_FILE}: download the checkpoint again")
+            raise GPT2TFError(
+                f"{model_dir} is missing shard {missing[0]}{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} "
+                f"named by {INDEX_FILE}: download the checkpoint again"
+            )
     index = {}
     for path in files:
         entries, _ = _read_header(path)
         for name, (dtype, shape, begin, end) in entries.items():
-            short = name[len("transformer."):] if name.startswith("transformer.") else name
+            short = name[len("transformer.") :] if name.startswith("transformer.") else name
             if short.endswith(BUFFERS):
                 continue
             index[short] = (path, dtype, shape, begin, end)
@@ -234,8 +256,10 @@ def load_hf_model(model_dir, *, dtype=None, weights=None):
 def restore_hf_weights(model, model_dir):
     """Read a HF dir's weights into `model` (of the same shape)."""
     if hparams_from_config(model_dir) != model.hparams:
-        raise GPT2TFError(f"{model_dir} holds a model of another shape ({hparams_from_config(model_dir)}) than "
-                          f"this one ({model.hparams})")
+        raise GPT2TFError(
+            f"{model_dir} holds a model of another shape ({hparams_from_config(model_dir)}) than "
+            f"this one ({model.hparams})"
+        )
     _fill(model, model_dir, _checked_index(model_dir, model.hparams))
 
 
@@ -252,15 +276,17 @@ def _checked_index(model_dir, hparams):
         del head, wte
         _release_maps()
         if not equal:
-            raise GPT2TFError(f"{model_dir} has an lm_head.weight that differs from wte.weight: GPT-2's output layer "
-                              f"is tied to its embedding, so this untied checkpoint cannot be loaded exactly")
+            raise GPT2TFError(
+                f"{model_dir} has an lm_head.weight that differs from wte.weight: GPT-2's output layer "
+                f"is tied to its embedding, so this untied checkpoint cannot be loaded exactly"
+            )
     return index
 
 
 def _fill(model, model_dir, index):
-    from gpt2tf.checkpoint import fill_weights, openai_tensor_shapes
-
     import tensorflow as tf
+
+    from gpt2tf.checkpoint import fill_weights, openai_tensor_shapes
 
     def read(key):
         entry = index[hf_name(key)]
@@ -278,21 +304,42 @@ def _fill(model, model_dir, index):
 # ---------------------------------------------------------------------------------------------------------------
 # Writing
 
+
 def hf_config(hparams):
     return {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": hparams.n_vocab,
-        "n_positions": hparams.n_ctx, "n_ctx": hparams.n_ctx, "n_embd": hparams.n_embd, "n_layer": hparams.n_layer,
-        "n_head": hparams.n_head, "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": 0.1,
-        "embd_pdrop": 0.1, "attn_pdrop": 0.1, "layer_norm_epsilon": LAYER_NORM_EPSILON, "initializer_range": 0.02,
-        "scale_attn_weights": True, "use_cache": True, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID,
-        "tie_word_embeddings": True, "dtype": "float32",
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": hparams.n_vocab,
+        "n_positions": hparams.n_ctx,
+        "n_ctx": hparams.n_ctx,
+        "n_embd": hparams.n_embd,
+        "n_layer": hparams.n_layer,
+        "n_head": hparams.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": 0.1,
+        "embd_pdrop": 0.1,
+        "attn_pdrop": 0.1,
+        "layer_norm_epsilon": LAYER_NORM_EPSILON,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "use_cache": True,
+        "bos_token_id": EOT_ID,
+        "eos_token_id": EOT_ID,
+        "tie_word_embeddings": True,
+        "dtype": "float32",
     }
 
 
 TOKENIZER_CONFIG = {
-    "tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "add_prefix_space": False,
-    "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-    "clean_up_tokenization_spaces": False, "errors": "replace",
+    "tokenizer_class": "GPT2Tokenizer",
+    "model_max_length": 1024,
+    "add_prefix_space": False,
+    "bos_token": "<|endoftext|>",
+    "eos_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+    "clean_up_tokenization_spaces": False,
+    "errors": "replace",
 }
 
 
@@ -304,10 +351,16 @@ def save_hf_checkpoint(model, out_dir, *, tensors=None, max_shard_bytes=MAX_SHAR
     A new dir is written beside its final name and renamed into place; into an existing dir, files are written
     under temporary names and renamed, config.json last.
     """
-    from gpt2tf.checkpoint import (VOCAB_DIR, checkpoint_key, checkpoint_shape, require_float_weights,
-                                   to_checkpoint_layout, writing_dir)
-
     import tensorflow as tf
+
+    from gpt2tf.checkpoint import (
+        VOCAB_DIR,
+        checkpoint_key,
+        checkpoint_shape,
+        require_float_weights,
+        to_checkpoint_layout,
+        writing_dir,
+    )
 
     if tensors is None:
         require_float_weights(model)
@@ -360,11 +413,15 @@ def save_hf_checkpoint(model, out_dir, *, tensors=None, max_shard_bytes=MAX_SHAR
                     for _, key, _ in shard:
                         f.write(value(key).data)
                 written.append(target)
-            files = {"generation_config.json": {"_from_model_config": True, "bos_token_id": EOT_ID,
-                                                "eos_token_id": EOT_ID},
-                     "tokenizer_config.json": {**TOKENIZER_CONFIG, "model_max_length": model.hparams.n_ctx},
-                     "special_tokens_map.json": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-                                                 "unk_token": "<|endoftext|>"}}
+            files = {
+                "generation_config.json": {"_from_model_config": True, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID},
+                "tokenizer_config.json": {**TOKENIZER_CONFIG, "model_max_length": model.hparams.n_ctx},
+                "special_tokens_map.json": {
+                    "bos_token": "<|endoftext|>",
+                    "eos_token": "<|endoftext|>",
+                    "unk_token": "<|endoftext|>",
+                },
+            }
             if len(shards) > 1:
                 files[INDEX_FILE] = {"metadata": {"total_size": total}, "weight_map": weight_map}
             for name, content in files.items():
@@ -373,7 +430,7 @@ def save_hf_checkpoint(model, out_dir, *, tensors=None, max_shard_bytes=MAX_SHAR
                 shutil.copyfile(VOCAB_DIR / source, work / (name + suffix))
                 written.append(work / (name + suffix))
             for path in written:
-                os.replace(path, work / path.name[:len(path.name) - len(suffix)] if suffix else path)
+                os.replace(path, work / path.name[: len(path.name) - len(suffix)] if suffix else path)
             if not fresh:  # shards of an earlier, differently sharded save would confuse a reader
                 stale = {WEIGHTS_FILE, INDEX_FILE} - set(names) - set(files)
                 for old in [*out_dir.glob("model-*-of-*.safetensors"), *(out_dir / n for n in stale)]:

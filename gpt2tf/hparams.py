@@ -28,7 +28,8 @@ class HParams:
         if self.n_embd % self.n_head:
             raise GPT2TFError(
                 f"hparams: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"pick an n_head that divides it")
+                f"pick an n_head that divides it"
+            )
 
     @property
     def head_size(self):
@@ -48,8 +49,10 @@ class HParams:
         if unknown or missing:
             raise GPT2TFError(
                 f"{source}: expected keys {sorted(names)}; "
-                + (f"missing {missing}" if missing else "") + ("; " if missing and unknown else "")
-                + (f"unknown {unknown}" if unknown else ""))
+                + (f"missing {missing}" if missing else "")
+                + ("; " if missing and unknown else "")
+                + (f"unknown {unknown}" if unknown else "")
+            )
         return cls(**{name: values[name] for name in names})
 
     @classmethod
@@ -59,8 +62,10 @@ class HParams:
             with open(path, encoding="utf-8") as f:
                 values = json.load(f)
         except FileNotFoundError:
-            raise GPT2TFError(f"no hparams.json at {path}: point at a GPT-2 model dir "
-                              f"(download one with `python download_model.py 124M`)") from None
+            raise GPT2TFError(
+                f"no hparams.json at {path}: point at a GPT-2 model dir "
+                f"(download one with `python download_model.py 124M`)"
+            ) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise GPT2TFError(f"cannot read {path} as JSON ({err}); re-download or fix the file") from None
         if not isinstance(values, dict):

@@ -30,64 +30,108 @@ LENGTH = "length and batching"
 OUTPUT = "output and speed"
 
 
-WEIGHTS_HELP = ("hold the weights for decoding as int8 (1/4 of float32's bytes: 1.6-3x faster batch-1 decoding on "
-                "a 2-core CPU) or bf16 (1/2), quantized as they load; default: as the model dir holds them "
-                "(float32, or what --save_quantized wrote)")
+WEIGHTS_HELP = (
+    "hold the weights for decoding as int8 (1/4 of float32's bytes: 1.6-3x faster batch-1 decoding on "
+    "a 2-core CPU) or bf16 (1/2), quantized as they load; default: as the model dir holds them "
+    "(float32, or what --save_quantized wrote)"
+)
 
 
 @dataclasses.dataclass
 class InferenceConfig:
     """What `inference.py` (and `gpt2tf generate`) does; each field is the flag of the same name."""
 
-    model_dir: str = flag(None, f"an OpenAI model dir or a fine-tuning run dir (default: {DEFAULT_MODEL_DIR}, "
-                                f"where `python download_model.py 124M` puts OpenAI's default model)")
-    custom_model: str = flag(None, "a .h5 weights file (finetune.py --output_name) to load onto --model_dir's "
-                                   "model instead of its own weights")
+    model_dir: str = flag(
+        None,
+        f"an OpenAI model dir or a fine-tuning run dir (default: {DEFAULT_MODEL_DIR}, "
+        f"where `python download_model.py 124M` puts OpenAI's default model)",
+    )
+    custom_model: str = flag(
+        None,
+        "a .h5 weights file (finetune.py --output_name) to load onto --model_dir's model instead of its own weights",
+    )
     starter: str = flag(None, "the prompt text", group=PROMPTS)
-    prompts_file: str = flag(None, "one prompt per line (\\n escapes allowed), or a .jsonl file with a \"prompt\" "
-                                   "field", group=PROMPTS)
+    prompts_file: str = flag(
+        None, 'one prompt per line (\\n escapes allowed), or a .jsonl file with a "prompt" field', group=PROMPTS
+    )
     interactive: bool = flag(False, "ask for prompts in a loop; output is streamed", group=PROMPTS)
-    shard: str = flag(None, "I/N: generate only shard I of N of --prompts_file (every N-th prompt from the I-th), so "
-                            "N processes or machines split a file; give them the same --seed", metavar="I/N",
-                      group=PROMPTS)
+    shard: str = flag(
+        None,
+        "I/N: generate only shard I of N of --prompts_file (every N-th prompt from the I-th), so "
+        "N processes or machines split a file; give them the same --seed",
+        metavar="I/N",
+        group=PROMPTS,
+    )
     temperature: float = flag(1.0, "0 means greedy", group=SAMPLING)
-    top_k: int = flag(None, f"keep the k most likely tokens; 0 = off (default {DEFAULT_TOP_K}, or 0 with --nucleus)",
-                      type=int, group=SAMPLING)
-    nucleus: bool = flag(False, f"nucleus (top-p) sampling, top_p {DEFAULT_TOP_P} unless --top_p says otherwise; "
-                                f"top-k off unless given", group=SAMPLING)
-    top_p: float = flag(None, f"keep the smallest most-likely set whose mass reaches p, in (0, 1]; 1 = off "
-                              f"(default 1, or {DEFAULT_TOP_P} with --nucleus)", type=float, group=SAMPLING)
+    top_k: int = flag(
+        None,
+        f"keep the k most likely tokens; 0 = off (default {DEFAULT_TOP_K}, or 0 with --nucleus)",
+        type=int,
+        group=SAMPLING,
+    )
+    nucleus: bool = flag(
+        False,
+        f"nucleus (top-p) sampling, top_p {DEFAULT_TOP_P} unless --top_p says otherwise; top-k off unless given",
+        group=SAMPLING,
+    )
+    top_p: float = flag(
+        None,
+        f"keep the smallest most-likely set whose mass reaches p, in (0, 1]; 1 = off "
+        f"(default 1, or {DEFAULT_TOP_P} with --nucleus)",
+        type=float,
+        group=SAMPLING,
+    )
     greedy: bool = flag(False, "always take the most likely token (= --temperature 0)", group=SAMPLING)
-    repetition_penalty: float = flag(1.0, "CTRL-style penalty on tokens already present, > 1 discourages repeats "
-                                          "(default: 1, off)", group=SAMPLING)
-    seed: int = flag(None, "same seed, same text (default: random, printed with --output jsonl)", type=int,
-                     group=SAMPLING)
+    repetition_penalty: float = flag(
+        1.0, "CTRL-style penalty on tokens already present, > 1 discourages repeats (default: 1, off)", group=SAMPLING
+    )
+    seed: int = flag(
+        None, "same seed, same text (default: random, printed with --output jsonl)", type=int, group=SAMPLING
+    )
     output_length: int = flag(100, "new tokens per sample", group=LENGTH)
     nsamples: int = flag(1, "samples per prompt", group=LENGTH)
     batch_size: int = flag(1, "samples computed together", group=LENGTH)
-    stop: list = flag([], "stop a sample at this text (repeatable; \\n escapes allowed, e.g. --stop '\\n\\n')",
-                      metavar="TEXT", group=LENGTH)
+    stop: list = flag(
+        [],
+        "stop a sample at this text (repeatable; \\n escapes allowed, e.g. --stop '\\n\\n')",
+        metavar="TEXT",
+        group=LENGTH,
+    )
     no_eos_stop: bool = flag(False, "keep going past <|endoftext|>", group=LENGTH)
-    truncate_prompt: bool = flag(False, "drop the start of a prompt that would not fit n_ctx with --output_length "
-                                        "(else an error)", group=LENGTH)
-    output: str = flag("plain", "plain text, or JSON lines with index (the prompt's number), prompt, sample, text, "
-                                "tokens and seed",
-                       choices=("plain", "jsonl"), group=OUTPUT)
-    precision: str = flag("float32", "compute dtype (mixed types are for GPUs)",
-                          choices=("float32", "mixed_float16", "mixed_bfloat16"), group=OUTPUT)
+    truncate_prompt: bool = flag(
+        False, "drop the start of a prompt that would not fit n_ctx with --output_length (else an error)", group=LENGTH
+    )
+    output: str = flag(
+        "plain",
+        "plain text, or JSON lines with index (the prompt's number), prompt, sample, text, tokens and seed",
+        choices=("plain", "jsonl"),
+        group=OUTPUT,
+    )
+    precision: str = flag(
+        "float32",
+        "compute dtype (mixed types are for GPUs)",
+        choices=("float32", "mixed_float16", "mixed_bfloat16"),
+        group=OUTPUT,
+    )
     no_xla: bool = flag(False, "don't compile the decode loop with XLA", group=OUTPUT)
     weights: str = flag(None, WEIGHTS_HELP, choices=WEIGHT_FORMATS, group=OUTPUT)
-    save_quantized: str = flag(None, "write the model loaded with --weights int8|bf16 to this dir, which then loads "
-                                     "as it is (without reading the float32 checkpoint); with no prompt given, only "
-                                     "that", metavar="DIR", group=OUTPUT)
+    save_quantized: str = flag(
+        None,
+        "write the model loaded with --weights int8|bf16 to this dir, which then loads "
+        "as it is (without reading the float32 checkpoint); with no prompt given, only "
+        "that",
+        metavar="DIR",
+        group=OUTPUT,
+    )
 
     def sampler(self):
         """The SamplerConfig these flags mean (`--nucleus` switches top-k off unless --top_k is given)."""
         top_k = self.top_k if self.top_k is not None else (0 if self.nucleus else DEFAULT_TOP_K)
         top_p = self.top_p if self.top_p is not None else (DEFAULT_TOP_P if self.nucleus else 1.0)
         temperature = 0.0 if self.greedy else self.temperature
-        return SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p,
-                             repetition_penalty=self.repetition_penalty)
+        return SamplerConfig(
+            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=self.repetition_penalty
+        )
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -113,9 +157,9 @@ def read_prompts(path):
                 try:
                     prompt = json.loads(line)["prompt"]
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise GPT2TFError(f"{path}:{number}: expected a JSON object with a \"prompt\" field") from None
+                    raise GPT2TFError(f'{path}:{number}: expected a JSON object with a "prompt" field') from None
                 if not isinstance(prompt, str):
-                    raise GPT2TFError(f"{path}:{number}: \"prompt\" must be a string, got {json.dumps(prompt)}")
+                    raise GPT2TFError(f'{path}:{number}: "prompt" must be a string, got {json.dumps(prompt)}')
                 prompts.append(prompt)
     else:
         prompts = [unescape(line) for line in lines if line.strip()]
@@ -127,8 +171,10 @@ def read_prompts(path):
 def check_weights(weights, precision):
     """--weights with --precision, as one line (shared with serve.py)."""
     if weights not in (None, "float32") and precision != "float32":
-        raise GPT2TFError(f"{weights} weights compute in float32: drop --precision {precision} (mixed precision is "
-                          f"for float32 weights on a GPU)")
+        raise GPT2TFError(
+            f"{weights} weights compute in float32: drop --precision {precision} (mixed precision is "
+            f"for float32 weights on a GPU)"
+        )
 
 
 def check(config):
@@ -177,8 +223,9 @@ def run(config, out=sys.stdout):
         from gpt2tf.quantize import save_quantized
 
         save_quantized(model, config.save_quantized)
-        print(f"wrote {config.save_quantized} ({model.weight_format} weights; load it as a --model_dir)",
-              file=sys.stderr)
+        print(
+            f"wrote {config.save_quantized} ({model.weight_format} weights; load it as a --model_dir)", file=sys.stderr
+        )
         if prompts is None and config.starter is None and not config.interactive:
             return
     encoder = get_encoder()
@@ -190,8 +237,9 @@ def run(config, out=sys.stdout):
 
 
 def _load(config):
-    return load_for_inference(config.model_dir, custom_model=config.custom_model, precision=config.precision,
-                              weights=config.weights)
+    return load_for_inference(
+        config.model_dir, custom_model=config.custom_model, precision=config.precision, weights=config.weights
+    )
 
 
 def load_for_inference(model_dir=None, *, custom_model=None, precision="float32", weights=None):
@@ -203,8 +251,10 @@ def load_for_inference(model_dir=None, *, custom_model=None, precision="float32"
     from gpt2tf.h5weights import load_h5_model
 
     if not model_dir and not Path(DEFAULT_MODEL_DIR).exists():
-        raise GPT2TFError(f"no --model_dir given and {DEFAULT_MODEL_DIR} does not exist: download OpenAI's default "
-                          f"model with `python download_model.py 124M`, or give --model_dir")
+        raise GPT2TFError(
+            f"no --model_dir given and {DEFAULT_MODEL_DIR} does not exist: download OpenAI's default "
+            f"model with `python download_model.py 124M`, or give --model_dir"
+        )
     model_dir = model_dir or DEFAULT_MODEL_DIR
     dtype = None if precision == "float32" else precision
     if custom_model:
@@ -212,8 +262,10 @@ def load_for_inference(model_dir=None, *, custom_model=None, precision="float32"
     else:
         model = load_model(model_dir, dtype=dtype, weights=weights)
     if model.hparams.n_vocab < len(get_encoder()):
-        raise GPT2TFError(f"the model has n_vocab {model.hparams.n_vocab}, fewer than GPT-2's {len(get_encoder())} "
-                          f"token ids: it was not trained with GPT-2's tokenizer, so its output would be garbage")
+        raise GPT2TFError(
+            f"the model has n_vocab {model.hparams.n_vocab}, fewer than GPT-2's {len(get_encoder())} "
+            f"token ids: it was not trained with GPT-2's tokenizer, so its output would be garbage"
+        )
     return model
 
 
@@ -229,10 +281,20 @@ def _generate_and_print(model, encoder, config, prompts, out, indices=None):
     decoders = {}  # row -> incremental UTF-8 decoder, for streaming text that splits characters across tokens
     collected = {}
     rows = generate_stream(
-        model, [encoder.encode(p) for p in prompts], length=config.output_length, config=config.sampler(),
-        seed=seed, nsamples=config.nsamples, batch_size=config.batch_size, stop=stop,
-        stop_at_eos=not config.no_eos_stop, truncate_prompt=config.truncate_prompt,
-        chunk_steps=1 if stream else CHUNK_STEPS, jit_compile=not config.no_xla, encoder=encoder)
+        model,
+        [encoder.encode(p) for p in prompts],
+        length=config.output_length,
+        config=config.sampler(),
+        seed=seed,
+        nsamples=config.nsamples,
+        batch_size=config.batch_size,
+        stop=stop,
+        stop_at_eos=not config.no_eos_stop,
+        truncate_prompt=config.truncate_prompt,
+        chunk_steps=1 if stream else CHUNK_STEPS,
+        jit_compile=not config.no_xla,
+        encoder=encoder,
+    )
     current = None
     for row, ids in rows:
         collected.setdefault(row, []).extend(ids)
@@ -252,9 +314,20 @@ def _generate_and_print(model, encoder, config, prompts, out, indices=None):
         text = cut_at_stop(encoder.decode(ids), stop)
         if config.output == "jsonl":
             number = row // config.nsamples
-            out.write(json.dumps({"index": indices[number] if indices else number,
-                                  "prompt": prompts[number], "sample": row % config.nsamples,
-                                  "text": text, "tokens": ids, "seed": seed}, ensure_ascii=False) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "index": indices[number] if indices else number,
+                        "prompt": prompts[number],
+                        "sample": row % config.nsamples,
+                        "text": text,
+                        "tokens": ids,
+                        "seed": seed,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
         elif not stream or row not in decoders:  # streamed rows are already out; an empty one gets its header
             _print_header(out, row, config.nsamples)
             out.write(text + "\n")

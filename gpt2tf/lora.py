@@ -25,8 +25,10 @@ class LoRA:
             for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
                 key = checkpoint_key(layer.w)
                 bound = 1 / math.sqrt(layer.n_in)  # A ~ U(-1/sqrt(n_in), 1/sqrt(n_in)), as in the LoRA reference code
-                a = keras.Variable(rng.uniform(-bound, bound, (layer.n_in, rank)).astype(np.float32),
-                                   name=key.replace("/", "_") + "_lora_a")
+                a = keras.Variable(
+                    rng.uniform(-bound, bound, (layer.n_in, rank)).astype(np.float32),
+                    name=key.replace("/", "_") + "_lora_a",
+                )
                 b = keras.Variable(np.zeros((rank, layer.n_out), np.float32), name=key.replace("/", "_") + "_lora_b")
                 self.adapters[key] = (a, b)
                 self._patch(layer, a, b)

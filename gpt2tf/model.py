@@ -38,10 +38,12 @@ def _check_fits_in_memory(hparams, weight_format="float32"):
         return  # not knowable here: let the allocation decide
     need = BYTES_PER_WEIGHT[weight_format] * hparams.num_parameters
     if need > memory:
-        raise GPT2TFError(f"a GPT-2 of n_vocab {hparams.n_vocab}, n_ctx {hparams.n_ctx}, n_embd {hparams.n_embd}, "
-                          f"n_layer {hparams.n_layer} has {hparams.num_parameters:,} parameters ({need / 2**30:.1f} "
-                          f"GiB as {weight_format}), more than this machine's {memory / 2**30:.1f} GiB of memory; "
-                          f"check the hparams")
+        raise GPT2TFError(
+            f"a GPT-2 of n_vocab {hparams.n_vocab}, n_ctx {hparams.n_ctx}, n_embd {hparams.n_embd}, "
+            f"n_layer {hparams.n_layer} has {hparams.num_parameters:,} parameters ({need / 2**30:.1f} "
+            f"GiB as {weight_format}), more than this machine's {memory / 2**30:.1f} GiB of memory; "
+            f"check the hparams"
+        )
 
 
 class EmptyInitializer(keras.initializers.Initializer):
@@ -62,8 +64,11 @@ def _initializers(kind, n_layer):
         w=keras.initializers.RandomNormal(stddev=0.02),
         # GPT-2 paper: residual projections scaled by 1/sqrt(number of residual layers).
         proj_w=keras.initializers.RandomNormal(stddev=0.02 / math.sqrt(2 * n_layer)),
-        b=keras.initializers.Zeros(), g=keras.initializers.Ones(),
-        wte=keras.initializers.RandomNormal(stddev=0.02), wpe=keras.initializers.RandomNormal(stddev=0.01))
+        b=keras.initializers.Zeros(),
+        g=keras.initializers.Ones(),
+        wte=keras.initializers.RandomNormal(stddev=0.02),
+        wpe=keras.initializers.RandomNormal(stddev=0.01),
+    )
 
 
 class LayerNorm(keras.layers.Layer):
@@ -91,14 +96,17 @@ def _add_stored_weight(layer, name, shape, init, weight_format, *, autocast=True
     if weight_format == "float32":
         return layer.add_weight(name=name, shape=shape, initializer=init, autocast=autocast), None
     if not isinstance(init, EmptyInitializer):
-        raise GPT2TFError(f"a model with {weight_format} weights is only made by quantizing a checkpoint: load one "
-                          f"with gpt2tf.load_model(..., weights={weight_format!r})")
+        raise GPT2TFError(
+            f"a model with {weight_format} weights is only made by quantizing a checkpoint: load one "
+            f"with gpt2tf.load_model(..., weights={weight_format!r})"
+        )
     dtype = STORED_DTYPES[weight_format]
     weight = layer.add_weight(name=name, shape=shape, initializer=init, dtype=dtype, trainable=False, autocast=False)
     scale = None
     if weight_format == "int8":
-        scale = layer.add_weight(name=f"{name}_scale", shape=shape[:-1], initializer=init, trainable=False,
-                                 autocast=False)
+        scale = layer.add_weight(
+            name=f"{name}_scale", shape=shape[:-1], initializer=init, trainable=False, autocast=False
+        )
     return weight, scale
 
 
@@ -117,8 +125,9 @@ class Conv1D(keras.layers.Layer):
         self.weight_format = weight_format
 
     def build(self, input_shape=None):
-        self.w, self.w_scale = _add_stored_weight(self, "w", (1, self.n_out, self.n_in), self.init[self.w_init],
-                                                  self.weight_format)
+        self.w, self.w_scale = _add_stored_weight(
+            self, "w", (1, self.n_out, self.n_in), self.init[self.w_init], self.weight_format
+        )
         self.b = self.add_weight(name="b", shape=(self.n_out,), initializer=self.init["b"])
 
     def call(self, x):
@@ -180,14 +189,15 @@ class Attention(keras.layers.Layer):
                 at = tf.stack([0, 0, cache_index, 0])
                 cache = tuple(xla.dynamic_update_slice(c, t, at) for c, t in zip(cache, new))
             elif x.shape[0] is None:  # a batch of unknown size (the export), one token per row: one select
-                slot = tf.one_hot(cache_index, tf.shape(cache[0])[2], on_value=True, off_value=False,
-                                  dtype=tf.bool)[:, None, :, None]  # [batch, 1, max_length, 1]
+                slot = tf.one_hot(cache_index, tf.shape(cache[0])[2], on_value=True, off_value=False, dtype=tf.bool)[
+                    :, None, :, None
+                ]  # [batch, 1, max_length, 1]
                 cache = tuple(tf.where(slot, t, c) for c, t in zip(cache, new))
             else:  # row r writes at its own slot cache_index[r] (a static batch: one in-place update per row)
                 cache = list(cache)
                 for r in range(x.shape[0]):
                     at = tf.stack([r, 0, cache_index[r], 0])
-                    cache = [xla.dynamic_update_slice(c, t[r:r + 1], at) for c, t in zip(cache, new)]
+                    cache = [xla.dynamic_update_slice(c, t[r : r + 1], at) for c, t in zip(cache, new)]
                 cache = tuple(cache)
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, seq, self.n_head * self.head_size])
         return self.c_proj(out), cache
@@ -195,15 +205,18 @@ class Attention(keras.layers.Layer):
     @staticmethod
     def _attend_cache(q, k, v, old_k, old_v, cached_mask, own_mask):
         """Attention over the cache as it was (masked slots excluded) and over this call's own keys, one softmax."""
-        old_scores = tf.where(cached_mask, tf.cast(tf.matmul(q, old_k, transpose_b=True), tf.float32),
-                              MASKED_SCORE)  # [batch, n_head, seq, max_length]
-        own_scores = tf.where(own_mask, tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32),
-                              MASKED_SCORE)  # [batch, n_head, seq, seq]
+        old_scores = tf.where(
+            cached_mask, tf.cast(tf.matmul(q, old_k, transpose_b=True), tf.float32), MASKED_SCORE
+        )  # [batch, n_head, seq, max_length]
+        own_scores = tf.where(
+            own_mask, tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32), MASKED_SCORE
+        )  # [batch, n_head, seq, seq]
         top = tf.maximum(tf.reduce_max(old_scores, -1, keepdims=True), tf.reduce_max(own_scores, -1, keepdims=True))
         old_exp, own_exp = tf.exp(old_scores - top), tf.exp(own_scores - top)
         total = tf.reduce_sum(old_exp, -1, keepdims=True) + tf.reduce_sum(own_exp, -1, keepdims=True)
-        return (tf.matmul(tf.cast(old_exp / total, q.dtype), old_v) +
-                tf.matmul(tf.cast(own_exp / total, q.dtype), v))  # [batch, n_head, seq, head_size]
+        return tf.matmul(tf.cast(old_exp / total, q.dtype), old_v) + tf.matmul(
+            tf.cast(own_exp / total, q.dtype), v
+        )  # [batch, n_head, seq, head_size]
 
 
 class MLP(keras.layers.Layer):
@@ -268,30 +281,37 @@ class GPT2(keras.Model):
     stores them, for decoding (float32 compute; see `gpt2tf.load_model(..., weights=)`); "float32" otherwise.
     """
 
-    def __init__(self, hparams=HParams(), *, initializer="random", dtype=None, weight_format="float32",
-                 name="model", **kwargs):
+    def __init__(
+        self, hparams=HParams(), *, initializer="random", dtype=None, weight_format="float32", name="model", **kwargs
+    ):
         if weight_format not in WEIGHT_FORMATS:
             raise GPT2TFError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
         _check_fits_in_memory(hparams, weight_format)
         super().__init__(name=name, dtype=dtype, **kwargs)
         if weight_format != "float32" and self.dtype_policy.compute_dtype != "float32":
-            raise GPT2TFError(f"{weight_format} weights compute in float32: drop the mixed precision "
-                              f"({self.dtype_policy.name}), which is for float32 weights on a GPU")
+            raise GPT2TFError(
+                f"{weight_format} weights compute in float32: drop the mixed precision "
+                f"({self.dtype_policy.name}), which is for float32 weights on a GPU"
+            )
         self.hparams = hparams
         self.weight_format = weight_format
         self._init = _initializers(initializer, hparams.n_layer)
-        self.h = [Block(hparams, init=self._init, weight_format=weight_format, name=f"h{i}",
-                        dtype=self.dtype_policy) for i in range(hparams.n_layer)]
+        self.h = [
+            Block(hparams, init=self._init, weight_format=weight_format, name=f"h{i}", dtype=self.dtype_policy)
+            for i in range(hparams.n_layer)
+        ]
         self.ln_f = LayerNorm(init=self._init, name="ln_f")
         self.build()
 
     def build(self, input_shape=None):
         hp = self.hparams
         # autocast=False: the model casts these itself, so the tied logits see the float32 embedding.
-        self.wte, self.wte_scale = _add_stored_weight(self, "wte", (hp.n_vocab, hp.n_embd), self._init["wte"],
-                                                      self.weight_format, autocast=False)
-        self.wpe = self.add_weight(name="wpe", shape=(hp.n_ctx, hp.n_embd), initializer=self._init["wpe"],
-                                   autocast=False)
+        self.wte, self.wte_scale = _add_stored_weight(
+            self, "wte", (hp.n_vocab, hp.n_embd), self._init["wte"], self.weight_format, autocast=False
+        )
+        self.wpe = self.add_weight(
+            name="wpe", shape=(hp.n_ctx, hp.n_embd), initializer=self._init["wpe"], autocast=False
+        )
         for block in self.h:
             block.build()
         self.ln_f.build((None, None, hp.n_embd))
@@ -311,8 +331,9 @@ class GPT2(keras.Model):
         """A zero key/value cache: a `(keys, values)` pair per layer, each `[batch, n_head, max_length, head_size]`."""
         hp = self.hparams
         shape = [batch_size, hp.n_head, max_length, hp.head_size]
-        return tuple((tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype))
-                     for _ in range(hp.n_layer))
+        return tuple(
+            (tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype)) for _ in range(hp.n_layer)
+        )
 
     def embed(self, token_ids, cache_index=None, padding_mask=None, max_length=None):
         """The blocks' input `[batch, seq, n_embd]` and attention mask for these tokens (see `call`)."""
@@ -356,8 +377,7 @@ class GPT2(keras.Model):
         return tf.reshape(logits, tf.concat([tf.shape(x)[:-1], [self.hparams.n_vocab]], 0))  # [batch, seq, n_vocab]
 
     def call(self, token_ids, cache=None, cache_index=None, padding_mask=None):
-        x, mask = self.embed(token_ids, cache_index, padding_mask,
-                             None if cache is None else tf.shape(cache[0][0])[2])
+        x, mask = self.embed(token_ids, cache_index, padding_mask, None if cache is None else tf.shape(cache[0][0])[2])
         start = tf.zeros([], tf.int32) if cache_index is None else tf.cast(cache_index, tf.int32)
         new_cache = []
         for i, block in enumerate(self.h):

@@ -41,9 +41,10 @@ MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
 MAX_ROWS = 16  # beyond this many rows (a prompt's prefill, training) XLA's and Eigen's GEMMs are the right tool
 COMPILE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-D_GLIBCXX_USE_CXX11_ABI=1"]
 # xla::CustomCallTargetRegistry::Global() and ::Register(const std::string&, void*, const std::string&)
-_REGISTRY_SYMBOLS = ("_ZN3xla24CustomCallTargetRegistry6GlobalEv",
-                     "_ZN3xla24CustomCallTargetRegistry8RegisterERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIc"
-                     "EEEPvS8_")
+_REGISTRY_SYMBOLS = (
+    "_ZN3xla24CustomCallTargetRegistry6GlobalEv",
+    "_ZN3xla24CustomCallTargetRegistry8RegisterERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEEPvS8_",
+)
 
 _lock = threading.Lock()
 _loaded = None  # None: not tried yet; then True or False
@@ -68,11 +69,12 @@ def _requested_threads():
     if not value:
         return None
     if not (value.isdigit() and int(value) > 0):
-        raise GPT2TFError(f"GPT2TF_NATIVE_THREADS must be a positive number of threads, got {value!r}: fix or "
-                          f"unset it")
+        raise GPT2TFError(f"GPT2TF_NATIVE_THREADS must be a positive number of threads, got {value!r}: fix or unset it")
     if int(value) > MAX_THREADS:  # each is an OS thread started up front; more than cores only adds switching
-        raise GPT2TFError(f"GPT2TF_NATIVE_THREADS={value} is more than the {MAX_THREADS} threads the kernel runs "
-                          f"at most: set it to about the number of cores, or unset it")
+        raise GPT2TFError(
+            f"GPT2TF_NATIVE_THREADS={value} is more than the {MAX_THREADS} threads the kernel runs "
+            f"at most: set it to about the number of cores, or unset it"
+        )
     return int(value)
 
 
@@ -87,11 +89,15 @@ def available():
             _loaded = False  # settled before anything below can raise (even a warning turned into an error)
             try:
                 _loaded = _load()
-            except Exception as e:  # noqa: BLE001 -- any failure means: use XLA's own dot, and say why once
+            except Exception as e:
                 try:
-                    warnings.warn(f"gpt2tf: the native decode kernel is unavailable ({e}); decoding uses XLA's "
-                                  f"own dot (slower on CPU, same results)", RuntimeWarning, stacklevel=2)
-                except Exception:  # noqa: BLE001 -- warnings configured as errors: the fallback still stands
+                    warnings.warn(
+                        f"gpt2tf: the native decode kernel is unavailable ({e}); decoding uses XLA's "
+                        f"own dot (slower on CPU, same results)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                except Exception:
                     pass
         return _loaded
 
@@ -161,8 +167,9 @@ def _build():
     fd, partial = tempfile.mkstemp(prefix=target.name, suffix=".part", dir=cache)
     os.close(fd)
     try:
-        result = subprocess.run([compiler, *COMPILE_FLAGS, str(SOURCE), "-o", partial], capture_output=True,
-                                text=True, timeout=300)
+        result = subprocess.run(
+            [compiler, *COMPILE_FLAGS, str(SOURCE), "-o", partial], capture_output=True, text=True, timeout=300
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {result.stderr.strip().splitlines()[-1:]}")
         os.replace(partial, target)
@@ -218,8 +225,15 @@ def matmul_transposed(x, w, scale=None):
     w = tf.convert_to_tensor(w)  # a Keras variable's dtype is a string
     scale = None if scale is None else tf.convert_to_tensor(scale)
     rows, inner = x.shape
-    if (_in_decode_step() and x.dtype == tf.float32 and w.dtype in _TARGETS
-            and rows is not None and inner is not None and rows <= MAX_ROWS and available()):
+    if (
+        _in_decode_step()
+        and x.dtype == tf.float32
+        and w.dtype in _TARGETS
+        and rows is not None
+        and inner is not None
+        and rows <= MAX_ROWS
+        and available()
+    ):
         return _custom_call(x, w, scale)
     y = tf.matmul(x, tf.cast(w, x.dtype), transpose_b=True)
     return y if scale is None else y * tf.cast(scale, y.dtype)
@@ -227,9 +241,15 @@ def matmul_transposed(x, w, scale=None):
 
 def attention_applies(q, cache):
     """Whether `attend` runs the kernel for this query and cache (else the caller computes attention itself)."""
-    return (_in_decode_step() and q.dtype == tf.float32 and q.shape.is_fully_defined()
-            and q.shape[2] == 1 and cache[0].shape.is_fully_defined() and cache[0].dtype == tf.float32
-            and available())
+    return (
+        _in_decode_step()
+        and q.dtype == tf.float32
+        and q.shape.is_fully_defined()
+        and q.shape[2] == 1
+        and cache[0].shape.is_fully_defined()
+        and cache[0].dtype == tf.float32
+        and available()
+    )
 
 
 def attend(q, keys, values, own_k, own_v, cached_mask, own_mask):
@@ -247,21 +267,32 @@ def attend(q, keys, values, own_k, own_v, cached_mask, own_mask):
     rows = [batch, heads, size]
     out = gen_xla_ops.xla_custom_call_v2(
         [tf.reshape(q, rows), keys, values, tf.reshape(own_k, rows), tf.reshape(own_v, rows), mask, own],
-        "gpt2tf_attend", f"{batch},{heads},{length},{size}", False, [tf.float32], [rows])[0]
+        "gpt2tf_attend",
+        f"{batch},{heads},{length},{size}",
+        False,
+        [tf.float32],
+        [rows],
+    )[0]
     return tf.reshape(out, [batch, heads, 1, size])
 
 
 def _custom_call(x, w, scale=None):
     (rows, inner), cols = x.shape, w.shape[0]
     operands = [x, w] if w.dtype != tf.int8 else [x, w, scale]
-    return gen_xla_ops.xla_custom_call_v2(operands, _TARGETS[w.dtype], f"{rows},{inner},{cols}", False, [tf.float32],
-                                          [[rows, cols]])[0]
+    return gen_xla_ops.xla_custom_call_v2(
+        operands, _TARGETS[w.dtype], f"{rows},{inner},{cols}", False, [tf.float32], [[rows, cols]]
+    )[0]
 
 
 def sort_applies(values):
     """Whether `sort_descending` runs the kernel for these values (else the caller sorts with `tf.sort`)."""
-    return (_in_decode_step() and values.dtype == tf.float32 and values.shape.rank == 2
-            and values.shape.is_fully_defined() and available())
+    return (
+        _in_decode_step()
+        and values.dtype == tf.float32
+        and values.shape.rank == 2
+        and values.shape.is_fully_defined()
+        and available()
+    )
 
 
 def sort_descending(values, needed):
@@ -276,5 +307,6 @@ def sort_descending(values, needed):
 @tf.function(jit_compile=True, autograph=False)
 def _sort_call(values, needed):
     rows, n = values.shape
-    return gen_xla_ops.xla_custom_call_v2([values, needed], "gpt2tf_sort_descending", f"{rows},{n}", False,
-                                          [tf.float32], [[rows, n]])[0]
+    return gen_xla_ops.xla_custom_call_v2(
+        [values, needed], "gpt2tf_sort_descending", f"{rows},{n}", False, [tf.float32], [[rows, n]]
+    )[0]

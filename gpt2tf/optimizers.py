@@ -28,8 +28,7 @@ class Adafactor(keras.optimizers.Optimizer):
     RMS-clipped gradient, so `base_lr` means what it means for Adam.
     """
 
-    def __init__(self, learning_rate, *, decay_rate=0.8, epsilon=1e-30, clip_threshold=1.0, name="adafactor",
-                 **kwargs):
+    def __init__(self, learning_rate, *, decay_rate=0.8, epsilon=1e-30, clip_threshold=1.0, name="adafactor", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.decay_rate, self.epsilon, self.clip_threshold = decay_rate, epsilon, clip_threshold
 
@@ -49,7 +48,7 @@ class Adafactor(keras.optimizers.Optimizer):
         i = self._get_variable_index(variable)
         gradient = tf.cast(gradient, variable.dtype)
         step = tf.cast(self.iterations + 1, variable.dtype)
-        beta = 1.0 - step ** -self.decay_rate  # the second-moment decay grows towards 1
+        beta = 1.0 - step**-self.decay_rate  # the second-moment decay grows towards 1
         squared = tf.square(gradient) + self.epsilon
         if len(variable.shape) >= 2:
             rows, cols = self._rows[i], self._cols[i]
@@ -67,14 +66,24 @@ class Adafactor(keras.optimizers.Optimizer):
         self.assign_sub(variable, tf.cast(learning_rate, variable.dtype) * update)
 
     def get_config(self):
-        return {**super().get_config(), "decay_rate": self.decay_rate, "epsilon": self.epsilon,
-                "clip_threshold": self.clip_threshold}
+        return {
+            **super().get_config(),
+            "decay_rate": self.decay_rate,
+            "epsilon": self.epsilon,
+            "clip_threshold": self.clip_threshold,
+        }
 
 
 def make_schedule(config):
-    return LearningRate(config.base_lr, steps_per_epoch=config.steps_per_epoch,
-                        decay_epochs=parse_epochs(config.decay_epochs), decay_lr=config.decay_lr,
-                        warmup_steps=config.warmup_steps, kind=config.lr_schedule, total_steps=config.total_steps)
+    return LearningRate(
+        config.base_lr,
+        steps_per_epoch=config.steps_per_epoch,
+        decay_epochs=parse_epochs(config.decay_epochs),
+        decay_lr=config.decay_lr,
+        warmup_steps=config.warmup_steps,
+        kind=config.lr_schedule,
+        total_steps=config.total_steps,
+    )
 
 
 def make_optimizer(config, variables, *, loss_scaling):

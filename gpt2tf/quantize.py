@@ -58,10 +58,10 @@ def quantize_int8(value):
     block = max(1, QUANTIZE_BLOCK_FLOATS // max(rows.shape[1], 1))
     work = np.empty((min(block, rows.shape[0]), rows.shape[1]), np.float32)
     for i in range(0, rows.shape[0], block):
-        part, temp = rows[i:i + block], work[:len(rows[i:i + block])]
+        part, temp = rows[i : i + block], work[: len(rows[i : i + block])]
         np.abs(part, out=temp)
-        scale[i:i + block] = temp.max(axis=1) / np.float32(INT8_MAX)
-        _quantize_into(part, scale[i:i + block, None], temp, q[i:i + block])
+        scale[i : i + block] = temp.max(axis=1) / np.float32(INT8_MAX)
+        _quantize_into(part, scale[i : i + block, None], temp, q[i : i + block])
     return q.reshape(value.shape), scale.reshape(value.shape[:-1])
 
 
@@ -74,14 +74,14 @@ def quantize_int8_columns(value):
     work = np.empty((min(block, n), m), np.float32)
     top = np.zeros(m, np.float32)
     for i in range(0, n, block):
-        part, temp = value[i:i + block], work[:len(value[i:i + block])]
+        part, temp = value[i : i + block], work[: len(value[i : i + block])]
         np.abs(part, out=temp)
         np.maximum(top, temp.max(axis=0), out=top)  # NaN propagates: a NaN weight makes its scale NaN
     scale = top / np.float32(INT8_MAX)
     q = np.empty((n, m), np.int8)
     for i in range(0, n, block):
-        part = value[i:i + block]
-        _quantize_into(part, scale[None, :], work[:len(part)], q[i:i + block])
+        part = value[i : i + block]
+        _quantize_into(part, scale[None, :], work[: len(part)], q[i : i + block])
     return q, scale
 
 
@@ -133,6 +133,7 @@ def dequantize(stored, scale=None):
 # ---------------------------------------------------------------------------------------------------------------
 # The saved layout
 
+
 def quantized_format(path):
     """The weight format of a dir saved by `save_quantized`, or None if `path` is not one."""
     marker = Path(path) / QUANTIZED_FILE
@@ -141,13 +142,19 @@ def quantized_format(path):
     try:
         info = json.loads(marker.read_text(encoding="utf-8"))
         weights, version = info["weights"], info.get("version", LAYOUT_VERSION)
-        ok = (info.get("format") == LAYOUT_NAME and weights in STORED_DTYPES and isinstance(version, int)
-              and not isinstance(version, bool))
+        ok = (
+            info.get("format") == LAYOUT_NAME
+            and weights in STORED_DTYPES
+            and isinstance(version, int)
+            and not isinstance(version, bool)
+        )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
-        raise GPT2TFError(f"{marker} is damaged (it should read {{\"format\": \"{LAYOUT_NAME}\", \"version\": "
-                          f"{LAYOUT_VERSION}, \"weights\": \"int8\" or \"bf16\"}}): save the quantized model again")
+        raise GPT2TFError(
+            f'{marker} is damaged (it should read {{"format": "{LAYOUT_NAME}", "version": '
+            f'{LAYOUT_VERSION}, "weights": "int8" or "bf16"}}): save the quantized model again'
+        )
     if version > LAYOUT_VERSION:
         raise GPT2TFError(f"{path} was saved by a newer gpt2tf (layout version {version}): upgrade gpt2tf")
     return weights
@@ -159,29 +166,34 @@ def save_quantized(model, out_dir):
     from gpt2tf.files import write_text_atomic
 
     if model.weight_format == "float32":
-        raise GPT2TFError("this model holds float32 weights: load it with weights='int8' or 'bf16' to save it "
-                          "quantized (or save it with save_openai_checkpoint)")
+        raise GPT2TFError(
+            "this model holds float32 weights: load it with weights='int8' or 'bf16' to save it "
+            "quantized (or save it with save_openai_checkpoint)"
+        )
     out_dir = Path(out_dir)
     check_output_dir(out_dir, marker=QUANTIZED_FILE, what="quantized model")
     with writing_dir(out_dir) as (work, _):
         write_bundle(work / QUANTIZED_PREFIX, {checkpoint_key(v): v.value for v in model.weights})
         write_model_files(work, model.hparams)
-        write_text_atomic(work / QUANTIZED_FILE, json.dumps(
-            {"format": LAYOUT_NAME, "version": LAYOUT_VERSION, "weights": model.weight_format}) + "\n")
+        write_text_atomic(
+            work / QUANTIZED_FILE,
+            json.dumps({"format": LAYOUT_NAME, "version": LAYOUT_VERSION, "weights": model.weight_format}) + "\n",
+        )
     return out_dir
 
 
 def load_quantized(model_dir, *, weights=None, dtype=None):
     """The model saved by `save_quantized` in `model_dir`; `weights`, if given, must be the format it holds (and
     `dtype`, if given, a float32 policy: quantized weights compute in float32)."""
-    from gpt2tf.checkpoint import (_read_index, check_tensor_names_and_shapes, checkpoint_key, first_line,
-                                   load_hparams)
+    from gpt2tf.checkpoint import _read_index, check_tensor_names_and_shapes, checkpoint_key, first_line, load_hparams
     from gpt2tf.model import GPT2
 
     stored = quantized_format(model_dir)
     if weights not in (None, stored):
-        raise GPT2TFError(f"{model_dir} holds {stored} weights, saved for decoding: load it with weights={stored!r} "
-                          f"(or --weights {stored}), or load the float32 checkpoint it was made from")
+        raise GPT2TFError(
+            f"{model_dir} holds {stored} weights, saved for decoding: load it with weights={stored!r} "
+            f"(or --weights {stored}), or load the float32 checkpoint it was made from"
+        )
     if not (Path(model_dir) / HPARAMS_FILE).is_file():
         raise GPT2TFError(f"{model_dir} has no {HPARAMS_FILE}: the quantized model dir is incomplete; save it again")
     prefix = str(Path(model_dir) / QUANTIZED_PREFIX)
@@ -192,17 +204,21 @@ def load_quantized(model_dir, *, weights=None, dtype=None):
     check_tensor_names_and_shapes(found_shapes, {k: tuple(v.shape) for k, v in variables.items()}, prefix)
     for key, variable in variables.items():
         if found_dtypes[key] != tf.as_dtype(variable.dtype):
-            raise GPT2TFError(f"{prefix}: tensor {key} is {found_dtypes[key].name}, not {variable.dtype}: the "
-                              f"quantized model dir is damaged; save it again")
+            raise GPT2TFError(
+                f"{prefix}: tensor {key} is {found_dtypes[key].name}, not {variable.dtype}: the "
+                f"quantized model dir is damaged; save it again"
+            )
     for key in sorted(variables, key=lambda k: -int(np.prod(found_shapes[k]))):
         try:
-            (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key], shape_and_slices=[""],
-                                            dtypes=[found_dtypes[key]])
+            (value,) = tf.raw_ops.RestoreV2(
+                prefix=prefix, tensor_names=[key], shape_and_slices=[""], dtypes=[found_dtypes[key]]
+            )
         except tf.errors.OpError as err:
-            raise GPT2TFError(f"cannot read tensor {key} from {prefix} ({first_line(err)}): the file is corrupt; "
-                              f"save the quantized model again") from None
+            raise GPT2TFError(
+                f"cannot read tensor {key} from {prefix} ({first_line(err)}): the file is corrupt; "
+                f"save the quantized model again"
+            ) from None
         if value.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(tf.cast(value, tf.float32)))):
-            raise GPT2TFError(f"tensor {key} in {prefix} holds NaN or infinite values: save the quantized model "
-                              f"again")
+            raise GPT2TFError(f"tensor {key} in {prefix} holds NaN or infinite values: save the quantized model again")
         variables[key].assign(value)
     return model

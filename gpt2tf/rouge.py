@@ -10,10 +10,64 @@ import re
 
 # Words ending in "." that do not end a sentence (titles, months, common abbreviations; single capitals are initials).
 ABBREVIATIONS = {
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "gen", "gov", "sen", "rep", "col", "lt", "sgt", "capt",
-    "cmdr", "adm", "rev", "hon", "pres", "vs", "etc", "inc", "ltd", "co", "corp", "no", "vol", "fig", "approx",
-    "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "u.n", "e.g",
-    "i.e", "a.m", "p.m", "dept", "univ", "est", "ft", "ave", "blvd", "rd",
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "sr",
+    "jr",
+    "st",
+    "mt",
+    "gen",
+    "gov",
+    "sen",
+    "rep",
+    "col",
+    "lt",
+    "sgt",
+    "capt",
+    "cmdr",
+    "adm",
+    "rev",
+    "hon",
+    "pres",
+    "vs",
+    "etc",
+    "inc",
+    "ltd",
+    "co",
+    "corp",
+    "no",
+    "vol",
+    "fig",
+    "approx",
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
+    "u.s",
+    "u.k",
+    "u.n",
+    "e.g",
+    "i.e",
+    "a.m",
+    "p.m",
+    "dept",
+    "univ",
+    "est",
+    "ft",
+    "ave",
+    "blvd",
+    "rd",
 }
 _END = re.compile(r"""([.!?]+)(["'\u201d\u2019)\]]*)(\s+)""")
 
@@ -24,15 +78,15 @@ def split_sentences(text):
     an initial or a number's decimal point (those are followed by no space anyway)."""
     sentences, start = [], 0
     for match in _END.finditer(text):
-        after = text[match.end():match.end() + 1]
+        after = text[match.end() : match.end() + 1]
         if not after or not (after.isupper() or after.isdigit() or after in "\"'\u201c\u2018(["):
             continue
         if match.group(1) == ".":
-            word = re.search(r"(\S+)$", text[start:match.start()])
+            word = re.search(r"(\S+)$", text[start : match.start()])
             word = word.group(1).lower().strip("\"'(\u201c\u2018") if word else ""
             if word in ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
                 continue
-        sentence = text[start:match.end(2)].strip()
+        sentence = text[start : match.end(2)].strip()
         if sentence:
             sentences.append(sentence)
         start = match.end()

@@ -16,15 +16,22 @@ try:
 except ImportError:  # Windows: no lock
     fcntl = None
 
-from gpt2tf.checkpoint import first_line, read_state_file, replace_bundle, write_bundle, write_model_files, \
-    write_state_file
+from gpt2tf.checkpoint import (
+    first_line,
+    read_state_file,
+    replace_bundle,
+    write_bundle,
+    write_model_files,
+    write_state_file,
+)
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.files import write_text_atomic
 from gpt2tf.layout import CONFIG_FILE, STATE_FILE
 
 # TensorBoard's scalar plugin reads summaries tagged with this metadata.
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+)
 METRICS_FILE = "metrics.jsonl"
 STATE_DIR = "train_state"
 LOCK_FILE = ".lock"  # held by the process training in the run dir
@@ -47,8 +54,9 @@ class RunDir:
             probe.write_text("")
             probe.unlink()
         except OSError as err:
-            raise GPT2TFError(f"cannot write to --output_dir {self.path} ({err.strerror}); choose a writable "
-                              f"directory") from None
+            raise GPT2TFError(
+                f"cannot write to --output_dir {self.path} ({err.strerror}); choose a writable directory"
+            ) from None
 
     def lock(self):
         """Make this process the run dir's only writer, and clean up after an interrupted one."""
@@ -59,8 +67,10 @@ class RunDir:
             except OSError:
                 self._lock.close()
                 self._lock = None
-                raise GPT2TFError(f"{self.path} is in use by another training process; wait for it to end, or "
-                                  f"choose another --output_dir") from None
+                raise GPT2TFError(
+                    f"{self.path} is in use by another training process; wait for it to end, or "
+                    f"choose another --output_dir"
+                ) from None
         self._remove_leftovers()
         return self
 
@@ -83,9 +93,11 @@ class RunDir:
             return []
         latest, every = read_state_file(self.path)
         if step_of(latest) is None:
-            raise GPT2TFError(f"{self.path / STATE_FILE} does not name a step checkpoint (model.ckpt-<step>): "
-                              f"{self.path} is a model dir, not a run dir; pass it as --model_dir and choose "
-                              f"another --output_dir")
+            raise GPT2TFError(
+                f"{self.path / STATE_FILE} does not name a step checkpoint (model.ckpt-<step>): "
+                f"{self.path} is a model dir, not a run dir; pass it as --model_dir and choose "
+                f"another --output_dir"
+            )
         steps = [step_of(p) for p in every if step_of(p) is not None]
         return [s for s in steps if s != step_of(latest)] + [step_of(latest)]
 
@@ -110,7 +122,7 @@ class RunDir:
             write_bundle(self.weights_prefix(step), tensors)
             (self.path / STATE_DIR).mkdir(exist_ok=True)
             replace_bundle(state.write(self.state_prefix(step) + f".tmp-{os.getpid()}"), self.state_prefix(step))
-            kept = [s for s in self.checkpoints() if s != step][-(keep - 1):] if keep > 1 else []
+            kept = [s for s in self.checkpoints() if s != step][-(keep - 1) :] if keep > 1 else []
             kept.append(step)
             write_state_file(self.path, [WEIGHTS_PREFIX.format(step=s) for s in kept])  # last: the checkpoint exists
         self._prune(kept)
@@ -124,8 +136,10 @@ class RunDir:
             reason = getattr(err, "strerror", None) or first_line(err)
             latest = self.checkpoints()
             last = f"step {latest[-1]}, is complete" if latest else "none"
-            raise GPT2TFError(f"cannot write {what} in {self.path} ({reason}); the last checkpoint, {last}; free "
-                              f"some space and continue with: python finetune.py --output_dir {self.path}") from None
+            raise GPT2TFError(
+                f"cannot write {what} in {self.path} ({reason}); the last checkpoint, {last}; free "
+                f"some space and continue with: python finetune.py --output_dir {self.path}"
+            ) from None
 
     def _prune(self, kept):
         keep = {WEIGHTS_PREFIX.format(step=s) for s in kept} | {f"ckpt-{s}" for s in kept}
@@ -141,8 +155,9 @@ class RunDir:
                 f.write(json.dumps(record) + "\n")
             for name, value in record.items():
                 if name != "step":  # what tf.summary.scalar writes, without needing the tensorboard package
-                    tf.summary.write(name, tf.constant(value, tf.float32), step=record["step"],
-                                     metadata=_SCALAR_METADATA)
+                    tf.summary.write(
+                        name, tf.constant(value, tf.float32), step=record["step"], metadata=_SCALAR_METADATA
+                    )
 
     def truncate_metrics(self, step):
         """Drop metrics logged after `step` (a resumed run logs those steps again) and a line a kill cut short."""
@@ -154,7 +169,11 @@ class RunDir:
                     record = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= step:
+                if (
+                    isinstance(record, dict)
+                    and isinstance(record.get("step", 0), int)
+                    and record.get("step", 0) <= step
+                ):
                     kept.append(line)
             with self._writing("the metrics"):
                 write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -5,8 +5,8 @@ i * nsamples + j, with the noise keyed by (seed, j)); rows join as slots free up
 room for the next at once. The sampling rules are `gpt2tf.filters`'; stop strings are `gpt2tf.stops`'.
 """
 
-from gpt2tf.engine import CHUNK_STEPS, Engine, Request
 from gpt2tf.encoder import get_encoder
+from gpt2tf.engine import CHUNK_STEPS, Engine, Request
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
 from gpt2tf.settings import SamplerConfig, check_seed, random_seed
@@ -22,15 +22,29 @@ def _prepare_prompts(prompts, length, n_ctx, truncate_prompt):
                 raise GPT2TFError(
                     f"prompt {i} has {len(prompt)} tokens; with {length} new tokens that exceeds the model's context "
                     f"of {n_ctx}: shorten the prompt or the output length, or allow left-truncation of the prompt "
-                    f"(--truncate_prompt / truncate_prompt=True)")
-            prompt = prompt[len(prompt) + length - n_ctx:]
+                    f"(--truncate_prompt / truncate_prompt=True)"
+                )
+            prompt = prompt[len(prompt) + length - n_ctx :]
         prepared.append(prompt)
     return prepared
 
 
-def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None, nsamples=1, batch_size=None,
-                    stop=(), stop_at_eos=True, truncate_prompt=False, chunk_steps=CHUNK_STEPS, jit_compile=True,
-                    encoder=None):
+def generate_stream(
+    model,
+    prompts,
+    *,
+    length,
+    config=SamplerConfig(),
+    seed=None,
+    nsamples=1,
+    batch_size=None,
+    stop=(),
+    stop_at_eos=True,
+    truncate_prompt=False,
+    chunk_steps=CHUNK_STEPS,
+    jit_compile=True,
+    encoder=None,
+):
     """Yield `(row, new_ids)` as tokens are produced; rows are prompt-major (prompt i, sample j: row i*nsamples+j).
 
     A row's ids, concatenated over its yields, are its final output: it ends at <|endoftext|> (not included), after
@@ -50,14 +64,31 @@ def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None
     if check_seed(seed) is None:
         seed = random_seed()
     prompts = _prepare_prompts(prompts, length, n_ctx, truncate_prompt)
-    requests = [Request(prompt=prompt, max_new_tokens=length, temperature=config.temperature, top_k=config.top_k,
-                        top_p=config.top_p, repetition_penalty=config.repetition_penalty, seed=seed, sample=j,
-                        stop=tuple(stop), stop_at_eos=stop_at_eos)
-                for prompt in prompts for j in range(nsamples)]
+    requests = [
+        Request(
+            prompt=prompt,
+            max_new_tokens=length,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            repetition_penalty=config.repetition_penalty,
+            seed=seed,
+            sample=j,
+            stop=tuple(stop),
+            stop_at_eos=stop_at_eos,
+        )
+        for prompt in prompts
+        for j in range(nsamples)
+    ]
     # The cache holds the longest row, in whole buckets: calls of similar lengths share the compiled step.
     max_length = min(n_ctx, -(-max(len(p) for p in prompts) // PROMPT_BUCKET) * PROMPT_BUCKET + length)
-    engine = Engine(model, max_batch=min(batch_size or len(requests), len(requests)), max_length=max_length,
-                    jit_compile=jit_compile, encoder=encoder)
+    engine = Engine(
+        model,
+        max_batch=min(batch_size or len(requests), len(requests)),
+        max_length=max_length,
+        jit_compile=jit_compile,
+        encoder=encoder,
+    )
     for i, request in enumerate(requests[::nsamples]):
         engine.check(request, name=f"prompt {i}")
     for row, ids, _ in engine.run(requests, steps=chunk_steps):
@@ -65,8 +96,23 @@ def generate_stream(model, prompts, *, length, config=SamplerConfig(), seed=None
             yield row, ids
 
 
-def generate(model, prompts, *, length, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=None,
-             nsamples=1, batch_size=None, stop=(), stop_at_eos=True, truncate_prompt=False, jit_compile=True):
+def generate(
+    model,
+    prompts,
+    *,
+    length,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    repetition_penalty=1.0,
+    seed=None,
+    nsamples=1,
+    batch_size=None,
+    stop=(),
+    stop_at_eos=True,
+    truncate_prompt=False,
+    jit_compile=True,
+):
     """New token ids for every (prompt, sample): a list of `len(prompts) * nsamples` lists, prompt-major.
 
     `prompts` are lists of token ids (an empty one starts from <|endoftext|>). The sampling rules are
@@ -74,9 +120,19 @@ def generate(model, prompts, *, length, temperature=1.0, top_k=0, top_p=1.0, rep
     """
     config = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     outputs = [[] for _ in range(len(prompts) * nsamples)]
-    for row, ids in generate_stream(model, prompts, length=length, config=config, seed=seed, nsamples=nsamples,
-                                    batch_size=batch_size, stop=stop, stop_at_eos=stop_at_eos,
-                                    truncate_prompt=truncate_prompt, jit_compile=jit_compile):
+    for row, ids in generate_stream(
+        model,
+        prompts,
+        length=length,
+        config=config,
+        seed=seed,
+        nsamples=nsamples,
+        batch_size=batch_size,
+        stop=stop,
+        stop_at_eos=stop_at_eos,
+        truncate_prompt=truncate_prompt,
+        jit_compile=jit_compile,
+    ):
         outputs[row].extend(ids)
     return outputs
 

@@ -14,12 +14,14 @@ import tensorflow as tf
 
 from gpt2tf.train_config import SCHEDULES
 
+
 @keras.saving.register_keras_serializable(package="gpt2tf")
 class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
     """lr(step) for 0-based optimizer steps; serializable, so an optimizer's config round-trips."""
 
-    def __init__(self, base_lr, *, steps_per_epoch, decay_epochs=(), decay_lr=0.1, warmup_steps=0,
-                 kind="step", total_steps=None):
+    def __init__(
+        self, base_lr, *, steps_per_epoch, decay_epochs=(), decay_lr=0.1, warmup_steps=0, kind="step", total_steps=None
+    ):
         if kind not in SCHEDULES:
             raise ValueError(f"kind must be one of {SCHEDULES}, got {kind!r}")
         if kind == "cosine" and not total_steps:
@@ -33,7 +35,7 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
         if self.kind == "step":
             epoch = tf.floor(step / self.steps_per_epoch)
             decays = tf.add_n([tf.cast(epoch >= e, tf.float32) for e in self.decay_epochs] + [0.0])
-            factor = self.decay_lr ** decays
+            factor = self.decay_lr**decays
         else:  # cosine from 1 down to decay_lr, over the steps after warmup
             span = max(self.total_steps - self.warmup_steps, 1)
             progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
@@ -43,6 +45,12 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
         return self.base_lr * factor
 
     def get_config(self):
-        return dict(base_lr=self.base_lr, steps_per_epoch=self.steps_per_epoch, decay_epochs=list(self.decay_epochs),
-                    decay_lr=self.decay_lr, warmup_steps=self.warmup_steps, kind=self.kind,
-                    total_steps=self.total_steps)
+        return dict(
+            base_lr=self.base_lr,
+            steps_per_epoch=self.steps_per_epoch,
+            decay_epochs=list(self.decay_epochs),
+            decay_lr=self.decay_lr,
+            warmup_steps=self.warmup_steps,
+            kind=self.kind,
+            total_steps=self.total_steps,
+        )

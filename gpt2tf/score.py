@@ -58,8 +58,7 @@ def score(model, items, *, progress=None, jit_compile=True):
     n_ctx, n_vocab = model.hparams.n_ctx, model.hparams.n_vocab
     for i, (ids, _) in enumerate(items):
         if not 2 <= len(ids) <= n_ctx:
-            raise GPT2TFError(f"sequence {i} has {len(ids)} tokens; scoring takes 2 to the model's context of "
-                              f"{n_ctx}")
+            raise GPT2TFError(f"sequence {i} has {len(ids)} tokens; scoring takes 2 to the model's context of {n_ctx}")
         if min(ids) < 0 or max(ids) >= n_vocab:
             raise GPT2TFError(f"sequence {i} holds token ids outside the model's vocabulary of {n_vocab}")
     scorer = scorer_for(model, jit_compile=jit_compile)
@@ -70,15 +69,15 @@ def score(model, items, *, progress=None, jit_compile=True):
     for length, indices in sorted(by_length.items()):
         rows = max(1, TOKENS_PER_CALL // length)
         for first in range(0, len(indices), rows):
-            batch = indices[first:first + rows]
+            batch = indices[first : first + rows]
             tokens = np.zeros([rows, length], np.int32)  # a short last batch is padded: the same shape, no retrace
             for row, i in enumerate(batch):
-                tokens[row, :len(items[i][0])] = items[i][0]
+                tokens[row, : len(items[i][0])] = items[i][0]
             log_p, greedy = (t.numpy() for t in scorer.score_batch(tf.constant(tokens)))
             for row, i in enumerate(batch):
                 ids, start = items[i]
                 begin = max(start, 1) - 1  # position p is predicted at row index p - 1
-                results[i] = (log_p[row, begin:len(ids) - 1].astype(np.float64), greedy[row, begin:len(ids) - 1])
+                results[i] = (log_p[row, begin : len(ids) - 1].astype(np.float64), greedy[row, begin : len(ids) - 1])
             if progress:
                 progress(sum(len(items[i][0]) - max(items[i][1], 1) for i in batch))
     return results

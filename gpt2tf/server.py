@@ -49,8 +49,9 @@ class ServeConfig:
     cors_origin: str = flag(None, "let pages from this origin call the API (default: no CORS)")
     truncate_prompt: bool = flag(False, "drop the start of a prompt that does not fit the context (else HTTP 400)")
     max_body_bytes: int = flag(1 << 20, "the largest request body accepted")
-    precision: str = flag("float32", "compute dtype (mixed types are for GPUs)",
-                          choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    precision: str = flag(
+        "float32", "compute dtype (mixed types are for GPUs)", choices=("float32", "mixed_float16", "mixed_bfloat16")
+    )
     no_xla: bool = flag(False, "don't compile the decode step with XLA")
     weights: str = flag(None, WEIGHTS_HELP, choices=WEIGHT_FORMATS)
 
@@ -78,6 +79,7 @@ class ApiError(Exception):
 
 # ---------------------------------------------------------------------------------------------------------------
 # The engine's thread
+
 
 class Job:
     """One HTTP request's engine requests (its choices), and the queue their outputs come back on."""
@@ -116,8 +118,12 @@ class Worker:
     def submit(self, job):
         with self._wake:
             if len(self._waiting) + len(job.requests) > self.max_queue + self.engine.free_slots:
-                raise ApiError(429, f"the server is busy: {len(self._waiting)} requests are waiting for a slot; "
-                                    f"retry later", type="server_busy", code="rate_limit_exceeded")
+                raise ApiError(
+                    429,
+                    f"the server is busy: {len(self._waiting)} requests are waiting for a slot; retry later",
+                    type="server_busy",
+                    code="rate_limit_exceeded",
+                )
             self._waiting.extend((job, choice, request) for choice, request in enumerate(job.requests))
             self._wake.notify()
 
@@ -145,7 +151,7 @@ class Worker:
                 self._join(job, choice, request)
             try:
                 outputs = engine.step()
-            except Exception as err:  # noqa: BLE001 -- a failed step fails its requests, never the server
+            except Exception as err:
                 self._fail_all(err)
                 continue
             for output in outputs:
@@ -162,7 +168,7 @@ class Worker:
             self._owner[self.engine.add(request)] = (job, choice)
         except GPT2TFError as err:
             job.put((choice, ApiError(400, str(err))))
-        except Exception as err:  # noqa: BLE001 -- this request fails, the others go on
+        except Exception as err:
             job.put((choice, ApiError(500, f"the request failed: {err}", type="server_error")))
 
     def _prompt_logprobs(self, job):
@@ -180,7 +186,8 @@ class Worker:
             n = request.logprobs
             scored[request.prompt] = [(None, None)] + [
                 (float(c), dict(zip(map(int, ids[:n]), map(float, values[:n]))))
-                for c, ids, values in zip(chosen.numpy(), top.indices.numpy(), top.values.numpy())]
+                for c, ids, values in zip(chosen.numpy(), top.indices.numpy(), top.values.numpy())
+            ]
         return scored
 
     def _fail_all(self, err):
@@ -195,6 +202,7 @@ class Worker:
 
 # ---------------------------------------------------------------------------------------------------------------
 # OpenAI's completions
+
 
 @dataclasses.dataclass
 class Completion:
@@ -212,16 +220,36 @@ class Completion:
     logprobs: int  # or None
 
 
-_IGNORED = {"model", "user", "stream_options", "suffix", "best_of", "logit_bias", "presence_penalty",
-            "frequency_penalty"}
+_IGNORED = {
+    "model",
+    "user",
+    "stream_options",
+    "suffix",
+    "best_of",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+}
 
 
 def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
     """A `Completion` from the JSON body, or an ApiError (400) naming the field and the fix."""
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
-    known = {"prompt", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "n", "stop", "seed",
-             "stream", "echo", "logprobs"} | _IGNORED
+    known = {
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "repetition_penalty",
+        "n",
+        "stop",
+        "seed",
+        "stream",
+        "echo",
+        "logprobs",
+    } | _IGNORED
     unknown = sorted(set(body) - known)
     if unknown:
         raise ApiError(400, f"unknown field {unknown[0]!r}", param=unknown[0])
@@ -238,10 +266,12 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
     prompts = [encoder.encode(p) if isinstance(p, str) else list(p) for p in prompt]
     n = _integer(body, "n", 1, 1, max_choices)
     max_tokens = _integer(body, "max_tokens", 16, 1, n_ctx - 1)
-    settings = dict(temperature=_number(body, "temperature", 1.0, 0.0, math.inf),
-                    top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
-                    top_k=_integer(body, "top_k", 0, 0, 10**9),
-                    repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, math.inf, low_open=True))
+    settings = dict(
+        temperature=_number(body, "temperature", 1.0, 0.0, math.inf),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        top_k=_integer(body, "top_k", 0, 0, 10**9),
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, math.inf, low_open=True),
+    )
     seed = body.get("seed")
     seed = random_seed() if seed is None else _integer(body, "seed", 0, 0, MAX_SEED)
     stop = body.get("stop") or ()
@@ -259,16 +289,34 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
             raise ApiError(400, f"prompt {i} holds token ids outside the vocabulary", param="prompt")
         if len(ids) + max_tokens > n_ctx:
             if not truncate_prompt:
-                raise ApiError(400, f"prompt {i} has {len(ids)} tokens; with max_tokens {max_tokens} that exceeds "
-                                    f"the model's context of {n_ctx}: shorten the prompt or max_tokens",
-                               param="prompt", code="context_length_exceeded")
-            del ids[:len(ids) + max_tokens - n_ctx]
+                raise ApiError(
+                    400,
+                    f"prompt {i} has {len(ids)} tokens; with max_tokens {max_tokens} that exceeds "
+                    f"the model's context of {n_ctx}: shorten the prompt or max_tokens",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
+            del ids[: len(ids) + max_tokens - n_ctx]
     if len(prompts) * n > max_choices:
-        raise ApiError(400, f"{len(prompts)} prompts x n={n} is {len(prompts) * n} sequences, more than this server "
-                            f"takes at once ({max_choices}); send fewer", param="n")
+        raise ApiError(
+            400,
+            f"{len(prompts)} prompts x n={n} is {len(prompts) * n} sequences, more than this server "
+            f"takes at once ({max_choices}); send fewer",
+            param="n",
+        )
     texts = [encoder.decode(ids) for ids in prompts]  # what echo returns: the prompt the model saw
-    return Completion(prompts, texts, n, max_tokens, settings, seed, tuple(s for s in stop if s),
-                      _boolean(body, "stream"), _boolean(body, "echo"), logprobs)
+    return Completion(
+        prompts,
+        texts,
+        n,
+        max_tokens,
+        settings,
+        seed,
+        tuple(s for s in stop if s),
+        _boolean(body, "stream"),
+        _boolean(body, "echo"),
+        logprobs,
+    )
 
 
 def _is_ids(value):
@@ -280,8 +328,7 @@ def _integer(body, name, default, low, high):
     if value is None:
         value = default
     if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
-        raise ApiError(400, f"{name} must be a whole number from {low} to {high}, got {json.dumps(value)}",
-                       param=name)
+        raise ApiError(400, f"{name} must be a whole number from {low} to {high}, got {json.dumps(value)}", param=name)
     return value
 
 
@@ -291,7 +338,9 @@ def _number(body, name, default, low, high, *, low_open=False):
         value = default
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value > high or value < low or (low_open and value == low):
-        bound = f"{'(' if low_open else '['}{low}, {high}]" if math.isfinite(high) else f">{'' if low_open else '='} {low}"
+        bound = (
+            f"{'(' if low_open else '['}{low}, {high}]" if math.isfinite(high) else f">{'' if low_open else '='} {low}"
+        )
         raise ApiError(400, f"{name} must be a finite number {bound}, got {json.dumps(value)}", param=name)
     return float(value)
 
@@ -307,9 +356,20 @@ def engine_requests(completion):
     """The engine's requests for a completion: prompt-major, choice i * n + j is sample j of prompt i."""
     from gpt2tf.engine import Request
 
-    return [Request(prompt=ids, max_new_tokens=completion.max_tokens, seed=completion.seed, sample=j,
-                    stop=completion.stop, stop_at_eos=True, logprobs=completion.logprobs, **completion.settings)
-            for ids in completion.prompts for j in range(completion.n)]
+    return [
+        Request(
+            prompt=ids,
+            max_new_tokens=completion.max_tokens,
+            seed=completion.seed,
+            sample=j,
+            stop=completion.stop,
+            stop_at_eos=True,
+            logprobs=completion.logprobs,
+            **completion.settings,
+        )
+        for ids in completion.prompts
+        for j in range(completion.n)
+    ]
 
 
 class _Choice:
@@ -338,7 +398,7 @@ class _Choice:
     def new_text(self):
         """The text not sent yet (what a stop string cuts off is never sent)."""
         text = self.text
-        new, self.sent = text[self.sent:], len(text)
+        new, self.sent = text[self.sent :], len(text)
         return new
 
 
@@ -349,18 +409,22 @@ def logprobs_object(encoder, entries, ids, offset):
     for token in tokens:
         offsets.append(offset)
         offset += len(token)
-    return {"tokens": tokens, "token_logprobs": [e[0] for e in entries],
-            "top_logprobs": [None if e[1] is None else {encoder.decode([t]): v for t, v in e[1].items()}
-                             for e in entries],
-            "text_offset": offsets}
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e[0] for e in entries],
+        "top_logprobs": [None if e[1] is None else {encoder.decode([t]): v for t, v in e[1].items()} for e in entries],
+        "text_offset": offsets,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The app
 
+
 def create_app(config, *, model=None, encoder=None):
     """The FastAPI app serving `model` (default: loaded as `config` says) with its engine's thread started."""
-    from fastapi import FastAPI, Request as HttpRequest
+    from fastapi import FastAPI
+    from fastapi import Request as HttpRequest
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
     from gpt2tf.encoder import get_encoder
@@ -385,8 +449,12 @@ def create_app(config, *, model=None, encoder=None):
         if api_key and path.startswith("/v1/"):
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return _error(ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
-                                       code="invalid_api_key"), path)
+                return _error(
+                    ApiError(
+                        401, "missing or wrong API key: send `Authorization: Bearer <key>`", code="invalid_api_key"
+                    ),
+                    path,
+                )
         length = request.headers.get("content-length")
         if length and (not length.isdigit() or int(length) > config.max_body_bytes):
             return _error(ApiError(413, f"the body is larger than the {config.max_body_bytes} bytes accepted"), path)
@@ -395,8 +463,12 @@ def create_app(config, *, model=None, encoder=None):
     if config.cors_origin:  # added last, so it is outermost: preflight requests carry no API key
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=[config.cors_origin], allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[config.cors_origin],
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
     async def read_json(request):
         body = bytearray()
@@ -427,35 +499,59 @@ def create_app(config, *, model=None, encoder=None):
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
-                                            "owned_by": "gpt2tf"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "gpt2tf"}]}
 
     @app.post("/v1/completions")
     async def completions(request: HttpRequest):
         body = await read_json(request)
-        completion = parse_completion(body, encoder=encoder, n_ctx=n_ctx, truncate_prompt=config.truncate_prompt,
-                                      max_choices=config.max_batch + config.max_queue)
-        job = Job(engine_requests(completion), asyncio.get_running_loop(),
-                  score_prompts=completion.echo and completion.logprobs is not None)
+        completion = parse_completion(
+            body,
+            encoder=encoder,
+            n_ctx=n_ctx,
+            truncate_prompt=config.truncate_prompt,
+            max_choices=config.max_batch + config.max_queue,
+        )
+        job = Job(
+            engine_requests(completion),
+            asyncio.get_running_loop(),
+            score_prompts=completion.echo and completion.logprobs is not None,
+        )
         worker.submit(job)
-        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": name}
+        meta = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": name,
+        }
         if completion.stream:
             return StreamingResponse(_stream(job, completion, meta), media_type="text/event-stream")
         choices = _choices(completion)
         prompt_scores = await _collect(request, job, choices)
         completion_tokens = sum(len(c.ids) for c in choices)
         prompt_tokens = sum(len(p) for p in completion.prompts)
-        return {**meta, "choices": [
-            {"text": c.text, "index": i, "finish_reason": c.finish_reason,
-             "logprobs": _logprobs(completion, i, prompt_scores, c.ids, c.logprobs, 0)}
-            for i, c in enumerate(choices)],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+        return {
+            **meta,
+            "choices": [
+                {
+                    "text": c.text,
+                    "index": i,
+                    "finish_reason": c.finish_reason,
+                    "logprobs": _logprobs(completion, i, prompt_scores, c.ids, c.logprobs, 0),
+                }
+                for i, c in enumerate(choices)
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
 
     def _choices(completion):
-        prefixes = [completion.prompt_texts[i // completion.n] if completion.echo else ""
-                    for i in range(len(completion.prompts) * completion.n)]
+        prefixes = [
+            completion.prompt_texts[i // completion.n] if completion.echo else ""
+            for i in range(len(completion.prompts) * completion.n)
+        ]
         return [_Choice(encoder, completion.stop, prefix) for prefix in prefixes]
 
     def _logprobs(completion, choice_index, prompt_scores, ids, entries, offset):
@@ -493,8 +589,12 @@ def create_app(config, *, model=None, encoder=None):
         try:
             if completion.echo and completion.logprobs is None:
                 for i, c in enumerate(choices):
-                    yield _event({**meta, "choices": [{"text": c.new_text(), "index": i, "logprobs": None,
-                                                       "finish_reason": None}]})
+                    yield _event(
+                        {
+                            **meta,
+                            "choices": [{"text": c.new_text(), "index": i, "logprobs": None, "finish_reason": None}],
+                        }
+                    )
             while remaining:
                 choice, item = await job.queue.get()
                 if isinstance(item, ApiError):
@@ -512,8 +612,19 @@ def create_app(config, *, model=None, encoder=None):
                     scores = prompt_scores if completion.echo and not c.prompt_logprobs_sent else None
                     c.prompt_logprobs_sent = True
                     logprobs = _logprobs(completion, choice, scores, item.ids, item.logprobs or [], offset)
-                yield _event({**meta, "choices": [{"text": c.new_text(), "index": choice, "logprobs": logprobs,
-                                                   "finish_reason": c.finish_reason}]})
+                yield _event(
+                    {
+                        **meta,
+                        "choices": [
+                            {
+                                "text": c.new_text(),
+                                "index": choice,
+                                "logprobs": logprobs,
+                                "finish_reason": c.finish_reason,
+                            }
+                        ],
+                    }
+                )
             yield "data: [DONE]\n\n"
         except ApiError as err:
             yield _event(err.body())
@@ -527,8 +638,11 @@ def create_app(config, *, model=None, encoder=None):
     async def model_status(model: str):
         if model != name:
             return JSONResponse({"error": f"Servable not found for request: Latest({model})"}, status_code=404)
-        return {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                          "status": {"error_code": "OK", "error_message": ""}}]}
+        return {
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        }
 
     @app.post("/v1/models/{model}:predict")
     async def predict(model: str, request: HttpRequest):
@@ -537,16 +651,21 @@ def create_app(config, *, model=None, encoder=None):
         try:
             body = await read_json(request)
             instances, columnar = _instances(body)
-            completions = [parse_completion(i, encoder=encoder, n_ctx=n_ctx, truncate_prompt=config.truncate_prompt,
-                                            max_choices=1) for i in instances]
+            completions = [
+                parse_completion(i, encoder=encoder, n_ctx=n_ctx, truncate_prompt=config.truncate_prompt, max_choices=1)
+                for i in instances
+            ]
         except ApiError as err:
             return JSONResponse({"error": err.message}, status_code=err.status)
         requests = [r for c in completions for r in engine_requests(c)]
         choices = [_Choice(encoder, c.stop) for c in completions]
         try:
             if len(requests) > config.max_batch + config.max_queue:
-                raise ApiError(400, f"{len(requests)} instances are more than this server takes at once "
-                                    f"({config.max_batch + config.max_queue}); send fewer")
+                raise ApiError(
+                    400,
+                    f"{len(requests)} instances are more than this server takes at once "
+                    f"({config.max_batch + config.max_queue}); send fewer",
+                )
             job = Job(requests, asyncio.get_running_loop())
             worker.submit(job)
             await _collect(request, job, choices)
@@ -563,29 +682,34 @@ def _instances(body):
     """TF Serving's row (`instances`) or columnar (`inputs`) form as a list of completion bodies; `max_new_tokens`
     is the instance's name for max_tokens."""
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
-        raise ApiError(400, "the body must be a JSON object with \"instances\" (a list) or \"inputs\"")
+        raise ApiError(400, 'the body must be a JSON object with "instances" (a list) or "inputs"')
     if "instances" in body:
         rows, columnar = body["instances"], False
         if not isinstance(rows, list) or not rows:
-            raise ApiError(400, "\"instances\" must be a non-empty list")
+            raise ApiError(400, '"instances" must be a non-empty list')
     else:
         inputs, columnar = body["inputs"], True
         if isinstance(inputs, (str, list)):
             inputs = {"prompt": inputs}
         if not isinstance(inputs, dict) or "prompt" not in inputs:
-            raise ApiError(400, "\"inputs\" must hold \"prompt\" (a string or a list of strings)")
+            raise ApiError(400, '"inputs" must hold "prompt" (a string or a list of strings)')
         prompts = inputs["prompt"] if isinstance(inputs["prompt"], list) else [inputs["prompt"]]
         for key, value in inputs.items():
             if isinstance(value, list) and key != "stop" and len(value) != len(prompts):
-                raise ApiError(400, f"\"inputs\" has {len(prompts)} prompts but {len(value)} values of {key!r}: "
-                                    f"give one per prompt, or a single value for all")
-        rows = [{k: (v[i] if isinstance(v, list) and k != "stop" else v) for k, v in inputs.items()}
-                for i in range(len(prompts))]
+                raise ApiError(
+                    400,
+                    f'"inputs" has {len(prompts)} prompts but {len(value)} values of {key!r}: '
+                    f"give one per prompt, or a single value for all",
+                )
+        rows = [
+            {k: (v[i] if isinstance(v, list) and k != "stop" else v) for k, v in inputs.items()}
+            for i in range(len(prompts))
+        ]
     out = []
     for row in rows:
         row = {"prompt": row} if isinstance(row, str) else row
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ApiError(400, "each instance needs a \"prompt\" string")
+            raise ApiError(400, 'each instance needs a "prompt" string')
         known = {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "repetition_penalty", "stop"}
         unknown = sorted(set(row) - known)
         if unknown:
@@ -619,9 +743,14 @@ def serve(config):
         with socket.create_server((config.host, config.port)):
             pass
     except OSError as err:
-        raise GPT2TFError(f"cannot listen on {config.host}:{config.port} ({err.strerror}); choose another --port "
-                          f"(or stop what uses it)") from None
+        raise GPT2TFError(
+            f"cannot listen on {config.host}:{config.port} ({err.strerror}); choose another --port "
+            f"(or stop what uses it)"
+        ) from None
     app = create_app(config)
-    print(f"serving {Path(config.model_dir or DEFAULT_MODEL_DIR)} on http://{config.host}:{config.port}/ "
-          f"(OpenAI API at /v1, the page at /)", flush=True)
+    print(
+        f"serving {Path(config.model_dir or DEFAULT_MODEL_DIR)} on http://{config.host}:{config.port}/ "
+        f"(OpenAI API at /v1, the page at /)",
+        flush=True,
+    )
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")

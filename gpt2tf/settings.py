@@ -30,8 +30,9 @@ class SamplerConfig:
         if not (_is_number(self.top_p) and 0 < self.top_p <= 1):
             raise GPT2TFError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         if not (_is_number(self.repetition_penalty) and 0 < self.repetition_penalty < math.inf):
-            raise GPT2TFError(f"repetition_penalty must be a finite number > 0 (1 = off), got "
-                              f"{self.repetition_penalty}")
+            raise GPT2TFError(
+                f"repetition_penalty must be a finite number > 0 (1 = off), got {self.repetition_penalty}"
+            )
 
     @property
     def greedy(self):

@@ -46,4 +46,4 @@ class StopScanner:
 def cut_at_stop(text, stop):
     """`text` up to the earliest of the `stop` strings in it."""
     hits = [text.find(s) for s in stop if s and s in text]
-    return text[:min(hits)] if hits else text
+    return text[: min(hits)] if hits else text

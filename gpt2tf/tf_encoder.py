@@ -40,7 +40,7 @@ def class_ranges():
     classes = np.zeros(0x110000, np.int8)
     for cls, pattern in ((LETTER, r"\p{L}"), (NUMBER, r"\p{N}"), (SPACE, r"\s")):
         for match in regex.finditer(pattern + "+", every):
-            classes[match.start():match.end()] = cls
+            classes[match.start() : match.end()] = cls
     starts = np.flatnonzero(np.diff(classes, prepend=-1))
     return starts.astype(np.int32), classes[starts].astype(np.int32)
 
@@ -57,8 +57,11 @@ class TFEncoder(tf.Module):
         token_bytes = [encoder.decode_bytes([i]) for i in range(len(encoder))]
         self._token_bytes = tf.constant(token_bytes, tf.string)
         self._byte_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant([bytes([b]) for b in range(256)], tf.string),
-                                                tf.constant(encoder._byte_ids, tf.int32)), default_value=-1)
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant([bytes([b]) for b in range(256)], tf.string), tf.constant(encoder._byte_ids, tf.int32)
+            ),
+            default_value=-1,
+        )
         # Merges as sorted int64 keys (first * n + second) -> (rank, merged id): searched with searchsorted.
         n = len(encoder)
         self._n = n
@@ -71,8 +74,11 @@ class TFEncoder(tf.Module):
         # Pieces that BPE leaves as one token: looked up whole (bytes -> id), sorted for searchsorted on hashes.
         whole = [(b, i) for i, b in enumerate(token_bytes) if encoder._bpe([encoder._byte_ids[x] for x in b]) == [i]]
         self._whole = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant([b for b, _ in whole], tf.string),
-                                                tf.constant([i for _, i in whole], tf.int32)), default_value=-1)
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant([b for b, _ in whole], tf.string), tf.constant([i for _, i in whole], tf.int32)
+            ),
+            default_value=-1,
+        )
 
     # ---- pre-split -------------------------------------------------------------------------------------------
 
@@ -101,9 +107,11 @@ class TFEncoder(tf.Module):
         may_start = starts_row | (prev_cls == LETTER) | (prev_cls == NUMBER) | ((prev_cls == SPACE) & ~prev_is_space)
         apostrophe = (cp == 39) & may_start
         short = apostrophe & tf.reduce_any(nxt1[:, None] == tf.constant(_CONTRACTIONS_1)[None], axis=1)
-        long_ = apostrophe & tf.reduce_any((nxt1[:, None] == tf.constant([a for a, _ in _CONTRACTIONS_2])[None]) &
-                                           (nxt2[:, None] == tf.constant([b for _, b in _CONTRACTIONS_2])[None]),
-                                           axis=1)
+        long_ = apostrophe & tf.reduce_any(
+            (nxt1[:, None] == tf.constant([a for a, _ in _CONTRACTIONS_2])[None])
+            & (nxt2[:, None] == tf.constant([b for _, b in _CONTRACTIONS_2])[None]),
+            axis=1,
+        )
         inside = shifted(short, 1, False) | shifted(long_, 1, False) | shifted(long_, 2, False)
         after = shifted(short, 2, False) | shifted(long_, 3, False)
         # Where pieces start.
@@ -149,10 +157,12 @@ class TFEncoder(tf.Module):
         def body(values, owner, _):
             return merge_round(values, owner)
 
-        values, owner, _ = tf.while_loop(lambda v, o, more: more, body,
-                                         (values, owner, tf.size(values) > 0),
-                                         shape_invariants=(tf.TensorShape([None]), tf.TensorShape([None]),
-                                                           tf.TensorShape([])))
+        values, owner, _ = tf.while_loop(
+            lambda v, o, more: more,
+            body,
+            (values, owner, tf.size(values) > 0),
+            shape_invariants=(tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape([])),
+        )
         # Put the whole-token pieces and the merged ones back in piece order.
         done = tf.cast(tf.where(whole >= 0)[:, 0], tf.int32)
         all_values = tf.concat([tf.gather(whole, done), values], 0)
@@ -175,5 +185,6 @@ class TFEncoder(tf.Module):
         valid = tokens >= 0
         ragged = tf.ragged.boolean_mask(tokens, valid)
         joined = tf.strings.reduce_join(tf.gather(self._token_bytes, ragged), axis=-1)
-        return tf.strings.unicode_transcode(joined, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD,
-                                            replace_control_characters=False)
+        return tf.strings.unicode_transcode(
+            joined, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD, replace_control_characters=False
+        )

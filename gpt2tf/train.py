@@ -37,8 +37,15 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from gpt2tf.checkpoint import (first_line, load_hparams, load_model, model_hparams, read_state_file,
-                               resolve_checkpoint, restore_into)
+from gpt2tf.checkpoint import (
+    first_line,
+    load_hparams,
+    load_model,
+    model_hparams,
+    read_state_file,
+    resolve_checkpoint,
+    restore_into,
+)
 from gpt2tf.data import load_dataset
 from gpt2tf.distribute import make_distribution
 from gpt2tf.encoder import get_encoder
@@ -48,13 +55,12 @@ from gpt2tf.lora import LoRA  # noqa: F401  (gpt2tf.train's API)
 from gpt2tf.model import GPT2
 from gpt2tf.optimizers import Adafactor, make_optimizer, resolve_precision  # noqa: F401  (gpt2tf.train's API)
 from gpt2tf.rundir import STATE_DIR, WEIGHTS_PREFIX, RunDir, step_of  # noqa: F401  (gpt2tf.train's API)
-from gpt2tf.train_config import H5_DIR, HPARAM_FIELDS
-from gpt2tf.train_config import TrainConfig, configure, default_output_dir  # noqa: F401  (gpt2tf.train's API)
+from gpt2tf.train_config import H5_DIR, HPARAM_FIELDS, TrainConfig, configure, default_output_dir  # noqa: F401  (gpt2tf.train's API)
 from gpt2tf.trainer import STATE_LAYOUT, Trainer, Validation
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The loop
+
 
 class _StopRequest:
     """Ctrl-C (or SIGTERM) asks the loop to checkpoint and stop after the current step; a second press kills."""
@@ -92,13 +98,16 @@ def finetune(config, distribution=None):
     distribution.check_batch(config.batch_size)
     if distribution.workers > 1 and config.init == "pretrained" and not config.model_dir:
         # (every worker stops here alike: none is left waiting for the others)
-        raise GPT2TFError("with several workers give every worker the whole command, --model_dir included: the "
-                          "other workers need the model's shape and do not read the chief's run dir")
+        raise GPT2TFError(
+            "with several workers give every worker the whole command, --model_dir included: the "
+            "other workers need the model's shape and do not read the chief's run dir"
+        )
     if not distribution.is_chief:
         scratch = tempfile.mkdtemp(prefix="gpt2tf-worker-")
         try:
-            worker_config = dataclasses.replace(config, output_dir=scratch, restore_from="latest", output_name=None,
-                                                save_hf=False)
+            worker_config = dataclasses.replace(
+                config, output_dir=scratch, restore_from="latest", output_name=None, save_hf=False
+            )
             run = RunDir(scratch)
             _finetune(worker_config, run, [], distribution)
             return None
@@ -119,8 +128,11 @@ def _finetune(config, run, created, distribution):
         if distribution.is_chief:
             print(f"run dir: {run.path} ({_describe_start(run, start_from)})", file=sys.stderr)
         else:
-            print(f"{distribution.name}: the chief writes the run dir; this worker starts from the chief's state "
-                  f"(scratch dir {run.path})", file=sys.stderr)
+            print(
+                f"{distribution.name}: the chief writes the run dir; this worker starts from the chief's state "
+                f"(scratch dir {run.path})",
+                file=sys.stderr,
+            )
         h5_path = _h5_path(config)
         hparams = _hparams(config, start_from)
         length = config.length or hparams.n_ctx
@@ -128,12 +140,18 @@ def _finetune(config, run, created, distribution):
             raise GPT2TFError(f"--length {length} is longer than the model's context (n_ctx {hparams.n_ctx})")
         tokenizer = get_encoder()
         if len(tokenizer) > hparams.n_vocab:
-            raise GPT2TFError(f"the model's n_vocab ({hparams.n_vocab}) is smaller than the tokenizer's "
-                              f"{len(tokenizer)} ids; use --n_vocab {len(tokenizer)}")
-        if config.sample_every and len(tokenizer.encode(config.sample_prompt) or [0]) + config.sample_length > \
-                hparams.n_ctx:
-            raise GPT2TFError(f"--sample_prompt and --sample_length {config.sample_length} do not fit the model's "
-                              f"context of {hparams.n_ctx} tokens; give a shorter --sample_length")
+            raise GPT2TFError(
+                f"the model's n_vocab ({hparams.n_vocab}) is smaller than the tokenizer's "
+                f"{len(tokenizer)} ids; use --n_vocab {len(tokenizer)}"
+            )
+        if (
+            config.sample_every
+            and len(tokenizer.encode(config.sample_prompt) or [0]) + config.sample_length > hparams.n_ctx
+        ):
+            raise GPT2TFError(
+                f"--sample_prompt and --sample_length {config.sample_length} do not fit the model's "
+                f"context of {hparams.n_ctx} tokens; give a shorter --sample_length"
+            )
         train_data, val_data = _load_data(config, tokenizer, length)
     except (GPT2TFError, KeyboardInterrupt):
         run.close(remove_lock=run.path in created)  # a lock file may go only with a dir this run made
@@ -150,38 +168,54 @@ def _finetune(config, run, created, distribution):
     if start_from.state:
         _restore_state(trainer, start_from.state)
     # Every worker takes the chief's weights and state (the others started from --model_dir, or nothing).
-    distribution.sync_from_chief([*model.weights, *trainer.optimizer.variables, *(trainer.lora.variables if
-                                  trainer.lora else []), trainer.step, trainer.data_index])
+    distribution.sync_from_chief(
+        [
+            *model.weights,
+            *trainer.optimizer.variables,
+            *(trainer.lora.variables if trainer.lora else []),
+            trainer.step,
+            trainer.data_index,
+        ]
+    )
     run.write_model_files(hparams, config)
     start = int(trainer.step.numpy())
     run.truncate_metrics(start)
 
     end = min(config.total_steps, config.max_steps or config.total_steps)
     batch_shape = dict(batch_size=config.batch_size, length=length, seed=config.seed)
-    validation = Validation(val_data, length=length, limit=config.val_batches * config.batch_size,
-                            encoder=tokenizer) if val_data else None
+    validation = (
+        Validation(val_data, length=length, limit=config.val_batches * config.batch_size, encoder=tokenizer)
+        if val_data
+        else None
+    )
     saved_step = start_from.step if start_from.model_dir == run.path else None
     writer = tf.summary.create_file_writer(str(run.path / "tensorboard"))
     tokens_per_step = config.accumulate_gradients * config.batch_size * length
     trained = sum(int(np.prod(v.shape)) for v in trainer.variables)
-    print(f"training {trained / 1e6:.2f}M of {hparams.num_parameters / 1e6:.2f}M parameters on {train_data.name}: "
-          f"steps {start}..{end} of {config.total_steps}, {tokens_per_step:,} tokens per step, {policy}, "
-          f"{config.optimizer}, {distribution.name}", file=sys.stderr)
+    print(
+        f"training {trained / 1e6:.2f}M of {hparams.num_parameters / 1e6:.2f}M parameters on {train_data.name}: "
+        f"steps {start}..{end} of {config.total_steps}, {tokens_per_step:,} tokens per step, {policy}, "
+        f"{config.optimizer}, {distribution.name}",
+        file=sys.stderr,
+    )
 
     def save(step):
         nonlocal saved_step
         if step == saved_step or not distribution.is_chief:  # the chief alone writes (no collective op in a save)
             return
         if not trainer.weights_are_finite():
-            raise GPT2TFError(f"the weights are no longer finite at step {step}; not saved. The last good "
-                              f"checkpoint is {_describe(run, saved_step)}; lower --base_lr or set --clip_norm")
+            raise GPT2TFError(
+                f"the weights are no longer finite at step {step}; not saved. The last good "
+                f"checkpoint is {_describe(run, saved_step)}; lower --base_lr or set --clip_norm"
+            )
         run.save(step, trainer.weights_to_save(), trainer.state, config.keep_checkpoints)
         saved_step = step
 
     losses, window_seconds, window_tokens = [], 0.0, 0  # tokens/s counts training time only
     step, loss = start, float("nan")
-    progress = tqdm(total=end, initial=start, desc="training", unit="step", file=sys.stderr, disable=None,
-                    dynamic_ncols=True)
+    progress = tqdm(
+        total=end, initial=start, desc="training", unit="step", file=sys.stderr, disable=None, dynamic_ncols=True
+    )
     with _StopRequest() as stop, writer.as_default(), progress:
         while step < end and not stop.requested:
             index = int(trainer.data_index.numpy())
@@ -196,39 +230,55 @@ def _finetune(config, run, created, distribution):
                 # Another worker stopped or died: the exchange of gradients failed before anything was applied,
                 # so the weights are those after the last step; keep them.
                 save(step)
-                raise GPT2TFError(f"the workers lost each other in step {step + 1} ({first_line(err)}); "
-                                  f"{'step ' + str(step) + ' is saved in ' + str(run.path) if distribution.is_chief else 'the chief saved the last step'}; "
-                                  f"run the same command on every worker again to continue") from None
+                raise GPT2TFError(
+                    f"the workers lost each other in step {step + 1} ({first_line(err)}); "
+                    f"{'step ' + str(step) + ' is saved in ' + str(run.path) if distribution.is_chief else 'the chief saved the last step'}; "
+                    f"run the same command on every worker again to continue"
+                ) from None
             window_seconds += time.perf_counter() - started
             step = int(trainer.step.numpy())
             if not math.isfinite(loss):
                 if loss_scaling:
                     tqdm.write(f"step {step}: loss {loss}; step skipped and loss scale lowered", file=sys.stderr)
                     continue
-                raise GPT2TFError(f"the loss became {loss} at step {step} (learning rate {lr:.3g}); stopped. The last "
-                                  f"good checkpoint is {_describe(run, saved_step)}; lower --base_lr, keep "
-                                  f"--clip_norm on, or use --precision float32")
+                raise GPT2TFError(
+                    f"the loss became {loss} at step {step} (learning rate {lr:.3g}); stopped. The last "
+                    f"good checkpoint is {_describe(run, saved_step)}; lower --base_lr, keep "
+                    f"--clip_norm on, or use --precision float32"
+                )
             losses.append(loss)
             window_tokens += tokens_per_step
             progress.update(1)
             if step % config.log_every == 0 or step == end:
-                record = {"step": step, "loss": round(float(np.mean(losses)), 5), "lr": float(f"{lr:.6g}"),
-                          "tokens_per_s": round(window_tokens / max(window_seconds, 1e-9), 1)}
+                record = {
+                    "step": step,
+                    "loss": round(float(np.mean(losses)), 5),
+                    "lr": float(f"{lr:.6g}"),
+                    "tokens_per_s": round(window_tokens / max(window_seconds, 1e-9), 1),
+                }
                 run.log(record)
-                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}",
-                                     tok_s=f"{record['tokens_per_s']:.0f}")
+                progress.set_postfix(
+                    loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
+                )
                 if progress.disable:  # not a terminal: a plain line instead of the bar
                     print(json.dumps(record), file=sys.stderr, flush=True)
                 losses, window_seconds, window_tokens = [], 0.0, 0
-            if validation and ((config.val_every and step % config.val_every == 0)
-                               or (not config.val_every and step % config.steps_per_epoch == 0) or step == end):
+            if validation and (
+                (config.val_every and step % config.val_every == 0)
+                or (not config.val_every and step % config.steps_per_epoch == 0)
+                or step == end
+            ):
                 report = validation.run(model, jit_compile=config.xla)
                 run.log({"step": step, **{f"val_{k}": round(v, 6) for k, v in report.items()}})
-                tqdm.write(f"step {step}: validation loss {report['mean_nll']:.4f}, perplexity "
-                           f"{report['perplexity']:.2f} ({report['scored_tokens']:,} tokens)", file=sys.stderr)
+                tqdm.write(
+                    f"step {step}: validation loss {report['mean_nll']:.4f}, perplexity "
+                    f"{report['perplexity']:.2f} ({report['scored_tokens']:,} tokens)",
+                    file=sys.stderr,
+                )
             if config.sample_every and step % config.sample_every == 0:
-                tqdm.write(f"--- sample at step {step} ---\n{_sample(model, tokenizer, config, step)}\n---",
-                           file=sys.stderr)
+                tqdm.write(
+                    f"--- sample at step {step} ---\n{_sample(model, tokenizer, config, step)}\n---", file=sys.stderr
+                )
             if config.save_every and step % config.save_every == 0:
                 save(step)
         save(step)
@@ -236,8 +286,11 @@ def _finetune(config, run, created, distribution):
         from gpt2tf.h5weights import write_h5_weights
 
         write_h5_weights(h5_path, model, trainer.weights_to_save())
-        print(f"\nwrote the weights to {h5_path} as well: python inference.py --model_dir {run.path} "
-              f"--custom_model {h5_path} --starter \"...\"", file=sys.stderr)
+        print(
+            f"\nwrote the weights to {h5_path} as well: python inference.py --model_dir {run.path} "
+            f'--custom_model {h5_path} --starter "..."',
+            file=sys.stderr,
+        )
     if config.save_hf and not stop.requested:
         from gpt2tf.hf import save_hf_checkpoint
 
@@ -267,16 +320,24 @@ def _h5_path(config):
     path = Path(config.output_name) if os.path.dirname(config.output_name) else Path(H5_DIR) / config.output_name
     existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise GPT2TFError(f"cannot write --output_name {path}: {existing} is not a writable directory; choose "
-                          f"another --output_name")
+        raise GPT2TFError(
+            f"cannot write --output_name {path}: {existing} is not a writable directory; choose another --output_name"
+        )
     return path
 
 
 def _load_data(config, tokenizer, length):
     """(training data, validation data or None), each checked to hold at least one window."""
+
     def load(path, split):
-        dataset = load_dataset(config.data_loader, path, tokenizer=tokenizer, split=split,
-                               feature=config.text_feature, cache_dir=config.cache_dir)
+        dataset = load_dataset(
+            config.data_loader,
+            path,
+            tokenizer=tokenizer,
+            split=split,
+            feature=config.text_feature,
+            cache_dir=config.cache_dir,
+        )
         dataset.check_fits(length)
         if config.summary_only:  # cnndm's Examples
             dataset.loss_on = "completion"
@@ -293,41 +354,55 @@ def _restore_state(trainer, prefix):
     except (OSError, GPT2TFError):
         kept = []
     earlier = [step_of(p) for p in kept if step_of(p) is not None and f"ckpt-{step_of(p)}" != Path(prefix).name]
-    restart = (f"continue from the previous checkpoint: python finetune.py --output_dir {run_dir} --restore_from "
-               f"{run_dir / WEIGHTS_PREFIX.format(step=earlier[-1])}" if earlier else
-               f"start a new run from its weights: python finetune.py --model_dir {run_dir} --output_dir NEW_DIR ...")
+    restart = (
+        f"continue from the previous checkpoint: python finetune.py --output_dir {run_dir} --restore_from "
+        f"{run_dir / WEIGHTS_PREFIX.format(step=earlier[-1])}"
+        if earlier
+        else f"start a new run from its weights: python finetune.py --model_dir {run_dir} --output_dir NEW_DIR ..."
+    )
     corrupt = f"cannot read the training state {prefix} ({{}}): the file is damaged; {restart}"
     try:
         saved = {name.split("/")[0] for name, _ in tf.train.list_variables(prefix)}
     except (ValueError, IndexError, tf.errors.OpError) as err:
         raise GPT2TFError(corrupt.format(first_line(err))) from None
     if "layout" not in saved:  # slots of a projection would be [1, n_in, n_out] (a square one: silently transposed)
-        raise GPT2TFError(f"the training state {prefix} was saved by an older gpt2tf whose optimizer state has another "
-                          f"weight layout, so the run cannot be resumed; {restart}")
+        raise GPT2TFError(
+            f"the training state {prefix} was saved by an older gpt2tf whose optimizer state has another "
+            f"weight layout, so the run cannot be resumed; {restart}"
+        )
     try:
         trainer.state.read(prefix).assert_existing_objects_matched()
     except (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError) as err:  # short or failing checksums
         raise GPT2TFError(corrupt.format(first_line(err))) from None
     except (AssertionError, ValueError, tf.errors.OpError) as err:
-        raise GPT2TFError(f"cannot restore the training state {prefix} ({first_line(err)}): it was saved "
-                          f"with another --optimizer, --precision, --lora_rank or --only_train_transformer_layers; "
-                          f"use the run's own settings") from None
+        raise GPT2TFError(
+            f"cannot restore the training state {prefix} ({first_line(err)}): it was saved "
+            f"with another --optimizer, --precision, --lora_rank or --only_train_transformer_layers; "
+            f"use the run's own settings"
+        ) from None
     if int(trainer.state.layout.numpy()) != STATE_LAYOUT:
-        raise GPT2TFError(f"the training state {prefix} has layout {int(trainer.state.layout.numpy())}, this gpt2tf "
-                          f"reads layout {STATE_LAYOUT}: resume it with the gpt2tf that wrote it")
+        raise GPT2TFError(
+            f"the training state {prefix} has layout {int(trainer.state.layout.numpy())}, this gpt2tf "
+            f"reads layout {STATE_LAYOUT}: resume it with the gpt2tf that wrote it"
+        )
 
 
 def _print_usage(run, config, step, loss, *, interrupted):
     """Where the model is and what to do with it."""
     if interrupted or step < config.total_steps:
-        print(f"\n{'interrupted' if interrupted else 'stopped'} at step {step} of {config.total_steps}; saved in "
-              f"{run.path}. Continue with: python finetune.py --output_dir {run.path}", file=sys.stderr)
+        print(
+            f"\n{'interrupted' if interrupted else 'stopped'} at step {step} of {config.total_steps}; saved in "
+            f"{run.path}. Continue with: python finetune.py --output_dir {run.path}",
+            file=sys.stderr,
+        )
         return
-    print(f"\ndone: step {step}, loss {loss:.4f}. The model is {run.path} (a GPT-2 model dir):\n"
-          f"  python inference.py --model_dir {run.path} --starter \"...\"\n"
-          f"  python -c \"import gpt2tf; model = gpt2tf.load_model('{run.path}')\"\n"
-          f"  python finetune.py --output_dir {run.path} --num_epoch {config.num_epoch + 1}   # train longer",
-          file=sys.stderr)
+    print(
+        f"\ndone: step {step}, loss {loss:.4f}. The model is {run.path} (a GPT-2 model dir):\n"
+        f'  python inference.py --model_dir {run.path} --starter "..."\n'
+        f"  python -c \"import gpt2tf; model = gpt2tf.load_model('{run.path}')\"\n"
+        f"  python finetune.py --output_dir {run.path} --num_epoch {config.num_epoch + 1}   # train longer",
+        file=sys.stderr,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,8 +25,11 @@ class Trainer:
         self.model, self.config = model, config
         self.dist = distribution or make_distribution("none")
         with self.dist.scope():
-            self.lora = LoRA(model, rank=config.lora_rank, alpha=config.lora_alpha, seed=config.seed) \
-                if config.lora_rank else None
+            self.lora = (
+                LoRA(model, rank=config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
+                if config.lora_rank
+                else None
+            )
             model.recompute = config.recompute
             if self.lora:
                 self.variables = self.lora.variables
@@ -38,10 +41,13 @@ class Trainer:
             self.optimizer = make_optimizer(config, self.variables, loss_scaling=loss_scaling)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")  # steps tried (fp16 may skip)
             self.data_index = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_index")  # batches consumed
-            self.state = tf.train.Checkpoint(optimizer=list(self.optimizer.variables), step=self.step,
-                                             data_index=self.data_index,
-                                             adapters=self.lora.variables if self.lora else [],
-                                             layout=tf.Variable(STATE_LAYOUT, dtype=tf.int64, trainable=False))
+            self.state = tf.train.Checkpoint(
+                optimizer=list(self.optimizer.variables),
+                step=self.step,
+                data_index=self.data_index,
+                adapters=self.lora.variables if self.lora else [],
+                layout=tf.Variable(STATE_LAYOUT, dtype=tf.int64, trainable=False),
+            )
         # The step sums the gradients across replicas itself, before the optimizer clips them (Keras clips each
         # replica's part first, then sums: not what one device computes); so the optimizer must not sum again.
         for optimizer in (self.optimizer, getattr(self.optimizer, "inner_optimizer", None)):
@@ -51,8 +57,9 @@ class Trainer:
         # writes updated variables to new buffers: a second copy of the weights (1558M would not fit in 24 GB).
         # No autograph: the steps are plain TF code, and converting Keras' internals only slows tracing.
         self._grads = tf.function(self._loss_and_grads, jit_compile=config.xla, autograph=False)
-        self._summed = tf.function(lambda t, w, total: self.dist.run(self._replica_grads, (t, w, total)),
-                                   autograph=False)
+        self._summed = tf.function(
+            lambda t, w, total: self.dist.run(self._replica_grads, (t, w, total)), autograph=False
+        )
         self._apply = tf.function(lambda grads: self.dist.run(self._replica_apply, (grads,)), autograph=False)
 
     def _loss_and_grads(self, tokens, weights, total_weight):
@@ -71,6 +78,7 @@ class Trainer:
         # exactly those of one micro * batch batch on one device (and padding counts nowhere).
         loss, grads = self._grads(tokens[0], weights[0], total_weight)
         if self.config.accumulate_gradients > 1:  # a while loop: one micro-batch's activations live at a time
+
             def body(i, loss, grads):
                 micro_loss, micro_grads = self._grads(tokens[i], weights[i], total_weight)
                 return i + 1, loss + micro_loss, [g + m for g, m in zip(grads, micro_grads)]
@@ -88,8 +96,9 @@ class Trainer:
         batch, length]`; returns its loss (a float). A non-finite loss leaves the weights alone (with loss scaling,
         the scaler skips the step and lowers the scale)."""
         total_weight = tf.constant(max(float(np.sum(weights, dtype=np.float64)), 1.0), tf.float32)
-        loss, grads = self._summed(self.dist.split(tokens, tf.int32), self.dist.split(weights, tf.float32),
-                                   total_weight)
+        loss, grads = self._summed(
+            self.dist.split(tokens, tf.int32), self.dist.split(weights, tf.float32), total_weight
+        )
         loss = float(self.dist.first(loss))
         if self.loss_scaling or math.isfinite(loss):
             self._apply(grads)
@@ -132,8 +141,9 @@ class Validation:
                 self.items.append(([int(t) for t in ids], prompt if data.loss_on == "completion" else 0))
         if limit:
             self.items = self.items[:limit]
-        scored_text = [encoder.decode([t for t in ids[max(start, 1):] if t != encoder.eot_id])
-                       for ids, start in self.items]
+        scored_text = [
+            encoder.decode([t for t in ids[max(start, 1) :] if t != encoder.eot_id]) for ids, start in self.items
+        ]
         self.n_bytes = sum(text_units(t)[0] for t in scored_text)
         self.n_words = sum(text_units(t)[1] for t in scored_text)
 
@@ -143,6 +153,10 @@ class Validation:
         scored = score(model, self.items, jit_compile=jit_compile)
         total = sum(-float(log_p.sum()) for log_p, _ in scored)
         count = sum(len(log_p) for log_p, _ in scored)
-        return {"scored_tokens": count, "mean_nll": total / count, "perplexity": math.exp(min(total / count, 50)),
-                "bits_per_byte": total / max(self.n_bytes, 1) / math.log(2),
-                "word_perplexity": math.exp(min(total / max(self.n_words, 1), 50))}
+        return {
+            "scored_tokens": count,
+            "mean_nll": total / count,
+            "perplexity": math.exp(min(total / count, 50)),
+            "bits_per_byte": total / max(self.n_bytes, 1) / math.log(2),
+            "word_perplexity": math.exp(min(total / max(self.n_words, 1), 50)),
+        }

@@ -5,9 +5,9 @@ import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
 
-import pytest  # noqa: E402
+import pytest
 
-from gpt2tf.hparams import HParams  # noqa: E402
+from gpt2tf.hparams import HParams
 
 TINY = HParams(n_vocab=101, n_ctx=32, n_embd=16, n_head=4, n_layer=2)
 SMALL = HParams(n_vocab=50257, n_ctx=64, n_embd=16, n_head=2, n_layer=2)  # GPT-2's vocabulary, a tiny network

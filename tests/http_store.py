@@ -75,9 +75,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault == "short":  # always 100 bytes short of what was announced
             return self._reply(status, body, headers, send=max(len(body) - 100, 0))
         if fault == "stall":  # half, then silence longer than the client's timeout
-            self._reply(status, body[:len(body) // 2], headers, length=len(body))
+            self._reply(status, body[: len(body) // 2], headers, length=len(body))
             threading.Event().wait(0.5)
-            return self.wfile.write(body[len(body) // 2:])
+            return self.wfile.write(body[len(body) // 2 :])
         self._reply(status, body, headers)
 
     def _stream_forever(self):

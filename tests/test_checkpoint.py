@@ -12,8 +12,14 @@ import gpt2tf
 from gpt2tf.checkpoint import checkpoint_key, openai_tensor_shapes
 from gpt2tf.errors import GPT2TFError
 
-OPENAI_FILES = ["checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
-                "model.ckpt.index", "vocab.bpe"]
+OPENAI_FILES = [
+    "checkpoint",
+    "encoder.json",
+    "hparams.json",
+    "model.ckpt.data-00000-of-00001",
+    "model.ckpt.index",
+    "vocab.bpe",
+]
 
 
 @pytest.fixture
@@ -142,7 +148,7 @@ def test_truncated_data_file(model_dir):
 def test_corrupt_data_file(model_dir):
     data = model_dir / "model.ckpt.data-00000-of-00001"
     raw = bytearray(data.read_bytes())
-    raw[len(raw) // 2: len(raw) // 2 + 64] = b"\xff" * 64  # same size: only the checksums can tell
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = b"\xff" * 64  # same size: only the checksums can tell
     data.write_bytes(bytes(raw))
     message = _error(model_dir)
     assert "corrupt" in message and "download the model again" in message
@@ -181,8 +187,7 @@ def test_nothing_is_assigned_when_the_check_fails(model_dir, tiny_hparams):
 
 
 def test_cli_turns_errors_into_one_line_and_exit_2(tmp_path):
-    code = ("import gpt2tf, gpt2tf.cli as c, sys; "
-            f"c.run(lambda argv: gpt2tf.load_model({str(tmp_path / 'missing')!r}))")
+    code = f"import gpt2tf, gpt2tf.cli as c, sys; c.run(lambda argv: gpt2tf.load_model({str(tmp_path / 'missing')!r}))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -193,8 +198,9 @@ def test_cli_turns_errors_into_one_line_and_exit_2(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["355M", "774M", "1558M"])
 def test_real_size_restore_and_logits(tmp_path, name):
-    from gpt2tf.hparams import pretrained
     from reference import read_openai_checkpoint, reference_logits
+
+    from gpt2tf.hparams import pretrained
 
     hparams = pretrained(name)
     gpt2tf.write_synthetic_checkpoint(tmp_path / name, hparams, seed=7)
@@ -210,8 +216,9 @@ def test_nan_weights_are_refused(tmp_path, tiny_hparams):
     from gpt2tf.checkpoint import write_model_dir
 
     tensors = {name: tf.fill(shape, 0.01) for name, shape in openai_tensor_shapes(tiny_hparams).items()}
-    tensors["model/h1/mlp/c_fc/w"] = tf.tensor_scatter_nd_update(tensors["model/h1/mlp/c_fc/w"], [[0, 3, 5]],
-                                                                 [float("nan")])
+    tensors["model/h1/mlp/c_fc/w"] = tf.tensor_scatter_nd_update(
+        tensors["model/h1/mlp/c_fc/w"], [[0, 3, 5]], [float("nan")]
+    )
     write_model_dir(tmp_path / "nan", tiny_hparams, tensors)
     with pytest.raises(GPT2TFError, match=r"tensor model/h1/mlp/c_fc/w in .* holds NaN or infinite values"):
         gpt2tf.load_model(tmp_path / "nan")

@@ -20,13 +20,14 @@ def enc():
 
 
 def load(loader, path, enc, tmp_path, **kwargs):
-    return data.load_dataset(loader, str(path), tokenizer=enc, cache_dir=kwargs.pop("cache_dir", tmp_path / "cache"),
-                             **kwargs)
+    return data.load_dataset(
+        loader, str(path), tokenizer=enc, cache_dir=kwargs.pop("cache_dir", tmp_path / "cache"), **kwargs
+    )
 
 
 def contains(haystack, needle):
     haystack, needle = list(haystack), list(needle)
-    return any(haystack[i:i + len(needle)] == needle for i in range(len(haystack) - len(needle) + 1))
+    return any(haystack[i : i + len(needle)] == needle for i in range(len(haystack) - len(needle) + 1))
 
 
 def test_registry_is_the_cli_choices():
@@ -40,6 +41,7 @@ def test_registry_is_the_cli_choices():
 
 
 # ---- text ------------------------------------------------------------------------------------------------------
+
 
 def test_text_file_dir_and_glob_join_documents_with_the_eot_id(tmp_path, enc):
     corpus = tmp_path / "corpus"
@@ -105,8 +107,9 @@ def test_bad_text_datasets_are_one_line_errors(tmp_path, enc):
 def test_tokenising_is_cached_by_content_and_tokenizer(tmp_path, enc, monkeypatch):
     calls = []
     original = Encoder.encode_batch
-    monkeypatch.setattr(Encoder, "encode_batch",
-                        lambda self, texts, **kw: calls.append(1) or original(self, texts, **kw))
+    monkeypatch.setattr(
+        Encoder, "encode_batch", lambda self, texts, **kw: calls.append(1) or original(self, texts, **kw)
+    )
     path = tmp_path / "data" / "d.txt"
     path.parent.mkdir()
     path.write_text("Some text to cache.")
@@ -127,6 +130,7 @@ def test_split_for_parallel_encoding_is_exact(enc):
 
 
 # ---- cnndm -----------------------------------------------------------------------------------------------------
+
 
 def write_stories(root, stories):
     """The layout the ancestor's cnndm loader reads: url lists plus <sha1(url)>.story files."""
@@ -149,12 +153,15 @@ def decode_examples(examples, enc, length=10_000):
 
 
 def test_cnndm_stories(tmp_path, enc):
-    write_stories(tmp_path / "cnndm", [
-        ("train", "The cat sat on the mat.\n\nIt was happy.", ["Cat sits.", "Cat happy."]),
-        ("train", "Stocks rose today.", ["  Markets up.  "]),
-        ("val", "A validation article.", ["Val summary."]),
-        ("train", "", ["An empty story is skipped."]),
-    ])
+    write_stories(
+        tmp_path / "cnndm",
+        [
+            ("train", "The cat sat on the mat.\n\nIt was happy.", ["Cat sits.", "Cat happy."]),
+            ("train", "Stocks rose today.", ["  Markets up.  "]),
+            ("val", "A validation article.", ["Val summary."]),
+            ("train", "", ["An empty story is skipped."]),
+        ],
+    )
     train = load("cnndm", tmp_path / "cnndm", enc, tmp_path)
     texts = decode_examples(train, enc)
     assert len(texts) == 2
@@ -176,8 +183,8 @@ def test_cnndm_truncates_the_article_not_the_summary_and_masks_for_summary_only(
     tail = enc.encode("\nTL;DR:\nThe summary stays whole.") + [EOT]
     batch = examples.batch(0, batch_size=1, length=31, seed=0)
     row = batch.tokens[0]
-    assert len(row) == 32 and row[-len(tail):].tolist() == tail
-    assert row[:32 - len(tail)].tolist() == enc.encode(article)[:32 - len(tail)]
+    assert len(row) == 32 and row[-len(tail) :].tolist() == tail
+    assert row[: 32 - len(tail)].tolist() == enc.encode(article)[: 32 - len(tail)]
     assert batch.weights.sum() == 31
 
     examples.loss_on = "completion"
@@ -189,14 +196,15 @@ def test_cnndm_truncates_the_article_not_the_summary_and_masks_for_summary_only(
 
 def test_cnndm_short_examples_are_padded_and_the_padding_is_not_trained(tmp_path, enc):
     path = tmp_path / "cnndm.jsonl"
-    path.write_text("\n".join(json.dumps({"article": f"Article {i}.", "highlights": [f"Summary {i}."]})
-                              for i in range(3)) + "\n")
+    path.write_text(
+        "\n".join(json.dumps({"article": f"Article {i}.", "highlights": [f"Summary {i}."]}) for i in range(3)) + "\n"
+    )
     examples = load("cnndm", path, enc, tmp_path)
     batch = examples.batch(0, batch_size=3, length=40, seed=1)
     for row, weights in zip(batch.tokens, batch.weights):
         n = int(weights.sum())  # targets of an example of n + 1 tokens
         assert weights[:n].all() and not weights[n:].any()
-        assert row[n] == EOT and (row[n + 1:] == EOT).all()  # padded with EOT after the example's own EOT
+        assert row[n] == EOT and (row[n + 1 :] == EOT).all()  # padded with EOT after the example's own EOT
     order = sorted(int(row[1]) for row in batch.tokens)  # one epoch of 3 examples: each once
     assert order == sorted(enc.encode(f"Article {i}.")[1] for i in range(3))
     assert np.array_equal(batch.tokens, examples.batch(0, batch_size=3, length=40, seed=1).tokens)
@@ -214,12 +222,16 @@ def test_cnndm_bad_inputs(tmp_path, enc):
 
 def test_cnndm_without_a_path_downloads_cnn_dailymail_through_tfds(tmp_path, enc, monkeypatch):
     import tensorflow_datasets as tfds
+
     prepared = []
     monkeypatch.setattr(data, "_unreachable", lambda host: None)  # as on a machine with network
     with tfds.testing.mock_data(num_examples=4):  # download_and_prepare is a no-op, as_dataset gives mock records
         real = tfds.core.DatasetBuilder.download_and_prepare
-        monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
-                            lambda builder, *a, **k: prepared.append(builder.name) or real(builder, *a, **k))
+        monkeypatch.setattr(
+            tfds.core.DatasetBuilder,
+            "download_and_prepare",
+            lambda builder, *a, **k: prepared.append(builder.name) or real(builder, *a, **k),
+        )
         examples = data.load_dataset("cnndm", None, tokenizer=enc, cache_dir=tmp_path / "cache")
         assert prepared == ["cnn_dailymail"]
         assert len(load("cnndm", "cnn_dailymail", enc, tmp_path)) == 4  # the name given explicitly: the same
@@ -248,15 +260,20 @@ def test_cnndm_default_when_tfds_fails_to_download(tmp_path, enc, monkeypatch):
 
     monkeypatch.setattr(data, "_unreachable", lambda host: None)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
-    with pytest.raises(GPT2TFError, match=r"downloading it failed \(ConnectionError: Google Drive quota exceeded\); "
-                                          r"give --dataset_path"):
+    with pytest.raises(
+        GPT2TFError,
+        match=r"downloading it failed \(ConnectionError: Google Drive quota exceeded\); "
+        r"give --dataset_path",
+    ):
         data.load_dataset("cnndm", None, tokenizer=enc)
 
 
 # ---- tfds ------------------------------------------------------------------------------------------------------
 
+
 def test_tfds_text_feature(tmp_path, enc):
     import tensorflow_datasets as tfds
+
     with tfds.testing.mock_data(num_examples=5):
         stream = load("tfds", "reddit_tifu/short", enc, tmp_path, feature="documents")
         assert (stream.tokens == EOT).sum() == 4  # five documents, four boundaries
@@ -275,9 +292,16 @@ def test_token_files_numpy_cannot_read_are_one_line_errors(tmp_path, enc):
         load("text", tmp_path / "broken.npz", enc, tmp_path)
 
 
-@pytest.mark.parametrize("record", ['{"article": 5, "highlights": "x"}', '{"article": "a", "highlights": [1, 2]}',
-                                    '{"article": "a", "highlights": null}', '["article", "highlights"]'])
+@pytest.mark.parametrize(
+    "record",
+    [
+        '{"article": 5, "highlights": "x"}',
+        '{"article": "a", "highlights": [1, 2]}',
+        '{"article": "a", "highlights": null}',
+        '["article", "highlights"]',
+    ],
+)
 def test_cnndm_jsonl_fields_of_the_wrong_type(tmp_path, enc, record):
     (tmp_path / "bad.jsonl").write_text(record + "\n")
-    with pytest.raises(GPT2TFError, match="line 1 is not a JSON object with a string \"article\""):
+    with pytest.raises(GPT2TFError, match='line 1 is not a JSON object with a string "article"'):
         load("cnndm", tmp_path / "bad.jsonl", enc, tmp_path)

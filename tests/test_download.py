@@ -14,18 +14,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from http_store import PORTAL_PAGE
 
 import gpt2tf
 from gpt2tf import download
 from gpt2tf.cli import download_main
 from gpt2tf.download import DATA_FILE, MODEL_FILES, DownloadConfig, download_models
 from gpt2tf.errors import GPT2TFError
-from http_store import PORTAL_PAGE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = gpt2tf.HParams(n_vocab=64, n_ctx=16, n_embd=8, n_head=2, n_layer=2)
-HTML_REFUSED = (r"sent an HTML page instead of the file \(a wrong --base_url, or a network's sign-in page\); "
-                r"check --base_url or sign in to the network, then run the same command again$")
+HTML_REFUSED = (
+    r"sent an HTML page instead of the file \(a wrong --base_url, or a network's sign-in page\); "
+    r"check --base_url or sign in to the network, then run the same command again$"
+)
 
 
 def synthetic_files(seed=0):
@@ -43,13 +45,24 @@ def synthetic_files(seed=0):
 
 def real_vocab_files(seed=0):
     """Synthetic files, but encoder.json and vocab.bpe are the real ones, so the default known sizes hold."""
-    return {**synthetic_files(seed), **{name: (REPO / "gpt2tf" / "vocab" / name).read_bytes()
-                                        for name in ("encoder.json", "vocab.bpe")}}
+    return {
+        **synthetic_files(seed),
+        **{name: (REPO / "gpt2tf" / "vocab" / name).read_bytes() for name in ("encoder.json", "vocab.bpe")},
+    }
 
 
 def config_for(store, tmp_path, **overrides):
-    settings = dict(models_dir=str(tmp_path / "models"), base_url=store.base_url, quiet=True, verify=False,
-                    tries=3, backoff_s=0.001, timeout_s=5.0, chunk_bytes=4096, known_sizes={})
+    settings = dict(
+        models_dir=str(tmp_path / "models"),
+        base_url=store.base_url,
+        quiet=True,
+        verify=False,
+        tries=3,
+        backoff_s=0.001,
+        timeout_s=5.0,
+        chunk_bytes=4096,
+        known_sizes={},
+    )
     settings.update(overrides)
     return DownloadConfig(**settings)
 
@@ -116,8 +129,11 @@ def test_persistent_server_error_gives_up_after_tries(store, tmp_path):
 def test_body_shorter_than_content_length_is_an_error_without_final_file(store, tmp_path):
     store.serve_model("124M", synthetic_files())
     store.faults[f"/models/124M/{DATA_FILE}"] = ["short"] * 10
-    with pytest.raises(GPT2TFError, match=r"giving up on .*/124M/model\.ckpt\.data-00000-of-00001 after 3 tries "
-                                          r"without progress \(connection broken at byte 94,208\); run the same"):
+    with pytest.raises(
+        GPT2TFError,
+        match=r"giving up on .*/124M/model\.ckpt\.data-00000-of-00001 after 3 tries "
+        r"without progress \(connection broken at byte 94,208\); run the same",
+    ):
         download_models(["124M"], config_for(store, tmp_path))
     assert not (tmp_path / "models" / "124M" / DATA_FILE).exists()
     # All but 100 bytes arrive; requests drops the last, partial 4 KiB chunk of a broken body, so the first try
@@ -149,23 +165,34 @@ def test_missing_file_is_a_clear_404_error(store, tmp_path):
     files = synthetic_files()
     del files["model.ckpt.meta"]
     store.serve_model("124M", files)
-    with pytest.raises(GPT2TFError, match=r"^http://.*/models/124M/model\.ckpt\.meta not found \(HTTP 404\); "
-                                          r"check the model name and --base_url$"):
+    with pytest.raises(
+        GPT2TFError,
+        match=r"^http://.*/models/124M/model\.ckpt\.meta not found \(HTTP 404\); "
+        r"check the model name and --base_url$",
+    ):
         download_models(["124M"], config_for(store, tmp_path))
     assert len(store.requests_for("124M", "model.ckpt.meta")) == 1  # not retried
     assert not (tmp_path / "models" / "124M" / "model.ckpt.meta").exists()
 
 
-@pytest.mark.parametrize("file_name, fault, served, message", [
-    ("checkpoint", "html", None, HTML_REFUSED),  # Content-Type: text/html
-    (DATA_FILE, None, b"\r\n  <HTML><body>Sign in</body></HTML>", HTML_REFUSED),  # no such header: its first bytes
-    ("checkpoint", "endless", None, r"is longer than this file can be \(over 4,096 bytes\); check --base_url$"),
-    ("model.ckpt.index", None, bytes(5000), r"is longer than this file can be \(over 4,096 bytes\)"),  # by length
-    ("hparams.json", None, b'{"n_vocab": 50257, "n_ct', r"/hparams\.json is not valid JSON; check --base_url$"),
-    ("hparams.json", None, b'{"n_vocab": 50257}', r"/hparams\.json does not hold n_vocab, n_ctx, n_embd, n_head, "
-                                                    r"n_layer as positive integers; check --base_url$"),
-    ("checkpoint", None, b"model.ckpt\n", r"/checkpoint has no model_checkpoint_path line; check --base_url$"),
-])
+@pytest.mark.parametrize(
+    "file_name, fault, served, message",
+    [
+        ("checkpoint", "html", None, HTML_REFUSED),  # Content-Type: text/html
+        (DATA_FILE, None, b"\r\n  <HTML><body>Sign in</body></HTML>", HTML_REFUSED),  # no such header: its first bytes
+        ("checkpoint", "endless", None, r"is longer than this file can be \(over 4,096 bytes\); check --base_url$"),
+        ("model.ckpt.index", None, bytes(5000), r"is longer than this file can be \(over 4,096 bytes\)"),  # by length
+        ("hparams.json", None, b'{"n_vocab": 50257, "n_ct', r"/hparams\.json is not valid JSON; check --base_url$"),
+        (
+            "hparams.json",
+            None,
+            b'{"n_vocab": 50257}',
+            r"/hparams\.json does not hold n_vocab, n_ctx, n_embd, n_head, "
+            r"n_layer as positive integers; check --base_url$",
+        ),
+        ("checkpoint", None, b"model.ckpt\n", r"/checkpoint has no model_checkpoint_path line; check --base_url$"),
+    ],
+)
 def test_response_that_cannot_be_the_file_is_refused_at_once(store, tmp_path, file_name, fault, served, message):
     files = synthetic_files()
     if served is not None:
@@ -178,14 +205,17 @@ def test_response_that_cannot_be_the_file_is_refused_at_once(store, tmp_path, fi
     assert re.search(message, str(err.value)) and "\n" not in str(err.value)
     assert len(store.requests_for("124M", file_name)) == 1  # not retried
     # The files before it are complete; of this one nothing is left, not even a .part.
-    assert sorted(os.listdir(tmp_path / "models" / "124M")) == sorted(MODEL_FILES[:MODEL_FILES.index(file_name)])
+    assert sorted(os.listdir(tmp_path / "models" / "124M")) == sorted(MODEL_FILES[: MODEL_FILES.index(file_name)])
 
 
 def test_persistent_stall_gives_up_without_final_file(store, tmp_path):
     store.serve_model("124M", synthetic_files())
     store.faults["/models/124M/checkpoint"] = ["stall"] * 10
-    with pytest.raises(GPT2TFError, match=r"^giving up on \S+/124M/checkpoint after 3 tries without progress "
-                                          r"\(timed out at byte 0\); run the same command again to resume$"):
+    with pytest.raises(
+        GPT2TFError,
+        match=r"^giving up on \S+/124M/checkpoint after 3 tries without progress "
+        r"\(timed out at byte 0\); run the same command again to resume$",
+    ):
         download_models(["124M"], config_for(store, tmp_path, timeout_s=0.2))
     assert not (tmp_path / "models" / "124M" / "checkpoint").exists()
 
@@ -273,8 +303,14 @@ def test_refused_connection_gives_up_with_the_reason(tmp_path):
     with socket.socket() as probe:  # a port on 127.0.0.1 that nothing listens on once closed
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = DownloadConfig(models_dir=str(tmp_path), base_url=f"http://127.0.0.1:{port}/models", quiet=True,
-                            verify=False, tries=2, backoff_s=0.001)
+    config = DownloadConfig(
+        models_dir=str(tmp_path),
+        base_url=f"http://127.0.0.1:{port}/models",
+        quiet=True,
+        verify=False,
+        tries=2,
+        backoff_s=0.001,
+    )
     with pytest.raises(GPT2TFError, match=r"after 2 tries without progress \(Connection refused\); run the same"):
         download_models(["124M"], config)
     assert os.listdir(tmp_path / "124M") == []
@@ -282,22 +318,27 @@ def test_refused_connection_gives_up_with_the_reason(tmp_path):
 
 def run_cli(*args, env=None):
     env = {**os.environ, "NO_PROXY": "127.0.0.1", **(env or {})}
-    return subprocess.run([sys.executable, "download_model.py", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "download_model.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_cli_404_exits_nonzero_with_one_line(store, tmp_path):
     result = run_cli("355M", "--models_dir", str(tmp_path), "--base_url", store.base_url, "--quiet")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"error: {store.base_url}/355M/checkpoint not found (HTTP 404); check the model name and --base_url"]
+        f"error: {store.base_url}/355M/checkpoint not found (HTTP 404); check the model name and --base_url"
+    ]
     assert os.listdir(tmp_path / "355M") == []
 
 
-@pytest.mark.parametrize("fault, message", [
-    ("endless", "is longer than this file can be (over 67,108,864 bytes); check --base_url"),  # the real cap
-    ("html", "sent an HTML page instead of the file"),
-])
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("endless", "is longer than this file can be (over 67,108,864 bytes); check --base_url"),  # the real cap
+        ("html", "sent an HTML page instead of the file"),
+    ],
+)
 def test_cli_refused_response_exits_2_with_one_line(store, tmp_path, fault, message):
     store.serve_model("774M", real_vocab_files())
     store.faults["/models/774M/checkpoint"] = [fault]
@@ -312,7 +353,8 @@ def test_cli_unknown_model_and_env_base_url(store, tmp_path):
     result = run_cli("bogus", "--models_dir", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "error: unknown model 'bogus'; choose from 124M, 355M, 774M, 1558M (old names 117M, 345M also work)"]
+        "error: unknown model 'bogus'; choose from 124M, 355M, 774M, 1558M (old names 117M, 345M also work)"
+    ]
 
     store.serve_model("774M", real_vocab_files())  # no data size is known for 774M
     result = run_cli("774M", "--models_dir", str(tmp_path), "--no_verify", env={"GPT2TF_BASE_URL": store.base_url})
@@ -339,16 +381,16 @@ def test_cli_checks_that_the_model_loads_by_default(store, tmp_path, capsys):
     tiny = gpt2tf.HParams(n_vocab=64, n_ctx=16, n_embd=8, n_head=2, n_layer=2)
     files = synthetic_model_files(tmp_path, tiny)
     store.serve_model("1558M", files)
-    download_main(["1558M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url,
-                   "--quiet"])  # --quiet silences notes and bars, and prints nothing on success
+    download_main(
+        ["1558M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url, "--quiet"]
+    )  # --quiet silences notes and bars, and prints nothing on success
     assert_complete(tmp_path / "models" / "1558M", files)
     assert capsys.readouterr().out == ""
 
     files["hparams.json"] = json.dumps({**dataclasses.asdict(tiny), "n_layer": 3}).encode()  # one layer too many
     store.serve_model("774M", files)
     with pytest.raises(GPT2TFError, match=r"^\S*774M was downloaded but does not load: .*h2") as err:
-        download_main(["774M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url,
-                       "--quiet"])
+        download_main(["774M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url, "--quiet"])
     assert "\n" not in str(err.value)
     # Every file came from the server in this run, so there is nothing to repair: each was fetched once.
     assert [path for path, _ in store.requests if "/774M/" in path] == [f"/models/774M/{name}" for name in MODEL_FILES]
@@ -357,9 +399,22 @@ def test_cli_checks_that_the_model_loads_by_default(store, tmp_path, capsys):
 def test_cli_load_check_prints_only_the_result(store, tmp_path):
     store.serve_model("774M", synthetic_model_files(tmp_path, TINY))
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
-    result = subprocess.run([sys.executable, "download_model.py", "774M", "--models_dir", str(tmp_path / "models"),
-                             "--base_url", store.base_url], cwd=REPO, env={**env, "NO_PROXY": "127.0.0.1"},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "download_model.py",
+            "774M",
+            "--models_dir",
+            str(tmp_path / "models"),
+            "--base_url",
+            store.base_url,
+        ],
+        cwd=REPO,
+        env={**env, "NO_PROXY": "127.0.0.1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"{tmp_path / 'models' / '774M'}: ready"]
     assert result.stderr == ""  # none of TensorFlow's start-up lines
@@ -383,14 +438,18 @@ def test_running_again_repairs_a_truncated_data_file_of_unknown_size(store, tmp_
     assert_complete(model_dir, files)
     # The load check fails, so the small files it reads are fetched again (cheap), then, as it still fails, the data
     # file; each from byte zero. encoder.json, vocab.bpe and model.ckpt.meta are not touched.
-    assert store.requests == [(f"/models/774M/{name}", None)
-                              for name in ("checkpoint", "hparams.json", "model.ckpt.index", DATA_FILE)]
+    assert store.requests == [
+        (f"/models/774M/{name}", None) for name in ("checkpoint", "hparams.json", "model.ckpt.index", DATA_FILE)
+    ]
 
 
-@pytest.mark.parametrize("file_name, damaged", [
-    ("hparams.json", b'{"n_vocab": 64, "n_ctx": 16, "n_em'),
-    ("checkpoint", PORTAL_PAGE),  # a captive portal's page saved by another tool
-])
+@pytest.mark.parametrize(
+    "file_name, damaged",
+    [
+        ("hparams.json", b'{"n_vocab": 64, "n_ctx": 16, "n_em'),
+        ("checkpoint", PORTAL_PAGE),  # a captive portal's page saved by another tool
+    ],
+)
 def test_running_again_replaces_a_damaged_small_file(store, tmp_path, file_name, damaged):
     files, command = download_tiny_774M(store, tmp_path)
     model_dir = tmp_path / "models" / "774M"
@@ -411,14 +470,14 @@ def test_running_again_repairs_a_corrupt_data_file_of_known_size(store, tmp_path
     store.requests.clear()
     download_models(["124M"], config)
     assert_complete(model_dir, files)
-    assert store.requests == [(f"/models/124M/{name}", None)
-                              for name in ("checkpoint", "hparams.json", "model.ckpt.index", DATA_FILE)]
+    assert store.requests == [
+        (f"/models/124M/{name}", None) for name in ("checkpoint", "hparams.json", "model.ckpt.index", DATA_FILE)
+    ]
 
 
 def test_force_downloads_every_file_again_from_byte_zero(store, tmp_path):
     store.serve_model("774M", real_vocab_files(seed=0))
-    command = ["774M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url, "--quiet",
-               "--no_verify"]
+    command = ["774M", "--models_dir", str(tmp_path / "models"), "--base_url", store.base_url, "--quiet", "--no_verify"]
     download_main(command)
     model_dir = tmp_path / "models" / "774M"
     (model_dir / f"{DATA_FILE}.part").write_bytes(b"x" * 1000)  # left by an interrupted run: not trusted either

@@ -69,7 +69,17 @@ SCRIPTS = {  # name: code point ranges that words are drawn from
     "symbols": [(0x2000, 0x2BFF), (0x1F300, 0x1FAFF)],
     "combining": [(0x300, 0x36F), (0x1AB0, 0x1AFF), (0x20D0, 0x20FF)],
 }
-EMOJI = ["🤗", "👨\u200d👩\u200d👧\u200d👦", "👍🏽", "👩🏿\u200d💻", "🇺🇸", "🇯🇵", "1\ufe0f\u20e3", "❤\ufe0f", "🏳\ufe0f\u200d🌈"]
+EMOJI = [
+    "🤗",
+    "👨\u200d👩\u200d👧\u200d👦",
+    "👍🏽",
+    "👩🏿\u200d💻",
+    "🇺🇸",
+    "🇯🇵",
+    "1\ufe0f\u20e3",
+    "❤\ufe0f",
+    "🏳\ufe0f\u200d🌈",
+]
 SPACES = [" ", "  ", "\t", "\n", "\r\n", "\n\n", "\u00a0", "\u3000", "\x0b", "\x0c", "\x85", "\u2028", "\u2009"]
 ZERO_WIDTH = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]
 CONTRACTIONS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "don't", "DON'T", "y'all", "''s", "'''", "O'Neil"]
@@ -153,8 +163,10 @@ def test_matches_tiktoken_on_a_large_varied_corpus(enc, reference, corpus, capsy
     astral = sum(any(ord(c) > 0xFFFF for c in text) for text in corpus)
     assert 0 < astral < len(corpus)  # both pre-split paths (stdlib `re` and `regex`) were exercised
     with capsys.disabled():
-        print(f"\n[encoder] corpus: {len(corpus)} texts, {len(whole.encode()) / 1e6:.1f} MB UTF-8, "
-              f"{len(tokens):,} tokens, 0 mismatches vs tiktoken")
+        print(
+            f"\n[encoder] corpus: {len(corpus)} texts, {len(whole.encode()) / 1e6:.1f} MB UTF-8, "
+            f"{len(tokens):,} tokens, 0 mismatches vs tiktoken"
+        )
 
 
 def test_matches_tiktoken_on_every_code_point(enc, reference):
@@ -164,8 +176,11 @@ def test_matches_tiktoken_on_every_code_point(enc, reference):
     lines = ["".join(map(chr, code_points[i : i + 64])) for i in range(0, len(code_points), 64)]
     text = "\n".join(lines)
     if enc.encode(text) != reference.encode_ordinary(text):
-        bad = [f"U+{ord(lines[i][0]):04X}..U+{ord(lines[i][-1]):04X}" for i, line in enumerate(lines)
-               if enc.encode(line) != reference.encode_ordinary(line)]
+        bad = [
+            f"U+{ord(lines[i][0]):04X}..U+{ord(lines[i][-1]):04X}"
+            for i, line in enumerate(lines)
+            if enc.encode(line) != reference.encode_ordinary(line)
+        ]
         pytest.fail(f"tokens differ on the lines starting {bad[:20]}")
 
 
@@ -222,8 +237,10 @@ def test_bpe_matches_openais_merge_loop(enc, corpus, monkeypatch):
     # Ours merges the leftmost lowest-ranked pair, one at a time (a loop, or a heap for long pieces); OpenAI's
     # merges a rank everywhere at once. Same result as long as a merge's parts rank before the merge itself:
     token_rank = {merged: rank for rank, (_, _, merged) in enumerate(enc._merges)}
-    assert all(token_rank.get(left, -1) < rank and token_rank.get(right, -1) < rank
-               for rank, (left, right, _) in enumerate(enc._merges))
+    assert all(
+        token_rank.get(left, -1) < rank and token_rank.get(right, -1) < rank
+        for rank, (left, right, _) in enumerate(enc._merges)
+    )
     ranks = {pair: rank for rank, pair in enumerate(enc.bpe_merges)}
     byte_char = bytes_to_unicode()
     pieces = sorted({piece for text in corpus[-400:] for piece in regex.findall(encoder_module.PATTERN, text)})
@@ -249,8 +266,28 @@ def test_cache_stays_bounded_and_exact(enc, corpus):
 def test_golden_ids(enc):
     assert enc.encode("the quick brown fox.") == [1169, 2068, 7586, 21831, 13]
     assert enc.encode("Hello!! I'm Andrej Karpathy. It's 2022. w00t :D 🤗") == [
-        15496, 3228, 314, 1101, 10948, 73, 509, 5117, 10036, 13, 632, 338, 33160, 13, 266, 405, 83, 1058, 35,
-        12520, 97, 245,
+        15496,
+        3228,
+        314,
+        1101,
+        10948,
+        73,
+        509,
+        5117,
+        10036,
+        13,
+        632,
+        338,
+        33160,
+        13,
+        266,
+        405,
+        83,
+        1058,
+        35,
+        12520,
+        97,
+        245,
     ]
 
 

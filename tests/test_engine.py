@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from reference import top_p_kept
 
 import gpt2tf
 from gpt2tf import engine, filters, sample
 from gpt2tf.engine import Engine, Request
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, MASKED_VALUE
-from reference import top_p_kept
 
 FIXTURES = Path(__file__).with_name("fixtures") / "generate_tokens.json"
 
@@ -38,8 +38,14 @@ def test_outputs_equal_the_recorded_release(recorded):
 # ---- per-row settings ------------------------------------------------------------------------------------------
 
 ROW_SETTINGS = [  # temperature, top_k, top_p, repetition_penalty: every path of the filters in one batch
-    (0.0, 0, 1.0, 1.0), (1.0, 40, 1.0, 1.0), (0.7, 5, 0.6, 1.0), (1.0, 0, 0.9, 1.0), (1.3, 200, 0.95, 1.0),
-    (1.0, 0, 1.0, 1.5), (0.0, 0, 1.0, 2.0), (0.9, 64, 0.5, 1.2),
+    (0.0, 0, 1.0, 1.0),
+    (1.0, 40, 1.0, 1.0),
+    (0.7, 5, 0.6, 1.0),
+    (1.0, 0, 0.9, 1.0),
+    (1.3, 200, 0.95, 1.0),
+    (1.0, 0, 1.0, 1.5),
+    (0.0, 0, 1.0, 2.0),
+    (0.9, 64, 0.5, 1.2),
 ]
 
 
@@ -50,12 +56,14 @@ def test_per_row_filters_equal_each_row_filtered_alone():
     columns = [tf.constant(c) for c in zip(*ROW_SETTINGS)]
     batched = filters.filter_logits(tf.constant(logits), tf.constant(seen), *columns).numpy()
     for row, (t, k, p, r) in enumerate(ROW_SETTINGS):
-        alone = filters.filter_logits(tf.constant(logits[row:row + 1]), tf.constant(seen[row:row + 1]), t, k, p,
-                                      r).numpy()[0]
+        alone = filters.filter_logits(
+            tf.constant(logits[row : row + 1]), tf.constant(seen[row : row + 1]), t, k, p, r
+        ).numpy()[0]
         np.testing.assert_array_equal(batched[row], alone)
         # ... and the brute-force statement of the rules, row by row.
-        want = np.where(seen[row] & (r != 1), np.where(logits[row] > 0, logits[row] / r, logits[row] * r),
-                        logits[row]).astype(np.float32)
+        want = np.where(
+            seen[row] & (r != 1), np.where(logits[row] > 0, logits[row] / r, logits[row] * r), logits[row]
+        ).astype(np.float32)
         if t == 0:
             np.testing.assert_array_equal(alone, want)
             continue
@@ -77,13 +85,21 @@ def test_a_sampled_token_is_drawn_with_the_rows_own_settings():
     seen = tf.zeros(logits.shape, tf.bool)
     seeds = tf.constant([[7, j] for j in range(len(ROW_SETTINGS))], tf.int32)
     steps = tf.constant(list(range(len(ROW_SETTINGS))), tf.int32)
-    columns = dict(zip(("temperature", "top_k", "top_p", "repetition_penalty"),
-                       (tf.constant(c) for c in zip(*ROW_SETTINGS))))
+    columns = dict(
+        zip(("temperature", "top_k", "top_p", "repetition_penalty"), (tf.constant(c) for c in zip(*ROW_SETTINGS)))
+    )
     batched = filters.choose_tokens(tf.constant(logits), seen, seeds, steps, **columns).numpy()
     for row, (t, k, p, r) in enumerate(ROW_SETTINGS):
-        alone = filters.choose_tokens(tf.constant(logits[row:row + 1]), seen[row:row + 1], seeds[row:row + 1],
-                                      steps[row:row + 1], temperature=t, top_k=k, top_p=p,
-                                      repetition_penalty=r).numpy()
+        alone = filters.choose_tokens(
+            tf.constant(logits[row : row + 1]),
+            seen[row : row + 1],
+            seeds[row : row + 1],
+            steps[row : row + 1],
+            temperature=t,
+            top_k=k,
+            top_p=p,
+            repetition_penalty=r,
+        ).numpy()
         assert batched[row] == alone[0]
 
 
@@ -111,8 +127,9 @@ def alone(model, spec):
     """What `generate` gives for this request on its own."""
     settings = {k: v for k, v in spec.items() if k not in ("prompt", "max_new_tokens", "sample")}
     nsamples = spec.get("sample", 0) + 1
-    out = sample.generate(model, [spec["prompt"]], length=spec["max_new_tokens"], nsamples=nsamples,
-                          stop_at_eos=False, **settings)
+    out = sample.generate(
+        model, [spec["prompt"]], length=spec["max_new_tokens"], nsamples=nsamples, stop_at_eos=False, **settings
+    )
     return out[nsamples - 1]
 
 
@@ -185,12 +202,14 @@ def test_no_retracing_for_new_settings_prompt_lengths_or_engines(small_model_dir
     for round_ in range(2):
         eng = Engine(model, max_batch=5, max_length=64)
         drive(eng, list(zip([0, 1, 2, 4, 6], MIXED)), 30)
-        counts = dict(steps=compiled.steps_function.experimental_get_tracing_count(),
-                      prefill=compiled.prefill.experimental_get_tracing_count(),
-                      block=compiled.block.experimental_get_tracing_count(),
-                      prefill_block=compiled.prefill_block.experimental_get_tracing_count(),
-                      embed=compiled.embed.experimental_get_tracing_count(),
-                      head=compiled.head.experimental_get_tracing_count())
+        counts = dict(
+            steps=compiled.steps_function.experimental_get_tracing_count(),
+            prefill=compiled.prefill.experimental_get_tracing_count(),
+            block=compiled.block.experimental_get_tracing_count(),
+            prefill_block=compiled.prefill_block.experimental_get_tracing_count(),
+            embed=compiled.embed.experimental_get_tracing_count(),
+            head=compiled.head.experimental_get_tracing_count(),
+        )
         if round_ == 0:
             first = counts
         assert counts == first  # a second engine, other settings: nothing traced again
@@ -208,14 +227,17 @@ def test_native_and_xla_give_the_same_greedy_tokens_with_per_row_lengths(small_m
     assert with_kernel == without
 
 
-@pytest.mark.parametrize("spec, message", [
-    (dict(prompt=[1], temperature=-1.0), "temperature must be a finite number >= 0"),
-    (dict(prompt=[1], top_k=-2), "top_k must be an integer >= 0"),
-    (dict(prompt=[1], seed=2**31), "seed must be a whole number from 0 to 2147483647"),
-    (dict(prompt=[1], max_new_tokens=0), "max_new_tokens must be a positive number of tokens"),
-    (dict(prompt="hello"), "a prompt is a list of token ids"),
-    (dict(prompt=[1], stop=[3]), "stop must be a string or a list of strings"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (dict(prompt=[1], temperature=-1.0), "temperature must be a finite number >= 0"),
+        (dict(prompt=[1], top_k=-2), "top_k must be an integer >= 0"),
+        (dict(prompt=[1], seed=2**31), "seed must be a whole number from 0 to 2147483647"),
+        (dict(prompt=[1], max_new_tokens=0), "max_new_tokens must be a positive number of tokens"),
+        (dict(prompt="hello"), "a prompt is a list of token ids"),
+        (dict(prompt=[1], stop=[3]), "stop must be a string or a list of strings"),
+    ],
+)
 def test_bad_requests_are_one_line_errors(spec, message):
     with pytest.raises(GPT2TFError, match=message):
         Request(**spec)
@@ -233,6 +255,7 @@ def test_requests_that_do_not_fit_the_engine(small_model):
 
 
 # ---- the engine's bookkeeping, driven by a scripted backend --------------------------------------------------------
+
 
 class ScriptedBackend:
     """A stand-in for the compiled model: row r's tokens are SCRIPTS[seed of r] in order, whatever the prompt."""
@@ -261,8 +284,10 @@ class ScriptedBackend:
         for _ in range(int(count)):
             if not decoding.any():
                 break
-            row = [self.scripts[int(seed)][int(step)] if on else 0
-                   for on, seed, step in zip(decoding, row_seeds.numpy()[:, 0], steps)]
+            row = [
+                self.scripts[int(seed)][int(step)] if on else 0
+                for on, seed, step in zip(decoding, row_seeds.numpy()[:, 0], steps)
+            ]
             out.append(row)
             for r, token in enumerate(row):
                 if decoding[r]:
@@ -272,19 +297,25 @@ class ScriptedBackend:
 
 
 def scripted_engine(small_model, scripts, max_batch=3):
-    return Engine(small_model, max_batch=max_batch, max_length=64,
-                  backend=ScriptedBackend(scripts, small_model.hparams.n_vocab))
+    return Engine(
+        small_model, max_batch=max_batch, max_length=64, backend=ScriptedBackend(scripts, small_model.hparams.n_vocab)
+    )
 
 
 def test_end_of_text_lengths_and_stop_strings(small_model):
     enc = gpt2tf.get_encoder()
     hello, comma, world, dot, space = (enc.encode(t)[0] for t in ("Hello", ",", " world", ".", " "))
-    scripts = {1: [hello, comma, world, EOT_ID, hello], 2: [hello] * 20,
-               3: [hello, comma, world, dot, space, hello, dot]}
+    scripts = {
+        1: [hello, comma, world, EOT_ID, hello],
+        2: [hello] * 20,
+        3: [hello, comma, world, dot, space, hello, dot],
+    }
     eng = scripted_engine(small_model, scripts)
-    requests = [Request(prompt=[1], max_new_tokens=10, seed=1),  # ends at <|endoftext|>, which is not output
-                Request(prompt=[1], max_new_tokens=4, seed=2),  # ends after 4 tokens
-                Request(prompt=[1], max_new_tokens=10, seed=3, stop=(". H", "xyz"))]  # a stop string over 3 tokens
+    requests = [
+        Request(prompt=[1], max_new_tokens=10, seed=1),  # ends at <|endoftext|>, which is not output
+        Request(prompt=[1], max_new_tokens=4, seed=2),  # ends after 4 tokens
+        Request(prompt=[1], max_new_tokens=10, seed=3, stop=(". H", "xyz")),
+    ]  # a stop string over 3 tokens
     rids = [eng.add(r) for r in requests]
     streamed = {rid: [] for rid in rids}
     finished_at = {}
@@ -307,8 +338,15 @@ def test_several_steps_per_call_give_what_single_steps_give(small_model):
     results = []
     for per_call in (1, 3, 32):
         eng = scripted_engine(small_model, scripts, max_batch=1)
-        out = list(eng.run([Request(prompt=[1], max_new_tokens=7, seed=1, stop=(" e f",)),
-                            Request(prompt=[1], max_new_tokens=5, seed=2)], steps=per_call))
+        out = list(
+            eng.run(
+                [
+                    Request(prompt=[1], max_new_tokens=7, seed=1, stop=(" e f",)),
+                    Request(prompt=[1], max_new_tokens=5, seed=2),
+                ],
+                steps=per_call,
+            )
+        )
         results.append({i: sum((ids for j, ids, _ in out if j == i), []) for i in (0, 1)})
     assert results[0] == results[1] == results[2]
     assert enc.decode(results[0][0]) == " a b c d" and len(results[0][1]) == 5  # cut before " e f"
@@ -316,8 +354,7 @@ def test_several_steps_per_call_give_what_single_steps_give(small_model):
 
 def test_finish_reasons_and_log_probabilities(small_model):
     eng = Engine(small_model, max_batch=2, max_length=64)
-    by_length = eng.add(Request(prompt=[464, 2068], max_new_tokens=5, temperature=0, stop_at_eos=False,
-                                logprobs=3))
+    by_length = eng.add(Request(prompt=[464, 2068], max_new_tokens=5, temperature=0, stop_at_eos=False, logprobs=3))
     plain = eng.add(Request(prompt=[10, 11], max_new_tokens=4, temperature=0, stop_at_eos=False))
     outputs = {}
     while eng.active:
@@ -330,8 +367,11 @@ def test_finish_reasons_and_log_probabilities(small_model):
     # Against the model's own forward pass: log-softmax of the logits before each new token.
     tokens = [464, 2068] + ids
     logits = small_model(tf.constant([tokens[:-1]]))[0, 1:].numpy().astype(np.float64)  # before each new token
-    log_p = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
-        logits.max(-1, keepdims=True)
+    log_p = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - logits.max(-1, keepdims=True)
+    )
     for step, (token, (chosen, top)) in enumerate(zip(ids, entries)):
         assert chosen == pytest.approx(log_p[step, token], abs=1e-4)
         best = np.argsort(-log_p[step])[:3]

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL, TINY
+from reference import read_openai_checkpoint, reference_logits
 
 import gpt2tf
 from gpt2tf import evaluate, rouge
 from gpt2tf.errors import GPT2TFError
-from conftest import SMALL, TINY
-from reference import read_openai_checkpoint, reference_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,7 @@ def reference_log_probs(params, n_head, tokens):
 
 # ---- perplexity -----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("context, stride", [(32, 32), (32, 8), (16, 5), (32, 1), (7, 7)])
 def test_strided_perplexity_equals_the_hf_guides_loop_in_float64(tiny, context, stride):
     model, params = tiny
@@ -51,7 +52,7 @@ def test_strided_perplexity_equals_the_hf_guides_loop_in_float64(tiny, context, 
         end = min(begin + context, len(tokens))
         target_length = end - previous_end
         log_p, _ = reference_log_probs(params, TINY.n_head, tokens[begin:end])
-        scored = log_p[max(len(log_p) - target_length, 0):]  # predictions of window positions >= end - trg_len
+        scored = log_p[max(len(log_p) - target_length, 0) :]  # predictions of window positions >= end - trg_len
         total, count = total - scored.sum(), count + len(scored)
         previous_end = end
         if end == len(tokens):
@@ -79,19 +80,27 @@ def test_prepend_eot_scores_the_first_token_and_units_follow_their_definitions(s
 
 # ---- LAMBADA and multiple choice ------------------------------------------------------------------------------------
 
+
 def test_lambada_against_brute_force_scoring(small):
     model, params = small
     enc = gpt2tf.get_encoder()
-    rows = [{"text": t} for t in ("He picked up the sword and swung it at the dragon", "Once upon a time there was",
-                                  "The cat sat on the mat", "a a a a a a a a a a a a a")]
+    rows = [
+        {"text": t}
+        for t in (
+            "He picked up the sword and swung it at the dragon",
+            "Once upon a time there was",
+            "The cat sat on the mat",
+            "a a a a a a a a a a a a a",
+        )
+    ]
     report, examples = evaluate.lambada(model, rows, encoder=enc)
     lls, hits = [], []
     for row in rows:
         context, word = row["text"].rsplit(" ", 1)
         ids, target = enc.encode(context), enc.encode(" " + word)
         log_p, greedy = reference_log_probs(params, SMALL.n_head, ids + target)
-        lls.append(log_p[-len(target):].sum())
-        hits.append(bool(greedy[-len(target):].all()))
+        lls.append(log_p[-len(target) :].sum())
+        hits.append(bool(greedy[-len(target) :].all()))
     assert [e["correct"] for e in examples] == hits
     assert [e["log_likelihood"] for e in examples] == pytest.approx(lls, rel=1e-5)
     assert report["accuracy"] == pytest.approx(100 * sum(hits) / len(rows))
@@ -101,15 +110,17 @@ def test_lambada_against_brute_force_scoring(small):
 def test_multiple_choice_against_brute_force_scoring(small):
     model, params = small
     enc = gpt2tf.get_encoder()
-    rows = [{"context": "The chef cut the onion", "endings": [" with a knife.", " into the sky.", " é"], "label": 0},
-            {"context": "Rain fell all day, so", "endings": [" we stayed in.", " the sun burned."], "label": 1}]
+    rows = [
+        {"context": "The chef cut the onion", "endings": [" with a knife.", " into the sky.", " é"], "label": 0},
+        {"context": "Rain fell all day, so", "endings": [" we stayed in.", " the sun burned."], "label": 1},
+    ]
     report, examples = evaluate.multiple_choice(model, rows, encoder=enc)
     want = {"acc": 0, "acc_norm": 0, "acc_bytes": 0}
     for row, example in zip(rows, examples):
         sums = []
         for ending in row["endings"]:
             ids, more = enc.encode(row["context"]), enc.encode(ending)
-            sums.append(reference_log_probs(params, SMALL.n_head, ids + more)[0][-len(more):].sum())
+            sums.append(reference_log_probs(params, SMALL.n_head, ids + more)[0][-len(more) :].sum())
         assert example["log_likelihoods"] == pytest.approx(sums, rel=1e-5)
         for name, norm in (("acc", lambda e: 1), ("acc_norm", len), ("acc_bytes", lambda e: len(e.encode()))):
             pick = int(np.argmax([s / norm(e) for s, e in zip(sums, row["endings"])]))
@@ -120,16 +131,26 @@ def test_multiple_choice_against_brute_force_scoring(small):
 
 # ---- ROUGE and sentences --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, sentences", [
-    ("Mr. Smith went to Washington. He arrived at 3 p.m. on Monday.",
-     ["Mr. Smith went to Washington.", "He arrived at 3 p.m. on Monday."]),
-    ('She said "Stop!" Then she left. The U.S. economy grew 2.5 percent.',
-     ['She said "Stop!"', "Then she left.", "The U.S. economy grew 2.5 percent."]),
-    ("Prices rose 3.14% in Jan. last year. J. R. R. Tolkien wrote it. Really? Yes.",
-     ["Prices rose 3.14% in Jan. last year.", "J. R. R. Tolkien wrote it.", "Really?", "Yes."]),
-    ("no capital after this. so it stays one", ["no capital after this. so it stays one"]),
-    ("'Quoted.' (Bracketed.) End", ["'Quoted.'", "(Bracketed.)", "End"]),
-])
+
+@pytest.mark.parametrize(
+    "text, sentences",
+    [
+        (
+            "Mr. Smith went to Washington. He arrived at 3 p.m. on Monday.",
+            ["Mr. Smith went to Washington.", "He arrived at 3 p.m. on Monday."],
+        ),
+        (
+            'She said "Stop!" Then she left. The U.S. economy grew 2.5 percent.',
+            ['She said "Stop!"', "Then she left.", "The U.S. economy grew 2.5 percent."],
+        ),
+        (
+            "Prices rose 3.14% in Jan. last year. J. R. R. Tolkien wrote it. Really? Yes.",
+            ["Prices rose 3.14% in Jan. last year.", "J. R. R. Tolkien wrote it.", "Really?", "Yes."],
+        ),
+        ("no capital after this. so it stays one", ["no capital after this. so it stays one"]),
+        ("'Quoted.' (Bracketed.) End", ["'Quoted.'", "(Bracketed.)", "End"]),
+    ],
+)
 def test_the_sentence_splitter_on_hard_cases(text, sentences):
     assert rouge.split_sentences(text) == sentences
 
@@ -138,86 +159,149 @@ def test_rouge_equals_rouge_score_on_the_same_pairs():
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeLsum"], use_stemmer=True)
-    pairs = [("Cats sat on mats.\nDogs ran.", "The cat sat on the mat. A dog was running."),
-             ("Markets rose sharply today.", "Stocks rose. Markets were up sharply."),
-             ("Nothing in common.", "Entirely different words here.")]
+    pairs = [
+        ("Cats sat on mats.\nDogs ran.", "The cat sat on the mat. A dog was running."),
+        ("Markets rose sharply today.", "Stocks rose. Markets were up sharply."),
+        ("Nothing in common.", "Entirely different words here."),
+    ]
     for reference, prediction in pairs:
-        want = scorer.score("\n".join(rouge.split_sentences(" ".join(reference.split()))),
-                            "\n".join(rouge.split_sentences(" ".join(prediction.split()))))
+        want = scorer.score(
+            "\n".join(rouge.split_sentences(" ".join(reference.split()))),
+            "\n".join(rouge.split_sentences(" ".join(prediction.split()))),
+        )
         assert rouge.score(reference, prediction) == pytest.approx({k: 100 * v.fmeasure for k, v in want.items()})
     assert rouge.score("a b c", "a b c")["rougeLsum"] == pytest.approx(100.0)
 
 
 def test_cnndm_end_to_end_on_the_bundled_sample(small):
     model, _ = small
-    config = evaluate.EvaluateConfig(task="cnndm", dataset_path=str(ROOT / "datasets" / "cnndm_sample" /
-                                                                    "val.jsonl"), max_new_tokens=12, seed=3)
+    config = evaluate.EvaluateConfig(
+        task="cnndm", dataset_path=str(ROOT / "datasets" / "cnndm_sample" / "val.jsonl"), max_new_tokens=12, seed=3
+    )
     report, examples = evaluate._cnndm_task(model, config, gpt2tf.get_encoder(), None)
-    articles = [json.loads(line) for line in (ROOT / "datasets" / "cnndm_sample" / "val.jsonl").read_text()
-                .splitlines() if line.strip()]
+    articles = [
+        json.loads(line)
+        for line in (ROOT / "datasets" / "cnndm_sample" / "val.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     assert report["examples"] == len(articles) == len(examples)
     for article, example in zip(articles, examples):
-        highlights = article["highlights"] if isinstance(article["highlights"], list) else \
-            article["highlights"].split("\n")
+        highlights = (
+            article["highlights"] if isinstance(article["highlights"], list) else article["highlights"].split("\n")
+        )
         assert example["reference"] == "\n".join(h.strip() for h in highlights if h.strip())
         assert example["rouge1"] == pytest.approx(rouge.score(example["reference"], example["summary"])["rouge1"])
-    lead = np.mean([rouge.score(e["reference"], rouge.first_sentences(a["article"], 3))["rouge2"]
-                    for e, a in zip(examples, articles)])
+    lead = np.mean(
+        [
+            rouge.score(e["reference"], rouge.first_sentences(a["article"], 3))["rouge2"]
+            for e, a in zip(examples, articles)
+        ]
+    )
     assert report["lead3"]["rouge2"] == pytest.approx(lead)
     # The summaries are the library's generation from the prompts the recipe describes.
-    again = evaluate.summarize(model, [a["article"] for a in articles[:2]], encoder=gpt2tf.get_encoder(),
-                               max_new_tokens=12, seed=3, top_k=2)
+    again = evaluate.summarize(
+        model, [a["article"] for a in articles[:2]], encoder=gpt2tf.get_encoder(), max_new_tokens=12, seed=3, top_k=2
+    )
     assert again == [e["summary"] for e in examples[:2]]
 
 
 # ---- the CLI --------------------------------------------------------------------------------------------------------
 
+
 def cli(*args, cwd=ROOT):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *map(str, args)], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_the_cli_prints_a_table_or_json_and_writes_reports(small_model_dir, tmp_path):
     (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 20)
     other = tmp_path / "other"
     gpt2tf.write_synthetic_checkpoint(other, SMALL, seed=99)
-    result = cli("--model_dir", small_model_dir, other, "--task", "perplexity", "--dataset_path",
-                 tmp_path / "text.txt", "--context", "32", "--stride", "16", "--report_file", tmp_path / "r.json",
-                 "--examples_file", tmp_path / "rows.jsonl")
+    result = cli(
+        "--model_dir",
+        small_model_dir,
+        other,
+        "--task",
+        "perplexity",
+        "--dataset_path",
+        tmp_path / "text.txt",
+        "--context",
+        "32",
+        "--stride",
+        "16",
+        "--report_file",
+        tmp_path / "r.json",
+        "--examples_file",
+        tmp_path / "rows.jsonl",
+    )
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
     assert str(small_model_dir) in header and str(other) in header  # side by side
-    assert any(line.startswith("perplexity") for line in lines) and any(line.startswith("scored_tokens")
-                                                                       for line in lines)
+    assert any(line.startswith("perplexity") for line in lines) and any(
+        line.startswith("scored_tokens") for line in lines
+    )
     report = json.loads((tmp_path / "r.json").read_text())["models"]
     first, second = report[str(small_model_dir)], report[str(other)]
     assert first["scored_tokens"] == second["scored_tokens"] > 0 and first["perplexity"] != second["perplexity"]
     assert first["context"] == 32 and first["stride"] == 16
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert sum(r["scored"] for r in rows if r["model_dir"] == str(other)) == second["scored_tokens"]
-    result = cli("--model_dir", small_model_dir, "--task", "perplexity", "--dataset_path", tmp_path / "text.txt",
-                 "--output", "json")
+    result = cli(
+        "--model_dir",
+        small_model_dir,
+        "--task",
+        "perplexity",
+        "--dataset_path",
+        tmp_path / "text.txt",
+        "--output",
+        "json",
+    )
     assert json.loads(result.stdout)["task"] == "perplexity"
 
 
-@pytest.mark.parametrize("make, args, message", [
-    (lambda d: (d / "empty.txt").write_text(""), ["--dataset_path", "{d}/empty.txt"], "holds no text"),
-    (lambda d: (d / "bin.txt").write_bytes(b"\xff\xfe\x00"), ["--dataset_path", "{d}/bin.txt"], "not UTF-8 text"),
-    (lambda d: (d / "l.jsonl").write_text('{"text": "a b"}\n{"txt": "c d"}\n'),
-     ["--task", "lambada", "--dataset_path", "{d}/l.jsonl"], "l.jsonl:2: expected a field 'text'"),
-    (lambda d: (d / "m.jsonl").write_text('{"context": "x", "endings": [" a"], "label": 3}\n'),
-     ["--task", "multiple_choice", "--dataset_path", "{d}/m.jsonl"], "a label that indexes them"),
-    (lambda d: (d / "h.jsonl").write_text('{"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "endings": [" d"], '
-                                          '"label": ""}\n'),
-     ["--task", "multiple_choice", "--dataset_path", "{d}/h.jsonl"], "HellaSwag's test file has no labels"),
-    (lambda d: (d / "t.txt").write_text("words " * 50), ["--dataset_path", "{d}/t.txt", "--context", "16",
-                                                        "--stride", "32"], "--stride 32 is larger than --context 16"),
-    (lambda d: (d / "t.txt").write_text("words " * 50), ["--dataset_path", "{d}/t.txt", "--context", "65"],
-     "--context 65 is larger than the model's context of 64"),
-    (lambda d: None, ["--task", "bleu", "--dataset_path", "x"], "invalid choice: 'bleu'"),
-    (lambda d: None, ["--task", "lambada"], "--task lambada needs --dataset_path"),
-])
+@pytest.mark.parametrize(
+    "make, args, message",
+    [
+        (lambda d: (d / "empty.txt").write_text(""), ["--dataset_path", "{d}/empty.txt"], "holds no text"),
+        (lambda d: (d / "bin.txt").write_bytes(b"\xff\xfe\x00"), ["--dataset_path", "{d}/bin.txt"], "not UTF-8 text"),
+        (
+            lambda d: (d / "l.jsonl").write_text('{"text": "a b"}\n{"txt": "c d"}\n'),
+            ["--task", "lambada", "--dataset_path", "{d}/l.jsonl"],
+            "l.jsonl:2: expected a field 'text'",
+        ),
+        (
+            lambda d: (d / "m.jsonl").write_text('{"context": "x", "endings": [" a"], "label": 3}\n'),
+            ["--task", "multiple_choice", "--dataset_path", "{d}/m.jsonl"],
+            "a label that indexes them",
+        ),
+        (
+            lambda d: (d / "h.jsonl").write_text(
+                '{"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "endings": [" d"], "label": ""}\n'
+            ),
+            ["--task", "multiple_choice", "--dataset_path", "{d}/h.jsonl"],
+            "HellaSwag's test file has no labels",
+        ),
+        (
+            lambda d: (d / "t.txt").write_text("words " * 50),
+            ["--dataset_path", "{d}/t.txt", "--context", "16", "--stride", "32"],
+            "--stride 32 is larger than --context 16",
+        ),
+        (
+            lambda d: (d / "t.txt").write_text("words " * 50),
+            ["--dataset_path", "{d}/t.txt", "--context", "65"],
+            "--context 65 is larger than the model's context of 64",
+        ),
+        (lambda d: None, ["--task", "bleu", "--dataset_path", "x"], "invalid choice: 'bleu'"),
+        (lambda d: None, ["--task", "lambada"], "--task lambada needs --dataset_path"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(small_model_dir, tmp_path, make, args, message):
     make(tmp_path)
     result = cli("--model_dir", small_model_dir, *[a.format(d=tmp_path) for a in args])
@@ -239,21 +323,43 @@ def test_scoring_does_not_retrace_for_new_lengths_in_a_bucket(tiny):
 
 
 def test_the_hellaswag_converter_and_reading_hellaswag_directly(small, small_model_dir, tmp_path):
-    row = {"activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow covering the "
-           "window of a car, and a woman wearing winter clothes smiles.", "ctx_b": "then",
-           "endings": [", the man adds wax to the windshield and cuts it.", ", a person board a ski lift.",
-                       ", the man puts on a christmas coat, knitted with netting.",
-                       ", the man continues removing the snow on his car."], "label": "3"}
+    row = {
+        "activity_label": "Removing ice from car",
+        "ctx_a": "Then, the man writes over the snow covering the "
+        "window of a car, and a woman wearing winter clothes smiles.",
+        "ctx_b": "then",
+        "endings": [
+            ", the man adds wax to the windshield and cuts it.",
+            ", a person board a ski lift.",
+            ", the man puts on a christmas coat, knitted with netting.",
+            ", the man continues removing the snow on his car.",
+        ],
+        "label": "3",
+    }
     (tmp_path / "val.jsonl").write_text(json.dumps(row) + "\n")
-    out = subprocess.run([sys.executable, str(ROOT / "datasets" / "convert_hellaswag.py"), str(tmp_path / "val.jsonl")],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "datasets" / "convert_hellaswag.py"), str(tmp_path / "val.jsonl")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     converted = json.loads(out)
-    assert converted["context"] == ("Removing ice from car: Then, the man writes over the snow covering the window "
-                                    "of a car, and a woman wearing winter clothes smiles. Then")
+    assert converted["context"] == (
+        "Removing ice from car: Then, the man writes over the snow covering the window "
+        "of a car, and a woman wearing winter clothes smiles. Then"
+    )
     assert converted["endings"][3] == " , the man continues removing the snow on his car." and converted["label"] == 3
     # evaluate.py reads HellaSwag's own file as the converted rows
-    result = cli("--model_dir", small_model_dir, "--task", "multiple_choice", "--dataset_path", tmp_path / "val.jsonl",
-                 "--output", "json")
+    result = cli(
+        "--model_dir",
+        small_model_dir,
+        "--task",
+        "multiple_choice",
+        "--dataset_path",
+        tmp_path / "val.jsonl",
+        "--output",
+        "json",
+    )
     assert result.returncode == 0, result.stderr
     want, _ = evaluate.multiple_choice(small[0], [converted], encoder=gpt2tf.get_encoder())
     got = json.loads(result.stdout)

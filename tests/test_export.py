@@ -12,19 +12,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import gpt2tf
 from conftest import SMALL
-from gpt2tf.layout import EOT_ID
-from gpt2tf.sample import generate
-from gpt2tf.tf_encoder import TFEncoder
 from reference import read_openai_checkpoint, reference_logits
 from test_encoder import CONTRACTIONS, EMOJI, SPACES, _adversarial_documents, _real_documents
 
+import gpt2tf
+from gpt2tf.layout import EOT_ID
+from gpt2tf.sample import generate
+from gpt2tf.tf_encoder import TFEncoder
+
 ROOT = Path(__file__).resolve().parents[1]
-HARD = ["", "a", "hi", "'s", " 's", "\n's", "5's", "I'm 'S 'sa 'll've DON'T ''d 're' it's", "a   b\n\nc \t 's",
-        "  x", "x  ", "<|endoftext|> hi", "héllo wörld 😀😀 中文字符", " " * 50, "x" + " " * 20 + "y", "\r\n\r\n",
-        "\u00a0a\u3000b\u2028c", "1,000.5 3.14", "ab'", *CONTRACTIONS, *EMOJI, *SPACES]
+HARD = [
+    "",
+    "a",
+    "hi",
+    "'s",
+    " 's",
+    "\n's",
+    "5's",
+    "I'm 'S 'sa 'll've DON'T ''d 're' it's",
+    "a   b\n\nc \t 's",
+    "  x",
+    "x  ",
+    "<|endoftext|> hi",
+    "héllo wörld 😀😀 中文字符",
+    " " * 50,
+    "x" + " " * 20 + "y",
+    "\r\n\r\n",
+    "\u00a0a\u3000b\u2028c",
+    "1,000.5 3.14",
+    "ab'",
+    *CONTRACTIONS,
+    *EMOJI,
+    *SPACES,
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +63,7 @@ def test_in_graph_bpe_equals_the_encoder_on_the_corpus(encoder, tf_encoder):
     encode = tf.function(tf_encoder.encode)
     mismatches = []
     for first in range(0, len(docs), 64):
-        batch = docs[first:first + 64]
+        batch = docs[first : first + 64]
         for text, ids in zip(batch, encode(tf.constant(batch)).to_list()):
             if ids != encoder.encode(text):
                 mismatches.append(text[:60])
@@ -83,14 +104,25 @@ for name, args in calls:
 json.dump(out, open(sys.argv[3], "w"))
 """
 
-PROMPTS = ["She picked up the sword", "a", "", "The quick brown fox jumps over the lazy dog " * 12]  # the last: 108 tokens
+PROMPTS = [
+    "She picked up the sword",
+    "a",
+    "",
+    "The quick brown fox jumps over the lazy dog " * 12,
+]  # the last: 108 tokens
 MAX_NEW = [20, 5, 12, 16]
 
 
 def export_cli(*args, cwd=None):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the command quiets TensorFlow itself
-    return subprocess.run([sys.executable, str(ROOT / "export.py"), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "export.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +132,18 @@ def exported(tmp_path_factory, encoder):
     source = base / "source"
     gpt2tf.write_synthetic_checkpoint(source, SMALL, seed=11)
     model = gpt2tf.load_model(source)
-    common = np.bincount(np.concatenate(generate(model, [encoder.encode(p) for p in PROMPTS[:2]], length=30,
-                                                 temperature=0)), minlength=SMALL.n_vocab).argmax()
+    common = np.bincount(
+        np.concatenate(generate(model, [encoder.encode(p) for p in PROMPTS[:2]], length=30, temperature=0)),
+        minlength=SMALL.n_vocab,
+    ).argmax()
     wte = model.wte.numpy()
     wte[EOT_ID] = 1.02 * wte[common]
     model.wte.assign(wte)
     model_dir = base / "model"
     gpt2tf.save_openai_checkpoint(model, model_dir)
-    result = export_cli("--model_dir", model_dir, "--export_dir", base / "exported", "--max_new_tokens", 8,
-                        "--top_k", 5, "--seed", 3)
+    result = export_cli(
+        "--model_dir", model_dir, "--export_dir", base / "exported", "--max_new_tokens", 8, "--top_k", 5, "--seed", 3
+    )
     assert result.returncode == 0, result.stderr
     assert (base / "exported" / "1" / "saved_model.pb").is_file()
     assert not [p for p in (base / "exported").iterdir() if p.name != "1"]  # the temporary dir is gone
@@ -117,36 +152,59 @@ def exported(tmp_path_factory, encoder):
 
 def call_export(path, calls, tmp_path):
     (tmp_path / "calls.json").write_text(json.dumps(calls))
-    result = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(path), str(tmp_path / "calls.json"),
-                             str(tmp_path / "out.json")], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": ""}, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, str(path), str(tmp_path / "calls.json"), str(tmp_path / "out.json")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ""},
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((tmp_path / "out.json").read_text())
 
 
 def test_the_export_runs_without_gpt2tf_and_matches_the_library(exported, encoder, tmp_path):
     model, model_dir, path = exported
-    settings = [dict(temperature=[0.0] * 4, top_k=[0] * 4, top_p=[1.0] * 4),  # greedy
-                dict(temperature=[0.9, 1.0, 0.7, 1.2], top_k=[40, 0, 5, 0], top_p=[0.95, 1.0, 1.0, 0.8]),  # seeded
-                dict(temperature=[0.0, 1.0, 0.0, 1.0], top_k=[0, 3, 0, 0], top_p=[1.0, 1.0, 1.0, 1.0])]  # mixed
+    settings = [
+        dict(temperature=[0.0] * 4, top_k=[0] * 4, top_p=[1.0] * 4),  # greedy
+        dict(temperature=[0.9, 1.0, 0.7, 1.2], top_k=[40, 0, 5, 0], top_p=[0.95, 1.0, 1.0, 0.8]),  # seeded
+        dict(temperature=[0.0, 1.0, 0.0, 1.0], top_k=[0, 3, 0, 0], top_p=[1.0, 1.0, 1.0, 1.0]),
+    ]  # mixed
     seeds = [7, 8, 9, 10]
     texts = ["She picked up the sword", "I'm 'S 'sa DON'T \n\n x  y", ""] + HARD[12:16]
     calls = [["generate", dict(prompt=PROMPTS, max_new_tokens=MAX_NEW, seed=seeds, **s)] for s in settings]
-    calls += [["generate", dict(prompt=["a", "b"], max_new_tokens=[1000, 2], temperature=[0.0, 0.0], top_k=[0, 0],
-                                top_p=[1.0, 1.0], seed=[0, 0])],
-              ["serving_default", dict(prompt=["Hello", "Hello"])],
-              ["encode", dict(text=texts)],
-              ["decode", dict(tokens=[[31373, 995, -1], [87, -1, -1], [-1, -1, -1]])],
-              ["score", dict(tokens=[[464, 2068, 7586, 21831], [1, 2, -1, -1]])]]
+    calls += [
+        [
+            "generate",
+            dict(
+                prompt=["a", "b"],
+                max_new_tokens=[1000, 2],
+                temperature=[0.0, 0.0],
+                top_k=[0, 0],
+                top_p=[1.0, 1.0],
+                seed=[0, 0],
+            ),
+        ],
+        ["serving_default", dict(prompt=["Hello", "Hello"])],
+        ["encode", dict(text=texts)],
+        ["decode", dict(tokens=[[31373, 995, -1], [87, -1, -1], [-1, -1, -1]])],
+        ["score", dict(tokens=[[464, 2068, 7586, 21831], [1, 2, -1, -1]])],
+    ]
     out = call_export(path, calls, tmp_path)
     ended_early = 0
     for s, result in zip(settings, out[:3]):
         for row, prompt in enumerate(PROMPTS):
-            want = generate(model, [encoder.encode(prompt)], length=MAX_NEW[row], seed=seeds[row],
-                            truncate_prompt=True, **{k: v[row] for k, v in s.items()})[0]
+            want = generate(
+                model,
+                [encoder.encode(prompt)],
+                length=MAX_NEW[row],
+                seed=seeds[row],
+                truncate_prompt=True,
+                **{k: v[row] for k, v in s.items()},
+            )[0]
             tokens = result["tokens"][row]
             assert len(tokens) == max(MAX_NEW)
-            assert [t for t in tokens if t >= 0] == want and all(t == -1 for t in tokens[len(want):]), (s, row)
+            assert [t for t in tokens if t >= 0] == want and all(t == -1 for t in tokens[len(want) :]), (s, row)
             assert result["num_tokens"][row] == len(want) and result["text"][row] == encoder.decode(want)
             ended_early += len(want) < MAX_NEW[row]
     assert ended_early >= 2  # rows stopped at <|endoftext|>
@@ -163,11 +221,14 @@ def test_the_export_runs_without_gpt2tf_and_matches_the_library(exported, encode
     params = read_openai_checkpoint(str(model_dir / "model.ckpt"))
     for tokens, logprobs in zip([[464, 2068, 7586, 21831], [1, 2]], out[7]["logprobs"]):
         logits = reference_logits(params, SMALL.n_head, tokens)
-        log_softmax = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
-            logits.max(-1, keepdims=True)
+        log_softmax = (
+            logits
+            - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+            - logits.max(-1, keepdims=True)
+        )
         want = [0.0] + [log_softmax[i - 1, t] for i, t in enumerate(tokens) if i]
-        np.testing.assert_allclose(logprobs[:len(tokens)], want, rtol=1e-4, atol=1e-4)
-        assert all(v == 0.0 for v in logprobs[len(tokens):])
+        np.testing.assert_allclose(logprobs[: len(tokens)], want, rtol=1e-4, atol=1e-4)
+        assert all(v == 0.0 for v in logprobs[len(tokens) :])
 
 
 def test_the_no_xla_export_gives_the_same_tokens(exported, encoder):
@@ -176,21 +237,33 @@ def test_the_no_xla_export_gives_the_same_tokens(exported, encoder):
     model, _, _ = exported
     module = build_module(model, encoder, ExportConfig(no_xla=True))
     n = len(PROMPTS)
-    out = module.generate(tf.constant(PROMPTS), tf.constant(MAX_NEW), tf.zeros([n]), tf.zeros([n], tf.int32),
-                          tf.ones([n]), tf.constant([1] * n))
+    out = module.generate(
+        tf.constant(PROMPTS),
+        tf.constant(MAX_NEW),
+        tf.zeros([n]),
+        tf.zeros([n], tf.int32),
+        tf.ones([n]),
+        tf.constant([1] * n),
+    )
     for row, prompt in enumerate(PROMPTS):
         want = generate(model, [encoder.encode(prompt)], length=MAX_NEW[row], temperature=0, truncate_prompt=True)[0]
         assert [t for t in out["tokens"].numpy()[row] if t >= 0] == want
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model_dir", "{d}/nowhere"], "nowhere"),
-    (["--model_dir", "{model}", "--export_dir", "{export}"], "already holds an export"),
-    (["--model_dir", "{model}", "--top_p", "2"], "top_p must be in (0, 1]"),
-    (["--model_dir", "{model}", "--max_new_tokens", "0"], "--max_new_tokens must be at least 1"),
-    (["--model_dir", "{model}", "--version", "0"], "--version must be a positive integer"),
-    (["--model_dir", "{model}", "--max_new_tokens", "64", "--export_dir", "{d}/x"], "must be below the model's context"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model_dir", "{d}/nowhere"], "nowhere"),
+        (["--model_dir", "{model}", "--export_dir", "{export}"], "already holds an export"),
+        (["--model_dir", "{model}", "--top_p", "2"], "top_p must be in (0, 1]"),
+        (["--model_dir", "{model}", "--max_new_tokens", "0"], "--max_new_tokens must be at least 1"),
+        (["--model_dir", "{model}", "--version", "0"], "--version must be a positive integer"),
+        (
+            ["--model_dir", "{model}", "--max_new_tokens", "64", "--export_dir", "{d}/x"],
+            "must be below the model's context",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(exported, tmp_path, args, message):
     _, model_dir, path = exported
     result = export_cli(*[a.format(d=tmp_path, model=model_dir, export=path.parent) for a in args], cwd=tmp_path)

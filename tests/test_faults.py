@@ -46,16 +46,31 @@ def base(tmp_path_factory):
 
 
 def flags(base, run_dir, **changes):
-    values = dict(model_dir=str(base / "model"), dataset_path=str(base / "corpus.txt"), output_dir=str(run_dir),
-                  num_epoch=1, steps_per_epoch=STEPS, save_every=1, keep_checkpoints=2, length=16, log_every=1,
-                  optimizer="adam", base_lr=1e-2, cache_dir=str(base / "cache"), xla=False)
+    values = dict(
+        model_dir=str(base / "model"),
+        dataset_path=str(base / "corpus.txt"),
+        output_dir=str(run_dir),
+        num_epoch=1,
+        steps_per_epoch=STEPS,
+        save_every=1,
+        keep_checkpoints=2,
+        length=16,
+        log_every=1,
+        optimizer="adam",
+        base_lr=1e-2,
+        cache_dir=str(base / "cache"),
+        xla=False,
+    )
     values.update(changes)
     return values
 
 
 def cli_args(values):
-    return [a for k, v in values.items() for a in ((f"--{k}",) if v is True else (f"--no_{k}",) if v is False
-                                                   else (f"--{k}", str(v)))]
+    return [
+        a
+        for k, v in values.items()
+        for a in ((f"--{k}",) if v is True else (f"--no_{k}",) if v is False else (f"--{k}", str(v)))
+    ]
 
 
 def weights_of(run_dir):
@@ -117,8 +132,14 @@ finally:
 
 def run_killer(kill_at, values, timeout=300):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-c", KILLER, str(kill_at), *cli_args(values)], capture_output=True,
-                          text=True, env=env, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", KILLER, str(kill_at), *cli_args(values)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def test_kill_9_before_each_file_operation_of_a_save(base, reference, tmp_path):
@@ -147,8 +168,13 @@ def test_kill_9_at_random_moments(base, reference, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     for attempt in range(3):
         run_dir = tmp_path / f"random{attempt}"
-        process = subprocess.Popen([sys.executable, "-c", KILLER, "0", *cli_args(flags(base, run_dir))],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILLER, "0", *cli_args(flags(base, run_dir))],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=ROOT,
+        )
         # Wait until training has started (the first checkpoint is named), then kill at a random moment after.
         deadline = time.monotonic() + 120
         while not (run_dir / "checkpoint").is_file() and process.poll() is None and time.monotonic() < deadline:
@@ -184,6 +210,7 @@ def test_no_space_at_each_write_of_a_save_loses_nothing(base, reference, tmp_pat
                     raise tf.errors.ResourceExhaustedError(None, None, "write failed: No space left on device")
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             return originals[(owner, name)](*args, **kwargs)
+
         return wrapped
 
     for owner, name in WRITES:
@@ -241,8 +268,9 @@ def test_a_really_full_disk_during_a_save(base, reference, small_disk):
 
 # ---- damaged files -------------------------------------------------------------------------------------------------
 
+
 def cut_short(path):
-    path.write_bytes(path.read_bytes()[:max(path.stat().st_size // 2, 1) - 1])
+    path.write_bytes(path.read_bytes()[: max(path.stat().st_size // 2, 1) - 1])
 
 
 def zeroed(path):
@@ -290,9 +318,13 @@ def test_each_file_of_a_model_dir_damaged(base, tmp_path, damage):
 
 
 def test_hparams_json_of_wrong_types_and_shapes(base, tmp_path):
-    for content in ('{"n_vocab": "50257", "n_ctx": 32, "n_embd": 8, "n_head": 2, "n_layer": 1}', "[1, 2]", "null",
-                    '{"n_vocab": 50257, "n_ctx": 1000000000, "n_embd": 8, "n_head": 2, "n_layer": 1}',
-                    '{"n_vocab": 50257, "n_ctx": 32, "n_embd": 8, "n_head": 2, "n_layer": 2}'):
+    for content in (
+        '{"n_vocab": "50257", "n_ctx": 32, "n_embd": 8, "n_head": 2, "n_layer": 1}',
+        "[1, 2]",
+        "null",
+        '{"n_vocab": 50257, "n_ctx": 1000000000, "n_embd": 8, "n_head": 2, "n_layer": 1}',
+        '{"n_vocab": 50257, "n_ctx": 32, "n_embd": 8, "n_head": 2, "n_layer": 2}',
+    ):
         model_dir = tmp_path / "m"
         shutil.copytree(base / "model", model_dir)
         (model_dir / "hparams.json").write_text(content)
@@ -305,9 +337,17 @@ def finished_run(base, reference):
     return base / "reference"
 
 
-RUN_FILES = ["checkpoint", "hparams.json", "train_config.json", "metrics.jsonl", "model.ckpt-4.index",
-             "model.ckpt-4.data-00000-of-00001", "train_state/ckpt-4.index", "train_state/ckpt-4.data-00000-of-00001",
-             "model.ckpt-3.index"]
+RUN_FILES = [
+    "checkpoint",
+    "hparams.json",
+    "train_config.json",
+    "metrics.jsonl",
+    "model.ckpt-4.index",
+    "model.ckpt-4.data-00000-of-00001",
+    "train_state/ckpt-4.index",
+    "train_state/ckpt-4.data-00000-of-00001",
+    "model.ckpt-3.index",
+]
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -329,8 +369,7 @@ def test_each_file_of_a_run_dir_damaged(base, finished_run, reference, tmp_path,
 
 
 def test_train_config_json_of_wrong_types(base, finished_run, tmp_path):
-    for change in ({"num_epoch": "4"}, {"base_lr": None}, {"xla": "yes"}, {"decay_lr": -1},
-                   {"model_dir": 7}):
+    for change in ({"num_epoch": "4"}, {"base_lr": None}, {"xla": "yes"}, {"decay_lr": -1}, {"model_dir": 7}):
         run_dir = tmp_path / "run"
         shutil.copytree(finished_run, run_dir)
         saved = json.loads((run_dir / "train_config.json").read_text())

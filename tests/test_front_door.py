@@ -49,8 +49,9 @@ def user_env(**env):
 
 def sh(workdir, command, **env):
     """Run `command` (a shell command line, exactly as a user types it) in `workdir`."""
-    return subprocess.run(command, shell=True, cwd=workdir, env=user_env(**env), capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        command, shell=True, cwd=workdir, env=user_env(**env), capture_output=True, text=True, timeout=600
+    )
 
 
 def one_line_error(result):
@@ -87,8 +88,9 @@ def test_inference_as_written_uses_models_124M(workdir):
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout)
     enc = gpt2tf.get_encoder()
-    want = sample.generate(gpt2tf.load_model(workdir / "models" / "124M"), [enc.encode("...")], length=100,
-                           top_k=0, top_p=0.9, seed=7)
+    want = sample.generate(
+        gpt2tf.load_model(workdir / "models" / "124M"), [enc.encode("...")], length=100, top_k=0, top_p=0.9, seed=7
+    )
     assert row["tokens"] == want[0]
 
 
@@ -102,8 +104,9 @@ def test_inference_without_models_124M_says_how_to_get_it(tmp_path):
 def test_finetune_cnndm_as_written_offline_is_one_line_and_leaves_no_run_dir(workdir):
     if data._unreachable(data.DOWNLOAD_HOSTS["cnn_dailymail"][0]) is None:
         pytest.skip("this machine reaches tfds' cnn_dailymail hosts: the offline error cannot happen here")
-    result = sh(workdir, "python finetune.py --model_dir models/355M --data_loader cnndm",
-                TFDS_DATA_DIR=str(workdir / "tfds"))
+    result = sh(
+        workdir, "python finetune.py --model_dir models/355M --data_loader cnndm", TFDS_DATA_DIR=str(workdir / "tfds")
+    )
     error = one_line_error(result)
     assert f"tensorflow-datasets cnn_dailymail is not prepared in {workdir / 'tfds'}" in error
     assert "give --dataset_path" in error and "story layout" in error and "JSONL" in error
@@ -113,13 +116,17 @@ def test_finetune_cnndm_as_written_offline_is_one_line_and_leaves_no_run_dir(wor
 
 def test_the_ancestors_commands_round_trip_through_the_h5_file(workdir):
     (workdir / "dataset").mkdir()
-    words = "she picked up the sword and walked into the house of blue leaves where the bride waited".split()
+    words = ["she", "picked", "up", "the", "sword", "and", "walked", "into", "the", "house", "of", "blue", "leaves", "where", "the", "bride", "waited"]
     rng = np.random.default_rng(0)
     (workdir / "dataset" / "killbill.txt").write_text(
-        "\n".join(" ".join(rng.choice(words, 12)) for _ in range(200)), encoding="utf-8")
-    result = sh(workdir, "python finetune.py --model_dir=models/124M/ --output_name=killbill_124M_5x2000.h5 "
-                         "--dataset_path=dataset/killbill.txt --data_loader=text --num_epoch=5 "
-                         "--decay_epochs=\"4,5\" --steps_per_epoch=2000 --max_steps 2")
+        "\n".join(" ".join(rng.choice(words, 12)) for _ in range(200)), encoding="utf-8"
+    )
+    result = sh(
+        workdir,
+        "python finetune.py --model_dir=models/124M/ --output_name=killbill_124M_5x2000.h5 "
+        "--dataset_path=dataset/killbill.txt --data_loader=text --num_epoch=5 "
+        '--decay_epochs="4,5" --steps_per_epoch=2000 --max_steps 2',
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("run dir: runs/124M-killbill (new run)\n")
     h5 = workdir / "output" / "killbill_124M_5x2000.h5"
@@ -132,33 +139,41 @@ def test_the_ancestors_commands_round_trip_through_the_h5_file(workdir):
     with h5py.File(h5, "r") as f:
         assert [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]] == ["h0", "h1", "ln_f"]
         stored = {}
-        f.visititems(lambda name, obj: stored.update({name.split("/", 1)[1]: obj[()]})
-                     if isinstance(obj, h5py.Dataset) else None)
+        f.visititems(
+            lambda name, obj: stored.update({name.split("/", 1)[1]: obj[()]}) if isinstance(obj, h5py.Dataset) else None
+        )
     assert sorted(stored) == sorted(reader.get_variable_to_shape_map())
     for key, value in stored.items():
         np.testing.assert_array_equal(value, reader.get_tensor(key))
-    assert not np.array_equal(stored["model/h0/mlp/c_fc/w"],
-                              tf.train.load_checkpoint(str(workdir / "models" / "124M" / "model.ckpt"))
-                              .get_tensor("model/h0/mlp/c_fc/w"))  # it did train
+    assert not np.array_equal(
+        stored["model/h0/mlp/c_fc/w"],
+        tf.train.load_checkpoint(str(workdir / "models" / "124M" / "model.ckpt")).get_tensor("model/h0/mlp/c_fc/w"),
+    )  # it did train
 
     sampling = "--nucleus --top_p=1.0 --temperature=1.0 --output_length=200 --starter='She picked up the sword'"
-    ancestor = sh(workdir, f"python inference.py --model_dir=models/124M/ --custom_model=output/killbill_124M_5x2000.h5 "
-                           f"{sampling} --seed 5 --output jsonl")
+    ancestor = sh(
+        workdir,
+        f"python inference.py --model_dir=models/124M/ --custom_model=output/killbill_124M_5x2000.h5 "
+        f"{sampling} --seed 5 --output jsonl",
+    )
     run_dir = sh(workdir, f"python inference.py --model_dir=runs/124M-killbill/ {sampling} --seed 5 --output jsonl")
     assert ancestor.returncode == 0 and run_dir.returncode == 0, ancestor.stderr + run_dir.stderr
     assert json.loads(ancestor.stdout)["tokens"] == json.loads(run_dir.stdout)["tokens"]
     assert len(json.loads(ancestor.stdout)["tokens"]) > 0
 
     # The weights of a 124M run do not fit the 355M model: one line naming the first tensor that differs.
-    error = one_line_error(sh(workdir, "python inference.py --model_dir models/355M "
-                                       "--custom_model output/killbill_124M_5x2000.h5"))
+    error = one_line_error(
+        sh(workdir, "python inference.py --model_dir models/355M --custom_model output/killbill_124M_5x2000.h5")
+    )
     assert "model/wte is [50257, 16] in the file but [50257, 32] in hparams.json" in error
 
 
 def test_a_second_identical_command_continues_the_run(workdir):
     (workdir / "notes.txt").write_text("A line of text to learn from. " * 400, encoding="utf-8")
-    command = "python finetune.py --model_dir models/124M --dataset_path notes.txt --num_epoch 1 " \
-              "--steps_per_epoch 2 --length 32"
+    command = (
+        "python finetune.py --model_dir models/124M --dataset_path notes.txt --num_epoch 1 "
+        "--steps_per_epoch 2 --length 32"
+    )
     first = sh(workdir, command)
     assert first.returncode == 0, first.stderr
     assert first.stderr.startswith("run dir: runs/124M-notes (new run)\n")
@@ -176,9 +191,14 @@ def test_the_gpt2tf_command_runs_every_subcommand(tmp_path):
     run = lambda *args: subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=user_env())  # noqa
     listing = run(str(command), "--help")
     assert listing.returncode == 0 and len(listing.stdout.splitlines()) <= 24  # one screen
-    for name, script in (("download", "download_model.py"), ("generate", "inference.py"),
-                         ("finetune", "finetune.py"), ("serve", "serve.py"), ("evaluate", "evaluate.py"),
-                         ("export", "export.py")):
+    for name, script in (
+        ("download", "download_model.py"),
+        ("generate", "inference.py"),
+        ("finetune", "finetune.py"),
+        ("serve", "serve.py"),
+        ("evaluate", "evaluate.py"),
+        ("export", "export.py"),
+    ):
         assert f"  {name} " in listing.stdout and f"python {script}" in listing.stdout
         sub, alone = run(str(command), name, "--help"), run(sys.executable, str(ROOT / script), "--help")
         assert sub.returncode == 0 and alone.returncode == 0, sub.stderr + alone.stderr

@@ -14,11 +14,11 @@ import pytest
 import tensorflow as tf
 import torch
 import transformers
+from conftest import SMALL
 
 import gpt2tf
-from conftest import SMALL
-from gpt2tf.errors import GPT2TFError
 from gpt2tf import save_hf_checkpoint
+from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,13 +28,21 @@ IDS = [[464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]]
 def random_hf_model(hparams, seed=0, **config):
     """A GPT2LMHeadModel with every tensor random (gains and biases included)."""
     torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=hparams.n_vocab, n_positions=hparams.n_ctx, n_embd=hparams.n_embd,
-                                  n_head=hparams.n_head, n_layer=hparams.n_layer, **config)
+    cfg = transformers.GPT2Config(
+        vocab_size=hparams.n_vocab,
+        n_positions=hparams.n_ctx,
+        n_embd=hparams.n_embd,
+        n_head=hparams.n_head,
+        n_layer=hparams.n_layer,
+        **config,
+    )
     model = transformers.GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.1 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.03)
-                    + (1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0))
+            p.copy_(
+                torch.randn_like(p) * (0.1 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.03)
+                + (1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0)
+            )
     return model
 
 
@@ -45,8 +53,14 @@ def hf_logits(model, ids=IDS):
 
 def cli(script, *args, cwd=None):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +91,11 @@ def test_sharded_untied_prefixless_and_old_buffers(tmp_path, hf_small):
     # GPT2Model's names (no `transformer.`), an explicit lm_head equal to wte, and old versions' mask buffers.
     from safetensors.torch import save_file
 
-    state = {k[len("transformer."):]: v.clone().contiguous() for k, v in model.state_dict().items()
-             if k.startswith("transformer.")}
+    state = {
+        k[len("transformer.") :]: v.clone().contiguous()
+        for k, v in model.state_dict().items()
+        if k.startswith("transformer.")
+    }
     state["lm_head.weight"] = state["wte.weight"].clone()
     state["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 8, 8))
     state["h.0.attn.masked_bias"] = torch.tensor(-1e4)
@@ -118,8 +135,11 @@ def test_the_written_tokenizer_gives_our_ids(tmp_path, small_model_dir):
     texts = ["Hello world, it's a test  \n\n ok", "héllo 😀 中文", "<|endoftext|> x"]
     texts += _adversarial_documents(random.Random(7), 150)[:150]
     # <|endoftext|> in text is text to our encoder (as OpenAI's) unless allowed; HF's splits it only when told to.
-    bad = [t[:40] for t in texts
-           if tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"] != encoder.encode(t)]
+    bad = [
+        t[:40]
+        for t in texts
+        if tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"] != encoder.encode(t)
+    ]
     assert bad == []
     assert tokenizer("<|endoftext|> x")["input_ids"] == encoder.encode("<|endoftext|> x", allowed_special="all")
     assert tokenizer.decode(encoder.encode("Hello world")) == "Hello world"
@@ -137,8 +157,10 @@ def test_round_trips_are_bit_exact_and_convert_runs(tmp_path, small_model_dir):
     for name in names:
         assert np.array_equal(first.get_tensor(name), again.get_tensor(name)), name
     # Every script takes either layout: the same greedy text from both.
-    outs = [cli("inference.py", "--model_dir", d, "--greedy", "--output_length", "8", "--starter", "Hello", "--seed", "1")
-            for d in (small_model_dir, tmp_path / "hf")]
+    outs = [
+        cli("inference.py", "--model_dir", d, "--greedy", "--output_length", "8", "--starter", "Hello", "--seed", "1")
+        for d in (small_model_dir, tmp_path / "hf")
+    ]
     assert all(o.returncode == 0 for o in outs), outs[1].stderr
     assert outs[0].stdout == outs[1].stdout
 
@@ -146,9 +168,23 @@ def test_round_trips_are_bit_exact_and_convert_runs(tmp_path, small_model_dir):
 def test_finetune_starts_from_a_hf_dir_and_save_hf_writes_a_copy(tmp_path, hf_small):
     _, path = hf_small
     (tmp_path / "data.txt").write_text("The quick brown fox jumps over the lazy dog. " * 200)
-    result = cli("finetune.py", "--model_dir", path, "--dataset_path", tmp_path / "data.txt", "--output_dir",
-                 tmp_path / "run", "--max_steps", "1", "--batch_size", "2", "--length", "32", "--save_hf",
-                 "--no_xla")
+    result = cli(
+        "finetune.py",
+        "--model_dir",
+        path,
+        "--dataset_path",
+        tmp_path / "data.txt",
+        "--output_dir",
+        tmp_path / "run",
+        "--max_steps",
+        "1",
+        "--batch_size",
+        "2",
+        "--length",
+        "32",
+        "--save_hf",
+        "--no_xla",
+    )
     assert result.returncode == 0, result.stderr
     run = gpt2tf.load_model(tmp_path / "run")
     copy = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "hf").eval()
@@ -165,15 +201,23 @@ def _header_shape(d):
     (d / "config.json").write_text(json.dumps({**config, "n_embd": 32}))  # the tensors are 16 wide
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: (d / "model-00002-of-00002.safetensors").unlink(), "missing shard model-00002-of-00002.safetensors"),
-    (lambda d: _truncate(d), "is cut short"),
-    (lambda d: _header_shape(d), "does not match its config.json"),
-    (lambda d: (d / "config.json").write_text(json.dumps({"model_type": "llama"})), "model_type 'llama', not 'gpt2'"),
-    (lambda d: (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "activation_function": "relu"})),
-     "activation_function = 'relu'"),
-    (lambda d: (d / "config.json").unlink(), "Hugging Face's (config.json"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "model-00002-of-00002.safetensors").unlink(), "missing shard model-00002-of-00002.safetensors"),
+        (lambda d: _truncate(d), "is cut short"),
+        (lambda d: _header_shape(d), "does not match its config.json"),
+        (
+            lambda d: (d / "config.json").write_text(json.dumps({"model_type": "llama"})),
+            "model_type 'llama', not 'gpt2'",
+        ),
+        (
+            lambda d: (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "activation_function": "relu"})),
+            "activation_function = 'relu'",
+        ),
+        (lambda d: (d / "config.json").unlink(), "Hugging Face's (config.json"),
+    ],
+)
 def test_bad_checkpoints_are_one_line_and_exit_2(tmp_path, hf_small, damage, message):
     model, _ = hf_small
     sharded = "missing shard" in message

@@ -35,7 +35,12 @@ def test_json_round_trip_uses_openai_keys(tmp_path):
     hp = HParams(n_vocab=11, n_ctx=7, n_embd=6, n_head=3, n_layer=2)
     hp.to_json(tmp_path / "hparams.json")
     assert json.loads((tmp_path / "hparams.json").read_text()) == {
-        "n_vocab": 11, "n_ctx": 7, "n_embd": 6, "n_head": 3, "n_layer": 2}
+        "n_vocab": 11,
+        "n_ctx": 7,
+        "n_embd": 6,
+        "n_head": 3,
+        "n_layer": 2,
+    }
     assert HParams.from_json(tmp_path / "hparams.json") == hp
     assert not list(tmp_path.glob("*.tmp-*"))
 
@@ -45,25 +50,31 @@ def test_frozen():
         HParams().n_layer = 3
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(n_embd=10, n_head=4), "n_embd \\(10\\) must be divisible by n_head \\(4\\)"),
-    (dict(n_layer=0), "n_layer must be a positive integer"),
-    (dict(n_ctx=-1), "n_ctx must be a positive integer"),
-    (dict(n_vocab=1.5), "n_vocab must be a positive integer"),
-    (dict(n_head=True), "n_head must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(n_embd=10, n_head=4), "n_embd \\(10\\) must be divisible by n_head \\(4\\)"),
+        (dict(n_layer=0), "n_layer must be a positive integer"),
+        (dict(n_ctx=-1), "n_ctx must be a positive integer"),
+        (dict(n_vocab=1.5), "n_vocab must be a positive integer"),
+        (dict(n_head=True), "n_head must be a positive integer"),
+    ],
+)
 def test_validation(changes, message):
     with pytest.raises(GPT2TFError, match=message):
         HParams(**changes)
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no hparams.json"),
-    ("{not json", "cannot read .* as JSON"),
-    ("[1, 2]", "must hold a JSON object"),
-    ('{"n_vocab": 5, "n_ctx": 4, "n_embd": 4, "n_head": 2}', "missing \\['n_layer'\\]"),
-    ('{"n_vocab": 5, "n_ctx": 4, "n_embd": 4, "n_head": 2, "n_layer": 1, "n_x": 3}', "unknown \\['n_x'\\]"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no hparams.json"),
+        ("{not json", "cannot read .* as JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"n_vocab": 5, "n_ctx": 4, "n_embd": 4, "n_head": 2}', "missing \\['n_layer'\\]"),
+        ('{"n_vocab": 5, "n_ctx": 4, "n_embd": 4, "n_head": 2, "n_layer": 1, "n_x": 3}', "unknown \\['n_x'\\]"),
+    ],
+)
 def test_bad_json_files(tmp_path, content, message):
     path = tmp_path / "hparams.json"
     if content is not None:

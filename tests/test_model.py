@@ -3,23 +3,26 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from reference import read_openai_checkpoint, reference_logits
 
 import gpt2tf
 from gpt2tf.checkpoint import checkpoint_key, checkpoint_shape, openai_tensor_shapes
 from gpt2tf.hparams import PRETRAINED, HParams
 from gpt2tf.model import GPT2
-from reference import read_openai_checkpoint, reference_logits
 
 
 def _tokens(n, n_vocab, seed=0):
     return np.random.default_rng(seed).integers(0, n_vocab, size=n)
 
 
-@pytest.mark.parametrize("hparams", [
-    HParams(n_vocab=101, n_ctx=32, n_embd=16, n_head=4, n_layer=2),
-    HParams(n_vocab=50, n_ctx=20, n_embd=24, n_head=3, n_layer=3),
-    HParams(n_vocab=7, n_ctx=9, n_embd=8, n_head=1, n_layer=1),
-])
+@pytest.mark.parametrize(
+    "hparams",
+    [
+        HParams(n_vocab=101, n_ctx=32, n_embd=16, n_head=4, n_layer=2),
+        HParams(n_vocab=50, n_ctx=20, n_embd=24, n_head=3, n_layer=3),
+        HParams(n_vocab=7, n_ctx=9, n_embd=8, n_head=1, n_layer=1),
+    ],
+)
 def test_variable_paths_are_the_checkpoint_keys(hparams):
     model = GPT2(hparams, initializer="empty")
     assert {v.path: checkpoint_shape(v) for v in model.weights} == openai_tensor_shapes(hparams)
@@ -64,7 +67,7 @@ def test_batch_rows_are_independent(tiny_model, tiny_hparams):
     tokens = np.stack([_tokens(10, tiny_hparams.n_vocab, s) for s in range(3)])
     batched = tiny_model(tf.constant(tokens)).numpy()
     for row in range(3):
-        alone = tiny_model(tf.constant(tokens[row:row + 1])).numpy()
+        alone = tiny_model(tf.constant(tokens[row : row + 1])).numpy()
         np.testing.assert_allclose(batched[row], alone[0], atol=1e-5)
 
 
@@ -77,7 +80,7 @@ def test_cached_steps_equal_full_forward(tiny_model, tiny_hparams):
     logits, cache = tiny_model(tf.constant(tokens[:, :7]), cache=cache, cache_index=0)  # prefill in one pass
     steps = [logits.numpy()]
     for i in range(7, 20):
-        logits, cache = tiny_model(tf.constant(tokens[:, i:i + 1]), cache=cache, cache_index=i)
+        logits, cache = tiny_model(tf.constant(tokens[:, i : i + 1]), cache=cache, cache_index=i)
         steps.append(logits.numpy())
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
     assert [c.shape for c in cache[0]] == [(1, tiny_hparams.n_head, 24, tiny_hparams.head_size)] * 2  # fixed
@@ -116,7 +119,7 @@ def test_xla_matches_eager(tiny_model, tiny_hparams):
     cache = tiny_model.init_cache(1, 16)
     logits, cache = step(tokens[:, :1], cache, tf.constant(0))
     for i in range(1, 12):
-        logits, cache = step(tokens[:, i:i + 1], cache, tf.constant(i))
+        logits, cache = step(tokens[:, i : i + 1], cache, tf.constant(i))
     np.testing.assert_allclose(logits[0, 0].numpy(), tiny_model(tokens)[0, -1].numpy(), atol=1e-5)
     assert step.experimental_get_tracing_count() == 1
 

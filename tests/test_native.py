@@ -24,11 +24,17 @@ def _cpu_has_avx2_fma():
     return "avx2" in flags and "fma" in flags
 
 
-SUPPORTED = (platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64") and _cpu_has_avx2_fma()
-             and (shutil.which("c++") or shutil.which("g++")) and native.requested()
-             and not tf.config.list_physical_devices("GPU"))
-needs_kernel = pytest.mark.skipif(not SUPPORTED, reason="the native kernel needs Linux x86-64, AVX2+FMA, a C++ "
-                                                        "compiler and no GPU")
+SUPPORTED = (
+    platform.system() == "Linux"
+    and platform.machine() in ("x86_64", "AMD64")
+    and _cpu_has_avx2_fma()
+    and (shutil.which("c++") or shutil.which("g++"))
+    and native.requested()
+    and not tf.config.list_physical_devices("GPU")
+)
+needs_kernel = pytest.mark.skipif(
+    not SUPPORTED, reason="the native kernel needs Linux x86-64, AVX2+FMA, a C++ compiler and no GPU"
+)
 
 
 @needs_kernel
@@ -41,16 +47,37 @@ def _compiled_product():
     def product(x, w):
         with native.use_in_decode_step():
             return native.matmul_transposed(x, w)
+
     return product
 
 
 @needs_kernel
-@pytest.mark.parametrize("m,k,n", [(1, 16, 48), (1, 768, 2304), (2, 17, 5), (3, 33, 100), (8, 768, 3072),
-                                   (5, 3072, 768), (16, 40, 257), (1, 7, 1), (2, 255, 70),
-                                   (3, 1001, 333), (16, 600, 70),  # these two: a short last chunk, a column tail
-                                   (1, 3072, 768), (1, 1001, 100), (1, 100, 70),  # one row: vector tails
-                                   (6, 40, 257), (7, 33, 13), (5, 16, 3), (4, 100, 70), (11, 40, 257),
-                                   (2, 3072, 70), (4, 1025, 33)])  # 2-4 rows too wide for L1: the lanes kernel
+@pytest.mark.parametrize(
+    "m,k,n",
+    [
+        (1, 16, 48),
+        (1, 768, 2304),
+        (2, 17, 5),
+        (3, 33, 100),
+        (8, 768, 3072),
+        (5, 3072, 768),
+        (16, 40, 257),
+        (1, 7, 1),
+        (2, 255, 70),
+        (3, 1001, 333),
+        (16, 600, 70),  # these two: a short last chunk, a column tail
+        (1, 3072, 768),
+        (1, 1001, 100),
+        (1, 100, 70),  # one row: vector tails
+        (6, 40, 257),
+        (7, 33, 13),
+        (5, 16, 3),
+        (4, 100, 70),
+        (11, 40, 257),
+        (2, 3072, 70),
+        (4, 1025, 33),
+    ],
+)  # 2-4 rows too wide for L1: the lanes kernel
 def test_products_match_numpy(m, k, n):
     rng = np.random.default_rng(m * 1000 + k + n)
     x = rng.normal(size=(m, k)).astype(np.float32)
@@ -79,7 +106,7 @@ def test_attention_matches_numpy(batch, heads, length, size):
     rng = np.random.default_rng(length)
     q, own_k, own_v = (rng.normal(size=(batch, heads, 1, size)).astype(np.float32) for _ in range(3))
     keys, values = (rng.normal(size=(batch, heads, length, size)).astype(np.float32) for _ in range(2))
-    keys[:, :, length // 2:] = np.nan  # slots not yet written must never be read
+    keys[:, :, length // 2 :] = np.nan  # slots not yet written must never be read
     cached = np.arange(length)[None, :] < length // 2  # [1, L]: the slots before this token
     cached = np.repeat(cached, batch, 0)
     cached[0, :3] = False  # left padding in row 0
@@ -103,6 +130,7 @@ def test_attention_matches_numpy(batch, heads, length, size):
 @needs_kernel
 def test_attention_nan_and_many_units():
     """A NaN score makes its (sequence, head) NaN, as XLA's softmax does; more units than one chunk field holds."""
+
     @tf.function(jit_compile=True)
     def attend(*args):
         with native.use_in_decode_step():
@@ -165,21 +193,22 @@ def test_concurrent_calls_are_correct(rows):
 @needs_kernel
 def test_same_bits_whatever_the_thread_count(tmp_path):
     """Products are cut into chunks by shape alone, and each output is computed whole by one thread."""
-    code = ("import hashlib, numpy as np, tensorflow as tf, gpt2tf.native as n\n"
-            "ok = n.available()\n"
-            "r = np.random.default_rng(1)\n"
-            "out = []\n"
-            "for m, k, n_ in [(8, 768, 3072), (3, 1001, 333), (2, 3072, 768), (1, 768, 2304), (1, 3072, 771),\n"
-            "                 (6, 1001, 333)]:\n"
-            "    x = tf.constant(r.normal(size=(m, k)).astype(np.float32))\n"
-            "    w = tf.constant(r.normal(size=(n_, k)).astype(np.float32))\n"
-            "    f = tf.function(lambda x, w: n._custom_call(x, w), jit_compile=True)\n"
-            "    out.append(f(x, w).numpy().tobytes())\n"
-            "print(ok, hashlib.sha256(b''.join(out)).hexdigest())")
+    code = (
+        "import hashlib, numpy as np, tensorflow as tf, gpt2tf.native as n\n"
+        "ok = n.available()\n"
+        "r = np.random.default_rng(1)\n"
+        "out = []\n"
+        "for m, k, n_ in [(8, 768, 3072), (3, 1001, 333), (2, 3072, 768), (1, 768, 2304), (1, 3072, 771),\n"
+        "                 (6, 1001, 333)]:\n"
+        "    x = tf.constant(r.normal(size=(m, k)).astype(np.float32))\n"
+        "    w = tf.constant(r.normal(size=(n_, k)).astype(np.float32))\n"
+        "    f = tf.function(lambda x, w: n._custom_call(x, w), jit_compile=True)\n"
+        "    out.append(f(x, w).numpy().tobytes())\n"
+        "print(ok, hashlib.sha256(b''.join(out)).hexdigest())"
+    )
     outputs = set()
     for threads in ("1", "2", "3"):
-        env = dict(os.environ, GPT2TF_NATIVE_THREADS=threads, GPT2TF_CACHE_DIR=str(tmp_path),
-                   TF_CPP_MIN_LOG_LEVEL="3")
+        env = dict(os.environ, GPT2TF_NATIVE_THREADS=threads, GPT2TF_CACHE_DIR=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
         outputs.add(out.stdout.strip().splitlines()[-1])
     assert len(outputs) == 1 and outputs.pop().startswith("True ")
@@ -216,8 +245,12 @@ def test_top_p_with_the_native_sort_gives_the_same_tokens(monkeypatch):
     logits = tf.constant(rng.normal(size=(5, 3000)).astype(np.float32) * scale)  # flat: nuclei of >1000 tokens
     # Rows: greedy, free, top-k + top-p (exact from the top values), then two that must be sorted whole: the
     # filtered rows are 2-4 and the sorted ones 3-4 of the batch (1-2 of the filtered), so positions are mapped.
-    settings = dict(temperature=tf.constant([0.0, 1.0, 1.0, 1.0, 0.7]), top_k=tf.constant([0, 0, 40, 0, 0]),
-                    top_p=tf.constant([1.0, 1.0, 0.9, 0.9, 0.95]), repetition_penalty=tf.constant([1.0] * 5))
+    settings = dict(
+        temperature=tf.constant([0.0, 1.0, 1.0, 1.0, 0.7]),
+        top_k=tf.constant([0, 0, 40, 0, 0]),
+        top_p=tf.constant([1.0, 1.0, 0.9, 0.9, 0.95]),
+        repetition_penalty=tf.constant([1.0] * 5),
+    )
     seen, seeds = tf.zeros([5, 3000], tf.bool), tf.constant([[s, 0] for s in range(5)], tf.int32)
     sorted_rows = []
     real = native.sort_descending
@@ -233,6 +266,7 @@ def test_top_p_with_the_native_sort_gives_the_same_tokens(monkeypatch):
         def filtered():
             with native.use_in_decode_step(kernel):
                 return filter_logits(logits, seen, **settings)
+
         return filtered().numpy(), [choose(tf.constant(step)).numpy().tolist() for step in range(20)]
 
     (with_kernel, tokens), (without, want) = run(True), run(False)
@@ -244,9 +278,10 @@ def test_top_p_with_the_native_sort_gives_the_same_tokens(monkeypatch):
     @tf.function(autograph=False)
     def alone(row):  # each row filtered on its own (a batch of one), with the kernel
         with native.use_in_decode_step():
-            return filter_logits(logits[row:row + 1], seen[:1], **{k: v[row:row + 1] for k, v in settings.items()})
+            return filter_logits(logits[row : row + 1], seen[:1], **{k: v[row : row + 1] for k, v in settings.items()})
+
     for row in range(5):
-        assert alone(row).numpy().tobytes() == with_kernel[row:row + 1].tobytes()
+        assert alone(row).numpy().tobytes() == with_kernel[row : row + 1].tobytes()
 
 
 @needs_kernel
@@ -266,8 +301,9 @@ def test_decode_step_uses_the_kernel_and_gives_the_same_tokens(small_model_dir, 
     cache = compiled.cache_variables(2, 84)
     d = model.hparams.n_embd
     x, mask = tf.zeros([2, 1, d]), (tf.ones([2, 1, 1, 84], tf.bool), tf.ones([1, 1, 1, 1], tf.bool))
-    block = compiled.block.experimental_get_compiler_ir(x, mask, tf.constant([64, 70]), compiled._weights[0],
-                                                        cache[0], None)(stage="hlo")
+    block = compiled.block.experimental_get_compiler_ir(
+        x, mask, tf.constant([64, 70]), compiled._weights[0], cache[0], None
+    )(stage="hlo")
     head = compiled.head.experimental_get_compiler_ir(x)(stage="hlo")
     assert block.count("gpt2tf_matmul_nt") == 4 and "gpt2tf_matmul_nt" in head  # every product of the step
     assert block.count("gpt2tf_attend") == 1  # and the attention over the cache
@@ -278,13 +314,15 @@ def test_decode_step_uses_the_kernel_and_gives_the_same_tokens(small_model_dir, 
 
 
 def test_no_compiler_falls_back_with_a_warning(small_model_dir, tmp_path):
-    code = ("import warnings, gpt2tf, gpt2tf.sample as s, gpt2tf.native as n\n"
-            "m = gpt2tf.load_model(%r)\n"
-            "with warnings.catch_warnings(record=True) as w:\n"
-            "    warnings.simplefilter('always')\n"
-            "    out = s.generate(m, [[1, 2, 3]], length=5, temperature=0, stop_at_eos=False)\n"
-            "print(n.available(), len(out[0]), any('native decode kernel is unavailable' in str(x.message) "
-            "for x in w))" % str(small_model_dir))
+    code = (
+        "import warnings, gpt2tf, gpt2tf.sample as s, gpt2tf.native as n\n"
+        "m = gpt2tf.load_model(%r)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out = s.generate(m, [[1, 2, 3]], length=5, temperature=0, stop_at_eos=False)\n"
+        "print(n.available(), len(out[0]), any('native decode kernel is unavailable' in str(x.message) "
+        "for x in w))" % str(small_model_dir)
+    )
     env = dict(os.environ, CXX="/bin/false", GPT2TF_CACHE_DIR=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     expected = "False 5 True" if SUPPORTED else "False 5 False"
@@ -310,16 +348,33 @@ def test_bad_thread_count_is_a_one_line_error(small_model_dir, value):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the script quiets TF itself
     env["GPT2TF_NATIVE_THREADS"] = value
-    result = subprocess.run([sys.executable, os.path.join(root, "inference.py"), "--model_dir", str(small_model_dir),
-                             "--starter", "hi", "--output_length", "2"], capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "inference.py"),
+            "--model_dir",
+            str(small_model_dir),
+            "--starter",
+            "hi",
+            "--output_length",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"error: GPT2TF_NATIVE_THREADS must be a positive number of threads, got "
-                                     f"{value!r}: fix or unset it")
+    assert result.stderr.strip() == (
+        f"error: GPT2TF_NATIVE_THREADS must be a positive number of threads, got {value!r}: fix or unset it"
+    )
 
 
 def test_a_thread_count_far_above_the_cores_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("GPT2TF_NATIVE_THREADS", "100000")
     monkeypatch.delenv("GPT2TF_NATIVE", raising=False)
-    with pytest.raises(GPT2TFError, match=rf"GPT2TF_NATIVE_THREADS=100000 is more than the {native.MAX_THREADS} "
-                                          rf"threads the kernel runs at most"):
+    with pytest.raises(
+        GPT2TFError,
+        match=rf"GPT2TF_NATIVE_THREADS=100000 is more than the {native.MAX_THREADS} "
+        rf"threads the kernel runs at most",
+    ):
         native.requested()

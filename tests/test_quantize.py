@@ -11,18 +11,19 @@ import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
+from reference import read_openai_checkpoint, reference_logits
+from test_native import needs_kernel
 
 import gpt2tf
 from gpt2tf import engine, native, quantize, sample
 from gpt2tf.errors import GPT2TFError
-from reference import read_openai_checkpoint, reference_logits
-from test_native import needs_kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENS = [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13, 198, 50256, 40, 1101]
 
 
 # ---- the formats, written out independently in NumPy ------------------------------------------------------------
+
 
 def numpy_int8(w):
     """(q, scale) per row of the last axis: scale = max|row| / 127 in float32, q = rint(row / scale) (half to even)."""
@@ -55,7 +56,7 @@ def quantized_params(params, weight_format):
 
 def relative_rms(got, want):
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want ** 2)))
+    return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2)))
 
 
 def test_int8_quantization_is_numpys_bit_for_bit(monkeypatch):
@@ -81,20 +82,27 @@ def test_int8_quantization_is_numpys_bit_for_bit(monkeypatch):
     np.testing.assert_array_equal(q[0], want_q)
     np.testing.assert_array_equal(scale[0], want_scale)
     w[11, 5] = np.nan
-    assert np.isnan(quantize.quantize_int8(w)[1][11]) and np.isnan(quantize.encode_projection(w.T[None], "int8")[1][0, 11])
+    assert np.isnan(quantize.quantize_int8(w)[1][11]) and np.isnan(
+        quantize.encode_projection(w.T[None], "int8")[1][0, 11]
+    )
 
 
 def test_bf16_rounds_to_nearest_even_as_ml_dtypes_does():
     rng = np.random.default_rng(1)
-    w = np.concatenate([rng.normal(size=4000).astype(np.float32),
-                        np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 3.0e38], np.float32)])  # halves, large
+    w = np.concatenate(
+        [
+            rng.normal(size=4000).astype(np.float32),
+            np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 3.0e38], np.float32),
+        ]
+    )  # halves, large
     stored, scale = quantize.encode(w, "bf16")
     assert scale is None
     np.testing.assert_array_equal(np.asarray(stored).view(np.uint16), numpy_bf16(w).view(np.uint16))
     assert tf.convert_to_tensor(stored).dtype == tf.bfloat16
     projection, _ = quantize.encode_projection(w[:4000].reshape(1, 40, 100), "bf16")
-    np.testing.assert_array_equal(projection[0].view(np.uint16),
-                                  numpy_bf16(w[:4000].reshape(40, 100).T).view(np.uint16))
+    np.testing.assert_array_equal(
+        projection[0].view(np.uint16), numpy_bf16(w[:4000].reshape(40, 100).T).view(np.uint16)
+    )
     assert relative_rms(quantize.dequantize(stored).numpy()[:4000], w[:4000]) < 2**-8
 
 
@@ -108,25 +116,45 @@ def test_a_loaded_model_holds_exactly_the_quantized_checkpoint(tiny_model_dir):
     np.testing.assert_array_equal(model.wte.numpy(), numpy_int8(params["model/wte"].astype(np.float32))[0])
     assert model.h[0].attn.c_attn.b.dtype == "float32" and model.wpe.dtype == "float32"
     bf16 = gpt2tf.load_model(tiny_model_dir, weights="bf16")
-    np.testing.assert_array_equal(bf16.h[0].attn.c_proj.w.numpy()[0].view(np.uint16),
-                                  numpy_bf16(params["model/h0/attn/c_proj/w"][0].T).view(np.uint16))
+    np.testing.assert_array_equal(
+        bf16.h[0].attn.c_proj.w.numpy()[0].view(np.uint16),
+        numpy_bf16(params["model/h0/attn/c_proj/w"][0].T).view(np.uint16),
+    )
 
 
 # ---- the kernels --------------------------------------------------------------------------------------------------
+
 
 def _compiled_product():
     @tf.function(jit_compile=True, autograph=False)
     def product(x, w, scale):
         with native.use_in_decode_step():
             return native.matmul_transposed(x, w, scale)
+
     return product
 
 
 @needs_kernel
 @pytest.mark.parametrize("weight_format", ["int8", "bf16"])
-@pytest.mark.parametrize("m,k,n", [(1, 7, 1), (1, 100, 70), (1, 1001, 333), (1, 768, 2304), (2, 17, 5), (3, 33, 100),
-                                   (4, 100, 70), (5, 16, 3), (6, 40, 257), (7, 33, 13), (8, 768, 300), (11, 40, 257),
-                                   (16, 600, 70), (13, 3072, 65)])
+@pytest.mark.parametrize(
+    "m,k,n",
+    [
+        (1, 7, 1),
+        (1, 100, 70),
+        (1, 1001, 333),
+        (1, 768, 2304),
+        (2, 17, 5),
+        (3, 33, 100),
+        (4, 100, 70),
+        (5, 16, 3),
+        (6, 40, 257),
+        (7, 33, 13),
+        (8, 768, 300),
+        (11, 40, 257),
+        (16, 600, 70),
+        (13, 3072, 65),
+    ],
+)
 def test_products_with_stored_weights_match_numpy(weight_format, m, k, n):
     rng = np.random.default_rng(m * 1000 + k + n)
     x = rng.normal(size=(m, k)).astype(np.float32)
@@ -148,6 +176,7 @@ def test_products_with_stored_weights_match_numpy(weight_format, m, k, n):
 
 # ---- the model ----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("weight_format", ["int8", "bf16"])
 def test_logits_are_the_quantized_models_and_within_its_own_error_of_float32(small_model_dir, weight_format):
     params = read_openai_checkpoint(str(small_model_dir / "model.ckpt"))
@@ -164,8 +193,9 @@ def test_logits_are_the_quantized_models_and_within_its_own_error_of_float32(sma
 
 
 @pytest.mark.parametrize("weight_format", ["int8", "bf16"])
-def test_decoding_with_the_native_kernels_and_with_xla_gives_the_same_tokens(small_model_dir, weight_format,
-                                                                            monkeypatch):
+def test_decoding_with_the_native_kernels_and_with_xla_gives_the_same_tokens(
+    small_model_dir, weight_format, monkeypatch
+):
     model = gpt2tf.load_model(small_model_dir, weights=weight_format)
     prompts = [TOKENS[:3], TOKENS[5:7], TOKENS[:9]]
     kwargs = dict(length=24, temperature=0, batch_size=3, stop_at_eos=False)
@@ -186,8 +216,11 @@ def test_decoding_with_the_native_kernels_and_with_xla_gives_the_same_tokens(sma
 
 def test_quantized_weights_take_a_quarter_or_half_of_the_bytes(small_model_dir):
     def nbytes(model, dtype=None):
-        return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in model.weights
-                   if dtype is None or v.dtype == dtype)
+        return sum(
+            int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
+            for v in model.weights
+            if dtype is None or v.dtype == dtype
+        )
 
     full = gpt2tf.load_model(small_model_dir)
     int8 = gpt2tf.load_model(small_model_dir, weights="int8")
@@ -205,15 +238,22 @@ def test_loading_int8_grows_the_process_by_little_more_than_the_int8_weights(tmp
     model_dir = tmp_path / "model"
     gpt2tf.write_synthetic_checkpoint(model_dir, HParams(n_vocab=1000, n_ctx=64, n_embd=512, n_head=8, n_layer=8))
     # VmHWM, the process's peak resident memory (ru_maxrss would carry pytest's own over the exec).
-    code = ("import sys, gpt2tf, gpt2tf.checkpoint, gpt2tf.quantize\n"  # TensorFlow imported before measuring
-            "peak = lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
-            "before = peak()\n"
-            "model = gpt2tf.load_model(sys.argv[1], weights=sys.argv[2])\n"
-            "print((peak() - before) * 1024)\n")
+    code = (
+        "import sys, gpt2tf, gpt2tf.checkpoint, gpt2tf.quantize\n"  # TensorFlow imported before measuring
+        "peak = lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+        "before = peak()\n"
+        "model = gpt2tf.load_model(sys.argv[1], weights=sys.argv[2])\n"
+        "print((peak() - before) * 1024)\n"
+    )
 
     def grows(weights):
-        out = subprocess.run([sys.executable, "-c", code, str(model_dir), weights], capture_output=True, text=True,
-                             check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(model_dir), weights],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
         return int(out.stdout.split()[-1])
 
     float_bytes = 4 * (1000 * 512 + 8 * 12 * 512 * 512)  # wte and the projections: 103 MB (int8: 26 MB)
@@ -227,8 +267,14 @@ def test_loading_int8_grows_the_process_by_little_more_than_the_int8_weights(tmp
 def test_saved_quantized_dir_loads_the_same_model_without_the_float_file(small_model_dir, tmp_path):
     model = gpt2tf.load_model(small_model_dir, weights="int8")
     out = quantize.save_quantized(model, tmp_path / "int8")
-    assert sorted(p.name for p in out.iterdir()) == ["encoder.json", "hparams.json", "quantized.json",
-                                                     "vocab.bpe", "weights.data-00000-of-00001", "weights.index"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "encoder.json",
+        "hparams.json",
+        "quantized.json",
+        "vocab.bpe",
+        "weights.data-00000-of-00001",
+        "weights.index",
+    ]
     assert json.loads((out / "quantized.json").read_text())["weights"] == "int8"
     again = gpt2tf.load_model(out)
     assert again.weight_format == "int8"
@@ -251,8 +297,10 @@ def test_hugging_face_and_h5_weights_quantize_the_same(small_model_dir, tmp_path
     want = gpt2tf.load_model(small_model_dir, weights="int8")
     gpt2tf.save_hf_checkpoint(gpt2tf.load_model(small_model_dir), tmp_path / "hf")
     gpt2tf.write_h5_weights(tmp_path / "w.h5", gpt2tf.load_model(small_model_dir))
-    for got in (gpt2tf.load_model(tmp_path / "hf", weights="int8"),
-                load_h5_model(small_model_dir, tmp_path / "w.h5", weights="int8")):
+    for got in (
+        gpt2tf.load_model(tmp_path / "hf", weights="int8"),
+        load_h5_model(small_model_dir, tmp_path / "w.h5", weights="int8"),
+    ):
         assert got.weight_format == "int8"
         for a, b in zip(want.weights, got.weights):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -280,16 +328,37 @@ def test_a_saved_dir_refuses_mixed_precision_and_a_bad_destination(small_model_d
 
 # ---- every path that decodes, and the refusals -------------------------------------------------------------------
 
+
 def run(script, *args, env=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_inference_with_int8_streams_the_tokens_generate_gives_and_saves_the_quantized_dir(small_model_dir, tmp_path):
     out = tmp_path / "saved"
-    result = run("inference.py", "--model_dir", str(small_model_dir), "--weights", "int8", "--starter", "Hello",
-                 "--output_length", "12", "--greedy", "--no_eos_stop", "--save_quantized", str(out),
-                 "--output", "jsonl")
+    result = run(
+        "inference.py",
+        "--model_dir",
+        str(small_model_dir),
+        "--weights",
+        "int8",
+        "--starter",
+        "Hello",
+        "--output_length",
+        "12",
+        "--greedy",
+        "--no_eos_stop",
+        "--save_quantized",
+        str(out),
+        "--output",
+        "jsonl",
+    )
     assert result.returncode == 0, result.stderr
     tokens = json.loads(result.stdout)["tokens"]
     model = gpt2tf.load_model(small_model_dir, weights="int8")
@@ -302,9 +371,9 @@ def test_inference_with_int8_streams_the_tokens_generate_gives_and_saves_the_qua
 
 def test_the_server_decodes_and_streams_with_int8_weights(small_model_dir):
     import httpx
+    from test_server import Running
 
     from gpt2tf.server import ServeConfig, create_app
-    from test_server import Running
 
     running = Running(create_app(ServeConfig(model_dir=str(small_model_dir), weights="int8", max_batch=2)))
     try:
@@ -326,29 +395,52 @@ def test_a_lora_run_dir_decodes_with_int8(tmp_path, small_model_dir):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(40)))
-    run_dir = train.finetune(train.configure(dict(
-        model_dir=str(small_model_dir), dataset_path=str(corpus), output_dir=str(tmp_path / "run"), length=16,
-        batch_size=2, num_epoch=1, steps_per_epoch=2, max_steps=2, save_every=0, log_every=1, lora_rank=2,
-        base_lr=1e-2, cache_dir=str(tmp_path / "cache"), xla=False)))
+    run_dir = train.finetune(
+        train.configure(
+            dict(
+                model_dir=str(small_model_dir),
+                dataset_path=str(corpus),
+                output_dir=str(tmp_path / "run"),
+                length=16,
+                batch_size=2,
+                num_epoch=1,
+                steps_per_epoch=2,
+                max_steps=2,
+                save_every=0,
+                log_every=1,
+                lora_rank=2,
+                base_lr=1e-2,
+                cache_dir=str(tmp_path / "cache"),
+                xla=False,
+            )
+        )
+    )
     params = read_openai_checkpoint(str(gpt2tf.checkpoint.resolve_checkpoint(run_dir)[1]))
     model = gpt2tf.load_model(run_dir, weights="int8")  # the run's weights, adapters merged, quantized
     q, _ = numpy_int8(params["model/h0/attn/c_attn/w"][0].T.astype(np.float32))
     np.testing.assert_array_equal(model.h[0].attn.c_attn.w.numpy()[0], q)
     own = reference_logits(quantized_params(params, "int8"), 2, TOKENS[:6])
-    np.testing.assert_allclose(model(tf.constant([TOKENS[:6]])).numpy()[0], own, rtol=1e-4,
-                               atol=1e-4 * np.abs(own).max())
+    np.testing.assert_allclose(
+        model(tf.constant([TOKENS[:6]])).numpy()[0], own, rtol=1e-4, atol=1e-4 * np.abs(own).max()
+    )
     # Decoding (the engine, the kernels) gives the reference's greedy next token.
     assert sample.generate(model, [TOKENS[:6]], length=1, temperature=0)[0] == [int(np.argmax(own[-1]))]
 
 
-@pytest.mark.parametrize("script,args,message", [
-    ("inference.py", ["--weights", "int4"], "argument --weights: invalid choice: 'int4'"),
-    ("finetune.py", ["--weights", "int8", "--dataset_path", "x.txt"],
-     "--weights is for decoding (inference.py, serve.py): fine-tuning trains float32 weights"),
-    ("inference.py", ["--weights", "int8", "--precision", "mixed_float16"], "int8 weights compute in float32"),
-    ("inference.py", ["--save_quantized", "out"], "--save_quantized saves int8 or bf16 weights: give --weights"),
-    ("inference.py", ["--weights", "int8", "--save_quantized", "README.md"], "README.md is a file: give a new dir"),
-])
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        ("inference.py", ["--weights", "int4"], "argument --weights: invalid choice: 'int4'"),
+        (
+            "finetune.py",
+            ["--weights", "int8", "--dataset_path", "x.txt"],
+            "--weights is for decoding (inference.py, serve.py): fine-tuning trains float32 weights",
+        ),
+        ("inference.py", ["--weights", "int8", "--precision", "mixed_float16"], "int8 weights compute in float32"),
+        ("inference.py", ["--save_quantized", "out"], "--save_quantized saves int8 or bf16 weights: give --weights"),
+        ("inference.py", ["--weights", "int8", "--save_quantized", "README.md"], "README.md is a file: give a new dir"),
+    ],
+)
 def test_bad_combinations_are_one_line_errors(small_model_dir, script, args, message):
     result = run(script, "--model_dir", str(small_model_dir), *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr

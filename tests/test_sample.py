@@ -6,13 +6,13 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SMALL
+from reference import read_openai_checkpoint, reference_logits, top_p_kept
 
 import gpt2tf
 from gpt2tf import engine, filters, sample
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, MASKED_VALUE
-from conftest import SMALL
-from reference import read_openai_checkpoint, reference_logits, top_p_kept
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ def small_model(small_model_dir):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Filters on fake logits
+
 
 def _kept(filtered):
     return set(np.flatnonzero(filtered > MASKED_VALUE / 2))
@@ -91,8 +92,14 @@ def test_rows_with_their_own_settings_each_keep_their_own_set():
     scale = np.array([[2.0], [1.0], [3.0], [0.2], [0.3], [1.5]])
     logits = (rng.normal(size=(6, 1000)) * scale).astype(np.float32)
     temperature, top_k, top_p = [0.0, 1.0, 1.0, 1.0, 0.7, 1.0], [0, 0, 40, 0, 0, 5], [1.0, 1.0, 0.9, 0.9, 0.95, 1.0]
-    got = filters.filter_logits(tf.constant(logits), tf.zeros((6, 1000), tf.bool), tf.constant(temperature),
-                                tf.constant(top_k), tf.constant(top_p), 1.0).numpy()
+    got = filters.filter_logits(
+        tf.constant(logits),
+        tf.zeros((6, 1000), tf.bool),
+        tf.constant(temperature),
+        tf.constant(top_k),
+        tf.constant(top_p),
+        1.0,
+    ).numpy()
     np.testing.assert_array_equal(got[0], logits[0])  # greedy
     np.testing.assert_array_equal(got[1], logits[1])  # no filter
     kth = np.sort(logits[2])[::-1][39]
@@ -116,20 +123,30 @@ def test_repetition_penalty_direction():
 def test_gumbel_draws_follow_the_softmax():
     logits = np.log(np.array([0.6, 0.25, 0.1, 0.05], np.float32))[None]
     seeds = tf.constant([[7, r] for r in range(4000)], tf.int32)
-    draws = filters.choose_tokens(tf.constant(np.repeat(logits, 4000, 0)), tf.zeros((4000, 4), tf.bool), seeds,
-                                  tf.constant(0), temperature=1.0, top_k=0, top_p=1.0,
-                                  repetition_penalty=1.0).numpy()
+    draws = filters.choose_tokens(
+        tf.constant(np.repeat(logits, 4000, 0)),
+        tf.zeros((4000, 4), tf.bool),
+        seeds,
+        tf.constant(0),
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+    ).numpy()
     freq = np.bincount(draws, minlength=4) / 4000
     np.testing.assert_allclose(freq, [0.6, 0.25, 0.1, 0.05], atol=0.03)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(top_p=0.0), "top_p must be in \\(0, 1\\]"),
-    (dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),
-    (dict(temperature=-1.0), "temperature must be a finite number >= 0"),
-    (dict(top_k=-1), "top_k must be an integer >= 0"),
-    (dict(repetition_penalty=0.0), "repetition_penalty must be a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(top_p=0.0), "top_p must be in \\(0, 1\\]"),
+        (dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),
+        (dict(temperature=-1.0), "temperature must be a finite number >= 0"),
+        (dict(top_k=-1), "top_k must be an integer >= 0"),
+        (dict(repetition_penalty=0.0), "repetition_penalty must be a finite number > 0"),
+    ],
+)
 def test_bad_sampler_settings(kwargs, message):
     with pytest.raises(GPT2TFError, match=message):
         sample.SamplerConfig(**kwargs)
@@ -138,6 +155,7 @@ def test_bad_sampler_settings(kwargs, message):
 # ---------------------------------------------------------------------------------------------------------------
 # The decode loop
 
+
 def test_greedy_equals_a_greedy_loop_over_the_reference(small_dir, small_model):
     params = read_openai_checkpoint(str(small_dir / "model.ckpt"))
     prompt = [464, 2068, 7586, 21831]
@@ -145,7 +163,7 @@ def test_greedy_equals_a_greedy_loop_over_the_reference(small_dir, small_model):
     for _ in range(30):
         tokens.append(int(np.argmax(reference_logits(params, SMALL.n_head, tokens)[-1])))
     (out,) = sample.generate(small_model, [prompt], length=30, temperature=0, stop_at_eos=False)
-    assert out == tokens[len(prompt):]
+    assert out == tokens[len(prompt) :]
 
 
 def test_without_xla_gives_the_same_tokens(small_model):
@@ -153,8 +171,9 @@ def test_without_xla_gives_the_same_tokens(small_model):
     for kwargs in (dict(temperature=0), dict(top_k=40, seed=3)):
         prompts = [[464, 2068, 7586], [10]]
         compiled = sample.generate(small_model, prompts, length=15, stop_at_eos=False, **kwargs)
-        assert sample.generate(small_model, prompts, length=15, stop_at_eos=False, jit_compile=False,
-                               **kwargs) == compiled
+        assert (
+            sample.generate(small_model, prompts, length=15, stop_at_eos=False, jit_compile=False, **kwargs) == compiled
+        )
 
 
 def test_seeded_sampling_is_reproducible(small_model):
@@ -166,11 +185,14 @@ def test_seeded_sampling_is_reproducible(small_model):
 
 
 def test_seed_is_reproducible_across_processes(small_dir, small_model):
-    code = ("import gpt2tf, gpt2tf.sample as s; m = gpt2tf.load_model(%r); "
-            "print(s.generate(m, [[1, 2, 3]], length=12, top_p=0.9, seed=5, stop_at_eos=False))" % str(small_dir))
+    code = (
+        "import gpt2tf, gpt2tf.sample as s; m = gpt2tf.load_model(%r); "
+        "print(s.generate(m, [[1, 2, 3]], length=12, top_p=0.9, seed=5, stop_at_eos=False))" % str(small_dir)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == str(sample.generate(small_model, [[1, 2, 3]], length=12, top_p=0.9, seed=5,
-                                              stop_at_eos=False))
+    assert out.strip() == str(
+        sample.generate(small_model, [[1, 2, 3]], length=12, top_p=0.9, seed=5, stop_at_eos=False)
+    )
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=0), dict(top_k=10, seed=9), dict(top_p=0.8, seed=4)])
@@ -224,7 +246,7 @@ def test_blocks_with_patched_layers_get_their_own_function(small_dir):
     compiled = engine.compiled_for(model)
     assert not compiled._shared and compiled.block.experimental_get_tracing_count() == SMALL.n_layer
     assert compiled.prefill_block.experimental_get_tracing_count() == SMALL.n_layer
-    assert out == tokens[len(prompt):]
+    assert out == tokens[len(prompt) :]
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +273,11 @@ def test_early_exit_when_all_rows_stop(eos_model, monkeypatch):
     compiled = engine.compiled_for(eos_model)
     calls, steps = [], compiled.steps
     monkeypatch.setattr(compiled, "steps", lambda **args: calls.append(steps(**args)) or calls[-1])
-    rows = list(sample.generate_stream(eos_model, [[1], [2, 3]], length=60,
-                                       config=sample.SamplerConfig(temperature=0), chunk_steps=32))
+    rows = list(
+        sample.generate_stream(
+            eos_model, [[1], [2, 3]], length=60, config=sample.SamplerConfig(temperature=0), chunk_steps=32
+        )
+    )
     assert rows == [] and len(calls) == 1  # one call of up to 32 steps...
     assert calls[0]["tokens"].shape == (1, 2)  # ... whose loop stopped after one: both rows hit <|endoftext|>
 
@@ -264,12 +289,22 @@ def test_stop_strings_cut_the_text(small_model):
     stop = full[20:23]
     assert len(stop) == 3 and full.find(stop) > 0
     (cut,) = sample.generate_text(small_model, ["The"], stop=[stop, "never appears \x00"], **kwargs)
-    assert cut == full[:full.find(stop)]
+    assert cut == full[: full.find(stop)]
     (ids,) = sample.generate(small_model, [enc.encode("The")], stop=[stop], **kwargs)
     assert enc.decode(ids).startswith(cut) and len(ids) < 40
-    streamed = [ids for _, ids in sample.generate_stream(
-        small_model, [enc.encode("The")], length=40, config=sample.SamplerConfig(top_k=100), seed=8,
-        stop_at_eos=False, stop=[stop], chunk_steps=1)]
+    streamed = [
+        ids
+        for _, ids in sample.generate_stream(
+            small_model,
+            [enc.encode("The")],
+            length=40,
+            config=sample.SamplerConfig(top_k=100),
+            seed=8,
+            stop_at_eos=False,
+            stop=[stop],
+            chunk_steps=1,
+        )
+    ]
     assert sum(streamed, []) == ids and len(streamed) > 1  # streamed piece by piece, same result
 
 
@@ -283,26 +318,31 @@ def test_prompt_longer_than_context(small_model):
     long_prompt = list(range(1, 61))
     with pytest.raises(GPT2TFError, match="exceeds the model's context of 64"):
         sample.generate(small_model, [long_prompt], length=10)
-    truncated = sample.generate(small_model, [long_prompt], length=10, temperature=0, truncate_prompt=True,
-                                stop_at_eos=False)
-    assert truncated == sample.generate(small_model, [long_prompt[-54:]], length=10, temperature=0,
-                                        stop_at_eos=False)
+    truncated = sample.generate(
+        small_model, [long_prompt], length=10, temperature=0, truncate_prompt=True, stop_at_eos=False
+    )
+    assert truncated == sample.generate(small_model, [long_prompt[-54:]], length=10, temperature=0, stop_at_eos=False)
 
 
 def test_repetition_penalty_reduces_repeats(small_model):
     plain = sample.generate(small_model, [[1, 2, 3]], length=40, temperature=0, stop_at_eos=False)[0]
-    penalized = sample.generate(small_model, [[1, 2, 3]], length=40, temperature=0, stop_at_eos=False,
-                                repetition_penalty=5.0)[0]
+    penalized = sample.generate(
+        small_model, [[1, 2, 3]], length=40, temperature=0, stop_at_eos=False, repetition_penalty=5.0
+    )[0]
     assert len(set(penalized)) > len(set(plain))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input to generate (issue 12)
 
+
 def test_prompt_ids_outside_the_vocabulary_are_refused(small_model):
     for bad in (60000, 50257, -1):
-        with pytest.raises(GPT2TFError, match=rf"prompt 1 holds token id {bad}, outside the model's vocabulary of "
-                                              rf"50257 ids"):
+        with pytest.raises(
+            GPT2TFError,
+            match=rf"prompt 1 holds token id {bad}, outside the model's vocabulary of "
+            rf"50257 ids",
+        ):
             sample.generate(small_model, [[1, 2], [3, bad]], length=2, seed=0)
 
 
@@ -321,8 +361,15 @@ def test_seeds_outside_0_to_2_31_are_refused(small_model, seed):
         sample.generate(small_model, [[1]], length=2, seed=seed)
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=float("inf")), dict(temperature=float("nan")),
-                                    dict(repetition_penalty=float("inf")), dict(top_p=float("nan"))])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(temperature=float("inf")),
+        dict(temperature=float("nan")),
+        dict(repetition_penalty=float("inf")),
+        dict(top_p=float("nan")),
+    ],
+)
 def test_infinite_and_nan_settings_are_refused(kwargs):
     with pytest.raises(GPT2TFError, match="must be"):
         sample.SamplerConfig(**kwargs)

@@ -77,11 +77,17 @@ def expected(model, prompt, **kwargs):
 
 
 def post(server, path, body, **kwargs):
-    return httpx.post(server.url + path, content=body if isinstance(body, (str, bytes)) else json.dumps(body),
-                      headers={"Content-Type": "application/json", **kwargs.pop("headers", {})}, timeout=60, **kwargs)
+    return httpx.post(
+        server.url + path,
+        content=body if isinstance(body, (str, bytes)) else json.dumps(body),
+        headers={"Content-Type": "application/json", **kwargs.pop("headers", {})},
+        timeout=60,
+        **kwargs,
+    )
 
 
 # ---- OpenAI's API ------------------------------------------------------------------------------------------------
+
 
 def test_completion_with_the_openai_client_equals_generate(client, model):
     greedy = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=12, temperature=0)
@@ -89,39 +95,40 @@ def test_completion_with_the_openai_client_equals_generate(client, model):
     assert greedy.choices[0].text == expected(model, PROMPT, length=12, temperature=0)[0]
     assert greedy.choices[0].finish_reason == "length"
     assert greedy.usage.prompt_tokens == 5 and greedy.usage.completion_tokens == 12 and greedy.usage.total_tokens == 17
-    seeded = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=10, top_p=0.9, seed=7, n=3,
-                                       extra_body={"top_k": 40})
+    seeded = client.completions.create(
+        model="gpt2", prompt=PROMPT, max_tokens=10, top_p=0.9, seed=7, n=3, extra_body={"top_k": 40}
+    )
     assert [c.text for c in seeded.choices] == expected(model, PROMPT, length=10, top_p=0.9, top_k=40, seed=7, n=3)
     assert [c.index for c in seeded.choices] == [0, 1, 2]
 
 
 def test_streaming_with_the_openai_client(client, model):
-    stream = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=15, temperature=0.8, seed=3,
-                                       stream=True)
+    stream = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=15, temperature=0.8, seed=3, stream=True)
     chunks = list(stream)
     assert len(chunks) > 1  # token by token
-    assert "".join(c.choices[0].text for c in chunks) == expected(model, PROMPT, length=15, temperature=0.8,
-                                                                 seed=3)[0]
+    assert "".join(c.choices[0].text for c in chunks) == expected(model, PROMPT, length=15, temperature=0.8, seed=3)[0]
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
 def test_a_list_of_prompts_stop_strings_echo_and_logprobs(client, model):
     prompts = [PROMPT, "Hello there"]
     out = client.completions.create(model="gpt2", prompt=prompts, max_tokens=8, temperature=0, n=2)
-    assert [c.text for c in out.choices] == [t for p in prompts for t in expected(model, p, length=8, temperature=0,
-                                                                                   n=2)]
+    assert [c.text for c in out.choices] == [
+        t for p in prompts for t in expected(model, p, length=8, temperature=0, n=2)
+    ]
     full = out.choices[0].text
     stop = full[4:7]
     cut = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=8, temperature=0, stop=[stop])
-    assert cut.choices[0].text == full[:full.find(stop)] and cut.choices[0].finish_reason == "stop"
-    kept = client.completions.create(model="gpt2", prompt="Hello. World", max_tokens=8, temperature=0, echo=True,
-                                     stop=["."])
+    assert cut.choices[0].text == full[: full.find(stop)] and cut.choices[0].finish_reason == "stop"
+    kept = client.completions.create(
+        model="gpt2", prompt="Hello. World", max_tokens=8, temperature=0, echo=True, stop=["."]
+    )
     assert kept.choices[0].text.startswith("Hello. World")  # a stop string cuts the output, never the prompt
-    streamed = client.completions.create(model="gpt2", prompt="Hello. World", max_tokens=8, temperature=0, echo=True,
-                                         stop=["."], stream=True)
+    streamed = client.completions.create(
+        model="gpt2", prompt="Hello. World", max_tokens=8, temperature=0, echo=True, stop=["."], stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed) == kept.choices[0].text
-    echoed = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=4, temperature=0, echo=True,
-                                       logprobs=2)
+    echoed = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=4, temperature=0, echo=True, logprobs=2)
     choice = echoed.choices[0]
     assert choice.text == PROMPT + expected(model, PROMPT, length=4, temperature=0)[0]
     lp = choice.logprobs
@@ -133,12 +140,14 @@ def test_a_list_of_prompts_stop_strings_echo_and_logprobs(client, model):
 
 
 def test_concurrent_requests_give_what_each_gives_alone(server, model):
-    requests = [dict(prompt=PROMPT, max_tokens=14, temperature=0),
-                dict(prompt="Once upon a time", max_tokens=9, top_k=40, seed=5),
-                dict(prompt="The weather", max_tokens=12, top_p=0.8, temperature=0.7, seed=11),
-                dict(prompt="A", max_tokens=16, temperature=0, repetition_penalty=1.3),
-                dict(prompt="In 1990", max_tokens=7, top_k=5, seed=2, n=2),
-                dict(prompt=PROMPT, max_tokens=10, seed=9)]
+    requests = [
+        dict(prompt=PROMPT, max_tokens=14, temperature=0),
+        dict(prompt="Once upon a time", max_tokens=9, top_k=40, seed=5),
+        dict(prompt="The weather", max_tokens=12, top_p=0.8, temperature=0.7, seed=11),
+        dict(prompt="A", max_tokens=16, temperature=0, repetition_penalty=1.3),
+        dict(prompt="In 1990", max_tokens=7, top_k=5, seed=2, n=2),
+        dict(prompt=PROMPT, max_tokens=10, seed=9),
+    ]
 
     def ask(body):
         return [c["text"] for c in post(server, "/v1/completions", body).json()["choices"]]
@@ -154,43 +163,56 @@ def test_models_health_and_the_predict_api(server, model):
     assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"] == "gpt2-small-test"
     health = httpx.get(server.url + "/health").json()
     assert health == {"status": "ok", "active": 0, "queued": 0}
-    rows = post(server, "/v1/models/gpt2-small-test:predict",
-                {"instances": [{"prompt": PROMPT, "max_new_tokens": 6, "temperature": 0}, "Hello"]}).json()
+    rows = post(
+        server,
+        "/v1/models/gpt2-small-test:predict",
+        {"instances": [{"prompt": PROMPT, "max_new_tokens": 6, "temperature": 0}, "Hello"]},
+    ).json()
     assert rows["predictions"][0]["text"] == expected(model, PROMPT, length=6, temperature=0)[0]
     assert len(rows["predictions"][1]["tokens"]) <= 16  # defaults: 16 tokens, OpenAI's sampling
-    columns = post(server, "/v1/models/gpt2-small-test:predict",
-                   {"inputs": {"prompt": [PROMPT, "Hi"], "max_new_tokens": [6, 3], "temperature": 0}}).json()
-    assert columns["outputs"]["text"] == [expected(model, PROMPT, length=6, temperature=0)[0],
-                                          expected(model, "Hi", length=3, temperature=0)[0]]
+    columns = post(
+        server,
+        "/v1/models/gpt2-small-test:predict",
+        {"inputs": {"prompt": [PROMPT, "Hi"], "max_new_tokens": [6, 3], "temperature": 0}},
+    ).json()
+    assert columns["outputs"]["text"] == [
+        expected(model, PROMPT, length=6, temperature=0)[0],
+        expected(model, "Hi", length=3, temperature=0)[0],
+    ]
     status = httpx.get(server.url + "/v1/models/gpt2-small-test").json()
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
     missing = post(server, "/v1/models/other:predict", {"instances": ["x"]})
     assert missing.status_code == 404 and "Servable not found" in missing.json()["error"]
     bad = post(server, "/v1/models/gpt2-small-test:predict", {"instances": [{"text": "x"}]})
     assert bad.status_code == 400 and "prompt" in bad.json()["error"]
-    short = post(server, "/v1/models/gpt2-small-test:predict", {"inputs": {"prompt": ["a", "b"], "max_new_tokens": [5]}})
+    short = post(
+        server, "/v1/models/gpt2-small-test:predict", {"inputs": {"prompt": ["a", "b"], "max_new_tokens": [5]}}
+    )
     assert short.status_code == 400 and "2 prompts but 1 values of 'max_new_tokens'" in short.json()["error"]
 
 
-@pytest.mark.parametrize("body, param, words", [
-    ({"prompt": "x", "max_tokens": -5}, "max_tokens", "must be a whole number from 1"),
-    ({"prompt": "x", "max_tokens": 10**9}, "max_tokens", "must be a whole number from 1"),
-    ({"prompt": "x", "top_p": 0}, "top_p", "must be a finite number (0.0, 1.0]"),
-    ({"prompt": "x", "top_p": 1.5}, "top_p", "must be a finite number (0.0, 1.0]"),
-    ({"prompt": "x", "temperature": -1}, "temperature", "must be a finite number >= 0.0"),
-    ({"prompt": "word " * 70, "max_tokens": 5}, "prompt", "exceeds the model's context of 64"),
-    ({"prompt": 5}, "prompt", "must be a string"),
-    ({"prompt": "x", "max_tokens": "10"}, "max_tokens", "got \"10\""),
-    ({"prompt": "x", "stream": "yes"}, "stream", "must be true or false"),
-    ({"prompt": "x", "stop": [1]}, "stop", "stop must be a string or a list of strings"),
-    ({"prompt": "x", "bogus": 1}, "bogus", "unknown field"),
-    ({"prompt": "x", "frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
-    ({"prompt": "x", "logprobs": 9}, "logprobs", "from 0 to 5"),
-    ({"prompt": [1, 99999]}, "prompt", "token ids outside the vocabulary"),
-    ({"prompt": [-1]}, "prompt", "token ids outside the vocabulary"),
-    ({"prompt": ["a"] * 7, "n": 2}, "n", "more than this server takes at once (12)"),
-    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 strings"),
-])
+@pytest.mark.parametrize(
+    "body, param, words",
+    [
+        ({"prompt": "x", "max_tokens": -5}, "max_tokens", "must be a whole number from 1"),
+        ({"prompt": "x", "max_tokens": 10**9}, "max_tokens", "must be a whole number from 1"),
+        ({"prompt": "x", "top_p": 0}, "top_p", "must be a finite number (0.0, 1.0]"),
+        ({"prompt": "x", "top_p": 1.5}, "top_p", "must be a finite number (0.0, 1.0]"),
+        ({"prompt": "x", "temperature": -1}, "temperature", "must be a finite number >= 0.0"),
+        ({"prompt": "word " * 70, "max_tokens": 5}, "prompt", "exceeds the model's context of 64"),
+        ({"prompt": 5}, "prompt", "must be a string"),
+        ({"prompt": "x", "max_tokens": "10"}, "max_tokens", 'got "10"'),
+        ({"prompt": "x", "stream": "yes"}, "stream", "must be true or false"),
+        ({"prompt": "x", "stop": [1]}, "stop", "stop must be a string or a list of strings"),
+        ({"prompt": "x", "bogus": 1}, "bogus", "unknown field"),
+        ({"prompt": "x", "frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
+        ({"prompt": "x", "logprobs": 9}, "logprobs", "from 0 to 5"),
+        ({"prompt": [1, 99999]}, "prompt", "token ids outside the vocabulary"),
+        ({"prompt": [-1]}, "prompt", "token ids outside the vocabulary"),
+        ({"prompt": ["a"] * 7, "n": 2}, "n", "more than this server takes at once (12)"),
+        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 strings"),
+    ],
+)
 def test_bad_requests_get_openais_error_object(server, body, param, words):
     response = post(server, "/v1/completions", body)
     assert response.status_code == 400
@@ -209,8 +231,12 @@ def test_a_client_that_goes_away_frees_its_slot(server, monkeypatch):
     engine = server.server.config.app.state.worker.engine
     step = engine.step
     monkeypatch.setattr(engine, "step", lambda *a, **k: time.sleep(0.02) or step(*a, **k))  # a slower model
-    with httpx.stream("POST", server.url + "/v1/completions", timeout=60,
-                      json={"prompt": PROMPT, "max_tokens": 50, "stream": True, "temperature": 0}) as response:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/completions",
+        timeout=60,
+        json={"prompt": PROMPT, "max_tokens": 50, "stream": True, "temperature": 0},
+    ) as response:
         for line in response.iter_lines():
             if line.startswith("data: "):
                 break  # one token in, then hang up
@@ -232,6 +258,7 @@ def busy_until_idle(server):
 def test_beyond_the_queue_requests_get_429(model):
     running = serve(model, max_batch=1, max_queue=1)
     try:
+
         def ask(_):
             return post(running, "/v1/completions", {"prompt": PROMPT, "max_tokens": 40, "temperature": 0})
 
@@ -254,13 +281,17 @@ def test_an_api_key_and_cors(model):
         assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=f"{running.url}/v1", api_key="wrong", max_retries=0).completions.create(
-                model="m", prompt="x", max_tokens=2)
+                model="m", prompt="x", max_tokens=2
+            )
         ok = OpenAI(base_url=f"{running.url}/v1", api_key="sesame", max_retries=0).completions.create(
-            model="m", prompt="x", max_tokens=2)
+            model="m", prompt="x", max_tokens=2
+        )
         assert len(ok.choices) == 1
         assert httpx.get(running.url + "/health").status_code == 200  # not an API route
-        preflight = httpx.options(running.url + "/v1/completions", headers={
-            "Origin": "http://example.test", "Access-Control-Request-Method": "POST"})
+        preflight = httpx.options(
+            running.url + "/v1/completions",
+            headers={"Origin": "http://example.test", "Access-Control-Request-Method": "POST"},
+        )
         assert preflight.headers.get("access-control-allow-origin") == "http://example.test"
     finally:
         running.stop()
@@ -274,6 +305,7 @@ def test_an_api_key_and_cors(model):
 
 # ---- the page, in a real browser -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def browser():
     chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
@@ -283,9 +315,17 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--window-size=1000,800"):
+    for argument in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1000,800",
+    ):
         options.add_argument(argument)
     session = webdriver.Chrome(service=Service(driver), options=options)
     yield session

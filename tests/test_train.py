@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SMALL
 
 import gpt2tf
 from gpt2tf import data, train
@@ -20,7 +21,6 @@ from gpt2tf.cli import run
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import HParams
 from gpt2tf.model import GPT2
-from conftest import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +33,19 @@ def corpus(tmp_path_factory):
 
 
 def config(tmp_path, small_model_dir, corpus, **changes):
-    values = dict(model_dir=str(small_model_dir), dataset_path=str(corpus), output_dir=str(tmp_path / "run"),
-                  length=16, batch_size=2, num_epoch=2, steps_per_epoch=3, save_every=0, log_every=1,
-                  cache_dir=str(tmp_path / "cache"), xla=False)  # XLA's compile costs ~6 s; one test below uses it
+    values = dict(
+        model_dir=str(small_model_dir),
+        dataset_path=str(corpus),
+        output_dir=str(tmp_path / "run"),
+        length=16,
+        batch_size=2,
+        num_epoch=2,
+        steps_per_epoch=3,
+        save_every=0,
+        log_every=1,
+        cache_dir=str(tmp_path / "cache"),
+        xla=False,
+    )  # XLA's compile costs ~6 s; one test below uses it
     values.update(changes)
     return train.configure(values)
 
@@ -50,13 +60,15 @@ def random_batch(seed, shape, n_vocab=101):
 
 
 def trainer_on(tiny_model_dir, **changes):
-    values = dict(output_dir="unused", model_dir=str(tiny_model_dir), optimizer="sgd", base_lr=0.1, clip_norm=0.0,
-                  xla=False)
+    values = dict(
+        output_dir="unused", model_dir=str(tiny_model_dir), optimizer="sgd", base_lr=0.1, clip_norm=0.0, xla=False
+    )
     values.update(changes)
     return train.Trainer(gpt2tf.load_model(tiny_model_dir), train.TrainConfig(**values))
 
 
 # ---- the step ----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("optimizer, xla, atol", [("sgd", True, 2e-6), ("adam", False, 1e-5)])
 def test_accumulating_n_micro_batches_equals_an_n_times_larger_batch(tiny_model_dir, optimizer, xla, atol):
@@ -103,8 +115,12 @@ def test_lora_starts_as_the_base_model_and_merges_into_plain_weights(tiny_model_
     prefix = tmp_path / "merged" / "model.ckpt"
     prefix.parent.mkdir()
     tensors = lora.weights_to_save()
-    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=sorted(tensors), shape_and_slices=[""] * len(tensors),
-                      tensors=[tensors[k] for k in sorted(tensors)])
+    tf.raw_ops.SaveV2(
+        prefix=str(prefix),
+        tensor_names=sorted(tensors),
+        shape_and_slices=[""] * len(tensors),
+        tensors=[tensors[k] for k in sorted(tensors)],
+    )
     merged = GPT2(lora.model.hparams, initializer="empty")
     gpt2tf.checkpoint.restore_weights(merged, str(prefix))
     np.testing.assert_allclose(merged(tokens[0, :, :-1]).numpy(), adapted, atol=1e-5)
@@ -137,13 +153,15 @@ def test_mixed_precision_steps_run_on_cpu(tiny_model_dir):
     for precision in ("mixed_float16", "mixed_bfloat16"):
         policy, scaling = train.resolve_precision(precision)
         model = gpt2tf.load_model(tiny_model_dir, dtype=policy)
-        trainer = train.Trainer(model, train.TrainConfig(output_dir="x", optimizer="adam", xla=False),
-                                loss_scaling=scaling)
+        trainer = train.Trainer(
+            model, train.TrainConfig(output_dir="x", optimizer="adam", xla=False), loss_scaling=scaling
+        )
         assert np.isfinite(trainer.train_step(tokens, weights))
         assert isinstance(trainer.optimizer, tf.keras.optimizers.LossScaleOptimizer) == scaling or not scaling
 
 
 # ---- whole runs --------------------------------------------------------------------------------------------------
+
 
 def final_state(run_dir):
     model = gpt2tf.load_model(run_dir)
@@ -183,14 +201,30 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, small
 
 
 def test_run_dir_is_a_model_dir_with_the_last_k_checkpoints(tmp_path, small_model_dir, corpus):
-    run_dir = train.finetune(config(tmp_path, small_model_dir, corpus, save_every=1, keep_checkpoints=2,
-                                    val_dataset_path=str(corpus), val_batches=2))
+    run_dir = train.finetune(
+        config(
+            tmp_path,
+            small_model_dir,
+            corpus,
+            save_every=1,
+            keep_checkpoints=2,
+            val_dataset_path=str(corpus),
+            val_batches=2,
+        )
+    )
     assert train.RunDir(run_dir).checkpoints() == [5, 6]
     assert sorted(p.name for p in run_dir.glob("model.ckpt-*")) == [
-        "model.ckpt-5.data-00000-of-00001", "model.ckpt-5.index", "model.ckpt-6.data-00000-of-00001",
-        "model.ckpt-6.index"]
+        "model.ckpt-5.data-00000-of-00001",
+        "model.ckpt-5.index",
+        "model.ckpt-6.data-00000-of-00001",
+        "model.ckpt-6.index",
+    ]
     assert sorted(p.name for p in (run_dir / "train_state").iterdir()) == [
-        "ckpt-5.data-00000-of-00001", "ckpt-5.index", "ckpt-6.data-00000-of-00001", "ckpt-6.index"]
+        "ckpt-5.data-00000-of-00001",
+        "ckpt-5.index",
+        "ckpt-6.data-00000-of-00001",
+        "ckpt-6.index",
+    ]
     assert {"hparams.json", "encoder.json", "vocab.bpe", "checkpoint"} <= {p.name for p in run_dir.iterdir()}
     model = gpt2tf.load_model(run_dir)
     assert model.hparams == SMALL
@@ -199,12 +233,20 @@ def test_run_dir_is_a_model_dir_with_the_last_k_checkpoints(tmp_path, small_mode
     assert [m["step"] for m in metrics if "val_mean_nll" in m] == [3, 6]  # each epoch's end
     # Validation is the evaluation's perplexity over the first val_batches x batch_size windows of the set.
     val = [m for m in metrics if "val_mean_nll" in m][-1]
-    assert set(val) == {"step", "val_scored_tokens", "val_mean_nll", "val_perplexity", "val_bits_per_byte",
-                        "val_word_perplexity"}
-    tokens = data.load_dataset("text", str(corpus), tokenizer=gpt2tf.get_encoder(),
-                               cache_dir=str(tmp_path / "cache")).tokens
+    assert set(val) == {
+        "step",
+        "val_scored_tokens",
+        "val_mean_nll",
+        "val_perplexity",
+        "val_bits_per_byte",
+        "val_word_perplexity",
+    }
+    tokens = data.load_dataset(
+        "text", str(corpus), tokenizer=gpt2tf.get_encoder(), cache_dir=str(tmp_path / "cache")
+    ).tokens
     from gpt2tf import evaluate
-    report, _ = evaluate.perplexity(model, tokens[:4 * 16], context=16, stride=16)
+
+    report, _ = evaluate.perplexity(model, tokens[: 4 * 16], context=16, stride=16)
     assert val["val_scored_tokens"] == report["scored_tokens"]
     assert val["val_mean_nll"] == pytest.approx(report["mean_nll"], abs=2e-6)
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -223,8 +265,11 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, small_model_dir,
         return original(path, text)
 
     monkeypatch.setattr(checkpoint_module, "write_text_atomic", dying)
-    with pytest.raises(GPT2TFError, match=r"cannot write checkpoint 3 in .* \(killed\); the last checkpoint, step 2, "
-                                          r"is complete; free some space and continue with: python finetune.py"):
+    with pytest.raises(
+        GPT2TFError,
+        match=r"cannot write checkpoint 3 in .* \(killed\); the last checkpoint, step 2, "
+        r"is complete; free some space and continue with: python finetune.py",
+    ):
         train.finetune(cfg)
     assert train.RunDir(cfg.output_dir).checkpoints() == [2]
     before = weights_of(gpt2tf.load_model(cfg.output_dir))
@@ -245,9 +290,21 @@ def test_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path, sma
 
 
 def test_from_scratch_with_hparams_flags(tmp_path, corpus):
-    cfg = train.configure(dict(init="random", n_layer=1, n_embd=8, n_head=2, n_ctx=16, dataset_path=str(corpus),
-                               output_dir=str(tmp_path / "run"), num_epoch=1, steps_per_epoch=2, batch_size=2,
-                               cache_dir=str(tmp_path / "cache")))
+    cfg = train.configure(
+        dict(
+            init="random",
+            n_layer=1,
+            n_embd=8,
+            n_head=2,
+            n_ctx=16,
+            dataset_path=str(corpus),
+            output_dir=str(tmp_path / "run"),
+            num_epoch=1,
+            steps_per_epoch=2,
+            batch_size=2,
+            cache_dir=str(tmp_path / "cache"),
+        )
+    )
     run_dir = train.finetune(cfg)
     assert gpt2tf.load_model(run_dir).hparams == HParams(n_ctx=16, n_embd=8, n_head=2, n_layer=1)
 
@@ -261,16 +318,16 @@ def test_lora_run_saves_merged_weights_and_resumes(tmp_path, small_model_dir, co
     assert train.RunDir(cfg.output_dir).checkpoints()[-1] == 6
 
 
-def test_a_state_saved_before_the_transposed_layout_is_refused_clearly(tmp_path, small_model_dir, corpus,
-                                                                       monkeypatch):
+def test_a_state_saved_before_the_transposed_layout_is_refused_clearly(tmp_path, small_model_dir, corpus, monkeypatch):
     """Optimizer slots saved with [1, n_in, n_out] projections must not load (a square one would, transposed)."""
     cfg = config(tmp_path, small_model_dir, corpus, optimizer="adam", max_steps=1)
     build = train.Trainer.__init__
 
     def without_layout(self, *args, **kwargs):  # the training state as gpt2tf wrote it before the layout marker
         build(self, *args, **kwargs)
-        self.state = tf.train.Checkpoint(optimizer=list(self.optimizer.variables), step=self.step,
-                                         data_index=self.data_index, adapters=[])
+        self.state = tf.train.Checkpoint(
+            optimizer=list(self.optimizer.variables), step=self.step, data_index=self.data_index, adapters=[]
+        )
 
     monkeypatch.setattr(train.Trainer, "__init__", without_layout)
     train.finetune(cfg)
@@ -290,6 +347,7 @@ def test_a_corrupt_training_state_is_a_one_line_error(tmp_path, small_model_dir,
 
 # ---- configuration and the CLI -------------------------------------------------------------------------------------
 
+
 def cli_error(capsys, argv):
     from gpt2tf.cli import finetune_main
 
@@ -304,19 +362,31 @@ def cli_error(capsys, argv):
 def test_cli_bad_inputs_are_one_line_errors(tmp_path, small_model_dir, corpus, capsys):
     base = ["--model_dir", str(small_model_dir), "--dataset_path", str(corpus), "--output_dir", str(tmp_path / "r")]
     assert "invalid choice: 'coqa'" in cli_error(capsys, base + ["--data_loader", "coqa"])
-    assert "does not exist" in cli_error(capsys, ["--model_dir", str(small_model_dir), "--dataset_path",
-                                                  str(tmp_path / "none.txt"), "--output_dir", str(tmp_path / "r")])
+    assert "does not exist" in cli_error(
+        capsys,
+        [
+            "--model_dir",
+            str(small_model_dir),
+            "--dataset_path",
+            str(tmp_path / "none.txt"),
+            "--output_dir",
+            str(tmp_path / "r"),
+        ],
+    )
     (tmp_path / "short.txt").write_text("Too short.")
     assert "too few for one training window" in cli_error(
-        capsys, base[:2] + ["--dataset_path", str(tmp_path / "short.txt"), "--output_dir", str(tmp_path / "r")])
+        capsys, base[:2] + ["--dataset_path", str(tmp_path / "short.txt"), "--output_dir", str(tmp_path / "r")]
+    )
     (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
     assert "not UTF-8 text" in cli_error(
-        capsys, base[:2] + ["--dataset_path", str(tmp_path / "image.png"), "--output_dir", str(tmp_path / "r")])
+        capsys, base[:2] + ["--dataset_path", str(tmp_path / "image.png"), "--output_dir", str(tmp_path / "r")]
+    )
     assert "not a GPT-2 model dir" in cli_error(capsys, ["--model_dir", str(tmp_path)] + base[2:])
     (tmp_path / "file").write_text("")
     assert "cannot write to --output_dir" in cli_error(capsys, base[:4] + ["--output_dir", str(tmp_path / "file/run")])
     assert "drop --only_train_transformer_layers" in cli_error(
-        capsys, base + ["--lora_rank", "4", "--only_train_transformer_layers"])
+        capsys, base + ["--lora_rank", "4", "--only_train_transformer_layers"]
+    )
     assert "only apply with --init random" in cli_error(capsys, base + ["--n_layer", "2"])
     assert "must end in .h5" in cli_error(capsys, base + ["--output_name", "weights.ckpt"])
     assert "--batch_size must be at least 1" in cli_error(capsys, base + ["--batch_size", "0"])
@@ -338,9 +408,28 @@ def test_finetune_script_smoke(tmp_path, small_model_dir, corpus):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "finetune.py"), "--model_dir", str(small_model_dir), "--dataset_path", str(corpus),
-         "--output_dir", str(out), "--num_epoch", "1", "--steps_per_epoch", "1", "--length", "8", "--no_xla"],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "finetune.py"),
+            "--model_dir",
+            str(small_model_dir),
+            "--dataset_path",
+            str(corpus),
+            "--output_dir",
+            str(out),
+            "--num_epoch",
+            "1",
+            "--steps_per_epoch",
+            "1",
+            "--length",
+            "8",
+            "--no_xla",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert f"python inference.py --model_dir {out}" in result.stderr
     assert gpt2tf.load_model(out).hparams == SMALL
@@ -370,7 +459,9 @@ def test_the_default_run_dir_is_named_after_the_model_and_the_data(tmp_path):
     # A dir that holds this model's run on this data is continued; another model's or other data's is not.
     flags = dict(model_dir="models/124M", dataset_path="dataset/killbill.txt")
     (runs / "124M-killbill").mkdir(parents=True)
-    train.TrainConfig(**flags, output_dir=str(runs / "124M-killbill")).to_json(runs / "124M-killbill" / "train_config.json")
+    train.TrainConfig(**flags, output_dir=str(runs / "124M-killbill")).to_json(
+        runs / "124M-killbill" / "train_config.json"
+    )
     assert name(**flags) == "124M-killbill"
     assert name(model_dir="models/124M/", dataset_path="./dataset/killbill.txt") == "124M-killbill"  # same paths
     assert name(model_dir="models/124M", dataset_path="other/killbill.txt") == "124M-killbill-2"
@@ -378,19 +469,24 @@ def test_the_default_run_dir_is_named_after_the_model_and_the_data(tmp_path):
     assert name(**flags, restore_from="fresh") == "124M-killbill-2"
     (runs / "124M-killbill-2").mkdir()
     train.TrainConfig(model_dir="models/124M", dataset_path="other/killbill.txt").to_json(
-        runs / "124M-killbill-2" / "train_config.json")
+        runs / "124M-killbill-2" / "train_config.json"
+    )
     assert name(model_dir="models/124M", dataset_path="other/killbill.txt") == "124M-killbill-2"
     assert name(**flags, restore_from="fresh") == "124M-killbill-3"
 
 
 # ---- settings that would waste or destroy a run (issue 12) ---------------------------------------------------------
 
+
 def test_restore_from_another_model_never_overwrites_a_run(tmp_path, small_model_dir, tiny_model_dir, corpus):
     cfg = config(tmp_path, small_model_dir, corpus, max_steps=1)
     train.finetune(cfg)
     before = sorted(p.name for p in Path(cfg.output_dir).iterdir())
-    with pytest.raises(GPT2TFError, match=r"already holds a run, which starting from .* would overwrite; choose "
-                                          r"another --output_dir"):
+    with pytest.raises(
+        GPT2TFError,
+        match=r"already holds a run, which starting from .* would overwrite; choose "
+        r"another --output_dir",
+    ):
         train.configure({"output_dir": cfg.output_dir, "restore_from": str(tiny_model_dir)})
     assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == before
     # Going back to one of the run's own checkpoints is allowed: it continues the same run.
@@ -403,21 +499,27 @@ def test_a_resumed_run_keeps_the_weights_it_started_from(tmp_path, small_model_d
     train.finetune(cfg)
     other = tmp_path / "other"
     shutil.copytree(small_model_dir, other)
-    with pytest.raises(GPT2TFError, match=r"holds a run started from --model_dir .*, not .*other; continue it "
-                                          r"without --model_dir"):
+    with pytest.raises(
+        GPT2TFError,
+        match=r"holds a run started from --model_dir .*, not .*other; continue it "
+        r"without --model_dir",
+    ):
         train.configure({"output_dir": cfg.output_dir, "model_dir": str(other)})
     train.configure({"output_dir": cfg.output_dir, "model_dir": str(small_model_dir) + "/"})  # the same dir
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(decay_lr=-0.1), "--decay_lr must not be negative"),
-    (dict(decay_lr=float("nan")), "decay_lr must be a finite number"),
-    (dict(clip_norm=float("nan")), "clip_norm must be a finite number"),
-    (dict(lora_alpha=float("nan")), "lora_alpha must be a finite number"),
-    (dict(lora_alpha=0.0), "--lora_alpha must be a positive number"),
-    (dict(sample_length=0), "--sample_length must be at least 1"),
-    (dict(num_epoch="4"), "num_epoch must be a whole number, got '4'"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(decay_lr=-0.1), "--decay_lr must not be negative"),
+        (dict(decay_lr=float("nan")), "decay_lr must be a finite number"),
+        (dict(clip_norm=float("nan")), "clip_norm must be a finite number"),
+        (dict(lora_alpha=float("nan")), "lora_alpha must be a finite number"),
+        (dict(lora_alpha=0.0), "--lora_alpha must be a positive number"),
+        (dict(sample_length=0), "--sample_length must be at least 1"),
+        (dict(num_epoch="4"), "num_epoch must be a whole number, got '4'"),
+    ],
+)
 def test_bad_settings_are_refused_before_the_run(tmp_path, small_model_dir, corpus, changes, message):
     with pytest.raises(GPT2TFError, match=re.escape(message)):
         config(tmp_path, small_model_dir, corpus, **changes)
@@ -433,18 +535,34 @@ def test_a_sample_that_cannot_fit_is_refused_before_training(tmp_path, small_mod
 
 def test_a_shape_too_big_for_memory_is_refused(tmp_path, corpus):
     with pytest.raises(GPT2TFError, match="more than this machine's"):
-        train.finetune(train.configure(dict(init="random", n_ctx=10**8, n_embd=768, dataset_path=str(corpus),
-                                            output_dir=str(tmp_path / "run"), length=16)))
+        train.finetune(
+            train.configure(
+                dict(
+                    init="random",
+                    n_ctx=10**8,
+                    n_embd=768,
+                    dataset_path=str(corpus),
+                    output_dir=str(tmp_path / "run"),
+                    length=16,
+                )
+            )
+        )
 
 
 def test_finetune_flag_errors_are_reported_before_tensorflow_loads(tmp_path):
-    code = ("import sys, atexit; atexit.register(lambda: print('TF' if 'tensorflow' in sys.modules else 'no TF', "
-            "file=sys.stderr)); from gpt2tf.cli import run_script; sys.argv = ['finetune.py'] + sys.argv[1:]; "
-            "run_script('finetune')")
-    for args, message in ((["--decay_lr", "nan"], "decay_lr must be a finite number"),
-                          (["--data_loader", "coqa"], "invalid choice: 'coqa'"),
-                          (["--output_dir", str(tmp_path), "--restore_from", "fresh", "--batch_size", "0"],
-                           "--batch_size must be at least 1")):
+    code = (
+        "import sys, atexit; atexit.register(lambda: print('TF' if 'tensorflow' in sys.modules else 'no TF', "
+        "file=sys.stderr)); from gpt2tf.cli import run_script; sys.argv = ['finetune.py'] + sys.argv[1:]; "
+        "run_script('finetune')"
+    )
+    for args, message in (
+        (["--decay_lr", "nan"], "decay_lr must be a finite number"),
+        (["--data_loader", "coqa"], "invalid choice: 'coqa'"),
+        (
+            ["--output_dir", str(tmp_path), "--restore_from", "fresh", "--batch_size", "0"],
+            "--batch_size must be at least 1",
+        ),
+    ):
         result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
         assert result.returncode == 2
         error, imported = result.stderr.strip().splitlines()
