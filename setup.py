@@ -57,11 +57,11 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["gpt2tf", "gpt2tf.*"]),
-    package_data={"gpt2tf": ["vocab/encoder.json", "vocab/vocab.bpe", "native_matmul.cc", "page.html"]},
+    package_data={"gpt2tf": ["vocab/encoder.json", "vocab/vocab.bpe", "kernels/native_matmul.cc", "serve/page.html"]},
     include_package_data=True,
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["gpt2tf = gpt2tf.cli:main"]},  # gpt2tf download|generate|finetune|serve
+    entry_points={"console_scripts": ["gpt2tf = gpt2tf.cli:main"]},  # gpt2tf download|generate|finetune|serve|...
     license="MIT",
 )

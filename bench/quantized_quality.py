@@ -66,12 +66,12 @@ def trained(run_dir, val_path):
     import tensorflow as tf
 
     import gpt2tf
-    from gpt2tf.data import _find_files, _read_text
+    from gpt2tf.data import find_files, read_text
     from gpt2tf.evaluate import perplexity
 
     encoder = gpt2tf.get_encoder()
     tokens = []
-    for text in (_read_text(f) for f in _find_files(val_path)):  # as evaluate.py --task perplexity reads it
+    for text in (read_text(f) for f in find_files(val_path)):  # as evaluate.py --task perplexity reads it
         tokens += ([encoder.eot_id] if tokens else []) + encoder.encode(text)
     reports, top1 = {}, {}
     for weights in ("float32", "int8", "bf16"):

@@ -95,7 +95,7 @@ class Examples:
             prompt -= cut
         return ids, prompt
 
-    @functools.lru_cache(maxsize=2)
+    @functools.lru_cache(maxsize=2)  # noqa: B019 -- keeps the dataset alive: it lives as long as the run anyway
     def _order(self, seed, epoch):
         return np.random.default_rng([seed, epoch]).permutation(len(self))
 
@@ -202,13 +202,13 @@ def load_text(path, *, tokenizer, split="train", feature=None, cache_dir=None):
     joined by the end-of-text id. `.npy`/`.npz` files are token streams taken as they are. `split` and `feature`
     are unused.
     """
-    files = _find_files(path)
+    files = find_files(path)
     texts = [f for f in files if f.suffix not in TOKEN_FILE_SUFFIXES]
     eot = tokenizer.eot_id
 
     def build():
         documents = encode_texts(
-            tokenizer, [_read_text(f) for f in texts], desc=f"tokenising {path}", allowed_special={ENDOFTEXT}
+            tokenizer, [read_text(f) for f in texts], desc=f"tokenising {path}", allowed_special={ENDOFTEXT}
         )
         by_file = dict(zip(texts, documents))
         parts = []
@@ -233,7 +233,7 @@ def load_text(path, *, tokenizer, split="train", feature=None, cache_dir=None):
     return TokenStream(arrays["tokens"], name=f"dataset {path}")
 
 
-def _find_files(path):
+def find_files(path):
     text = str(path)
     path = Path(path)
     if path.is_file():
@@ -253,7 +253,7 @@ def _find_files(path):
     return sorted(files)
 
 
-def _read_text(path):
+def read_text(path):
     try:
         data = path.read_bytes()
         if b"\0" in data:
@@ -429,7 +429,7 @@ def _story_files(root, url_list):
 
 def _read_story(path):
     """A .story file: the article, then blocks that each start with a line `@highlight`."""
-    article, *blocks = _read_text(path).split("@highlight")
+    article, *blocks = read_text(path).split("@highlight")
     return article, [block.strip().split("\n")[0] for block in blocks]
 
 

@@ -26,8 +26,11 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
+from gpt2tf.config import flag
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import LEGACY_NAMES, PRETRAINED, HParams
+from gpt2tf.layout import MODELS_DIR
+from gpt2tf.startup import import_tensorflow_quietly
 
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"  # where OpenAI serves the files
 BASE_URL_ENV = "GPT2TF_BASE_URL"
@@ -67,17 +70,57 @@ SMALL_FILE_CAP = 64 << 20
 
 @dataclasses.dataclass(frozen=True)
 class DownloadConfig:
-    models_dir: str = "models"
-    base_url: str = DEFAULT_BASE_URL
-    quiet: bool = False  # no progress bars, notes or summary
-    verify: bool = True  # load each downloaded model with gpt2tf.load_model (imports TensorFlow)
-    force: bool = False  # fetch every file again, even a complete one (replaced only once the new copy is complete)
+    """How models are downloaded; the fields with help are `download_model.py`'s flags."""
+
+    models_dir: str = flag(MODELS_DIR, "each model goes to <models_dir>/<model>")
+    base_url: str = flag(
+        None,
+        f"where <model>/<file> is fetched from, e.g. a mirror (default: ${BASE_URL_ENV} if set, else "
+        f"{DEFAULT_BASE_URL})",
+    )
+    quiet: bool = flag(False, "no progress bars or notes, only errors")
+    verify: bool = flag(
+        True,
+        "load each model with gpt2tf.load_model after the download (imports TensorFlow)",
+        negative_help="skip loading each model with gpt2tf.load_model after the download (no TensorFlow)",
+    )
+    force: bool = flag(
+        False,
+        "download every file again, even complete ones (each is replaced only once its new copy is complete)",
+    )
     tries: int = 5  # consecutive attempts without progress before giving up on a file
     backoff_s: float = 1.0  # sleep after the n-th failure in a row is backoff_s * 2**(n-1), capped at 60 s
     timeout_s: float = 30.0  # connect timeout, and the longest silence allowed mid-transfer
     chunk_bytes: int = 1 << 20
     known_sizes: dict = dataclasses.field(default_factory=lambda: KNOWN_SIZES)  # model name -> {file: bytes}
     small_file_cap: int = SMALL_FILE_CAP  # bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadCommand(DownloadConfig):
+    """What `download_model.py` (and `gpt2tf download`) does: the models to fetch, and how."""
+
+    models: list = flag(
+        [],
+        f"{', '.join(MODEL_NAMES)} (old names {', '.join(LEGACY_NAMES)} are accepted)",
+        positional=True,
+        nargs="+",
+        metavar="model",
+    )
+
+
+def check(config):
+    for name in config.models:
+        canonical_name(name)
+
+
+def run(config):
+    download_models(config.models, config)
+
+
+def base_url(config):
+    """Where files are fetched from: the config's base URL, else $GPT2TF_BASE_URL, else OpenAI's."""
+    return (config.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
 
 
 def canonical_name(name):
@@ -151,7 +194,7 @@ def fetch_files(session, name, file_names, config, *, fresh=False):
                 _part(path).unlink(missing_ok=True)
             download_file(
                 session,
-                f"{config.base_url.rstrip('/')}/{name}/{file_name}",
+                f"{base_url(config)}/{name}/{file_name}",
                 path,
                 expected_size=config.known_sizes.get(name, {}).get(file_name),
                 max_size=_max_size(name, file_name, config),
@@ -304,10 +347,8 @@ def _fetch_into(session, url, part, *, expected_size, max_size, config):
 
 def check_model_loads(model_dir):
     """Raise a `GPT2TFError` unless `gpt2tf.load_model` accepts the downloaded directory."""
-    from gpt2tf.cli import import_tensorflow_quietly
-
     import_tensorflow_quietly()  # a download alone should not pay for TensorFlow, nor print its start-up lines
-    from gpt2tf import load_model
+    from gpt2tf.formats.load import load_model
 
     try:
         load_model(model_dir)

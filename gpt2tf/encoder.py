@@ -1,7 +1,7 @@
 """GPT-2's byte-level BPE tokenizer: text <-> token ids, bit-exact with OpenAI's `encoder.py`.
 
-This module owns the vocab files (`encoder.json` and `vocab.bpe`, bundled under `gpt2tf/vocab/`) and everything
-that reads them. It imports no TensorFlow, so it stays quick to import.
+This module owns what the vocab files (`encoder.json` and `vocab.bpe`, bundled under `gpt2tf/vocab/`) hold and
+everything that reads them. It imports no TensorFlow, so it stays quick to import.
 """
 
 import functools
@@ -16,9 +16,7 @@ from pathlib import Path
 import regex
 
 from gpt2tf.errors import GPT2TFError
-
-VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
-ENDOFTEXT = "<|endoftext|>"
+from gpt2tf.layout import ENDOFTEXT, VOCAB_DIR, VOCAB_FILES
 
 # Pieces of more bytes than this are merged with a heap, O(n log n), rather than by the O(n^2) loop.
 HEAP_BPE_BYTES = 32
@@ -301,7 +299,7 @@ def get_encoder(vocab_dir: str | os.PathLike | None = None) -> Encoder:
 @functools.lru_cache(maxsize=8)
 def _load(vocab_dir: str | None) -> Encoder:
     directory = VOCAB_DIR if vocab_dir is None else Path(vocab_dir)
-    encoder_path, merges_path = directory / "encoder.json", directory / "vocab.bpe"
+    encoder_path, merges_path = (directory / name for name in VOCAB_FILES)
     missing = [path.name for path in (encoder_path, merges_path) if not path.is_file()]
     if missing:
         raise GPT2TFError(f"no {' or '.join(missing)} in {directory}; vocab_dir must hold GPT-2's vocab files")

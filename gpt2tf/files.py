@@ -1,27 +1,99 @@
-"""Writing files so that an interruption never leaves a half-written one under the final name, and checking where
-output dirs go."""
+"""Writing files so that an interruption never leaves a half-written one under its final name: the one place that
+writes beside a final name and renames into place. Also where output dirs are checked.
+
+Every temporary is named by `temp_name` (`<final name>.tmp-<pid>`), so a later run can recognise and remove what an
+interrupted one left (`gpt2tf.train.rundir` does). No TensorFlow here: formats pass their own error types to
+`writing_dir` so that their failures, too, become one line.
+"""
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
-from gpt2tf.errors import GPT2TFError
+from gpt2tf.errors import GPT2TFError, first_line
+
+TEMP_MARK = ".tmp-"  # in every temporary's name
+
+
+def temp_name(path):
+    """The temporary beside `path` that this process writes before renaming it to `path`."""
+    return f"{path}{TEMP_MARK}{os.getpid()}"
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """`with atomic_path(path) as temp:` write the file `temp`; when the block ends it is renamed to `path`. A failure
+    (a full disk, say) removes `temp` and leaves `path` as it was."""
+    temp = temp_name(path)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+
+
+@contextlib.contextmanager
+def atomic_paths(paths):
+    """`with atomic_paths([a, b]) as (temp_a, temp_b):` write several files, renamed into place together, in the
+    given order, only once every one of them is written; a failure removes them all and leaves every path as it
+    was (for files that must not mix old and new, as a model's shards)."""
+    temps = [temp_name(path) for path in paths]
+    try:
+        yield temps
+        for temp, path in zip(temps, paths):
+            os.replace(temp, path)
+    finally:
+        for temp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
 
 
 def write_text_atomic(path, text):
-    """Write `text` to a temporary file beside `path`, flush it to disk, then rename it over `path`. A failure
-    (a full disk, say) removes the temporary file and leaves `path` as it was."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    """Write `text` (UTF-8) to `path` atomically, flushed to disk before the rename."""
+    with atomic_path(path) as temp, open(temp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def copy_atomic(source, target):
+    """Copy the file `source` to `target` atomically."""
+    with atomic_path(target) as temp:
+        shutil.copyfile(source, temp)
+
+
+@contextlib.contextmanager
+def writing_dir(out_dir, *, what="", replace=False, errors=(OSError,)):
+    """`with writing_dir(out_dir) as (work, fresh):` write a dir of files so that an interruption never leaves one
+    that looks complete.
+
+    A new `out_dir` (or any, with `replace`) is written as `work`, a dir beside it, renamed into place when the
+    block ends (an existing `out_dir` is then removed first) and removed if it fails; an existing one is `work`
+    itself (`fresh` False), whose writer must write each file through `atomic_path`. An error of the types in
+    `errors` is one line naming `out_dir` and what to do.
+    """
+    out_dir = Path(out_dir)
+    fresh = replace or not out_dir.exists()
+    work = out_dir.with_name(f".{out_dir.name}{TEMP_MARK}{os.getpid()}") if fresh else out_dir
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        if fresh:
+            shutil.rmtree(work, ignore_errors=True)  # what an earlier, killed process of this pid left
+        work.mkdir(parents=True, exist_ok=True)
+        yield work, fresh
+        if fresh:
+            if out_dir.is_dir():
+                shutil.rmtree(out_dir)
+            os.replace(work, out_dir)
+    except errors as err:
+        reason = getattr(err, "strerror", None) or first_line(err)
+        raise GPT2TFError(
+            f"cannot write {what}{out_dir} ({reason}); choose a writable location with enough free space"
+        ) from None
+    finally:
+        if fresh and work.exists():
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def check_output_dir(out_dir, *, marker, what):

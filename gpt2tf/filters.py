@@ -1,175 +1,24 @@
-"""Choosing the next token: pure functions over float32 logits `[batch, vocab]`, every setting a per-row tensor.
+"""Where choosing the next token (`gpt2tf.decode.filters`) used to live, kept so that `import gpt2tf.filters` keeps
+working: a thin re-export.
 
-Order, as in OpenAI's `sample.py`: repetition penalty → temperature → top-k → top-p → draw.
+New code imports from the new home."""
 
-- temperature 0 means greedy (argmax); otherwise logits are divided by it.
-- top-k (0 = off; at or above the vocabulary size, every token stays) keeps the tokens whose logit is at least the
-  k-th largest (OpenAI's rule: ties with the k-th are kept).
-- top-p (1.0 = off) is nucleus sampling: walking the tokens from most to least probable, a token is kept while the
-  mass of the tokens *before* it is still below p — the smallest set whose mass reaches p, **the token that crosses
-  p included** (nshepperd's, gpt-2-simple's and keras-hub's rule; OpenAI's own code drops the crossing token). The
-  most probable token is always kept; tokens tied with the last kept one are kept too.
-- repetition penalty (1.0 = off) is CTRL's: every token already present in the row (prompt or output) has its logit
-  divided by the penalty if positive, multiplied by it if negative — so a penalty > 1 always makes repeats less likely.
-- The draw is Gumbel-max (argmax of logits plus Gumbel noise), an exact sample from softmax(logits). The noise of
-  each row comes from a stateless generator keyed by (seed, sample number j, step): the j-th sample of a prompt
-  depends only on the seed, the prompt and j — the same on every call, in every process, whatever the batch or the
-  other rows in it.
+from gpt2tf.decode.filters import (
+    FAST_K,
+    apply_repetition_penalty,
+    choose_tokens,
+    filter_logits,
+    gumbel_noise,
+    top_k_logits,
+    top_p_logits,
+)
 
-Rows with different settings share one call and one trace: the settings are tensors, and which path a row takes
-(no filter; its `FAST_K` largest logits; a sort of the whole vocabulary, only for the rows that need it) is chosen
-at run time. Each path gives the same kept set, bit for bit, as filtering each row on its own.
-"""
-
-import numpy as np
-import tensorflow as tf
-
-from gpt2tf import native
-from gpt2tf.layout import MASKED_VALUE
-
-FAST_K = 256  # rows are filtered from their FAST_K largest logits when that is exact (see _top_k_top_p)
-
-
-def _per_row(value, batch, dtype):
-    return tf.broadcast_to(tf.cast(value, dtype), [batch])
-
-
-def apply_repetition_penalty(logits, seen, penalty):
-    """CTRL's penalty on tokens already in the row (`seen`: bool [batch, vocab]; `penalty`: scalar or [batch])."""
-    penalty = _per_row(penalty, tf.shape(logits)[0], tf.float32)[:, None]  # [batch, 1]
-    penalized = tf.where(logits > 0, logits / penalty, logits * penalty)
-    return tf.where(seen & (penalty != 1.0), penalized, logits)
-
-
-def top_k_logits(logits, k):
-    """Keep logits >= the k-th largest of their row (k = 0, or k >= vocabulary: all); the rest become -1e10."""
-    return _top_k_top_p(logits, k, 1.0)
-
-
-def top_p_logits(logits, p):
-    """Keep the smallest most-probable set whose probability mass reaches p (crossing token included)."""
-    return _top_k_top_p(logits, 0, p)
-
-
-def _top_k_top_p(logits, k, p):
-    """Top-k then top-p, per row (`k`, `p`: scalars or [batch]).
-
-    Every filtered row is first filtered from its `FAST_K` largest logits, which is exact when its top-k is at most
-    that and its nucleus ends within them; only the other rows are sorted whole (~5 ms a row in TensorFlow's sort,
-    ~0.6 ms in the native kernel's, which the decode step uses where it can).
-    """
-    batch, vocab = tf.shape(logits)[0], logits.shape[-1]
-    k = _per_row(k, batch, tf.int32)
-    k = tf.where(k >= vocab, 0, k)  # k >= vocabulary keeps every token, as 0 does
-    p = _per_row(p, batch, tf.float32)
-    filtered = (k > 0) | (p < 1.0)
-    fast_k = min(FAST_K, vocab)
-
-    def fast_then_full():
-        # Only the filtered rows are filtered (a batch's greedy and free rows pass as they are): first from their
-        # FAST_K largest logits, then, for those where that is not exact, from the whole vocabulary sorted.
-        rows = tf.where(filtered)[:, 0]
-        sub, sub_k, sub_p = tf.gather(logits, rows), tf.gather(k, rows), tf.gather(p, rows)
-        result, exact = _filter(sub, sub_k, sub_p, tf.math.top_k(sub, k=fast_k).values)
-        again = tf.where(~exact)[:, 0]  # [positions in `sub` that need the whole vocabulary sorted]
-
-        def full():
-            refiltered, _ = _filter(
-                tf.gather(sub, again),
-                tf.gather(sub_k, again),
-                tf.gather(sub_p, again),
-                _sorted_rows(logits, tf.gather(rows, again)),
-            )
-            return tf.tensor_scatter_nd_update(result, again[:, None], refiltered)
-
-        result = tf.cond(tf.size(again) > 0, full, lambda: result)
-        return tf.tensor_scatter_nd_update(logits, rows[:, None], result)
-
-    return tf.cond(tf.reduce_any(filtered), fast_then_full, lambda: logits)
-
-
-def _sorted_rows(logits, rows):
-    """Rows `rows` of logits, each sorted from largest to smallest: [len(rows), vocab]."""
-    if native.sort_applies(logits):
-        needed = tf.scatter_nd(tf.cast(rows, tf.int32)[:, None], tf.ones_like(rows, tf.float32), [logits.shape[0]])
-        return tf.gather(native.sort_descending(logits, needed), rows)
-    return tf.sort(tf.gather(logits, rows), axis=-1, direction="DESCENDING")
-
-
-def _filter(logits, k, p, top_values):
-    """Top-k and top-p given each row's largest logits in descending order (`top_values` [batch, n]): the n
-    largest of the row, or all of them. Returns the filtered logits and, per row, whether they are exact: they are
-    unless the row's top-k exceeds n, or it has no top-k and its nucleus does not end within the n."""
-    n = tf.shape(top_values)[1]
-    kk = tf.clip_by_value(tf.where(k > 0, k, n), 1, n)  # rows without top-k: the nucleus may reach any of the n
-    kth = tf.gather(top_values, kk - 1, batch_dims=1)[:, None]  # [batch, 1]
-    logits = tf.where((k > 0)[:, None] & (logits < kth), MASKED_VALUE, logits)
-    # Probabilities are normalised over the whole row; the logits top-k masked add exp(-1e10) = 0, so the top k
-    # values give the same threshold as the whole vocabulary sorted.
-    probs = tf.exp(top_values - tf.reduce_logsumexp(logits, axis=-1, keepdims=True))  # [batch, n]
-    mass_before = tf.math.cumsum(probs, axis=-1, exclusive=True)
-    reached = tf.reduce_sum(tf.cast(mass_before < p[:, None], tf.int32), axis=-1)  # >= 1: mass_before[0] = 0
-    kept = tf.minimum(reached, kk)  # never past the top k (values beyond it are not masked in top_values)
-    threshold = tf.gather(top_values, kept - 1, batch_dims=1)[:, None]  # [batch, 1]: the last kept logit
-    exact = ((k > 0) & (k <= n)) | ((k == 0) & ((p >= 1.0) | (reached < n)))
-    return tf.where((p < 1.0)[:, None] & (logits < threshold), MASKED_VALUE, logits), exact
-
-
-def filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty):
-    """Every filter in OpenAI's order, per row; greedy rows (temperature 0) get only the penalty."""
-    batch = tf.shape(logits)[0]
-    logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-    temperature = _per_row(temperature, batch, tf.float32)
-    greedy = temperature == 0.0
-    scaled = logits / tf.where(greedy, 1.0, temperature)[:, None]
-    top_k = tf.where(greedy, 0, _per_row(top_k, batch, tf.int32))  # greedy rows need no filtering
-    top_p = tf.where(greedy, 1.0, _per_row(top_p, batch, tf.float32))
-    return tf.where(greedy[:, None], logits, _top_k_top_p(scaled, top_k, top_p))
-
-
-def gumbel_noise(row_seeds, steps, vocab_size, needed=None):
-    """Gumbel(0, 1) noise [batch, vocab], each row from its own stateless stream keyed by (row seed, step).
-
-    row_seeds: int32 [batch, 2] ((seed, sample number) per row); steps: int32 scalar or [batch]; needed: bool
-    [batch] or None (every row): rows not needed get zeros, and their noise is not drawn.
-    """
-    batch = row_seeds.shape[0]
-    if batch is None:  # a batch of unknown size (the export): the same streams, row by row in a loop
-        steps = tf.broadcast_to(tf.cast(steps, tf.int32), tf.shape(row_seeds)[:1])
-        return tf.map_fn(
-            lambda args: _gumbel_row(args[0], args[1], vocab_size), (row_seeds, steps), fn_output_signature=tf.float32
-        )
-    steps = tf.broadcast_to(tf.cast(steps, tf.int32), [batch])
-    rows = []
-    for row in range(batch):  # static batch size: unrolled, each row independent of the others
-        noise = lambda row=row: _gumbel_row(row_seeds[row], steps[row], vocab_size)  # noqa: E731
-        rows.append(noise() if needed is None else tf.cond(needed[row], noise, lambda: tf.zeros([vocab_size])))
-    return tf.stack(rows)
-
-
-def _gumbel_row(row_seed, step, vocab_size):
-    seed = tf.random.experimental.stateless_fold_in(row_seed, step)
-    uniform = tf.random.stateless_uniform([vocab_size], seed=seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
-    return -tf.math.log(-tf.math.log(uniform))
-
-
-def choose_tokens(logits, seen, row_seeds, steps, *, temperature, top_k, top_p, repetition_penalty):
-    """The next token of every row: int32 [batch]. Settings are scalars or per-row tensors; `steps` is each row's
-    number of tokens generated so far (the noise's step)."""
-    batch = logits.shape[0] if logits.shape[0] is not None else tf.shape(logits)[0]
-    greedy = _per_row(temperature, batch, tf.float32) == 0.0
-    plain = tf.reduce_all(greedy) & tf.reduce_all(_per_row(repetition_penalty, batch, tf.float32) == 1.0)
-
-    def sampled():
-        filtered = filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty)
-        noisy = tf.cond(
-            tf.reduce_all(greedy),
-            lambda: filtered,  # an all-greedy batch draws no noise
-            lambda: tf.where(
-                greedy[:, None], filtered, filtered + gumbel_noise(row_seeds, steps, logits.shape[-1], ~greedy)
-            ),
-        )
-        return tf.argmax(noisy, axis=-1, output_type=tf.int32)
-
-    # Plain greedy rows (no penalty) need nothing but the argmax: the common case costs no more than that.
-    return tf.cond(plain, lambda: tf.argmax(logits, axis=-1, output_type=tf.int32), sampled)
+__all__ = [
+    "FAST_K",
+    "apply_repetition_penalty",
+    "choose_tokens",
+    "filter_logits",
+    "gumbel_noise",
+    "top_k_logits",
+    "top_p_logits",
+]

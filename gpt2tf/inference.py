@@ -11,40 +11,50 @@ import re
 import sys
 from pathlib import Path
 
-from gpt2tf.cli import flag
-from gpt2tf.download import DownloadConfig
+from gpt2tf.config import SAMPLING, ModelFlags, PrecisionFlags, SamplingFlags, WeightsFlags, flag, override
+from gpt2tf.decode.stops import cut_at_stop
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.files import check_output_dir
-from gpt2tf.layout import QUANTIZED_FILE, WEIGHT_FORMATS
+from gpt2tf.layout import DEFAULT_MODEL_DIR, QUANTIZED_FILE
 from gpt2tf.settings import SamplerConfig, check_seed, random_seed
 
 DEFAULT_TOP_K = 40  # used unless --nucleus or an explicit --top_k says otherwise
 DEFAULT_TOP_P = 0.9  # what --nucleus uses when --top_p is not given
-DEFAULT_MODEL_DIR = str(Path(DownloadConfig.models_dir) / "124M")  # where download_model.py puts OpenAI's default
 
 
 PROMPTS = "prompts (default: one unconditional sample, started from <|endoftext|>)"
-SAMPLING = "sampling"
 LENGTH = "length and batching"
-OUTPUT = "output and speed"
-
-
-WEIGHTS_HELP = (
-    "hold the weights for decoding as int8 (1/4 of float32's bytes: 1.6-3x faster batch-1 decoding on "
-    "a 2-core CPU) or bf16 (1/2), quantized as they load; default: as the model dir holds them "
-    "(float32, or what --save_quantized wrote)"
-)
+OUTPUT = "output"
 
 
 @dataclasses.dataclass
-class InferenceConfig:
+class InferenceConfig(SamplingFlags, WeightsFlags, PrecisionFlags, ModelFlags):
     """What `inference.py` (and `gpt2tf generate`) does; each field is the flag of the same name."""
 
-    model_dir: str = flag(
+    model_dir: str = override(
+        ModelFlags,
+        "model_dir",
         None,
         f"an OpenAI model dir or a fine-tuning run dir (default: {DEFAULT_MODEL_DIR}, "
         f"where `python download_model.py 124M` puts OpenAI's default model)",
+    )
+    no_xla: bool = override(PrecisionFlags, "no_xla", False, "don't compile the decode loop with XLA")
+    top_k: int = override(
+        SamplingFlags,
+        "top_k",
+        None,
+        f"keep the k most likely tokens; 0 = off (default {DEFAULT_TOP_K}, or 0 with --nucleus)",
+    )
+    top_p: float = override(
+        SamplingFlags,
+        "top_p",
+        None,
+        f"keep the smallest most-likely set whose mass reaches p, in (0, 1]; 1 = off "
+        f"(default 1, or {DEFAULT_TOP_P} with --nucleus)",
+    )
+    seed: int = override(
+        SamplingFlags, "seed", None, "same seed, same text (default: random, printed with --output jsonl)"
     )
     custom_model: str = flag(
         None,
@@ -62,31 +72,14 @@ class InferenceConfig:
         metavar="I/N",
         group=PROMPTS,
     )
-    temperature: float = flag(1.0, "0 means greedy", group=SAMPLING)
-    top_k: int = flag(
-        None,
-        f"keep the k most likely tokens; 0 = off (default {DEFAULT_TOP_K}, or 0 with --nucleus)",
-        type=int,
-        group=SAMPLING,
-    )
     nucleus: bool = flag(
         False,
         f"nucleus (top-p) sampling, top_p {DEFAULT_TOP_P} unless --top_p says otherwise; top-k off unless given",
         group=SAMPLING,
     )
-    top_p: float = flag(
-        None,
-        f"keep the smallest most-likely set whose mass reaches p, in (0, 1]; 1 = off "
-        f"(default 1, or {DEFAULT_TOP_P} with --nucleus)",
-        type=float,
-        group=SAMPLING,
-    )
     greedy: bool = flag(False, "always take the most likely token (= --temperature 0)", group=SAMPLING)
     repetition_penalty: float = flag(
         1.0, "CTRL-style penalty on tokens already present, > 1 discourages repeats (default: 1, off)", group=SAMPLING
-    )
-    seed: int = flag(
-        None, "same seed, same text (default: random, printed with --output jsonl)", type=int, group=SAMPLING
     )
     output_length: int = flag(100, "new tokens per sample", group=LENGTH)
     nsamples: int = flag(1, "samples per prompt", group=LENGTH)
@@ -107,14 +100,6 @@ class InferenceConfig:
         choices=("plain", "jsonl"),
         group=OUTPUT,
     )
-    precision: str = flag(
-        "float32",
-        "compute dtype (mixed types are for GPUs)",
-        choices=("float32", "mixed_float16", "mixed_bfloat16"),
-        group=OUTPUT,
-    )
-    no_xla: bool = flag(False, "don't compile the decode loop with XLA", group=OUTPUT)
-    weights: str = flag(None, WEIGHTS_HELP, choices=WEIGHT_FORMATS, group=OUTPUT)
     save_quantized: str = flag(
         None,
         "write the model loaded with --weights int8|bf16 to this dir, which then loads "
@@ -168,18 +153,9 @@ def read_prompts(path):
     return prompts
 
 
-def check_weights(weights, precision):
-    """--weights with --precision, as one line (shared with serve.py)."""
-    if weights not in (None, "float32") and precision != "float32":
-        raise GPT2TFError(
-            f"{weights} weights compute in float32: drop --precision {precision} (mixed precision is "
-            f"for float32 weights on a GPU)"
-        )
-
-
 def check(config):
     """Every setting, as one-line errors, before anything slow (TensorFlow, the model) is loaded."""
-    check_weights(config.weights, config.precision)
+    config.check_weights()
     if config.save_quantized:
         if config.weights in (None, "float32"):
             raise GPT2TFError("--save_quantized saves int8 or bf16 weights: give --weights int8 or --weights bf16")
@@ -220,7 +196,7 @@ def run(config, out=sys.stdout):
             return  # more shards than prompts: this one has none
     model = _load(config)
     if config.save_quantized:
-        from gpt2tf.quantize import save_quantized
+        from gpt2tf.formats.quantized import save_quantized
 
         save_quantized(model, config.save_quantized)
         print(
@@ -237,43 +213,17 @@ def run(config, out=sys.stdout):
 
 
 def _load(config):
+    from gpt2tf.formats.load import load_for_inference  # TensorFlow: imported once the settings are checked
+
     return load_for_inference(
-        config.model_dir, custom_model=config.custom_model, precision=config.precision, weights=config.weights
+        config.model_dir, custom_model=config.custom_model, dtype=config.dtype, weights=config.weights
     )
-
-
-def load_for_inference(model_dir=None, *, custom_model=None, precision="float32", weights=None):
-    """The model `inference.py` (and `serve.py`) runs: `model_dir` (default models/124M), or the weights of a
-    `custom_model` .h5 file on its shape, held as `weights` says (see `gpt2tf.load_model`); refused if its
-    vocabulary is smaller than GPT-2's tokenizer."""
-    # Imported here: flag errors are reported without loading TensorFlow's model code.
-    from gpt2tf.checkpoint import load_model
-    from gpt2tf.h5weights import load_h5_model
-
-    if not model_dir and not Path(DEFAULT_MODEL_DIR).exists():
-        raise GPT2TFError(
-            f"no --model_dir given and {DEFAULT_MODEL_DIR} does not exist: download OpenAI's default "
-            f"model with `python download_model.py 124M`, or give --model_dir"
-        )
-    model_dir = model_dir or DEFAULT_MODEL_DIR
-    dtype = None if precision == "float32" else precision
-    if custom_model:
-        model = load_h5_model(model_dir, custom_model, dtype=dtype, weights=weights)
-    else:
-        model = load_model(model_dir, dtype=dtype, weights=weights)
-    if model.hparams.n_vocab < len(get_encoder()):
-        raise GPT2TFError(
-            f"the model has n_vocab {model.hparams.n_vocab}, fewer than GPT-2's {len(get_encoder())} "
-            f"token ids: it was not trained with GPT-2's tokenizer, so its output would be garbage"
-        )
-    return model
 
 
 def _generate_and_print(model, encoder, config, prompts, out, indices=None):
     """`indices`: each prompt's number in the prompts file (a shard's), reported as `index` in JSON lines."""
-    from gpt2tf.engine import CHUNK_STEPS
-    from gpt2tf.sample import generate_stream  # TensorFlow: imported once the settings are checked
-    from gpt2tf.stops import cut_at_stop
+    from gpt2tf.decode.engine import CHUNK_STEPS  # TensorFlow: imported once the settings are checked
+    from gpt2tf.decode.generate import generate_stream
 
     seed = config.seed if config.seed is not None else random_seed()  # drawn here so that jsonl can report it
     stop = [unescape(s) for s in config.stop]

@@ -10,6 +10,12 @@ max_length, head_size]`, preallocated by `init_cache` and written in place at `c
 dynamic-update-slice, so a decode loop under `tf.function(jit_compile=True)` keeps fixed shapes and never retraces.
 Keys and values are separate tensors so attention reads them where they are: slicing one stacked tensor would make
 XLA copy the whole cache every step.
+
+Two seams, both explicit. `kernels=` (on `call`, `head` and every layer's call) is a kernel backend such as
+`gpt2tf.kernels.native.NativeKernels`, which the decode runner passes inside its XLA-compiled functions: where
+`kernels.matmul_applies(...)` (or `attention_applies`) says so, the product (or the one-token attention) is its;
+elsewhere, and with `kernels=None`, the model's own TensorFlow ops compute it. `Conv1D.adapter` is a hook that adds
+`adapter(x)` to a projection's output (LoRA's low-rank update, `gpt2tf.train.lora`); None by default.
 """
 
 import math
@@ -19,15 +25,14 @@ import keras
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from gpt2tf import native
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import HParams
-from gpt2tf.layout import MASKED_VALUE, WEIGHT_FORMATS
+from gpt2tf.layout import MASKED_VALUE
+from gpt2tf.weight_formats import FORMATS, WEIGHT_FORMATS
 
 LAYER_NORM_EPSILON = 1e-5  # OpenAI's value
 MASKED_SCORE = MASKED_VALUE  # OpenAI's `mask_attn_weights` value for masked positions (softmax makes it exactly 0)
-STORED_DTYPES = {"int8": "int8", "bf16": "bfloat16"}
-BYTES_PER_WEIGHT = {"float32": 4, "int8": 1, "bf16": 2}
+GPT2_124M = HParams()  # the default shape
 
 
 def _check_fits_in_memory(hparams, weight_format="float32"):
@@ -36,7 +41,7 @@ def _check_fits_in_memory(hparams, weight_format="float32"):
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return  # not knowable here: let the allocation decide
-    need = BYTES_PER_WEIGHT[weight_format] * hparams.num_parameters
+    need = FORMATS[weight_format].bytes_per_weight * hparams.num_parameters
     if need > memory:
         raise GPT2TFError(
             f"a GPT-2 of n_vocab {hparams.n_vocab}, n_ctx {hparams.n_ctx}, n_embd {hparams.n_embd}, "
@@ -90,9 +95,9 @@ class LayerNorm(keras.layers.Layer):
 
 
 def _add_stored_weight(layer, name, shape, init, weight_format, *, autocast=True):
-    """A weight as `weight_format` stores it: float32, or int8 / bfloat16 (see `gpt2tf.quantize`) for decoding,
-    with an int8 weight's per-row scale as `<name>_scale` (shape[:-1]; each row is quantized over the last axis).
-    Returns (weight, scale or None)."""
+    """A weight as `weight_format` stores it (`gpt2tf.weight_formats`): float32, or int8 / bfloat16 for decoding
+    (`gpt2tf.formats.quantized`), with a scaled format's per-row scale as `<name>_scale` (shape[:-1]; each row is
+    quantized over the last axis). Returns (weight, scale or None)."""
     if weight_format == "float32":
         return layer.add_weight(name=name, shape=shape, initializer=init, autocast=autocast), None
     if not isinstance(init, EmptyInitializer):
@@ -100,29 +105,49 @@ def _add_stored_weight(layer, name, shape, init, weight_format, *, autocast=True
             f"a model with {weight_format} weights is only made by quantizing a checkpoint: load one "
             f"with gpt2tf.load_model(..., weights={weight_format!r})"
         )
-    dtype = STORED_DTYPES[weight_format]
-    weight = layer.add_weight(name=name, shape=shape, initializer=init, dtype=dtype, trainable=False, autocast=False)
+    stored = FORMATS[weight_format]
+    weight = layer.add_weight(
+        name=name, shape=shape, initializer=init, dtype=stored.stored_dtype, trainable=False, autocast=False
+    )
     scale = None
-    if weight_format == "int8":
+    if stored.scaled:
         scale = layer.add_weight(
             name=f"{name}_scale", shape=shape[:-1], initializer=init, trainable=False, autocast=False
         )
     return weight, scale
 
 
+def project(x, w, scale=None, *, kernels=None):
+    """`x @ transpose(w)` for x [m, k] and w [n, k]: the kernel backend's product where it applies, else TensorFlow's.
+
+    w may be a stored weight (`gpt2tf.weight_formats`): int8 with `scale` [n] (the result is `(x @ w^T) * scale`,
+    each output scaled once) or bfloat16. A kernel reads it as stored; TensorFlow (or XLA) converts it whole to x's
+    dtype for the product.
+    """
+    w = tf.convert_to_tensor(w)  # a Keras variable's dtype is a string
+    if kernels is not None and kernels.matmul_applies(x, w):
+        return kernels.matmul_transposed(x, w, scale)
+    y = tf.matmul(x, tf.cast(w, x.dtype), transpose_b=True)
+    return y if scale is None else y * tf.cast(scale, y.dtype)
+
+
 class Conv1D(keras.layers.Layer):
     """OpenAI's `conv1d`, a dense layer `x w + b`, with its weight held transposed: `w [1, n_out, n_in]`.
 
-    OpenAI's checkpoint stores `w` as `[1, n_in, n_out]`; `checkpoint` transposes it on the way in and out. Held
-    this way, the weights of each output are contiguous, so decoding one token reads every weight in one
-    sequential stream (see `native`), which a CPU's memory serves faster than several interleaved rows. With
-    int8 weights `w_scale [1, n_out]` holds each output's scale.
+    OpenAI's checkpoint stores `w` as `[1, n_in, n_out]`; `gpt2tf.formats` transposes it on the way in and out.
+    Held this way, the weights of each output are contiguous, so decoding one token reads every weight in one
+    sequential stream (see `gpt2tf.kernels`), which a CPU's memory serves faster than several interleaved rows.
+    With int8 weights `w_scale [1, n_out]` holds each output's scale.
+
+    `adapter`, if set, is called on the layer's input as `[rows, n_in]` and its `[rows, n_out]` result added to the
+    output (LoRA); it is not a Keras layer, so its variables are not the model's weights.
     """
 
     def __init__(self, n_in, n_out, *, init, w_init="w", weight_format="float32", **kwargs):
         super().__init__(**kwargs)
         self.n_in, self.n_out, self.init, self.w_init = n_in, n_out, init, w_init
         self.weight_format = weight_format
+        self.adapter = None
 
     def build(self, input_shape=None):
         self.w, self.w_scale = _add_stored_weight(
@@ -130,7 +155,7 @@ class Conv1D(keras.layers.Layer):
         )
         self.b = self.add_weight(name="b", shape=(self.n_out,), initializer=self.init["b"])
 
-    def call(self, x):
+    def call(self, x, kernels=None):
         dtype = self.compute_dtype
         x2d = tf.reshape(x, [-1, self.n_in])  # [batch*seq, n_in]: one plain matmul beats a batched one on CPU
         if self.weight_format == "float32":
@@ -138,7 +163,9 @@ class Conv1D(keras.layers.Layer):
         else:  # stored as it is, for the kernel to read: [n_out, n_in] int8 / bfloat16, scale [n_out]
             w = tf.reshape(self.w, [self.n_out, self.n_in])
             scale = None if self.w_scale is None else tf.reshape(self.w_scale, [self.n_out])
-        y = tf.nn.bias_add(native.matmul_transposed(x2d, w, scale), tf.cast(self.b, dtype))  # [batch*seq, n_out]
+        y = tf.nn.bias_add(project(x2d, w, scale, kernels=kernels), tf.cast(self.b, dtype))  # [batch*seq, n_out]
+        if self.adapter is not None:
+            y = y + self.adapter(x2d)
         if x.shape.is_fully_defined():  # static shapes (the compiled decode step): fewer ops to trace and compile
             return tf.reshape(y, x.shape[:-1] + [self.n_out])
         return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.n_out]], 0))  # [..., n_out]
@@ -159,9 +186,9 @@ class Attention(keras.layers.Layer):
         self.c_attn.build()
         self.c_proj.build()
 
-    def call(self, x, mask, cache=None, cache_index=None):
+    def call(self, x, mask, cache=None, cache_index=None, kernels=None):
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
-        qkv = self.c_attn(x)  # [batch, seq, 3 * n_embd]: q, k, v concatenated in that order
+        qkv = self.c_attn(x, kernels=kernels)  # [batch, seq, 3 * n_embd]: q, k, v concatenated in that order
         qkv = tf.reshape(qkv, [batch, seq, 3, self.n_head, self.head_size])
         q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # each [batch, n_head, seq, head_size]
         # Scale q rather than the scores (fewer multiplies, no fp16 overflow); same value as OpenAI's w * rsqrt(hs).
@@ -176,8 +203,8 @@ class Attention(keras.layers.Layer):
             # the write lets XLA update it in place: attending over the updated cache would make it copy the cache.
             cached_mask, own_mask = mask
             old_k, old_v = (tf.cast(c, x.dtype) for c in cache)  # each [batch, n_head, max_length, head_size]
-            if native.attention_applies(q, cache):  # the compiled decode step on a CPU: the kernel's attention
-                out = native.attend(q, old_k, old_v, k, v, cached_mask, own_mask)
+            if kernels is not None and kernels.attention_applies(q, cache):  # one new token: the kernel's attention
+                out = kernels.attend(q, old_k, old_v, k, v, cached_mask, own_mask)
             else:  # a cache may have more rows than x (the engine steps its first rows): x's rows are its first
                 rows = x.shape[0] if x.shape[0] is not None and x.shape[0] < old_k.shape[0] else None
                 out = self._attend_cache(q, k, v, old_k[:rows], old_v[:rows], cached_mask, own_mask)
@@ -200,7 +227,7 @@ class Attention(keras.layers.Layer):
                     cache = [xla.dynamic_update_slice(c, t[r : r + 1], at) for c, t in zip(cache, new)]
                 cache = tuple(cache)
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [batch, seq, self.n_head * self.head_size])
-        return self.c_proj(out), cache
+        return self.c_proj(out, kernels=kernels), cache
 
     @staticmethod
     def _attend_cache(q, k, v, old_k, old_v, cached_mask, own_mask):
@@ -233,9 +260,9 @@ class MLP(keras.layers.Layer):
         self.c_fc.build()
         self.c_proj.build()
 
-    def call(self, x):
+    def call(self, x, kernels=None):
         # tf.nn.gelu(approximate=True) is OpenAI's 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-        return self.c_proj(tf.nn.gelu(self.c_fc(x), approximate=True))
+        return self.c_proj(tf.nn.gelu(self.c_fc(x, kernels=kernels), approximate=True), kernels=kernels)
 
 
 class Block(keras.layers.Layer):
@@ -254,17 +281,17 @@ class Block(keras.layers.Layer):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
             layer.build((None, None, self.n_embd))
 
-    def call(self, x, mask, cache=None, cache_index=None):
+    def call(self, x, mask, cache=None, cache_index=None, kernels=None):
         if self.recompute and cache is None:
             # Keep only the block's input for the backward pass and recompute the rest there (tf.recompute_grad
             # finds the variables by watching them; the mask is a constant of the closure).
-            return tf.recompute_grad(lambda h: self._forward(h, mask, None, None)[0])(x), None
-        return self._forward(x, mask, cache, cache_index)
+            return tf.recompute_grad(lambda h: self._forward(h, mask, None, None, None)[0])(x), None
+        return self._forward(x, mask, cache, cache_index, kernels)
 
-    def _forward(self, x, mask, cache, cache_index):
-        a, cache = self.attn(self.ln_1(x), mask, cache, cache_index)
+    def _forward(self, x, mask, cache, cache_index, kernels):
+        a, cache = self.attn(self.ln_1(x), mask, cache, cache_index, kernels=kernels)
         x = x + a
-        x = x + self.mlp(self.ln_2(x))
+        x = x + self.mlp(self.ln_2(x), kernels=kernels)
         return x, cache
 
 
@@ -277,12 +304,13 @@ class GPT2(keras.Model):
     `[batch, max_length]` with a cache; true for real tokens) lets rows of unequal length share a batch:
     padded positions are never attended to and position ids count real tokens only.
 
-    `weight_format` "int8" or "bf16" holds the projections' weights and the token embedding as `gpt2tf.quantize`
-    stores them, for decoding (float32 compute; see `gpt2tf.load_model(..., weights=)`); "float32" otherwise.
+    `weight_format` "int8" or "bf16" holds the projections' weights and the token embedding as
+    `gpt2tf.formats.quantized` stores them, for decoding (float32 compute; see `gpt2tf.load_model(..., weights=)`);
+    "float32" otherwise.
     """
 
     def __init__(
-        self, hparams=HParams(), *, initializer="random", dtype=None, weight_format="float32", name="model", **kwargs
+        self, hparams=GPT2_124M, *, initializer="random", dtype=None, weight_format="float32", name="model", **kwargs
     ):
         if weight_format not in WEIGHT_FORMATS:
             raise GPT2TFError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
@@ -366,24 +394,24 @@ class GPT2(keras.Model):
         rows = tf.cast(tf.gather(self.wte, token_ids), tf.float32)
         return rows if self.wte_scale is None else rows * tf.gather(self.wte_scale, token_ids)[..., None]
 
-    def head(self, x):
+    def head(self, x, kernels=None):
         """Float32 logits `[batch, seq, n_vocab]` from the last block's output."""
         x = self.ln_f(x)  # float32
         d = self.hparams.n_embd
-        wte = self.wte if self.weight_format != "float32" else tf.cast(self.wte, tf.float32)  # as stored: see native
-        logits = native.matmul_transposed(tf.reshape(x, [-1, d]), wte, self.wte_scale)  # tied embedding
+        wte = self.wte if self.weight_format != "float32" else tf.cast(self.wte, tf.float32)  # as stored, for kernels
+        logits = project(tf.reshape(x, [-1, d]), wte, self.wte_scale, kernels=kernels)  # the tied embedding
         if x.shape.is_fully_defined():
             return tf.reshape(logits, x.shape[:-1] + [self.hparams.n_vocab])
         return tf.reshape(logits, tf.concat([tf.shape(x)[:-1], [self.hparams.n_vocab]], 0))  # [batch, seq, n_vocab]
 
-    def call(self, token_ids, cache=None, cache_index=None, padding_mask=None):
+    def call(self, token_ids, cache=None, cache_index=None, padding_mask=None, kernels=None):
         x, mask = self.embed(token_ids, cache_index, padding_mask, None if cache is None else tf.shape(cache[0][0])[2])
         start = tf.zeros([], tf.int32) if cache_index is None else tf.cast(cache_index, tf.int32)
         new_cache = []
         for i, block in enumerate(self.h):
-            x, layer_cache = block(x, mask, None if cache is None else cache[i], start)
+            x, layer_cache = block(x, mask, None if cache is None else cache[i], start, kernels=kernels)
             new_cache.append(layer_cache)
-        logits = self.head(x)
+        logits = self.head(x, kernels=kernels)
         if cache is None:
             return logits
         return logits, tuple(new_cache)

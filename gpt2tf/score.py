@@ -1,12 +1,16 @@
 """The one log-likelihood path: how likely a model finds each token of many sequences, batched and compiled.
 
 `score(model, items)` takes `(ids, start)` pairs and gives, for every position p from `max(start, 1)` on, the
-log-probability of `ids[p]` given `ids[:p]` and whether greedy decoding would have chosen it. Evaluation
-(perplexity, LAMBADA, multiple choice) and validation during fine-tuning all score through here. Sequences are
+log-probability of `ids[p]` given `ids[:p]` and whether greedy decoding would have chosen it (and, from
+`score_alternatives`, the most likely tokens at each position). Evaluation (perplexity, LAMBADA, multiple
+choice), validation during fine-tuning, the server's prompt log-probabilities and the export's `score` all score
+through here. Sequences are
 right-padded to a bucketed length (the padding is never scored, and causal attention never lets it change the real
 positions), grouped into batches of about `TOKENS_PER_CALL` tokens, and run through the model compiled by XLA once
 per (batch, length) shape, so new sequences never retrace.
 """
+
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -24,14 +28,22 @@ class Scorer:
         self.model = model
         self.score_batch = tf.function(self._score_batch, jit_compile=jit_compile, autograph=False)
 
-    def _score_batch(self, tokens):
-        """tokens [batch, length]: each position's next token's log-probability and whether it is the argmax."""
+    def _score_batch(self, tokens, top=0):
+        """tokens [batch, length]: each position's next token's log-probability (`log_p`) and whether it is the
+        argmax (`greedy`), [batch, length - 1]; with `top`, the `top` most likely tokens' log-probabilities and ids
+        at each position (`top_values`, `top_ids`: [batch, length - 1, top])."""
         logits = tf.cast(self.model(tokens), tf.float32)[:, :-1]  # [batch, length - 1, vocab]: predicts 1..
         targets = tokens[:, 1:]
         chosen = tf.gather(logits, targets, batch_dims=2)  # [batch, length - 1]
-        log_p = chosen - tf.reduce_logsumexp(logits, axis=-1)
-        greedy = tf.argmax(logits, axis=-1, output_type=tf.int32) == targets
-        return log_p, greedy
+        normalizer = tf.reduce_logsumexp(logits, axis=-1)
+        out = {
+            "log_p": chosen - normalizer,
+            "greedy": tf.argmax(logits, axis=-1, output_type=tf.int32) == targets,
+        }
+        if top:
+            best = tf.math.top_k(logits, k=top)
+            out.update(top_values=best.values - normalizer[..., None], top_ids=best.indices)
+        return out
 
 
 _scorers = {}
@@ -55,6 +67,19 @@ def score(model, items, *, progress=None, jit_compile=True):
 
     `progress`, if given, is called with the number of tokens scored after each batch.
     """
+    return [(r["log_p"], r["greedy"]) for r in _score(model, items, progress=progress, jit_compile=jit_compile)]
+
+
+def score_alternatives(model, items, *, top, max_rows=None, jit_compile=True):
+    """`score`'s log-probabilities with, at each position, the `top` most likely tokens' log-probabilities and ids:
+    [(log_p [n], top_values [n, top], top_ids [n, top])]. `max_rows` caps the sequences a call scores (a server
+    scoring one prompt pads it to one row, not to a batch of TOKENS_PER_CALL tokens)."""
+    results = _score(model, items, top=top, max_rows=max_rows, jit_compile=jit_compile)
+    return [(r["log_p"], r["top_values"], r["top_ids"]) for r in results]
+
+
+def _score(model, items, *, top=0, max_rows=None, progress=None, jit_compile=True):
+    """Every item's arrays (`Scorer`'s, cut to its scored positions), in order."""
     n_ctx, n_vocab = model.hparams.n_ctx, model.hparams.n_vocab
     for i, (ids, _) in enumerate(items):
         if not 2 <= len(ids) <= n_ctx:
@@ -67,20 +92,27 @@ def score(model, items, *, progress=None, jit_compile=True):
     for i, (ids, _) in enumerate(items):
         by_length.setdefault(bucket(len(ids), n_ctx), []).append(i)
     for length, indices in sorted(by_length.items()):
-        rows = max(1, TOKENS_PER_CALL // length)
+        rows = min(max(1, TOKENS_PER_CALL // length), max_rows or TOKENS_PER_CALL)
         for first in range(0, len(indices), rows):
             batch = indices[first : first + rows]
             tokens = np.zeros([rows, length], np.int32)  # a short last batch is padded: the same shape, no retrace
             for row, i in enumerate(batch):
                 tokens[row, : len(items[i][0])] = items[i][0]
-            log_p, greedy = (t.numpy() for t in scorer.score_batch(tf.constant(tokens)))
+            out = {k: v.numpy() for k, v in scorer.score_batch(tf.constant(tokens), top).items()}
             for row, i in enumerate(batch):
                 ids, start = items[i]
-                begin = max(start, 1) - 1  # position p is predicted at row index p - 1
-                results[i] = (log_p[row, begin : len(ids) - 1].astype(np.float64), greedy[row, begin : len(ids) - 1])
+                begin, end = max(start, 1) - 1, len(ids) - 1  # position p is predicted at row index p - 1
+                results[i] = {k: v[row, begin:end] for k, v in out.items()}
+                results[i]["log_p"] = results[i]["log_p"].astype(np.float64)
             if progress:
                 progress(sum(len(items[i][0]) - max(items[i][1], 1) for i in batch))
     return results
+
+
+def text_units(text):
+    r"""(UTF-8 bytes, words) of a document, the units bits per byte and word perplexity are per: words as
+    lm-evaluation-harness counts them, `re.split(r"\s+", text)`."""
+    return len(text.encode("utf-8")), len(re.split(r"\s+", text))
 
 
 def windows(n_tokens, *, context, stride):

@@ -12,7 +12,7 @@ import math
 import keras
 import tensorflow as tf
 
-from gpt2tf.train_config import SCHEDULES
+from gpt2tf.train.config import SCHEDULES
 
 
 @keras.saving.register_keras_serializable(package="gpt2tf")

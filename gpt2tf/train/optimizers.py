@@ -5,8 +5,8 @@ import keras
 import tensorflow as tf
 
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.schedules import LearningRate
-from gpt2tf.train_config import OPTIMIZERS, parse_epochs
+from gpt2tf.train.config import OPTIMIZERS, parse_epochs
+from gpt2tf.train.schedules import LearningRate
 
 
 def resolve_precision(precision):

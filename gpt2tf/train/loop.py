@@ -1,9 +1,10 @@
 """Fine-tuning (and training from scratch): the training loop and where a run starts from.
 
-The pieces live beside it, one concern each: `gpt2tf.optimizers` (precision, optimizers, the schedule),
-`gpt2tf.lora` (adapters), `gpt2tf.trainer` (the compiled step and validation), `gpt2tf.rundir` (the run dir).
+The pieces live beside it in `gpt2tf.train`, one concern each: `optimizers` (precision, optimizers), `schedules`
+(the learning rate), `lora` (adapters), `trainer` (the compiled step and validation), `rundir` (the run dir),
+`distribute` (several devices or machines).
 
-The settings are `gpt2tf.train_config.TrainConfig` (re-exported here), the one owner of the fine-tuning defaults.
+The settings are `gpt2tf.train.config.TrainConfig`, the one owner of the fine-tuning defaults.
 `finetune(config)` trains and returns the run dir, which is a GPT-2 model dir in OpenAI's layout
 (`gpt2tf.load_model(run_dir)` and `inference.py --model_dir run_dir` work on it) plus what resuming needs:
 
@@ -37,26 +38,22 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from gpt2tf.checkpoint import (
-    first_line,
-    load_hparams,
-    load_model,
-    model_hparams,
-    read_state_file,
-    resolve_checkpoint,
-    restore_into,
-)
 from gpt2tf.data import load_dataset
-from gpt2tf.distribute import make_distribution
+from gpt2tf.decode.generate import generate
+from gpt2tf.decode.prompts import prompt_ids
 from gpt2tf.encoder import get_encoder
-from gpt2tf.errors import GPT2TFError
+from gpt2tf.errors import GPT2TFError, first_line
+from gpt2tf.formats.h5 import write_h5_weights
+from gpt2tf.formats.hf import save_hf_checkpoint
+from gpt2tf.formats.load import load_model, model_hparams, restore_into
+from gpt2tf.formats.openai import load_hparams, read_state_file, resolve_checkpoint
 from gpt2tf.hparams import HParams
-from gpt2tf.lora import LoRA  # noqa: F401  (gpt2tf.train's API)
 from gpt2tf.model import GPT2
-from gpt2tf.optimizers import Adafactor, make_optimizer, resolve_precision  # noqa: F401  (gpt2tf.train's API)
-from gpt2tf.rundir import STATE_DIR, WEIGHTS_PREFIX, RunDir, step_of  # noqa: F401  (gpt2tf.train's API)
-from gpt2tf.train_config import H5_DIR, HPARAM_FIELDS, TrainConfig, configure, default_output_dir  # noqa: F401  (gpt2tf.train's API)
-from gpt2tf.trainer import STATE_LAYOUT, Trainer, Validation
+from gpt2tf.train.config import H5_DIR, HPARAM_FIELDS
+from gpt2tf.train.distribute import make_distribution
+from gpt2tf.train.optimizers import resolve_precision
+from gpt2tf.train.rundir import WEIGHTS_PREFIX, RunDir, step_of
+from gpt2tf.train.trainer import STATE_LAYOUT, Trainer, Validation
 
 # ---------------------------------------------------------------------------------------------------------------
 # The loop
@@ -123,6 +120,47 @@ def finetune(config, distribution=None):
 
 
 def _finetune(config, run, created, distribution):
+    plan = _plan(config, run, created, distribution)
+    policy, loss_scaling = resolve_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    with distribution.scope():  # the model's variables mirrored on every replica
+        model = _build_model(config, plan.hparams, policy, plan.start_from)
+    trainer = Trainer(model, config, loss_scaling=loss_scaling, distribution=distribution)
+    if plan.start_from.state:
+        _restore_state(trainer, plan.start_from.state)
+    # Every worker takes the chief's weights and state (the others started from --model_dir, or nothing).
+    lora = trainer.lora.variables if trainer.lora else []
+    distribution.sync_from_chief(
+        [*model.weights, *trainer.optimizer.variables, *lora, trainer.step, trainer.data_index]
+    )
+    run.write_model_files(plan.hparams, config)
+    loop = _Loop(config, run, plan, model, trainer, distribution, policy=policy, loss_scaling=loss_scaling)
+    step, loss, interrupted = loop.run()
+    if not interrupted:
+        _write_copies(config, run, model, trainer)
+    if distribution.is_chief:
+        _print_usage(run, config, step, loss, interrupted=interrupted)
+    else:
+        print(f"\nthis worker stopped at step {step}; the chief wrote the run dir", file=sys.stderr)
+    if interrupted:
+        raise KeyboardInterrupt
+    return run.path
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a run is, settled (and checked) before anything is built."""
+
+    start_from: "_StartPoint"
+    hparams: HParams
+    length: int  # tokens per training window
+    tokenizer: object
+    train_data: object
+    val_data: object  # or None
+
+
+def _plan(config, run, created, distribution):
+    """The run's start point, shape and data; on a mistake, a run that never started leaves nothing behind."""
     try:
         start_from = _start_point(config, run)
         if distribution.is_chief:
@@ -133,7 +171,7 @@ def _finetune(config, run, created, distribution):
                 f"(scratch dir {run.path})",
                 file=sys.stderr,
             )
-        h5_path = _h5_path(config)
+        _h5_path(config)  # checked now, written at the end
         hparams = _hparams(config, start_from)
         length = config.length or hparams.n_ctx
         if length > hparams.n_ctx:
@@ -144,9 +182,8 @@ def _finetune(config, run, created, distribution):
                 f"the model's n_vocab ({hparams.n_vocab}) is smaller than the tokenizer's "
                 f"{len(tokenizer)} ids; use --n_vocab {len(tokenizer)}"
             )
-        if (
-            config.sample_every
-            and len(tokenizer.encode(config.sample_prompt) or [0]) + config.sample_length > hparams.n_ctx
+        if config.sample_every and len(prompt_ids(tokenizer.encode(config.sample_prompt))) + config.sample_length > (
+            hparams.n_ctx
         ):
             raise GPT2TFError(
                 f"--sample_prompt and --sample_length {config.sample_length} do not fit the model's "
@@ -159,150 +196,172 @@ def _finetune(config, run, created, distribution):
             with contextlib.suppress(OSError):  # not empty: left alone
                 path.rmdir()
         raise
+    return _Plan(start_from, hparams, length, tokenizer, train_data, val_data)
 
-    policy, loss_scaling = resolve_precision(config.precision)
-    keras.utils.set_random_seed(config.seed)
-    with distribution.scope():  # the model's variables mirrored on every replica
-        model = _build_model(config, hparams, policy, start_from)
-    trainer = Trainer(model, config, loss_scaling=loss_scaling, distribution=distribution)
-    if start_from.state:
-        _restore_state(trainer, start_from.state)
-    # Every worker takes the chief's weights and state (the others started from --model_dir, or nothing).
-    distribution.sync_from_chief(
-        [
-            *model.weights,
-            *trainer.optimizer.variables,
-            *(trainer.lora.variables if trainer.lora else []),
-            trainer.step,
-            trainer.data_index,
-        ]
-    )
-    run.write_model_files(hparams, config)
-    start = int(trainer.step.numpy())
-    run.truncate_metrics(start)
 
-    end = min(config.total_steps, config.max_steps or config.total_steps)
-    batch_shape = dict(batch_size=config.batch_size, length=length, seed=config.seed)
-    validation = (
-        Validation(val_data, length=length, limit=config.val_batches * config.batch_size, encoder=tokenizer)
-        if val_data
-        else None
-    )
-    saved_step = start_from.step if start_from.model_dir == run.path else None
-    writer = tf.summary.create_file_writer(str(run.path / "tensorboard"))
-    tokens_per_step = config.accumulate_gradients * config.batch_size * length
-    trained = sum(int(np.prod(v.shape)) for v in trainer.variables)
-    print(
-        f"training {trained / 1e6:.2f}M of {hparams.num_parameters / 1e6:.2f}M parameters on {train_data.name}: "
-        f"steps {start}..{end} of {config.total_steps}, {tokens_per_step:,} tokens per step, {policy}, "
-        f"{config.optimizer}, {distribution.name}",
-        file=sys.stderr,
-    )
+class _Loop:
+    """The training loop: steps, with metrics, validation, samples and checkpoints as the config says."""
 
-    def save(step):
-        nonlocal saved_step
-        if step == saved_step or not distribution.is_chief:  # the chief alone writes (no collective op in a save)
+    def __init__(self, config, run, plan, model, trainer, distribution, *, policy, loss_scaling):
+        self.config, self.run_dir, self.plan = config, run, plan
+        self.model, self.trainer, self.distribution = model, trainer, distribution
+        self.policy, self.loss_scaling = policy, loss_scaling
+        self.start = int(trainer.step.numpy())
+        self.end = min(config.total_steps, config.max_steps or config.total_steps)
+        self.saved_step = plan.start_from.step if plan.start_from.model_dir == run.path else None
+        self.tokens_per_step = config.accumulate_gradients * config.batch_size * plan.length
+        self.validation = None
+        if plan.val_data:
+            limit = config.val_batches * config.batch_size
+            self.validation = Validation(plan.val_data, length=plan.length, limit=limit, encoder=plan.tokenizer)
+        self.losses, self.window_seconds, self.window_tokens = [], 0.0, 0  # tokens/s counts training time only
+
+    def run(self):
+        """Train from the current step to the end (or Ctrl-C); returns (step, last loss, interrupted)."""
+        config, trainer = self.config, self.trainer
+        self.run_dir.truncate_metrics(self.start)
+        self._announce()
+        writer = tf.summary.create_file_writer(str(self.run_dir.path / "tensorboard"))
+        step, loss = self.start, float("nan")
+        progress = tqdm(
+            total=self.end,
+            initial=self.start,
+            desc="training",
+            unit="step",
+            file=sys.stderr,
+            disable=None,
+            dynamic_ncols=True,
+        )
+        with _StopRequest() as stop, writer.as_default(), progress:
+            while step < self.end and not stop.requested:
+                lr = trainer.learning_rate
+                loss = self._train_step(step)
+                step = int(trainer.step.numpy())
+                if not self._loss_is_usable(step, loss, lr):
+                    continue
+                progress.update(1)
+                if step % config.log_every == 0 or step == self.end:
+                    self._log(step, lr, progress)
+                if self.validation and self._validates_at(step):
+                    self._validate(step)
+                if config.sample_every and step % config.sample_every == 0:
+                    tqdm.write(f"--- sample at step {step} ---\n{self._sample(step)}\n---", file=sys.stderr)
+                if config.save_every and step % config.save_every == 0:
+                    self._save(step)
+            self._save(step)
+        return step, loss, stop.requested
+
+    def _announce(self):
+        trained = sum(int(np.prod(v.shape)) for v in self.trainer.variables)
+        print(
+            f"training {trained / 1e6:.2f}M of {self.plan.hparams.num_parameters / 1e6:.2f}M parameters on "
+            f"{self.plan.train_data.name}: steps {self.start}..{self.end} of {self.config.total_steps}, "
+            f"{self.tokens_per_step:,} tokens per step, {self.policy}, {self.config.optimizer}, "
+            f"{self.distribution.name}",
+            file=sys.stderr,
+        )
+
+    def _train_step(self, step):
+        """One optimizer step on the next batches; its loss. Losing another worker saves what is done and stops."""
+        config, trainer = self.config, self.trainer
+        index = int(trainer.data_index.numpy())
+        batch_shape = dict(batch_size=config.batch_size, length=self.plan.length, seed=config.seed)
+        micro = [self.plan.train_data.batch(index + i, **batch_shape) for i in range(config.accumulate_gradients)]
+        started = time.perf_counter()
+        try:
+            loss = trainer.train_step(np.stack([b.tokens for b in micro]), np.stack([b.weights for b in micro]))
+        except tf.errors.OpError as err:
+            if self.distribution.workers == 1:
+                raise
+            # Another worker stopped or died: the exchange of gradients failed before anything was applied,
+            # so the weights are those after the last step; keep them.
+            self._save(step)
+            saved = (
+                f"step {step} is saved in {self.run_dir.path}"
+                if self.distribution.is_chief
+                else ("the chief saved the last step")
+            )
+            raise GPT2TFError(
+                f"the workers lost each other in step {step + 1} ({first_line(err)}); {saved}; "
+                f"run the same command on every worker again to continue"
+            ) from None
+        self.window_seconds += time.perf_counter() - started
+        return loss
+
+    def _loss_is_usable(self, step, loss, lr):
+        """Whether the step's loss counts: a non-finite one is skipped under loss scaling, else it stops the run."""
+        if math.isfinite(loss):
+            self.losses.append(loss)
+            self.window_tokens += self.tokens_per_step
+            return True
+        if self.loss_scaling:
+            tqdm.write(f"step {step}: loss {loss}; step skipped and loss scale lowered", file=sys.stderr)
+            return False
+        raise GPT2TFError(
+            f"the loss became {loss} at step {step} (learning rate {lr:.3g}); stopped. The last "
+            f"good checkpoint is {_describe(self.run_dir, self.saved_step)}; lower --base_lr, keep "
+            f"--clip_norm on, or use --precision float32"
+        )
+
+    def _log(self, step, lr, progress):
+        record = {
+            "step": step,
+            "loss": round(float(np.mean(self.losses)), 5),
+            "lr": float(f"{lr:.6g}"),
+            "tokens_per_s": round(self.window_tokens / max(self.window_seconds, 1e-9), 1),
+        }
+        self.run_dir.log(record)
+        progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+        if progress.disable:  # not a terminal: a plain line instead of the bar
+            print(json.dumps(record), file=sys.stderr, flush=True)
+        self.losses, self.window_seconds, self.window_tokens = [], 0.0, 0
+
+    def _validates_at(self, step):
+        config = self.config
+        if config.val_every:
+            return step % config.val_every == 0 or step == self.end
+        return step % config.steps_per_epoch == 0 or step == self.end
+
+    def _validate(self, step):
+        report = self.validation.run(self.model, jit_compile=self.config.xla)
+        self.run_dir.log({"step": step, **{f"val_{k}": round(v, 6) for k, v in report.items()}})
+        tqdm.write(
+            f"step {step}: validation loss {report['mean_nll']:.4f}, perplexity "
+            f"{report['perplexity']:.2f} ({report['scored_tokens']:,} tokens)",
+            file=sys.stderr,
+        )
+
+    def _sample(self, step):
+        config, tokenizer = self.config, self.plan.tokenizer
+        prompt = tokenizer.encode(config.sample_prompt) if config.sample_prompt else []
+        (ids,) = generate(self.model, [prompt], length=config.sample_length, top_k=40, seed=config.seed + step)
+        return config.sample_prompt + tokenizer.decode(ids)
+
+    def _save(self, step):
+        if step == self.saved_step or not self.distribution.is_chief:  # the chief alone writes (no collective op)
             return
-        if not trainer.weights_are_finite():
+        if not self.trainer.weights_are_finite():
             raise GPT2TFError(
                 f"the weights are no longer finite at step {step}; not saved. The last good "
-                f"checkpoint is {_describe(run, saved_step)}; lower --base_lr or set --clip_norm"
+                f"checkpoint is {_describe(self.run_dir, self.saved_step)}; lower --base_lr or set --clip_norm"
             )
-        run.save(step, trainer.weights_to_save(), trainer.state, config.keep_checkpoints)
-        saved_step = step
+        self.run_dir.save(step, self.trainer.weights_to_save(), self.trainer.state, self.config.keep_checkpoints)
+        self.saved_step = step
 
-    losses, window_seconds, window_tokens = [], 0.0, 0  # tokens/s counts training time only
-    step, loss = start, float("nan")
-    progress = tqdm(
-        total=end, initial=start, desc="training", unit="step", file=sys.stderr, disable=None, dynamic_ncols=True
-    )
-    with _StopRequest() as stop, writer.as_default(), progress:
-        while step < end and not stop.requested:
-            index = int(trainer.data_index.numpy())
-            micro = [train_data.batch(index + i, **batch_shape) for i in range(config.accumulate_gradients)]
-            lr = trainer.learning_rate
-            started = time.perf_counter()
-            try:
-                loss = trainer.train_step(np.stack([b.tokens for b in micro]), np.stack([b.weights for b in micro]))
-            except tf.errors.OpError as err:
-                if distribution.workers == 1:
-                    raise
-                # Another worker stopped or died: the exchange of gradients failed before anything was applied,
-                # so the weights are those after the last step; keep them.
-                save(step)
-                raise GPT2TFError(
-                    f"the workers lost each other in step {step + 1} ({first_line(err)}); "
-                    f"{'step ' + str(step) + ' is saved in ' + str(run.path) if distribution.is_chief else 'the chief saved the last step'}; "
-                    f"run the same command on every worker again to continue"
-                ) from None
-            window_seconds += time.perf_counter() - started
-            step = int(trainer.step.numpy())
-            if not math.isfinite(loss):
-                if loss_scaling:
-                    tqdm.write(f"step {step}: loss {loss}; step skipped and loss scale lowered", file=sys.stderr)
-                    continue
-                raise GPT2TFError(
-                    f"the loss became {loss} at step {step} (learning rate {lr:.3g}); stopped. The last "
-                    f"good checkpoint is {_describe(run, saved_step)}; lower --base_lr, keep "
-                    f"--clip_norm on, or use --precision float32"
-                )
-            losses.append(loss)
-            window_tokens += tokens_per_step
-            progress.update(1)
-            if step % config.log_every == 0 or step == end:
-                record = {
-                    "step": step,
-                    "loss": round(float(np.mean(losses)), 5),
-                    "lr": float(f"{lr:.6g}"),
-                    "tokens_per_s": round(window_tokens / max(window_seconds, 1e-9), 1),
-                }
-                run.log(record)
-                progress.set_postfix(
-                    loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
-                )
-                if progress.disable:  # not a terminal: a plain line instead of the bar
-                    print(json.dumps(record), file=sys.stderr, flush=True)
-                losses, window_seconds, window_tokens = [], 0.0, 0
-            if validation and (
-                (config.val_every and step % config.val_every == 0)
-                or (not config.val_every and step % config.steps_per_epoch == 0)
-                or step == end
-            ):
-                report = validation.run(model, jit_compile=config.xla)
-                run.log({"step": step, **{f"val_{k}": round(v, 6) for k, v in report.items()}})
-                tqdm.write(
-                    f"step {step}: validation loss {report['mean_nll']:.4f}, perplexity "
-                    f"{report['perplexity']:.2f} ({report['scored_tokens']:,} tokens)",
-                    file=sys.stderr,
-                )
-            if config.sample_every and step % config.sample_every == 0:
-                tqdm.write(
-                    f"--- sample at step {step} ---\n{_sample(model, tokenizer, config, step)}\n---", file=sys.stderr
-                )
-            if config.save_every and step % config.save_every == 0:
-                save(step)
-        save(step)
-    if h5_path and not stop.requested:
-        from gpt2tf.h5weights import write_h5_weights
 
+def _write_copies(config, run, model, trainer):
+    """The finished weights in the other files the config asks for: the ancestor's .h5, a Hugging Face dir."""
+    h5_path = _h5_path(config)
+    if h5_path:
         write_h5_weights(h5_path, model, trainer.weights_to_save())
         print(
             f"\nwrote the weights to {h5_path} as well: python inference.py --model_dir {run.path} "
             f'--custom_model {h5_path} --starter "..."',
             file=sys.stderr,
         )
-    if config.save_hf and not stop.requested:
-        from gpt2tf.hf import save_hf_checkpoint
-
+    if config.save_hf:
         save_hf_checkpoint(model, run.path / "hf", tensors=trainer.weights_to_save())
         print(f"\nwrote a Hugging Face copy to {run.path / 'hf'}", file=sys.stderr)
-    if distribution.is_chief:
-        _print_usage(run, config, step, loss, interrupted=stop.requested)
-    else:
-        print(f"\nthis worker stopped at step {step}; the chief wrote the run dir", file=sys.stderr)
-    if stop.requested:
-        raise KeyboardInterrupt
-    return run.path
 
 
 def _describe_start(run, start_from):
@@ -454,11 +513,3 @@ def _build_model(config, hparams, policy, start_from):
 
 def _describe(run, step):
     return f"step {step} in {run.path}" if step is not None else "none (nothing was saved)"
-
-
-def _sample(model, tokenizer, config, step):
-    from gpt2tf.sample import generate
-
-    prompt = tokenizer.encode(config.sample_prompt) if config.sample_prompt else []
-    (ids,) = generate(model, [prompt], length=config.sample_length, top_k=40, seed=config.seed + step)
-    return config.sample_prompt + tokenizer.decode(ids)

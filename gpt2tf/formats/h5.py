@@ -15,16 +15,9 @@ import h5py
 import keras
 import numpy as np
 
-from gpt2tf.checkpoint import (
-    checkpoint_key,
-    checkpoint_shape,
-    checkpoint_variables,
-    fill_weights,
-    load_hparams,
-    model_tensors,
-)
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.model import GPT2
+from gpt2tf.files import atomic_path
+from gpt2tf.formats.tensors import checkpoint_key, checkpoint_shape, checkpoint_variables, fill_weights, model_tensors
 
 TOP_LEVEL_GROUP = "top_level_model_weights"  # Keras' name for the weights a model holds itself
 
@@ -46,28 +39,25 @@ def write_h5_weights(path, model, tensors=None):
     `path` in the legacy `.h5` weights layout. Written under a temporary name and renamed into place."""
     tensors = model_tensors(model) if tensors is None else tensors
     path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         groups = _layer_keys(model)
-        with h5py.File(temp, "w") as f:
-            f.attrs["layer_names"] = [name.encode("utf8") for name, _ in groups if name != TOP_LEVEL_GROUP]
-            f.attrs["backend"] = keras.backend.backend().encode("utf8")
-            f.attrs["keras_version"] = keras.__version__.encode("utf8")
-            for name, keys in groups:
-                group = f.create_group(name)
-                group.attrs["weight_names"] = [key.encode("utf8") for key in keys]
-                for key in keys:
-                    group.create_dataset(key, data=np.asarray(tensors[key], np.float32))
-        with open(temp, "rb+") as f:  # on disk before the name says the file is complete
-            os.fsync(f.fileno())
-        os.replace(temp, path)
+        with atomic_path(path) as temp:
+            with h5py.File(temp, "w") as f:
+                f.attrs["layer_names"] = [name.encode("utf8") for name, _ in groups if name != TOP_LEVEL_GROUP]
+                f.attrs["backend"] = keras.backend.backend().encode("utf8")
+                f.attrs["keras_version"] = keras.__version__.encode("utf8")
+                for name, keys in groups:
+                    group = f.create_group(name)
+                    group.attrs["weight_names"] = [key.encode("utf8") for key in keys]
+                    for key in keys:
+                        group.create_dataset(key, data=np.asarray(tensors[key], np.float32))
+            with open(temp, "rb+") as f:  # on disk before the name says the file is complete
+                os.fsync(f.fileno())
     except OSError as err:
         raise GPT2TFError(
             f"cannot write {path} ({err.strerror or err}); choose a writable place with enough free space"
         ) from None
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def load_h5_weights(model, path):
@@ -113,25 +103,6 @@ def load_h5_weights(model, path):
         source=str(path),
         hint="give the .h5 file that finetune.py --output_name wrote",
     )
-
-
-def load_h5_model(model_dir, path, *, dtype=None, weights=None):
-    """The GPT-2 that `model_dir` describes (its hparams.json, or a Hugging Face dir's config.json), with the
-    weights of the `.h5` file at `path`."""
-    from gpt2tf.hf import hparams_from_config, is_hf_dir
-
-    if is_hf_dir(model_dir) and not (Path(model_dir) / "hparams.json").is_file():
-        hparams = hparams_from_config(model_dir)
-    elif (Path(model_dir) / "hparams.json").is_file():
-        hparams = load_hparams(model_dir)
-    else:
-        raise GPT2TFError(
-            f"{model_dir} has no hparams.json (nor a Hugging Face config.json): give a model dir (e.g. "
-            f"models/124M) whose shape the weights in {path} have"
-        )
-    model = GPT2(hparams, initializer="empty", dtype=dtype, weight_format=weights or "float32")
-    load_h5_weights(model, path)
-    return model
 
 
 def _read_tensors(f, path):

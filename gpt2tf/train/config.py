@@ -11,15 +11,14 @@ import math
 import os
 from pathlib import Path
 
-from gpt2tf.cli import flag
+from gpt2tf.config import flag
 from gpt2tf.data import LOADERS
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.files import write_text_atomic
 from gpt2tf.hparams import HParams
-from gpt2tf.layout import CONFIG_FILE, STATE_FILE
+from gpt2tf.layout import CONFIG_FILE, RUNS_DIR, STATE_FILE
 
 SCHEDULES = ("step", "cosine")
-RUNS_DIR = "runs"  # where a run goes without --output_dir (see default_output_dir)
 H5_DIR = "output"  # where --output_name NAME.h5 goes without a folder: the ancestor's place
 OPTIMIZERS = ("adam", "adamw", "adafactor", "sgd")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

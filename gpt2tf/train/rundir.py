@@ -16,16 +16,10 @@ try:
 except ImportError:  # Windows: no lock
     fcntl = None
 
-from gpt2tf.checkpoint import (
-    first_line,
-    read_state_file,
-    replace_bundle,
-    write_bundle,
-    write_model_files,
-    write_state_file,
-)
-from gpt2tf.errors import GPT2TFError
-from gpt2tf.files import write_text_atomic
+from gpt2tf.errors import GPT2TFError, first_line
+from gpt2tf.files import TEMP_MARK, temp_name, write_text_atomic
+from gpt2tf.formats.bundle import replace_bundle, write_bundle
+from gpt2tf.formats.openai import read_state_file, write_model_files, write_state_file
 from gpt2tf.layout import CONFIG_FILE, STATE_FILE
 
 # TensorBoard's scalar plugin reads summaries tagged with this metadata.
@@ -60,7 +54,7 @@ class RunDir:
 
     def lock(self):
         """Make this process the run dir's only writer, and clean up after an interrupted one."""
-        self._lock = open(self.path / LOCK_FILE, "a")
+        self._lock = open(self.path / LOCK_FILE, "a")  # noqa: SIM115 -- held open until close(): the lock
         if fcntl is not None:
             try:
                 fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -84,7 +78,7 @@ class RunDir:
 
     def _remove_leftovers(self):
         for directory in (self.path, self.path / STATE_DIR):
-            for leftover in directory.glob("*.tmp-*") if directory.is_dir() else ():
+            for leftover in directory.glob(f"*{TEMP_MARK}*") if directory.is_dir() else ():
                 _remove(leftover)
 
     def checkpoints(self):
@@ -121,7 +115,7 @@ class RunDir:
         with self._writing(f"checkpoint {step}"):
             write_bundle(self.weights_prefix(step), tensors)
             (self.path / STATE_DIR).mkdir(exist_ok=True)
-            replace_bundle(state.write(self.state_prefix(step) + f".tmp-{os.getpid()}"), self.state_prefix(step))
+            replace_bundle(state.write(temp_name(self.state_prefix(step))), self.state_prefix(step))
             kept = [s for s in self.checkpoints() if s != step][-(keep - 1) :] if keep > 1 else []
             kept.append(step)
             write_state_file(self.path, [WEIGHTS_PREFIX.format(step=s) for s in kept])  # last: the checkpoint exists

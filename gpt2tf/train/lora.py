@@ -1,4 +1,4 @@
-"""LoRA: low-rank adapters patched into a built model's projections, and the merged weights they make."""
+"""LoRA: low-rank adapters on a built model's projections (through `Conv1D.adapter`), and the merged weights."""
 
 import math
 
@@ -6,8 +6,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gpt2tf.checkpoint import checkpoint_key, model_tensors
-from gpt2tf.model import Conv1D
+from gpt2tf.formats.tensors import checkpoint_key, model_tensors
+
+
+class Adapter:
+    """One projection's low-rank update, `(x A) B * scale`, called by `Conv1D` on its input `[rows, n_in]`.
+
+    Not a Keras layer: its variables are the adapter's, not the model's weights (a checkpoint of the model holds
+    none of them)."""
+
+    def __init__(self, a, b, scale):
+        self.a, self.b, self.scale = a, b, scale
+
+    def __call__(self, x2d):
+        dtype = x2d.dtype
+        return tf.matmul(tf.matmul(x2d, tf.cast(self.a, dtype)), tf.cast(self.b * self.scale, dtype))  # [rows, n_out]
 
 
 class LoRA:
@@ -24,24 +37,14 @@ class LoRA:
         for block in model.h:
             for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
                 key = checkpoint_key(layer.w)
+                name = key.replace("/", "_")
                 bound = 1 / math.sqrt(layer.n_in)  # A ~ U(-1/sqrt(n_in), 1/sqrt(n_in)), as in the LoRA reference code
                 a = keras.Variable(
-                    rng.uniform(-bound, bound, (layer.n_in, rank)).astype(np.float32),
-                    name=key.replace("/", "_") + "_lora_a",
+                    rng.uniform(-bound, bound, (layer.n_in, rank)).astype(np.float32), name=name + "_lora_a"
                 )
-                b = keras.Variable(np.zeros((rank, layer.n_out), np.float32), name=key.replace("/", "_") + "_lora_b")
+                b = keras.Variable(np.zeros((rank, layer.n_out), np.float32), name=name + "_lora_b")
                 self.adapters[key] = (a, b)
-                self._patch(layer, a, b)
-
-    def _patch(self, layer, a, b):
-        def call(x):
-            y = Conv1D.call(layer, x)
-            dtype = layer.compute_dtype
-            x2d = tf.reshape(x, [-1, layer.n_in])  # [batch*seq, n_in]
-            delta = tf.matmul(tf.matmul(x2d, tf.cast(a, dtype)), tf.cast(b * self.scale, dtype))
-            return y + tf.reshape(delta, tf.shape(y))  # [..., n_out]
-
-        layer.call = call
+                layer.adapter = Adapter(a, b, self.scale)
 
     @property
     def variables(self):

@@ -7,11 +7,13 @@ mirrored with more than one GPU, else none) — and `Distribution` gives the loo
 build the model and optimizer in, each replica's part of a global batch (the batch axis cut into equal consecutive
 parts; every worker computes the same global batch, a pure function of seed and step, and takes its replicas'
 parts), which process is the chief (the only one that writes the run dir), and `sync_from_chief`, which gives every
-worker the chief's weights and training state after it restored them. The step itself (`gpt2tf.trainer`) runs the same code on one device and on many: each replica's loss is
-divided by the weight of the *global* batch and the gradients are summed across replicas before clipping, so N
-replicas compute what one device computes on the whole batch.
+worker the chief's weights and training state after it restored them. The step itself (`gpt2tf.train.trainer`) runs
+the same code on one device and on many: each replica's loss is divided by the weight of the *global* batch and the
+gradients are summed across replicas before clipping, so N replicas compute what one device computes on the whole
+batch.
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -186,12 +188,10 @@ def _wait_for(addresses, timeout, own):
     knocks in between retries).
     """
     listener = None
-    try:
-        # All interfaces, as TensorFlow's server listens: the address peers use may not be this host's own
-        # (a Kubernetes service, a NAT'd or mapped port).
+    # All interfaces, as TensorFlow's server listens: the address peers use may not be this host's own (a
+    # Kubernetes service, a NAT'd or mapped port). If the port is taken, peers retry until TensorFlow's server answers.
+    with contextlib.suppress(OSError):
         listener = socket.create_server(("", _split(own)[1]), reuse_port=hasattr(socket, "SO_REUSEPORT"))
-    except OSError:  # the port is taken: peers retry until TensorFlow's server answers on it
-        pass
     deadline = time.monotonic() + timeout
     try:
         for address in addresses:

@@ -6,9 +6,12 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from gpt2tf.checkpoint import checkpoint_key, model_tensors
-from gpt2tf.lora import LoRA
-from gpt2tf.optimizers import make_optimizer
+from gpt2tf.data import TokenStream
+from gpt2tf.formats.tensors import checkpoint_key, model_tensors
+from gpt2tf.score import score, text_units, windows
+from gpt2tf.train.distribute import make_distribution
+from gpt2tf.train.lora import LoRA
+from gpt2tf.train.optimizers import make_optimizer
 
 # The training state's layout, saved with it. 2: optimizer slots shaped like the model's variables, whose projection
 # weights are held transposed (gpt2tf.model.Conv1D); states saved before that carry no layout.
@@ -20,8 +23,6 @@ class Trainer:
 
     def __init__(self, model, config, *, loss_scaling=False, distribution=None):
         """`model` must have been built in `distribution.scope()` (its variables mirrored on every replica)."""
-        from gpt2tf.distribute import make_distribution
-
         self.model, self.config = model, config
         self.dist = distribution or make_distribution("none")
         with self.dist.scope():
@@ -127,10 +128,6 @@ class Validation:
     scored_tokens, mean_nll, perplexity, bits_per_byte, word_perplexity."""
 
     def __init__(self, data, *, length, limit, encoder):
-        from gpt2tf.data import TokenStream
-        from gpt2tf.evaluate import text_units
-        from gpt2tf.score import windows
-
         if isinstance(data, TokenStream):
             tokens = [int(t) for t in data.tokens]
             self.items = [(tokens[b:e], first) for b, e, first in windows(len(tokens), context=length, stride=length)]
@@ -148,8 +145,6 @@ class Validation:
         self.n_words = sum(text_units(t)[1] for t in scored_text)
 
     def run(self, model, *, jit_compile=True):
-        from gpt2tf.score import score
-
         scored = score(model, self.items, jit_compile=jit_compile)
         total = sum(-float(log_p.sum()) for log_p, _ in scored)
         count = sum(len(log_p) for log_p, _ in scored)

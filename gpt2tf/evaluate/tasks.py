@@ -1,95 +1,26 @@
-"""Evaluation as the field computes it: perplexity, LAMBADA, multiple choice and CNN/Daily Mail ROUGE.
+"""The evaluation tasks as the field computes them: perplexity, LAMBADA, multiple choice, CNN/Daily Mail ROUGE.
 
-    python evaluate.py --model_dir models/124M --task perplexity --dataset_path wiki.test.raw --stride 512
-
-`EvaluateConfig` owns the defaults (its fields are `evaluate.py`'s flags); `TASKS` maps a task's name to its
-function, each `task(model, config, encoder, progress)` -> (report dict, per-example rows). The definitions are
-`../shared/EVALUATION.md`'s, written out in each function's docstring; every log-likelihood comes from
-`gpt2tf.score`, the path `finetune.py`'s validation uses too.
+Each task is a function of a model and its data that returns (report dict, per-example rows), and `TASKS` maps the
+`--task` names to `task(model, config, encoder, progress)`. The definitions are the field's (`docs/evaluate.md`),
+written out in each function's docstring; every log-likelihood comes from `gpt2tf.score`, the path fine-tuning's
+validation uses too, and every summary from `gpt2tf.decode.generate`.
 """
 
-import dataclasses
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
-from gpt2tf.cli import flag
-from gpt2tf.data import TLDR, cnndm_source
+from gpt2tf.data import CNNDM_TFDS_NAME, TLDR, cnndm_source, find_files, read_text
+from gpt2tf.decode.generate import generate
+from gpt2tf.decode.prompts import prepare_prompt
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.inference import DEFAULT_MODEL_DIR, WEIGHTS_HELP, check_weights
-from gpt2tf.layout import WEIGHT_FORMATS
-
-TASK_NAMES = ("perplexity", "lambada", "multiple_choice", "cnndm")
-
-
-@dataclasses.dataclass
-class EvaluateConfig:
-    """What `evaluate.py` (and `gpt2tf evaluate`) does; each field is the flag of the same name."""
-
-    model_dir: list = flag(
-        [], f"one or more model dirs or run dirs, side by side (default: {DEFAULT_MODEL_DIR})", nargs="+"
-    )
-    task: str = flag("perplexity", "what to measure", choices=TASK_NAMES)
-    dataset_path: str = flag(
-        None,
-        "perplexity: a text file, dir or glob; lambada, multiple_choice: a JSONL file; "
-        "cnndm: the story layout, a JSONL file, or cnn_dailymail (tensorflow-datasets)",
-    )
-    split: str = flag("test", "cnndm: the split")
-    context: int = flag(None, "perplexity: tokens per window (default: the model's n_ctx)", type=int)
-    stride: int = flag(
-        None, "perplexity: tokens between window starts (default: --context, disjoint windows)", type=int
-    )
-    prepend_eot: bool = flag(False, "perplexity: score the first token too, after <|endoftext|>")
-    max_examples: int = flag(0, "evaluate at most this many rows or articles; 0: all")
-    max_new_tokens: int = flag(100, "cnndm: tokens generated per summary (the paper's 100)")
-    top_k: int = flag(2, "cnndm: top-k of the summaries' sampling (the paper's 2)")
-    top_p: float = flag(1.0, "cnndm: top-p of the summaries' sampling")
-    temperature: float = flag(1.0, "cnndm: temperature of the summaries' sampling")
-    greedy: bool = flag(False, "cnndm: greedy summaries instead of sampling")
-    sentences: int = flag(3, "cnndm: generated sentences kept (the paper's 3)")
-    seed: int = flag(0, "cnndm: the sampling seed")
-    batch_size: int = flag(8, "cnndm: summaries generated together")
-    output: str = flag("table", "a table, or the report as one JSON object on stdout", choices=("table", "json"))
-    report_file: str = flag(None, "also write the report (JSON) here")
-    examples_file: str = flag(None, "write per-example rows here (JSON lines)")
-    precision: str = flag(
-        "float32", "compute dtype (mixed types are for GPUs)", choices=("float32", "mixed_float16", "mixed_bfloat16")
-    )
-    no_xla: bool = flag(False, "don't compile with XLA")
-    weights: str = flag(None, WEIGHTS_HELP, choices=WEIGHT_FORMATS)
-
-
-def check(config):
-    """Settings that cannot work, as one-line errors, before anything is loaded."""
-    check_weights(config.weights, config.precision)
-    if not config.dataset_path and config.task != "cnndm":
-        raise GPT2TFError(f"--task {config.task} needs --dataset_path")
-    for name in ("context", "stride"):
-        if getattr(config, name) is not None and getattr(config, name) < 1:
-            raise GPT2TFError(f"--{name} must be at least 1, got {getattr(config, name)}")
-    if config.context and config.stride and config.stride > config.context:
-        raise GPT2TFError(
-            f"--stride {config.stride} is larger than --context {config.context}: some tokens would "
-            f"never be scored; give a stride of at most the context"
-        )
-    for name in ("max_examples",):
-        if getattr(config, name) < 0:
-            raise GPT2TFError(f"--{name} must not be negative, got {getattr(config, name)}")
-    for name in ("max_new_tokens", "sentences", "batch_size"):
-        if getattr(config, name) < 1:
-            raise GPT2TFError(f"--{name} must be at least 1, got {getattr(config, name)}")
-
+from gpt2tf.evaluate import rouge
+from gpt2tf.layout import EOT_ID
+from gpt2tf.score import score, text_units, windows
 
 # ---------------------------------------------------------------------------------------------------------------
 # Perplexity
-
-
-def text_units(text):
-    """(UTF-8 bytes, words) of a document: words as lm-evaluation-harness counts them, `re.split(r"\\s+", text)`."""
-    return len(text.encode("utf-8")), len(re.split(r"\s+", text))
 
 
 def perplexity(
@@ -101,7 +32,7 @@ def perplexity(
     prepend_eot=False,
     n_bytes=None,
     n_words=None,
-    eot_id=50256,
+    eot_id=EOT_ID,
     progress=None,
     jit_compile=True,
 ):
@@ -112,8 +43,6 @@ def perplexity(
     Report: scored_tokens, mean_nll (nats per scored token), perplexity = exp(mean_nll), and, given the text's
     `n_bytes` and `n_words`, bits_per_byte (total NLL in bits / bytes) and word_perplexity (exp(total NLL / words)).
     """
-    from gpt2tf.score import score, windows
-
     n_ctx = model.hparams.n_ctx
     context = context or n_ctx
     if context > n_ctx:
@@ -148,9 +77,7 @@ def perplexity(
 
 
 def _perplexity_task(model, config, encoder, progress):
-    from gpt2tf.data import _find_files, _read_text
-
-    texts = [_read_text(f) for f in _find_files(config.dataset_path)]
+    texts = [read_text(f) for f in find_files(config.dataset_path)]
     if not any(t.strip() for t in texts):
         raise GPT2TFError(f"--dataset_path {config.dataset_path} holds no text")
     tokens = []
@@ -207,19 +134,15 @@ def continuations(model, pairs, *, encoder, progress=None, jit_compile=True):
     """For (context, continuation) texts: the continuation's summed log-likelihood given the context, and whether
     greedy decoding reproduces all of its tokens. The two are tokenized apart (a continuation starting with a
     space begins a new pre-split piece either way)."""
-    from gpt2tf.score import score
-
     n_ctx = model.hparams.n_ctx
     items = []
     for context, continuation in pairs:
         ids, more = encoder.encode(context), encoder.encode(continuation)
         if not more:
             raise GPT2TFError(f"an empty continuation for {context[-40:]!r}")
-        ids = (ids or [encoder.eot_id]) + more
-        start = len(ids) - len(more)
-        if len(ids) > n_ctx:  # keep the end: the continuation and as much context as fits
-            ids, start = ids[len(ids) - n_ctx :], n_ctx - len(more)
-        items.append((ids, start))
+        # The continuation whole, after as much of the context's end as fits (an empty one: <|endoftext|>).
+        ids = prepare_prompt(ids, new_tokens=len(more), n_ctx=n_ctx, truncate=True, name=f"{context[-40:]!r}")
+        items.append((ids + more, len(ids)))
     return [
         (float(log_p.sum()), bool(greedy.all()), len(log_p))
         for log_p, greedy in score(model, items, progress=progress, jit_compile=jit_compile)
@@ -332,9 +255,6 @@ def summarize(
 ):
     """The paper's recipe: article (cut to leave room) + the fine-tuning loader's TL;DR joining, `max_new_tokens`
     sampled (top-k 2 by default), the first `sentences` generated sentences kept."""
-    from gpt2tf import rouge
-    from gpt2tf.sample import generate
-
     tail = encoder.encode(TLDR)
     room = model.hparams.n_ctx - max_new_tokens - len(tail)
     if room < 1:
@@ -350,9 +270,6 @@ def summarize(
 
 
 def _cnndm_task(model, config, encoder, progress):
-    from gpt2tf import rouge
-    from gpt2tf.data import CNNDM_TFDS_NAME
-
     source = cnndm_source(config.dataset_path or CNNDM_TFDS_NAME, config.split)
     pairs = []
     for pair in source.articles():
@@ -413,84 +330,3 @@ TASKS = {
     "cnndm": _cnndm_task,
 }
 UNITS = {"perplexity": "tokens", "lambada": "tokens", "multiple_choice": "tokens", "cnndm": "articles"}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Running and printing
-
-
-def run(config, out=sys.stdout):
-    """Evaluate every model of `config` on its task; print the reports; returns them ({model dir: report})."""
-    from tqdm import tqdm
-
-    from gpt2tf.encoder import get_encoder
-    from gpt2tf.inference import load_for_inference
-
-    check(config)
-    encoder = get_encoder()
-    reports, rows = {}, []
-    for model_dir in config.model_dir or [None]:
-        model = load_for_inference(model_dir, precision=config.precision, weights=config.weights)
-        with tqdm(
-            desc=f"{config.task} {model_dir or DEFAULT_MODEL_DIR}",
-            unit=UNITS[config.task],
-            file=sys.stderr,
-            disable=None,
-            unit_scale=True,
-        ) as bar:
-            report, examples = TASKS[config.task](model, config, encoder, bar.update)
-        name = model_dir or DEFAULT_MODEL_DIR
-        reports[name] = {"task": config.task, "model_dir": name, "dataset": config.dataset_path, **report}
-        rows += [{"model_dir": name, **row} for row in examples]
-    document = next(iter(reports.values())) if len(reports) == 1 else {"task": config.task, "models": reports}
-    if config.report_file:
-        _write(config.report_file, json.dumps(document, indent=2) + "\n")
-    if config.examples_file:
-        _write(config.examples_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    if config.output == "json":
-        out.write(json.dumps(document) + "\n")
-    else:
-        out.write(table(reports))
-    out.flush()
-    return reports
-
-
-def _write(path, text):
-    from gpt2tf.files import write_text_atomic
-
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, text)
-    except OSError as err:
-        raise GPT2TFError(f"cannot write {path} ({err.strerror}); choose a writable place") from None
-
-
-def table(reports):
-    """The reports' numbers side by side, one column per model."""
-    names = list(reports)
-    keys = [
-        k
-        for k, v in next(iter(reports.values())).items()
-        if isinstance(v, (int, float, dict)) and not isinstance(v, bool) and k not in ("context", "stride")
-    ]
-    rows = []
-    for key in keys:
-        values = [reports[n][key] for n in names]
-        if isinstance(values[0], dict):
-            for sub in values[0]:
-                rows.append((f"{key} {sub}", [_number(v[sub]) for v in values]))
-        else:
-            rows.append((key, [_number(v) for v in values]))
-    header = ["", *names]
-    widths = [
-        max(len(str(r[i] if i == 0 else r[1][i - 1])) for r in [(header[0], header[1:])] + rows)
-        for i in range(len(header))
-    ]
-    lines = ["  ".join(str(h).ljust(w) if i == 0 else str(h).rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    for key, values in rows:
-        lines.append("  ".join([key.ljust(widths[0])] + [v.rjust(w) for v, w in zip(values, widths[1:])]))
-    return "\n".join(lines) + "\n"
-
-
-def _number(value):
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"

@@ -1,0 +1,416 @@
+"""The decode engine: a fixed set of slots that requests join and leave between steps (continuous batching).
+
+    engine = Engine(model, max_batch=8)                      # max_length defaults to n_ctx
+    rid = engine.add(Request(prompt=ids, max_new_tokens=128, temperature=0.8, top_k=40, seed=7))
+    for rid, new_ids, finished in engine.step():             # the rows that produced output in this step
+        ...
+
+An engine owns a preallocated key/value cache of `max_batch` rows of `max_length` slots, and per row: its
+position (tokens written so far), its sampling settings, its seed and noise step, its stop conditions and length
+limit. `add` puts a request in a free row; each `step` first prefills one chunk of `PROMPT_BUCKET` tokens of every
+prompt not yet in, together, so running rows never wait for more than one chunk; `step` advances every decoding row
+by one token in one call whose settings are tensors, so rows with different settings share it and nothing is
+retraced. A row's tokens sit at slots 0.. of its own cache row and attention sees exactly those: a request's tokens
+do not depend on its row, on the other rows, or on when it joined. `Request(seed=s, sample=j)` gives what
+`gpt2tf.sample.generate(..., seed=s)` gives for sample j of that prompt.
+
+The engine is the scheduler: it owns the slots and what each holds, and decides what runs next. What runs is the
+model's `gpt2tf.decode.runner.Runner`, shared by every engine of the model: its compiled prefill and its decode loop
+(`decode_loop`), given the engine's cache and per-row state as arguments. `kernels=` chooses the kernel backend
+the runner passes to the model and the sampler: "auto" (the default) is the native kernels where they load and
+`GPT2TF_NATIVE` does not turn them off; None is TensorFlow's own ops; or a backend object.
+"""
+
+import dataclasses
+import itertools
+
+import numpy as np
+import tensorflow as tf
+
+from gpt2tf.decode.prompts import prompt_ids
+from gpt2tf.decode.runner import runner_for
+from gpt2tf.decode.stops import StopScanner
+from gpt2tf.encoder import get_encoder
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
+from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, SamplerConfig, check_seed, random_seed
+
+CHUNK_STEPS = 32  # tokens per row per call when a whole batch is generated (`run`): one call, not 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One sequence to generate: a prompt (token ids; empty starts from <|endoftext|>) and how to continue it."""
+
+    prompt: tuple = ()
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int = None  # None: a random one
+    sample: int = 0  # the sample number j: with the seed, it keys the noise (see gpt2tf.filters)
+    stop: tuple = ()  # strings that end the output (cut before them)
+    stop_at_eos: bool = True
+    logprobs: int = None  # None: no log-probabilities; n (0..5): each new token's, and the n most likely tokens'
+
+    def __post_init__(self):
+        try:
+            prompt = tuple(int(t) for t in self.prompt)
+        except (TypeError, ValueError):
+            raise GPT2TFError(f"a prompt is a list of token ids, got {self.prompt!r}") from None
+        object.__setattr__(self, "prompt", tuple(prompt_ids(prompt)))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(s, str) for s in stop):
+            raise GPT2TFError(f"stop must be a string or a list of strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(s for s in stop if s))
+        self.sampler()  # temperature, top_k, top_p, repetition_penalty
+        check_seed(self.seed)
+        if not (
+            isinstance(self.max_new_tokens, int)
+            and not isinstance(self.max_new_tokens, bool)
+            and self.max_new_tokens > 0
+        ):
+            raise GPT2TFError(f"max_new_tokens must be a positive number of tokens, got {self.max_new_tokens}")
+        if not (isinstance(self.sample, int) and 0 <= self.sample <= MAX_SEED):
+            raise GPT2TFError(f"sample must be a whole number from 0 to {MAX_SEED}, got {self.sample}")
+        if self.logprobs is not None and not (
+            isinstance(self.logprobs, int)
+            and not isinstance(self.logprobs, bool)
+            and 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise GPT2TFError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, got {self.logprobs}")
+
+    def sampler(self):
+        return SamplerConfig(
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, repetition_penalty=self.repetition_penalty
+        )
+
+
+class Output(tuple):
+    """What `step` gives for a request: `(rid, new_ids, finished)`, finished being False or why it ended ("stop": at
+    <|endoftext|> or a stop string; "length": after max_new_tokens). With `Request(logprobs=n)`, `.logprobs` holds a
+    `(token's log-probability, {token id: log-probability} of the n most likely)` pair for each new id."""
+
+    def __new__(cls, rid, ids, finished, logprobs=None):
+        output = super().__new__(cls, (rid, ids, finished))
+        output.logprobs = logprobs
+        return output
+
+    rid = property(lambda self: self[0])
+    ids = property(lambda self: self[1])
+    finished = property(lambda self: self[2])
+
+
+_IDLE = dict(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)  # a free row's settings: plain greedy
+
+
+@dataclasses.dataclass
+class _Row:
+    """A request in a slot: what is prefilled, generated and already given out."""
+
+    rid: int
+    request: Request
+    seed: int
+    prefilled: int = 0  # prompt tokens in the cache
+    generated: list = dataclasses.field(default_factory=list)
+    logprobs: list = dataclasses.field(default_factory=list)  # per generated token, with Request(logprobs=n)
+    emitted: int = 0  # generated tokens already returned by `step`
+    stops: StopScanner = None  # with Request(stop=...)
+
+
+class Engine:
+    """Slots that requests join and leave between steps; see the module docstring."""
+
+    def __init__(
+        self, model, max_batch=8, *, max_length=None, jit_compile=True, encoder=None, kernels="auto", runner=None
+    ):
+        """`runner` stands in for the model's runner (tests drive the engine with a scripted one): anything with
+        `cache_variables`, `prefill`, `steps`, `prepare`, `compiling` and `ready_bucket` as `Runner` has them."""
+        n_ctx = model.hparams.n_ctx
+        if not (isinstance(max_batch, int) and max_batch > 0):
+            raise GPT2TFError(f"max_batch must be a positive integer, got {max_batch}")
+        max_length = n_ctx if max_length is None else max_length
+        if not (isinstance(max_length, int) and 2 <= max_length <= n_ctx):
+            raise GPT2TFError(f"max_length must be from 2 to the model's context of {n_ctx}, got {max_length}")
+        self.model, self.max_batch, self.max_length = model, max_batch, max_length
+        self.encoder = encoder
+        if kernels == "auto":
+            kernels = default_kernels(jit_compile)
+        self._runner = runner or runner_for(model, jit_compile=jit_compile, kernels=kernels)
+        vocab = model.hparams.n_vocab
+        self._cache = self._runner.cache_variables(max_batch, max_length)
+        self._logits = tf.Variable(tf.zeros([max_batch, vocab]), trainable=False)
+        self._seen = tf.Variable(tf.zeros([max_batch, vocab], tf.bool), trainable=False)
+        # Per-row settings and positions live here and go to each step as small tensors.
+        self._settings = {
+            name: np.full(max_batch, value, np.int32 if name == "top_k" else np.float32)
+            for name, value in _IDLE.items()
+        }
+        self._row_seeds = np.zeros([max_batch, 2], np.int32)
+        self._steps = np.zeros(max_batch, np.int32)  # tokens generated so far: the noise's step
+        self._position = np.zeros(max_batch, np.int32)  # slots written so far
+        self._limit = np.ones(max_batch, np.int32)  # max_new_tokens
+        self._stop_at_eos = np.zeros(max_batch, bool)
+        self._logprobs = np.zeros(max_batch, bool)  # whether the row's request wants log-probabilities
+        self._decoding = np.zeros(max_batch, bool)
+        self._rows = [None] * max_batch  # slot -> _Row
+        self._ids = itertools.count()
+        # A step runs only the first b rows, b the smallest of these that holds every decoding row: with few
+        # requests it costs what a small batch costs. Rows move down when that lets a smaller b serve.
+        self._buckets = sorted({min(2**i, max_batch) for i in range(max_batch.bit_length() + 1)})
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Joining and leaving
+
+    @property
+    def active(self):
+        """How many requests hold a slot (being prefilled or decoding)."""
+        return sum(row is not None for row in self._rows)
+
+    @property
+    def free_slots(self):
+        return self.max_batch - self.active
+
+    def add(self, request):
+        """Put `request` in a free slot (the next `step` prefills its prompt); returns its id.
+
+        Raises GPT2TFError when no slot is free (queue the request and add it after a step frees one), or when the
+        prompt does not fit.
+        """
+        if not isinstance(request, Request):
+            raise GPT2TFError(f"add takes a Request, got {type(request).__name__}")
+        self.check(request)
+        slot = next((s for s, row in enumerate(self._rows) if row is None), None)
+        if slot is None:
+            raise GPT2TFError(
+                f"no free slot: all {self.max_batch} are in use; add the request after a step "
+                f"finishes one (or cancel one)"
+            )
+        if request.stop and self.encoder is None:
+            self.encoder = get_encoder()
+        row = _Row(
+            next(self._ids),
+            request,
+            request.seed if request.seed is not None else random_seed(),
+            stops=StopScanner(self.encoder, request.stop) if request.stop else None,
+        )
+        self._rows[slot] = row
+        if not self._runner.compiling():  # compile the step this row needs while its prompt is prefilled
+            self._runner.prepare(self._bucket(slot + 1), self._cache)
+        return row.rid
+
+    def warm_up(self):
+        """Compile the prefill and the step for every number of rows a call may run, now (about a second each for
+        124M), so that no request ever waits for a compilation; for a server, before the first request."""
+        if self.active:
+            raise GPT2TFError("warm_up runs before any request is added")
+        chunk = min(PROMPT_BUCKET, self.max_length)
+        for rows in self._buckets:  # every slot is free: what these write is overwritten by a request's prefill
+            zeros = tf.zeros([rows], tf.int32)
+            self._runner.prefill(tf.zeros([rows, chunk], tf.int32), tf.range(rows), zeros, zeros, self._cache).numpy()
+            self._runner.prepare(rows, self._cache)
+        for rows in self._buckets:
+            self._runner.ready_bucket(rows, [rows], self._cache)
+
+    def check(self, request, *, name="the prompt"):
+        """A GPT2TFError if `request` cannot run on this engine's model and length (`name`: the prompt's, in it)."""
+        vocab = self.model.hparams.n_vocab
+        outside = [t for t in request.prompt if not 0 <= t < vocab]
+        if outside:  # XLA's gather would clamp them to a real token: a silently different prompt
+            raise GPT2TFError(
+                f"{name} holds token id {outside[0]}, outside the model's vocabulary of {vocab} ids (0..{vocab - 1})"
+            )
+        if len(request.prompt) + request.max_new_tokens > self.max_length:
+            raise GPT2TFError(
+                f"{name} has {len(request.prompt)} tokens; with {request.max_new_tokens} new tokens "
+                f"that exceeds the {self.max_length} this engine holds (the model's context is "
+                f"{self.model.hparams.n_ctx}): shorten the prompt or the output"
+            )
+
+    def cancel(self, rid):
+        """Free the slot of request `rid` (nothing happens if it has already finished)."""
+        for slot, row in enumerate(self._rows):
+            if row is not None and row.rid == rid:
+                self._free(slot)
+
+    def _free(self, slot):
+        self._rows[slot] = None
+        self._decoding[slot] = self._logprobs[slot] = False  # a free row costs the step nothing
+        for name, value in self._settings.items():
+            value[slot] = _IDLE[name]
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Prefill and step
+
+    def _prefill_chunks(self, slots):
+        """Prefill the next chunk of the prompt in each of `slots`, in one call; a row whose prompt is all in
+        starts decoding."""
+        chunk = min(PROMPT_BUCKET, self.max_length)
+        tokens = np.zeros([len(slots), chunk], np.int32)  # padding after a prompt: its slots are written before read
+        starts, lasts = np.zeros(len(slots), np.int32), np.zeros(len(slots), np.int32)
+        for i, slot in enumerate(slots):
+            row = self._rows[slot]
+            # A last chunk that would run past the cache ends at its end instead; the tokens it repeats are computed
+            # again from the same cache and give the same keys and values.
+            starts[i] = min(row.prefilled, self.max_length - chunk)
+            piece = row.request.prompt[starts[i] : starts[i] + chunk]
+            tokens[i, : len(piece)], lasts[i] = piece, len(piece) - 1
+        rows = self._bucket(len(slots))
+        pad = [len(slots) - 1] * (rows - len(slots))  # the batch's row count in buckets: the last row repeated
+        logits = self._runner.prefill(
+            tf.constant(np.concatenate([tokens, tokens[pad]])),
+            tf.constant(np.array(list(slots) + [slots[-1]] * len(pad), np.int32)),
+            tf.constant(np.concatenate([starts, starts[pad]])),
+            tf.constant(np.concatenate([lasts, lasts[pad]])),
+            self._cache,
+        )
+        for i, slot in enumerate(slots):
+            row = self._rows[slot]
+            row.prefilled = int(starts[i] + lasts[i] + 1)
+            if row.prefilled >= len(row.request.prompt):
+                self._start_decoding(slot, logits[i])
+
+    def _start_decoding(self, slot, logits):
+        row, request = self._rows[slot], self._rows[slot].request
+        seen = np.zeros(self.model.hparams.n_vocab, bool)
+        seen[list(request.prompt)] = True
+        self._logits[slot].assign(logits)
+        self._seen[slot].assign(seen)
+        for name, value in self._settings.items():
+            value[slot] = getattr(request, name)
+        self._row_seeds[slot] = (row.seed, request.sample)
+        self._steps[slot], self._position[slot] = 0, len(request.prompt)
+        self._limit[slot], self._stop_at_eos[slot] = request.max_new_tokens, request.stop_at_eos
+        self._logprobs[slot] = request.logprobs is not None
+        self._decoding[slot] = True
+
+    def _bucket(self, rows):
+        return next(b for b in self._buckets if b >= rows)
+
+    def _compact(self):
+        """Move the highest rows down into free slots while that lets a smaller bucket hold them all."""
+        while True:
+            used = [s for s, row in enumerate(self._rows) if row is not None]
+            free = [s for s, row in enumerate(self._rows) if row is None]
+            if not used or not free or free[0] > used[-1] or self._bucket(len(used)) >= self._bucket(used[-1] + 1):
+                return
+            self._move(used[-1], free[0])
+
+    def _move(self, source, target):
+        for variable in [self._logits, self._seen] + [v for layer in self._cache for v in layer]:
+            variable[target].assign(variable[source])
+        for array in (
+            *self._settings.values(),
+            self._row_seeds,
+            self._steps,
+            self._position,
+            self._limit,
+            self._stop_at_eos,
+            self._logprobs,
+            self._decoding,
+        ):
+            array[target] = array[source]
+        self._rows[target] = self._rows[source]
+        self._free(source)
+
+    def _step_args(self, rows):
+        return dict(
+            logits=self._logits,
+            seen=self._seen,
+            cache=self._cache,
+            decoding=tf.constant(self._decoding[:rows]),
+            position=tf.constant(self._position[:rows]),
+            steps=tf.constant(self._steps[:rows]),
+            limit=tf.constant(self._limit[:rows]),
+            stop_at_eos=tf.constant(self._stop_at_eos[:rows]),
+            logprobs=tf.constant(self._logprobs[:rows]),
+            row_seeds=tf.constant(self._row_seeds[:rows]),
+            **{name: tf.constant(value[:rows]) for name, value in self._settings.items()},
+        )
+
+    def step(self, steps=1):
+        """Advance every decoding row by one token (after prefilling one more chunk of every prompt not yet in).
+
+        Returns `[(rid, new_ids, finished)]` for the rows that produced output or finished. A row ends at
+        <|endoftext|> (not included; with `stop_at_eos`), after `max_new_tokens`, or before a stop string (ids are
+        held back while they may be the start of one); a finished row's slot is free for the next `add`.
+        `steps=n` runs up to n tokens per row in one call (fewer calls, for batch generation); requests join and
+        leave only between calls.
+        """
+        self._compact()
+        waiting = [s for s, row in enumerate(self._rows) if row is not None and not self._decoding[s]]
+        if waiting:
+            self._prefill_chunks(waiting)
+        if not self._decoding.any():
+            return []
+        rows = self._runner.ready_bucket(
+            self._bucket(int(np.flatnonzero(self._decoding)[-1]) + 1), self._buckets, self._cache
+        )
+        out = self._runner.steps(count=tf.constant(steps), **self._step_args(rows))
+        tokens = out["tokens"].numpy()  # [run, rows]
+        if self._logprobs[:rows].any():
+            chosen, top_values, top_ids = (out[k].numpy() for k in ("chosen", "top_values", "top_ids"))
+        results = []
+        for slot in np.flatnonzero(self._decoding):
+            row = self._rows[slot]
+            ids, finished, first = [], False, row.emitted
+            for t, token in enumerate(tokens[:, slot]):
+                self._steps[slot] += 1
+                self._position[slot] += 1
+                if row.request.logprobs is not None:
+                    n = row.request.logprobs
+                    row.logprobs.append(
+                        (
+                            float(chosen[t, slot]),
+                            {int(i): float(v) for i, v in zip(top_ids[t, slot, :n], top_values[t, slot, :n])},
+                        )
+                    )
+                new, finished = self._advance(row, int(token))
+                ids += new
+                if finished:
+                    self._free(slot)
+                    break
+            if ids or finished:
+                lp = row.logprobs[first : first + len(ids)] if row.request.logprobs is not None else None
+                results.append(Output(row.rid, ids, finished, lp))
+        return results
+
+    def _advance(self, row, token):
+        """Take one new token for `row`: (the ids it may give out now, False or why it finished)."""
+        request = row.request
+        row.generated.append(token)
+        new = row.generated
+        eos = request.stop_at_eos and token == EOT_ID
+        end = len(new) - 1 if eos else len(new)
+        finished = "stop" if eos else "length" if len(new) >= request.max_new_tokens else False
+        if row.stops is not None and not eos:
+            cut = row.stops.add(token)
+            if cut is not None:
+                end, finished = cut, "stop"
+            elif not finished:
+                end = row.stops.safe_end()  # hold back what may be a stop string's beginning
+        ids = new[row.emitted : end] if end > row.emitted else []
+        row.emitted = max(row.emitted, end)
+        return ids, finished
+
+    def run(self, requests, *, steps=CHUNK_STEPS):
+        """Generate every request, adding each as a slot frees; yields `(index, new_ids, finished)` as `step`
+        does, with the request's index in `requests` in place of its id. `steps`: tokens per row per call."""
+        pending = list(enumerate(requests))[::-1]
+        index_of = {}
+        self._runner.prepare(self._bucket(min(len(requests) + self.active, self.max_batch)), self._cache)
+        while pending or self.active:
+            while pending and self.free_slots:
+                i, request = pending.pop()
+                index_of[self.add(request)] = i
+            for rid, ids, finished in self.step(steps):
+                yield index_of[rid], ids, finished
+
+
+def default_kernels(jit_compile=True):
+    """The kernel backend an engine uses unless told: the native kernels where they load (inside XLA only) and
+    `GPT2TF_NATIVE` does not turn them off, else None (TensorFlow's own ops)."""
+    from gpt2tf.kernels import native  # builds the kernels on first use: only when an engine asks
+
+    return native.load() if jit_compile and native.requested() else None

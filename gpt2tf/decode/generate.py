@@ -1,0 +1,136 @@
+"""Generating from prompts: `generate`, `generate_text` and `generate_stream`, the library's API on the engine.
+
+A call is a set of requests added to one `gpt2tf.decode.engine.Engine` (rows are prompt-major: prompt i, sample j
+is row i * nsamples + j, with the noise keyed by (seed, j)); rows join as slots free up, so a row that ends early
+makes room for the next at once. The sampling rules are `gpt2tf.decode.filters`'; stop strings are
+`gpt2tf.decode.stops`'; prompts are prepared by `gpt2tf.decode.prompts`.
+"""
+
+from gpt2tf.decode.engine import CHUNK_STEPS, Engine, Request
+from gpt2tf.decode.prompts import prepare_prompt
+from gpt2tf.decode.stops import cut_at_stop
+from gpt2tf.encoder import get_encoder
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.layout import PROMPT_BUCKET
+from gpt2tf.settings import SamplerConfig, check_seed, random_seed
+
+DEFAULT_SAMPLER = SamplerConfig()
+
+
+def generate_stream(
+    model,
+    prompts,
+    *,
+    length,
+    config=DEFAULT_SAMPLER,
+    seed=None,
+    nsamples=1,
+    batch_size=None,
+    stop=(),
+    stop_at_eos=True,
+    truncate_prompt=False,
+    chunk_steps=CHUNK_STEPS,
+    jit_compile=True,
+    encoder=None,
+):
+    """Yield `(row, new_ids)` as tokens are produced; rows are prompt-major (prompt i, sample j: row i*nsamples+j).
+
+    A row's ids, concatenated over its yields, are its final output: it ends at <|endoftext|> (not included), after
+    `length` tokens, or before a `stop` string (one that begins inside a token is kept whole, so the text can be cut
+    exactly; `generate_text` does that). At most `batch_size` rows (default: all) decode at once, `chunk_steps`
+    tokens per row per compiled call (1 streams each token as soon as it is chosen).
+    """
+    if not (isinstance(length, int) and length > 0):
+        raise GPT2TFError(f"length must be a positive number of tokens, got {length}")
+    if not (isinstance(nsamples, int) and nsamples > 0):
+        raise GPT2TFError(f"nsamples must be a positive integer, got {nsamples}")
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
+        raise GPT2TFError(f"batch_size must be a positive integer, got {batch_size}")
+    n_ctx = model.hparams.n_ctx
+    if length >= n_ctx:
+        raise GPT2TFError(f"length {length} must be below the model's context of {n_ctx} tokens")
+    if check_seed(seed) is None:
+        seed = random_seed()
+    prompts = [
+        prepare_prompt(p, new_tokens=length, n_ctx=n_ctx, truncate=truncate_prompt, name=f"prompt {i}")
+        for i, p in enumerate(prompts)
+    ]
+    requests = [
+        Request(
+            prompt=prompt,
+            max_new_tokens=length,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            repetition_penalty=config.repetition_penalty,
+            seed=seed,
+            sample=j,
+            stop=tuple(stop),
+            stop_at_eos=stop_at_eos,
+        )
+        for prompt in prompts
+        for j in range(nsamples)
+    ]
+    # The cache holds the longest row, in whole buckets: calls of similar lengths share the compiled step.
+    max_length = min(n_ctx, -(-max(len(p) for p in prompts) // PROMPT_BUCKET) * PROMPT_BUCKET + length)
+    engine = Engine(
+        model,
+        max_batch=min(batch_size or len(requests), len(requests)),
+        max_length=max_length,
+        jit_compile=jit_compile,
+        encoder=encoder,
+    )
+    for i, request in enumerate(requests[::nsamples]):
+        engine.check(request, name=f"prompt {i}")
+    for row, ids, _ in engine.run(requests, steps=chunk_steps):
+        if ids:
+            yield row, ids
+
+
+def generate(
+    model,
+    prompts,
+    *,
+    length,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    repetition_penalty=1.0,
+    seed=None,
+    nsamples=1,
+    batch_size=None,
+    stop=(),
+    stop_at_eos=True,
+    truncate_prompt=False,
+    jit_compile=True,
+):
+    """New token ids for every (prompt, sample): a list of `len(prompts) * nsamples` lists, prompt-major.
+
+    `prompts` are lists of token ids (an empty one starts from <|endoftext|>). The sampling rules are
+    `gpt2tf.filters`'; `seed` makes the output reproducible.
+    """
+    config = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    outputs = [[] for _ in range(len(prompts) * nsamples)]
+    for row, ids in generate_stream(
+        model,
+        prompts,
+        length=length,
+        config=config,
+        seed=seed,
+        nsamples=nsamples,
+        batch_size=batch_size,
+        stop=stop,
+        stop_at_eos=stop_at_eos,
+        truncate_prompt=truncate_prompt,
+        jit_compile=jit_compile,
+    ):
+        outputs[row].extend(ids)
+    return outputs
+
+
+def generate_text(model, prompts, *, encoder=None, stop=(), **kwargs):
+    """`generate` on strings: prompts in, completions out (cut exactly at a stop string)."""
+    encoder = encoder or get_encoder()
+    outputs = generate(model, [encoder.encode(p) for p in prompts], stop=stop, **kwargs)
+    texts = [encoder.decode(ids) for ids in outputs]
+    return [cut_at_stop(t, stop) for t in texts]

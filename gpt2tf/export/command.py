@@ -1,0 +1,102 @@
+"""The `export` command: `ExportConfig` (its flags, with their defaults) and `export`, which writes the SavedModel
+as `EXPORT_DIR/VERSION/` (TensorFlow Serving's layout) through a temporary dir renamed into place.
+
+    python export.py --model_dir models/124M --export_dir exported/gpt2      # -> exported/gpt2/1/
+"""
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from gpt2tf.config import ModelFlags, PrecisionFlags, SamplingFlags, flag, override
+from gpt2tf.errors import GPT2TFError
+from gpt2tf.layout import DEFAULT_MODEL_DIR, QUANTIZED_FILE
+
+
+@dataclasses.dataclass
+class ExportConfig(SamplingFlags, PrecisionFlags, ModelFlags):
+    """What `export.py` (and `gpt2tf export`) does; each field is the flag of the same name. The sampling flags
+    are `serving_default`'s fixed settings."""
+
+    temperature: float = override(
+        SamplingFlags, "temperature", 1.0, "serving_default: sampling temperature; 0 = greedy"
+    )
+    top_k: int = override(SamplingFlags, "top_k", 40, "serving_default: keep the k most likely tokens; 0 = off")
+    top_p: float = override(SamplingFlags, "top_p", 1.0, "serving_default: nucleus sampling's p, in (0, 1]; 1 = off")
+    seed: int = override(SamplingFlags, "seed", None, "serving_default: a fixed seed (default: a random one per call)")
+    no_xla: bool = override(
+        PrecisionFlags,
+        "no_xla",
+        False,
+        "export without XLA (jit_compile); TF Serving's GPU images cannot run XLA-compiled functions",
+    )
+    export_dir: str = flag(
+        None, "where the export goes: EXPORT_DIR/VERSION/ (TF Serving's layout) (default: exported/<model dir name>)"
+    )
+    version: int = flag(1, "the version subdirectory TF Serving loads (the highest)")
+    overwrite: bool = flag(False, "replace an existing version dir")
+    max_new_tokens: int = flag(64, "serving_default: tokens generated per prompt")
+    max_new_tokens_limit: int = flag(
+        None, "the most tokens a row may ask for; more is clamped (default: half the model's context)", type=int
+    )
+
+
+def check(config):
+    """The flags' one-line errors, before TensorFlow loads."""
+    if not (isinstance(config.version, int) and config.version >= 1):
+        raise GPT2TFError(f"--version must be a positive integer, got {config.version}")
+    if config.model_dir and (Path(config.model_dir) / QUANTIZED_FILE).is_file():
+        raise GPT2TFError(
+            f"{config.model_dir} holds weights quantized for decoding: the export holds float32 "
+            f"weights; give the float32 model dir it was made from"
+        )
+    if config.max_new_tokens < 1:
+        raise GPT2TFError(f"--max_new_tokens must be at least 1, got {config.max_new_tokens}")
+    if config.max_new_tokens_limit is not None and config.max_new_tokens_limit < config.max_new_tokens:
+        raise GPT2TFError(
+            f"--max_new_tokens_limit {config.max_new_tokens_limit} is below --max_new_tokens {config.max_new_tokens}"
+        )
+    config.check_sampling()
+    target = version_dir(config)
+    if target.exists() and any(target.iterdir()) and not config.overwrite:
+        raise GPT2TFError(
+            f"{target} already holds an export: give another --version (TF Serving serves the highest) or --overwrite"
+        )
+    if target.exists() and not target.is_dir():
+        raise GPT2TFError(f"{target} is a file, not a directory: give another --export_dir or --version")
+
+
+def version_dir(config):
+    model_dir = config.model_dir or DEFAULT_MODEL_DIR
+    export_dir = config.export_dir or os.path.join("exported", Path(model_dir.rstrip("/\\")).name or "gpt2")
+    return Path(export_dir) / str(config.version)
+
+
+def export(config, out=sys.stderr):
+    """Write the SavedModel; returns its version dir."""
+    import tensorflow as tf
+
+    from gpt2tf.encoder import get_encoder
+    from gpt2tf.export.savedmodel import Exported, signatures
+    from gpt2tf.files import writing_dir
+    from gpt2tf.formats.load import load_for_inference
+
+    check(config)
+    target = version_dir(config)
+    model = load_for_inference(config.model_dir, dtype=config.dtype)
+    if model.weight_format != "float32":
+        raise GPT2TFError(
+            f"{config.model_dir} holds {model.weight_format} weights saved for decoding: the export "
+            f"holds float32 weights; give the float32 model dir it was made from"
+        )
+    if config.max_new_tokens >= model.hparams.n_ctx:
+        raise GPT2TFError(
+            f"--max_new_tokens {config.max_new_tokens} must be below the model's context of {model.hparams.n_ctx}"
+        )
+    module = Exported(model, get_encoder(), config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with writing_dir(target, what="the export to ", replace=True) as (work, _):
+        tf.saved_model.save(module, str(work), signatures=signatures(module))
+    print(f"exported {config.model_dir or DEFAULT_MODEL_DIR} to {target}", file=out)
+    return target
