@@ -21,8 +21,8 @@ from setuptools import find_packages, setup
 #   fastapi, uvicorn  serve.py's HTTP layer: request parsing, streaming responses (server-sent events) and client
 #                     disconnects handled by a well-kept ASGI stack instead of a hand-written HTTP server; serving
 #                     is a main use, so they are installed with the package
-# Not a dependency: a C++ compiler (g++/clang++). If present, gpt2tf builds its small decode kernel
-#   (gpt2tf/native_matmul.cc) on first use; without one, decoding falls back to XLA's own dot.
+# Not a dependency: a C++ compiler (g++/clang++). If present, gpt2tf builds its small decode kernels
+#   (gpt2tf/kernels/native_matmul.cc) on first use; without one, decoding falls back to XLA's own dot.
 INSTALL_REQUIRES = [
     "tensorflow>=2.16",
     "keras>=3.0",
@@ -45,9 +45,20 @@ INSTALL_REQUIRES = [
 # selenium drives the system's headless Chromium (installed by .ci/run) to test the page. transformers (with torch,
 # and safetensors to write test checkpoints) is the independent reference for the Hugging Face interop and the peer in
 # the benchmarks; never a runtime dependency. torch is pinned to the CPU build this machine image carries on disk
-# (any other release pulls a CUDA build of several GB).
+# (any other release pulls a CUDA build of several GB). ruff is the linter and formatter .ci/run checks the tree with
+# (configured in ruff.toml).
 EXTRAS_REQUIRE = {
-    "test": ["pytest", "tiktoken", "openai", "httpx", "selenium", "torch==2.13.0", "transformers", "safetensors"]
+    "test": [
+        "pytest",
+        "ruff",
+        "tiktoken",
+        "openai",
+        "httpx",
+        "selenium",
+        "torch==2.13.0",
+        "transformers",
+        "safetensors",
+    ]
 }
 
 setup(

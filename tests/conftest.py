@@ -7,10 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 import pytest
 
-from gpt2tf.hparams import HParams
-
-TINY = HParams(n_vocab=101, n_ctx=32, n_embd=16, n_head=4, n_layer=2)
-SMALL = HParams(n_vocab=50257, n_ctx=64, n_embd=16, n_head=2, n_layer=2)  # GPT-2's vocabulary, a tiny network
+from helpers import SMALL, TINY
 
 
 @pytest.fixture(scope="session")

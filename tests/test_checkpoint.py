@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 import gpt2tf
-from gpt2tf.checkpoint import checkpoint_key, openai_tensor_shapes
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.formats.openai import openai_tensor_shapes
+from gpt2tf.formats.tensors import checkpoint_key
 
 OPENAI_FILES = [
     "checkpoint",
@@ -176,7 +177,7 @@ def test_hparams_with_other_width_names_the_misshaped_tensors(model_dir, tiny_hp
 
 
 def test_nothing_is_assigned_when_the_check_fails(model_dir, tiny_hparams):
-    from gpt2tf.checkpoint import restore_weights
+    from gpt2tf.formats.openai import restore_weights
 
     model = gpt2tf.GPT2(tiny_hparams.replace(n_vocab=100))
     before = [v.numpy().copy() for v in model.weights]
@@ -198,9 +199,9 @@ def test_cli_turns_errors_into_one_line_and_exit_2(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["355M", "774M", "1558M"])
 def test_real_size_restore_and_logits(tmp_path, name):
-    from reference import read_openai_checkpoint, reference_logits
-
     from gpt2tf.hparams import pretrained
+
+    from reference import read_openai_checkpoint, reference_logits
 
     hparams = pretrained(name)
     gpt2tf.write_synthetic_checkpoint(tmp_path / name, hparams, seed=7)
@@ -213,7 +214,7 @@ def test_real_size_restore_and_logits(tmp_path, name):
 
 
 def test_nan_weights_are_refused(tmp_path, tiny_hparams):
-    from gpt2tf.checkpoint import write_model_dir
+    from gpt2tf.formats.openai import write_model_dir
 
     tensors = {name: tf.fill(shape, 0.01) for name, shape in openai_tensor_shapes(tiny_hparams).items()}
     tensors["model/h1/mlp/c_fc/w"] = tf.tensor_scatter_nd_update(
@@ -225,9 +226,7 @@ def test_nan_weights_are_refused(tmp_path, tiny_hparams):
 
 
 def test_a_flipped_bit_names_the_tensor_it_is_in(model_dir):
-    from gpt2tf.checkpoint import _read_index
-
-    shapes, _ = _read_index(str(model_dir / "model.ckpt"))
+    shapes = tf.train.load_checkpoint(str(model_dir / "model.ckpt")).get_variable_to_shape_map()
     names = sorted(shapes)  # a bundle stores its tensors in name order
     offset = 0
     for name in names:
@@ -251,7 +250,9 @@ def test_a_huge_shape_is_refused_before_anything_is_allocated(model_dir, tiny_hp
 
 
 def test_a_damaged_run_checkpoint_points_to_the_previous_one(tmp_path, tiny_hparams, tiny_model):
-    from gpt2tf.checkpoint import model_tensors, write_bundle, write_state_file
+    from gpt2tf.formats.bundle import write_bundle
+    from gpt2tf.formats.openai import write_state_file
+    from gpt2tf.formats.tensors import model_tensors
 
     run = tmp_path / "run"
     gpt2tf.save_openai_checkpoint(tiny_model, run)

@@ -4,7 +4,6 @@ refusals."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ import pytest
 import tensorflow as tf
 
 from gpt2tf import train
+
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,12 +97,6 @@ def test_refusals_are_one_line(tmp_path, small_model_dir, corpus, args, message)
     )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert not (tmp_path / "r").exists()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def two_workers(tmp_path, *args):

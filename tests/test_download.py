@@ -14,13 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from http_store import PORTAL_PAGE
 
 import gpt2tf
 from gpt2tf import download
 from gpt2tf.cli import download_main
 from gpt2tf.download import DATA_FILE, MODEL_FILES, DownloadConfig, download_models
 from gpt2tf.errors import GPT2TFError
+
+from http_store import PORTAL_PAGE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = gpt2tf.HParams(n_vocab=64, n_ctx=16, n_embd=8, n_head=2, n_layer=2)

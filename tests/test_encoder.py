@@ -4,14 +4,10 @@ vocab files and errors."""
 
 import hashlib
 import json
-import pydoc
 import random
 import socket
-import string
 import subprocess
 import sys
-import sysconfig
-import unicodedata
 from pathlib import Path
 
 import pytest
@@ -22,6 +18,8 @@ import tiktoken.load
 from gpt2tf import encoder as encoder_module
 from gpt2tf.encoder import ENDOFTEXT, VOCAB_DIR, Encoder, bytes_to_unicode, get_encoder
 from gpt2tf.errors import GPT2TFError
+
+from helpers import adversarial_documents, real_documents
 
 # tiktoken's spelling of OpenAI's pre-split pattern.
 GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -50,96 +48,9 @@ def reference() -> tiktoken.Encoding:
     )
 
 
-# --- the corpus: real text found on any machine with the test deps, plus seeded adversarial text -------------
-
-SCRIPTS = {  # name: code point ranges that words are drawn from
-    "latin": [(0x41, 0x5A), (0x61, 0x7A), (0xC0, 0x24F), (0x1E00, 0x1EFF)],
-    "greek": [(0x370, 0x3FF)],
-    "cyrillic": [(0x400, 0x4FF)],
-    "hebrew": [(0x591, 0x5F4)],
-    "arabic": [(0x600, 0x6FF)],
-    "devanagari": [(0x900, 0x97F)],
-    "thai": [(0xE01, 0xE5B)],
-    "kana": [(0x3041, 0x30FF)],
-    "cjk": [(0x4E00, 0x9FFF), (0x20000, 0x2A6DF)],
-    "hangul": [(0xAC00, 0xD7A3), (0x1100, 0x11FF)],
-    "math letters": [(0x1D400, 0x1D7FF)],
-    "fullwidth": [(0xFF01, 0xFFEF)],
-    "numerals": [(0x30, 0x39), (0x660, 0x669), (0x966, 0x96F), (0xB2, 0xB3), (0xBC, 0xBE), (0x2160, 0x2188)],
-    "symbols": [(0x2000, 0x2BFF), (0x1F300, 0x1FAFF)],
-    "combining": [(0x300, 0x36F), (0x1AB0, 0x1AFF), (0x20D0, 0x20FF)],
-}
-EMOJI = [
-    "🤗",
-    "👨\u200d👩\u200d👧\u200d👦",
-    "👍🏽",
-    "👩🏿\u200d💻",
-    "🇺🇸",
-    "🇯🇵",
-    "1\ufe0f\u20e3",
-    "❤\ufe0f",
-    "🏳\ufe0f\u200d🌈",
-]
-SPACES = [" ", "  ", "\t", "\n", "\r\n", "\n\n", "\u00a0", "\u3000", "\x0b", "\x0c", "\x85", "\u2028", "\u2009"]
-ZERO_WIDTH = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]
-CONTRACTIONS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "don't", "DON'T", "y'all", "''s", "'''", "O'Neil"]
-
-
-def _word(rng: random.Random) -> str:
-    kind = rng.random()
-    if kind < 0.45:
-        ranges = SCRIPTS[rng.choice(list(SCRIPTS))]
-        return "".join(chr(rng.randint(*rng.choice(ranges))) for _ in range(rng.randint(1, 12)))
-    if kind < 0.55:
-        return rng.choice(CONTRACTIONS + [c.upper() for c in CONTRACTIONS])
-    if kind < 0.65:
-        return "".join(rng.choice(string.printable) for _ in range(rng.randint(1, 20)))
-    if kind < 0.72:
-        return "".join(rng.choice(string.punctuation) for _ in range(rng.randint(1, 30)))
-    if kind < 0.78:
-        return "".join(rng.choice(string.digits) for _ in range(rng.randint(1, 60)))
-    if kind < 0.84:
-        return rng.choice(EMOJI) * rng.randint(1, 3)
-    if kind < 0.88:
-        return rng.choice([ENDOFTEXT, "<|endoftext|", "<|endoftext|>>", "<<|endoftext|>"])
-    if kind < 0.93:
-        return "".join(chr(rng.choice([*range(0x20), 0x7F, *range(0x80, 0xA0)])) for _ in range(rng.randint(1, 5)))
-    return rng.choice(ZERO_WIDTH) + rng.choice(["a", "é", "1", "", " "])
-
-
-def _adversarial_documents(rng: random.Random, count: int) -> list[str]:
-    docs = []
-    for _ in range(count):
-        parts = []
-        for _ in range(rng.randint(1, 120)):
-            parts.append(_word(rng))
-            parts.append(rng.choice(SPACES) * rng.choice([1, 1, 1, 2, 3, 7]) if rng.random() < 0.3 else " ")
-        docs.append("".join(parts))
-    # Long runs: whitespace (alone and around words), digits, punctuation, letters, a CJK paragraph, emoji.
-    docs += [" " * 20000, "x" + " " * 5000 + "y", "\t\n " * 3000, "a\r\n" * 2000, "7" * 30000, "!?" * 4000]
-    docs += ["e" * 5000, "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(3000)), "😀" * 2000, "\x00" * 300]
-    docs += ["".join(rng.choice(SPACES) for _ in range(4000)) + "end", ""]
-    return docs
-
-
-def _real_documents() -> list[str]:
-    """Python's own sources, help() texts and Unicode character names: present wherever Python is."""
-    docs, size = [], 0
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        if size > 1_500_000:
-            break
-        docs.append(path.read_text(encoding="utf-8", errors="replace"))
-        size += len(docs[-1])
-    docs += [pydoc.render_doc(obj, renderer=pydoc.plaintext) for obj in (str, bytes, dict, list, int, float, set)]
-    code_points = [cp for cp in range(0, 0x32000, 11) if not 0xD800 <= cp <= 0xDFFF]  # no lone surrogates here
-    names = [f"{chr(cp)} U+{cp:04X} {unicodedata.name(chr(cp), '')}" for cp in code_points]
-    docs += ["\n".join(names[i : i + 500]) for i in range(0, len(names), 500)]
-    return docs
-
-
 @pytest.fixture(scope="module")
 def corpus() -> list[str]:
-    return _real_documents() + _adversarial_documents(random.Random(20260522), 3000)
+    return real_documents() + adversarial_documents(random.Random(20260522), 3000)
 
 
 def _first_difference(ours: list[int], theirs: list[int]) -> str:
@@ -196,7 +107,7 @@ def test_factored_contractions_split_like_openais_pattern(corpus):
 
 
 def test_chunking_changes_no_token(enc, reference, monkeypatch):
-    text = "".join(_adversarial_documents(random.Random(7), 300))
+    text = "".join(adversarial_documents(random.Random(7), 300))
     monkeypatch.setattr(encoder_module, "CHUNK_CHARS", 50)
     assert len(list(encoder_module.split_exact(text))) > 100
     assert "".join(encoder_module.split_exact(text)) == text
@@ -335,7 +246,7 @@ def test_unknown_id_is_a_user_error(enc):
 
 
 def test_encode_batch_equals_encode(enc, monkeypatch):
-    texts = _adversarial_documents(random.Random(11), 200)
+    texts = adversarial_documents(random.Random(11), 200)
     expected = [enc.encode(text, allowed_special="all") for text in texts]
     assert enc.encode_batch(texts, allowed_special="all") == expected  # small: serial
     monkeypatch.setattr(encoder_module, "PARALLEL_MIN_CHARS", 0)

@@ -6,13 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from reference import top_p_kept
 
 import gpt2tf
-from gpt2tf import engine, filters, sample
-from gpt2tf.engine import Engine, Request
+from gpt2tf.decode import filters
+from gpt2tf.decode import generate as sample
+from gpt2tf.decode.engine import Engine, Request
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, MASKED_VALUE
+
+from helpers import default_runner
+from reference import top_p_kept
 
 FIXTURES = Path(__file__).with_name("fixtures") / "generate_tokens.json"
 
@@ -198,7 +201,7 @@ def test_a_long_prompt_is_prefilled_a_chunk_per_step_while_others_decode(recorde
 
 def test_no_retracing_for_new_settings_prompt_lengths_or_engines(small_model_dir):
     model = gpt2tf.load_model(small_model_dir)  # its own: nothing compiled for it yet
-    compiled = engine.compiled_for(model)
+    compiled = default_runner(model)
     for round_ in range(2):
         eng = Engine(model, max_batch=5, max_length=64)
         drive(eng, list(zip([0, 1, 2, 4, 6], MIXED)), 30)
@@ -222,7 +225,7 @@ def test_native_and_xla_give_the_same_greedy_tokens_with_per_row_lengths(small_m
     specs = [dict(spec, temperature=0, repetition_penalty=1.0) for spec in MIXED]
     with_kernel = drive(Engine(small_model, max_batch=5, max_length=64), list(zip([0, 2, 3, 5, 8], specs)), 40)
     monkeypatch.setenv("GPT2TF_NATIVE", "0")
-    assert not engine.compiled_for(small_model).use_native
+    assert not default_runner(small_model).use_native
     without = drive(Engine(small_model, max_batch=5, max_length=64), list(zip([0, 2, 3, 5, 8], specs)), 40)
     assert with_kernel == without
 
@@ -298,7 +301,7 @@ class ScriptedBackend:
 
 def scripted_engine(small_model, scripts, max_batch=3):
     return Engine(
-        small_model, max_batch=max_batch, max_length=64, backend=ScriptedBackend(scripts, small_model.hparams.n_vocab)
+        small_model, max_batch=max_batch, max_length=64, runner=ScriptedBackend(scripts, small_model.hparams.n_vocab)
     )
 
 
@@ -394,7 +397,7 @@ def test_a_stop_string_or_end_of_text_finishes_with_stop(small_model):
 
 def test_the_stop_scanner_equals_searching_the_whole_text_each_time():
     """The scanner looks only at the bytes a new token could complete; searching all of the text must agree."""
-    from gpt2tf.stops import StopScanner
+    from gpt2tf.decode.stops import StopScanner
 
     enc = gpt2tf.get_encoder()
     rng = np.random.default_rng(0)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMALL, TINY
-from reference import read_openai_checkpoint, reference_logits
 
 import gpt2tf
-from gpt2tf import evaluate, rouge
+from gpt2tf import evaluate
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.evaluate import rouge
+
+from helpers import SMALL, TINY
+from reference import read_openai_checkpoint, reference_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +180,7 @@ def test_cnndm_end_to_end_on_the_bundled_sample(small):
     config = evaluate.EvaluateConfig(
         task="cnndm", dataset_path=str(ROOT / "datasets" / "cnndm_sample" / "val.jsonl"), max_new_tokens=12, seed=3
     )
-    report, examples = evaluate._cnndm_task(model, config, gpt2tf.get_encoder(), None)
+    report, examples = evaluate.TASKS["cnndm"](model, config, gpt2tf.get_encoder(), None)
     articles = [
         json.loads(line)
         for line in (ROOT / "datasets" / "cnndm_sample" / "val.jsonl").read_text().splitlines()

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SMALL
-from reference import read_openai_checkpoint, reference_logits
-from test_encoder import CONTRACTIONS, EMOJI, SPACES, _adversarial_documents, _real_documents
 
 import gpt2tf
+from gpt2tf.decode.generate import generate
+from gpt2tf.export.tf_encoder import TFEncoder
 from gpt2tf.layout import EOT_ID
-from gpt2tf.sample import generate
-from gpt2tf.tf_encoder import TFEncoder
+
+from helpers import CONTRACTIONS, EMOJI, SMALL, SPACES, adversarial_documents, real_documents
+from reference import read_openai_checkpoint, reference_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 HARD = [
@@ -59,7 +59,7 @@ def tf_encoder(encoder):
 
 
 def test_in_graph_bpe_equals_the_encoder_on_the_corpus(encoder, tf_encoder):
-    docs = HARD + _adversarial_documents(random.Random(20260522), 400) + _real_documents()[:8]
+    docs = HARD + adversarial_documents(random.Random(20260522), 400) + real_documents()[:8]
     encode = tf.function(tf_encoder.encode)
     mismatches = []
     for first in range(0, len(docs), 64):
@@ -232,10 +232,10 @@ def test_the_export_runs_without_gpt2tf_and_matches_the_library(exported, encode
 
 
 def test_the_no_xla_export_gives_the_same_tokens(exported, encoder):
-    from gpt2tf.export import ExportConfig, build_module
+    from gpt2tf.export import ExportConfig, Exported
 
     model, _, _ = exported
-    module = build_module(model, encoder, ExportConfig(no_xla=True))
+    module = Exported(model, encoder, ExportConfig(no_xla=True))
     n = len(PROMPTS)
     out = module.generate(
         tf.constant(PROMPTS),

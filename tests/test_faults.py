@@ -28,8 +28,8 @@ import tensorflow as tf
 
 import gpt2tf
 from gpt2tf import files, train
-from gpt2tf.checkpoint import checkpoint_key
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.formats.tensors import checkpoint_key
 from gpt2tf.hparams import HParams
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,10 @@ import pytest
 import tensorflow as tf
 
 import gpt2tf
-from gpt2tf import data, sample
+import gpt2tf.formats.load
+import gpt2tf.formats.openai
+from gpt2tf import data
+from gpt2tf.decode import generate as sample
 from gpt2tf.hparams import pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +119,25 @@ def test_finetune_cnndm_as_written_offline_is_one_line_and_leaves_no_run_dir(wor
 
 def test_the_ancestors_commands_round_trip_through_the_h5_file(workdir):
     (workdir / "dataset").mkdir()
-    words = ["she", "picked", "up", "the", "sword", "and", "walked", "into", "the", "house", "of", "blue", "leaves", "where", "the", "bride", "waited"]
+    words = [
+        "she",
+        "picked",
+        "up",
+        "the",
+        "sword",
+        "and",
+        "walked",
+        "into",
+        "the",
+        "house",
+        "of",
+        "blue",
+        "leaves",
+        "where",
+        "the",
+        "bride",
+        "waited",
+    ]
     rng = np.random.default_rng(0)
     (workdir / "dataset" / "killbill.txt").write_text(
         "\n".join(" ".join(rng.choice(words, 12)) for _ in range(200)), encoding="utf-8"
@@ -180,7 +201,7 @@ def test_a_second_identical_command_continues_the_run(workdir):
     again = sh(workdir, command.replace("--num_epoch 1", "--num_epoch 2"))
     assert again.returncode == 0, again.stderr
     assert again.stderr.startswith("run dir: runs/124M-notes (continuing at step 2)\n")
-    assert gpt2tf.checkpoint.read_state_file(workdir / "runs" / "124M-notes")[0] == "model.ckpt-4"
+    assert gpt2tf.formats.openai.read_state_file(workdir / "runs" / "124M-notes")[0] == "model.ckpt-4"
     other_model = sh(workdir, command.replace("models/124M", "models/355M").replace("--num_epoch 1", "--max_steps 1"))
     assert other_model.stderr.startswith("run dir: runs/355M-notes (new run)\n"), other_model.stderr
 

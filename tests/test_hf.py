@@ -14,12 +14,13 @@ import pytest
 import tensorflow as tf
 import torch
 import transformers
-from conftest import SMALL
 
 import gpt2tf
 from gpt2tf import save_hf_checkpoint
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import pretrained
+
+from helpers import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = [[464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]]
@@ -127,13 +128,13 @@ def test_dirs_gpt2tf_writes_load_in_transformers(tmp_path, small_model_dir):
 
 
 def test_the_written_tokenizer_gives_our_ids(tmp_path, small_model_dir):
-    from test_encoder import _adversarial_documents
+    from helpers import adversarial_documents
 
     save_hf_checkpoint(gpt2tf.load_model(small_model_dir), tmp_path / "hf")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     encoder = gpt2tf.get_encoder()
     texts = ["Hello world, it's a test  \n\n ok", "héllo 😀 中文", "<|endoftext|> x"]
-    texts += _adversarial_documents(random.Random(7), 150)[:150]
+    texts += adversarial_documents(random.Random(7), 150)[:150]
     # <|endoftext|> in text is text to our encoder (as OpenAI's) unless allowed; HF's splits it only when told to.
     bad = [
         t[:40]

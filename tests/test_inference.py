@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import gpt2tf
-from gpt2tf import sample
+from gpt2tf.decode import generate as sample
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.inference import InferenceConfig, run, unescape
 

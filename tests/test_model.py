@@ -3,12 +3,14 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from reference import read_openai_checkpoint, reference_logits
 
 import gpt2tf
-from gpt2tf.checkpoint import checkpoint_key, checkpoint_shape, openai_tensor_shapes
+from gpt2tf.formats.openai import openai_tensor_shapes
+from gpt2tf.formats.tensors import checkpoint_key, checkpoint_shape
 from gpt2tf.hparams import PRETRAINED, HParams
 from gpt2tf.model import GPT2
+
+from reference import read_openai_checkpoint, reference_logits
 
 
 def _tokens(n, n_vocab, seed=0):

@@ -1,8 +1,6 @@
 """The native decode kernel: products against NumPy, used in the compiled step, same tokens as XLA's own dot."""
 
 import os
-import platform
-import shutil
 import subprocess
 import sys
 import threading
@@ -12,41 +10,34 @@ import pytest
 import tensorflow as tf
 
 import gpt2tf
-from gpt2tf import engine, native, sample
+from gpt2tf.decode import engine
+from gpt2tf.decode import generate as sample
+from gpt2tf.decode.runner import runner_for
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.kernels import native
+from gpt2tf.model import project
 
-
-def _cpu_has_avx2_fma():
-    try:
-        flags = open("/proc/cpuinfo").read().split()
-    except OSError:
-        return False
-    return "avx2" in flags and "fma" in flags
-
-
-SUPPORTED = (
-    platform.system() == "Linux"
-    and platform.machine() in ("x86_64", "AMD64")
-    and _cpu_has_avx2_fma()
-    and (shutil.which("c++") or shutil.which("g++"))
-    and native.requested()
-    and not tf.config.list_physical_devices("GPU")
-)
-needs_kernel = pytest.mark.skipif(
-    not SUPPORTED, reason="the native kernel needs Linux x86-64, AVX2+FMA, a C++ compiler and no GPU"
-)
+from helpers import KERNEL_MACHINE, needs_kernel
 
 
 @needs_kernel
 def test_kernel_builds_and_registers_here():
-    assert native.available()
+    assert native.available() and isinstance(native.load(), native.NativeKernels)
+
+
+def _kernels():
+    kernels = native.load()
+    assert kernels is not None, "the native kernels did not load on a machine that can run them"
+    return kernels
 
 
 def _compiled_product():
+    kernels = _kernels()
+
     @tf.function(jit_compile=True)
     def product(x, w):
-        with native.use_in_decode_step():
-            return native.matmul_transposed(x, w)
+        assert kernels.matmul_applies(x, w)
+        return kernels.matmul_transposed(x, w)
 
     return product
 
@@ -116,11 +107,12 @@ def test_attention_matches_numpy(batch, heads, length, size):
         cached[2] = False  # ...and a row with nothing to attend to at all: the average of every slot
         keys[2], values[2] = 0.0, rng.normal(size=(heads, length, size))
 
+    kernels = _kernels()
+
     @tf.function(jit_compile=True)
     def attend(*args):
-        with native.use_in_decode_step():
-            assert native.attention_applies(args[0], args[1:3])
-            return native.attend(*args)
+        assert kernels.attention_applies(args[0], args[1:3])
+        return kernels.attend(*args)
 
     got = attend(q, keys, values, own_k, own_v, cached[:, None, None, :], own[:, None, None, None]).numpy()
     want = _numpy_attention(q, np.nan_to_num(keys), values, own_k, own_v, cached, own)
@@ -131,10 +123,11 @@ def test_attention_matches_numpy(batch, heads, length, size):
 def test_attention_nan_and_many_units():
     """A NaN score makes its (sequence, head) NaN, as XLA's softmax does; more units than one chunk field holds."""
 
+    kernels = _kernels()
+
     @tf.function(jit_compile=True)
     def attend(*args):
-        with native.use_in_decode_step():
-            return native.attend(*args)
+        return kernels.attend(*args)
 
     batch, heads, length, size = 5462, 12, 2, 3  # 65544 (sequence, head) units
     rng = np.random.default_rng(0)
@@ -148,17 +141,17 @@ def test_attention_nan_and_many_units():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # NaNs compare equal here
 
 
-def test_outside_the_decode_step_it_is_tf_matmul():
+def test_without_kernels_and_beyond_their_rows_it_is_tf_matmul():
+    """The model's own product where no kernel is passed, and where the kernels do not apply (a prefill's rows)."""
     x, w = tf.ones([2, 8]), tf.ones([4, 8])
 
     @tf.function(jit_compile=True)
     def plain(x, w):
-        return native.matmul_transposed(x, w)
+        return project(x, w)
 
     @tf.function(jit_compile=True)
     def many_rows(x, w):
-        with native.use_in_decode_step():
-            return native.matmul_transposed(tf.tile(x, [native.MAX_ROWS + 1, 1]), w)  # a prefill's worth of rows
+        return project(tf.tile(x, [native.MAX_ROWS + 1, 1]), w, kernels=native.NativeKernels())
 
     for fn in (plain, many_rows):
         assert "custom-call" not in fn.experimental_get_compiler_ir(x, w)(stage="hlo")
@@ -194,15 +187,16 @@ def test_concurrent_calls_are_correct(rows):
 def test_same_bits_whatever_the_thread_count(tmp_path):
     """Products are cut into chunks by shape alone, and each output is computed whole by one thread."""
     code = (
-        "import hashlib, numpy as np, tensorflow as tf, gpt2tf.native as n\n"
+        "import hashlib, numpy as np, tensorflow as tf, gpt2tf.kernels.native as n\n"
         "ok = n.available()\n"
+        "kern = n.load()\n"
         "r = np.random.default_rng(1)\n"
         "out = []\n"
         "for m, k, n_ in [(8, 768, 3072), (3, 1001, 333), (2, 3072, 768), (1, 768, 2304), (1, 3072, 771),\n"
         "                 (6, 1001, 333)]:\n"
         "    x = tf.constant(r.normal(size=(m, k)).astype(np.float32))\n"
         "    w = tf.constant(r.normal(size=(n_, k)).astype(np.float32))\n"
-        "    f = tf.function(lambda x, w: n._custom_call(x, w), jit_compile=True)\n"
+        "    f = tf.function(lambda x, w: kern.matmul_transposed(x, w), jit_compile=True)\n"
         "    out.append(f(x, w).numpy().tobytes())\n"
         "print(ok, hashlib.sha256(b''.join(out)).hexdigest())"
     )
@@ -224,21 +218,21 @@ def test_sort_matches_tf_sort():
     values[3] = np.round(values[3] * 4) / 4  # many ties
     values[4, :300] = 1e-41  # subnormals
     needed = np.array([True, True, True, True, True, False])
-    with native.use_in_decode_step():
-        assert native.sort_applies(tf.constant(values))
-        got = native.sort_descending(tf.constant(values), tf.constant(needed)).numpy()
+    kernels = _kernels()
+    assert kernels.sort_applies(tf.constant(values))
+    got = kernels.sort_descending(tf.constant(values), tf.constant(needed)).numpy()
     want = tf.sort(values, direction="DESCENDING").numpy()
     np.testing.assert_array_equal(got[:5], want[:5])
     assert np.signbit(got[0]).sum() == np.signbit(values[0]).sum()  # every value kept, -0 included
     assert got[5].tobytes() == values[5].tobytes()  # a row not needed comes back as it was
-    assert not native.sort_applies(tf.constant(values))  # outside the decode step: tf.sort
+    assert not kernels.sort_applies(tf.constant(values, tf.float64))  # another dtype: tf.sort
 
 
 @needs_kernel
 def test_top_p_with_the_native_sort_gives_the_same_tokens(monkeypatch):
     """Rows whose nucleus is wider than the fast path's top values are sorted whole, by the kernel in the step: the
     same filtered logits, bit for bit, and the same tokens."""
-    from gpt2tf.filters import FAST_K, choose_tokens, filter_logits
+    from gpt2tf.decode.filters import FAST_K, choose_tokens, filter_logits
 
     rng = np.random.default_rng(6)
     scale = np.array([[0.3], [0.5], [0.4], [0.2], [0.6]], np.float32)  # each row its own: a wrong row shows
@@ -253,23 +247,24 @@ def test_top_p_with_the_native_sort_gives_the_same_tokens(monkeypatch):
     )
     seen, seeds = tf.zeros([5, 3000], tf.bool), tf.constant([[s, 0] for s in range(5)], tf.int32)
     sorted_rows = []
-    real = native.sort_descending
-    monkeypatch.setattr(native, "sort_descending", lambda v, n: sorted_rows.append(v.shape) or real(v, n))
+    real = native.NativeKernels.sort_descending
+    monkeypatch.setattr(
+        native.NativeKernels, "sort_descending", lambda self, v, n: sorted_rows.append(v.shape) or real(self, v, n)
+    )
+    kernels = _kernels()
 
-    def run(kernel):
+    def run(kernels):
         @tf.function(autograph=False)
         def choose(step):
-            with native.use_in_decode_step(kernel):
-                return choose_tokens(logits, seen, seeds, step, **settings)
+            return choose_tokens(logits, seen, seeds, step, kernels=kernels, **settings)
 
         @tf.function(autograph=False)
         def filtered():
-            with native.use_in_decode_step(kernel):
-                return filter_logits(logits, seen, **settings)
+            return filter_logits(logits, seen, **settings, kernels=kernels)
 
         return filtered().numpy(), [choose(tf.constant(step)).numpy().tolist() for step in range(20)]
 
-    (with_kernel, tokens), (without, want) = run(True), run(False)
+    (with_kernel, tokens), (without, want) = run(kernels), run(None)
     assert with_kernel.tobytes() == without.tobytes() and tokens == want
     kept = (without > -1e9).sum(axis=1)
     assert kept[3] > FAST_K and kept[4] > FAST_K  # those two were sorted whole
@@ -277,8 +272,8 @@ def test_top_p_with_the_native_sort_gives_the_same_tokens(monkeypatch):
 
     @tf.function(autograph=False)
     def alone(row):  # each row filtered on its own (a batch of one), with the kernel
-        with native.use_in_decode_step():
-            return filter_logits(logits[row : row + 1], seen[:1], **{k: v[row : row + 1] for k, v in settings.items()})
+        one = {k: v[row : row + 1] for k, v in settings.items()}
+        return filter_logits(logits[row : row + 1], seen[:1], **one, kernels=kernels)
 
     for row in range(5):
         assert alone(row).numpy().tobytes() == with_kernel[row : row + 1].tobytes()
@@ -287,8 +282,10 @@ def test_top_p_with_the_native_sort_gives_the_same_tokens(monkeypatch):
 @needs_kernel
 def test_decode_step_uses_the_kernel_and_gives_the_same_tokens(small_model_dir, monkeypatch):
     sorts = []
-    real_sort = native.sort_descending
-    monkeypatch.setattr(native, "sort_descending", lambda v, n: sorts.append(v.shape) or real_sort(v, n))
+    real_sort = native.NativeKernels.sort_descending
+    monkeypatch.setattr(
+        native.NativeKernels, "sort_descending", lambda self, v, n: sorts.append(v.shape) or real_sort(self, v, n)
+    )
     model = gpt2tf.load_model(small_model_dir)
     prompts = [[464, 2068, 7586], [10, 11]]
     kwargs = dict(length=20, temperature=0, batch_size=2, stop_at_eos=False)
@@ -296,26 +293,26 @@ def test_decode_step_uses_the_kernel_and_gives_the_same_tokens(small_model_dir, 
     nucleus = dict(length=6, top_p=0.9, seed=3, batch_size=2, stop_at_eos=False)  # nearly flat: sorts whole rows
     nucleus_with_kernel = sample.generate(model, prompts, **nucleus)
     assert sorts  # the engine's step was traced with top-p's sort in the kernel
-    compiled = engine.compiled_for(model)
-    assert compiled.use_native
-    cache = compiled.cache_variables(2, 84)
+    runner = runner_for(model, kernels=engine.default_kernels())
+    assert runner.use_native
+    cache = runner.cache_variables(2, 84)
     d = model.hparams.n_embd
     x, mask = tf.zeros([2, 1, d]), (tf.ones([2, 1, 1, 84], tf.bool), tf.ones([1, 1, 1, 1], tf.bool))
-    block = compiled.block.experimental_get_compiler_ir(
-        x, mask, tf.constant([64, 70]), compiled._weights[0], cache[0], None
+    block = runner.block.experimental_get_compiler_ir(
+        x, mask, tf.constant([64, 70]), runner.weights[0], cache[0], None
     )(stage="hlo")
-    head = compiled.head.experimental_get_compiler_ir(x)(stage="hlo")
+    head = runner.head.experimental_get_compiler_ir(x)(stage="hlo")
     assert block.count("gpt2tf_matmul_nt") == 4 and "gpt2tf_matmul_nt" in head  # every product of the step
     assert block.count("gpt2tf_attend") == 1  # and the attention over the cache
     monkeypatch.setenv("GPT2TF_NATIVE", "0")
-    assert not engine.compiled_for(model).use_native
+    assert engine.default_kernels() is None
     assert sample.generate(model, prompts, **kwargs) == with_kernel
     assert sample.generate(model, prompts, **nucleus) == nucleus_with_kernel
 
 
 def test_no_compiler_falls_back_with_a_warning(small_model_dir, tmp_path):
     code = (
-        "import warnings, gpt2tf, gpt2tf.sample as s, gpt2tf.native as n\n"
+        "import warnings, gpt2tf, gpt2tf.decode.generate as s, gpt2tf.kernels.native as n\n"
         "m = gpt2tf.load_model(%r)\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
@@ -325,7 +322,7 @@ def test_no_compiler_falls_back_with_a_warning(small_model_dir, tmp_path):
     )
     env = dict(os.environ, CXX="/bin/false", GPT2TF_CACHE_DIR=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
-    expected = "False 5 True" if SUPPORTED else "False 5 False"
+    expected = "False 5 True" if KERNEL_MACHINE else "False 5 False"
     assert out.strip().splitlines()[-1] == expected
     assert not list(tmp_path.glob("*.so"))
 
@@ -334,7 +331,7 @@ def test_no_compiler_falls_back_with_a_warning(small_model_dir, tmp_path):
 def test_build_is_cached_and_replaces_older_builds(tmp_path):
     stale = tmp_path / "native_matmul-0123456789abcdef.so"
     stale.write_bytes(b"an older build")
-    code = "import gpt2tf.native as n; print(n.available())"
+    code = "import gpt2tf.kernels.native as n; print(n.available())"
     env = dict(os.environ, GPT2TF_CACHE_DIR=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
     for _ in range(2):  # the second run loads the cached build
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -11,12 +11,17 @@ import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
-from reference import read_openai_checkpoint, reference_logits
-from test_native import needs_kernel
 
 import gpt2tf
-from gpt2tf import engine, native, quantize, sample
+import gpt2tf.formats.load
+import gpt2tf.formats.openai
+from gpt2tf.decode import generate as sample
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.formats import quantization, quantized
+from gpt2tf.kernels import native
+
+from helpers import default_runner, needs_kernel
+from reference import read_openai_checkpoint, reference_logits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENS = [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13, 198, 50256, 40, 1101]
@@ -66,24 +71,24 @@ def test_int8_quantization_is_numpys_bit_for_bit(monkeypatch):
     w[5] = 1e-30  # tiny values
     w[7, :4] = [127, -63.5, 0.5, 1.5]  # exact halves: ties to even
     w[9] = -2.0  # every value at the limit
-    q, scale = quantize.quantize_int8(w)
+    q, scale = quantization.quantize_int8(w)
     want_q, want_scale = numpy_int8(w)
     np.testing.assert_array_equal(q, want_q)
     np.testing.assert_array_equal(scale, want_scale)
     assert q.min() >= -127 and scale[3] == 0 and (q[3] == 0).all()
     assert list(q[7, :4]) == [127, -64, 0, 2]
-    error = np.abs(quantize.dequantize(q, scale).numpy() - w)
+    error = np.abs(quantization.dequantize(q, scale).numpy() - w)
     assert (error <= want_scale[:, None] / 2 * (1 + 1e-6)).all()  # half a step at most
-    monkeypatch.setattr(quantize, "QUANTIZE_BLOCK_FLOATS", 200)  # a big tensor, quantized a block of rows at a time
-    q, scale = quantize.quantize_int8(w.reshape(1, 37, 53))
+    monkeypatch.setattr(quantization, "QUANTIZE_BLOCK_FLOATS", 200)  # a big tensor, quantized a block of rows at a time
+    q, scale = quantization.quantize_int8(w.reshape(1, 37, 53))
     np.testing.assert_array_equal(q[0], want_q)
     np.testing.assert_array_equal(scale[0], want_scale)
-    q, scale = quantize.encode_projection(w.T[None], "int8")  # OpenAI's [1, n_in, n_out], quantized per column
+    q, scale = quantization.encode_projection(w.T[None], "int8")  # OpenAI's [1, n_in, n_out], quantized per column
     np.testing.assert_array_equal(q[0], want_q)
     np.testing.assert_array_equal(scale[0], want_scale)
     w[11, 5] = np.nan
-    assert np.isnan(quantize.quantize_int8(w)[1][11]) and np.isnan(
-        quantize.encode_projection(w.T[None], "int8")[1][0, 11]
+    assert np.isnan(quantization.quantize_int8(w)[1][11]) and np.isnan(
+        quantization.encode_projection(w.T[None], "int8")[1][0, 11]
     )
 
 
@@ -95,15 +100,15 @@ def test_bf16_rounds_to_nearest_even_as_ml_dtypes_does():
             np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 3.0e38], np.float32),
         ]
     )  # halves, large
-    stored, scale = quantize.encode(w, "bf16")
+    stored, scale = quantization.encode(w, "bf16")
     assert scale is None
     np.testing.assert_array_equal(np.asarray(stored).view(np.uint16), numpy_bf16(w).view(np.uint16))
     assert tf.convert_to_tensor(stored).dtype == tf.bfloat16
-    projection, _ = quantize.encode_projection(w[:4000].reshape(1, 40, 100), "bf16")
+    projection, _ = quantization.encode_projection(w[:4000].reshape(1, 40, 100), "bf16")
     np.testing.assert_array_equal(
         projection[0].view(np.uint16), numpy_bf16(w[:4000].reshape(40, 100).T).view(np.uint16)
     )
-    assert relative_rms(quantize.dequantize(stored).numpy()[:4000], w[:4000]) < 2**-8
+    assert relative_rms(quantization.dequantize(stored).numpy()[:4000], w[:4000]) < 2**-8
 
 
 def test_a_loaded_model_holds_exactly_the_quantized_checkpoint(tiny_model_dir):
@@ -126,10 +131,13 @@ def test_a_loaded_model_holds_exactly_the_quantized_checkpoint(tiny_model_dir):
 
 
 def _compiled_product():
+    kernels = native.load()
+    assert kernels is not None, "the native kernels did not load on a machine that can run them"
+
     @tf.function(jit_compile=True, autograph=False)
     def product(x, w, scale):
-        with native.use_in_decode_step():
-            return native.matmul_transposed(x, w, scale)
+        assert kernels.matmul_applies(x, w)
+        return kernels.matmul_transposed(x, w, scale)
 
     return product
 
@@ -200,7 +208,7 @@ def test_decoding_with_the_native_kernels_and_with_xla_gives_the_same_tokens(
     prompts = [TOKENS[:3], TOKENS[5:7], TOKENS[:9]]
     kwargs = dict(length=24, temperature=0, batch_size=3, stop_at_eos=False)
     first = sample.generate(model, prompts, **kwargs)
-    compiled = engine.compiled_for(model)
+    compiled = default_runner(model)
     if native.available():
         assert compiled.use_native
         hlo = compiled.head.experimental_get_compiler_ir(tf.zeros([3, 1, 16]))(stage="hlo")
@@ -209,7 +217,7 @@ def test_decoding_with_the_native_kernels_and_with_xla_gives_the_same_tokens(
     many = dict(length=6, temperature=0, batch_size=17, stop_at_eos=False)
     assert sample.generate(model, [TOKENS[:3]] * 17, **many) == [first[0][:6]] * 17
     monkeypatch.setenv("GPT2TF_NATIVE", "0")
-    assert not engine.compiled_for(model).use_native
+    assert not default_runner(model).use_native  # GPT2TF_NATIVE=0: the engine's default is TensorFlow's ops
     assert sample.generate(model, prompts, **kwargs) == first
     assert sample.generate(model, [TOKENS[:3]] * 17, **many) == [first[0][:6]] * 17
 
@@ -239,7 +247,7 @@ def test_loading_int8_grows_the_process_by_little_more_than_the_int8_weights(tmp
     gpt2tf.write_synthetic_checkpoint(model_dir, HParams(n_vocab=1000, n_ctx=64, n_embd=512, n_head=8, n_layer=8))
     # VmHWM, the process's peak resident memory (ru_maxrss would carry pytest's own over the exec).
     code = (
-        "import sys, gpt2tf, gpt2tf.checkpoint, gpt2tf.quantize\n"  # TensorFlow imported before measuring
+        "import sys, gpt2tf, gpt2tf.formats.load, gpt2tf.formats.openai, gpt2tf.formats.quantized\n"  # TensorFlow imported before measuring
         "peak = lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
         "before = peak()\n"
         "model = gpt2tf.load_model(sys.argv[1], weights=sys.argv[2])\n"
@@ -266,7 +274,7 @@ def test_loading_int8_grows_the_process_by_little_more_than_the_int8_weights(tmp
 
 def test_saved_quantized_dir_loads_the_same_model_without_the_float_file(small_model_dir, tmp_path):
     model = gpt2tf.load_model(small_model_dir, weights="int8")
-    out = quantize.save_quantized(model, tmp_path / "int8")
+    out = quantized.save_quantized(model, tmp_path / "int8")
     assert sorted(p.name for p in out.iterdir()) == [
         "encoder.json",
         "hparams.json",
@@ -288,11 +296,11 @@ def test_saved_quantized_dir_loads_the_same_model_without_the_float_file(small_m
     with pytest.raises(GPT2TFError, match="holds int8 weights, saved for decoding: load it with weights='int8'"):
         gpt2tf.load_model(out, weights="bf16")
     with pytest.raises(GPT2TFError, match="holds quantized weights saved for decoding"):
-        gpt2tf.checkpoint.model_hparams(out)  # what fine-tuning, export and convert read first
+        gpt2tf.formats.load.model_hparams(out)  # what fine-tuning, export and convert read first
 
 
 def test_hugging_face_and_h5_weights_quantize_the_same(small_model_dir, tmp_path):
-    from gpt2tf.h5weights import load_h5_model
+    from gpt2tf.formats.load import load_h5_model
 
     want = gpt2tf.load_model(small_model_dir, weights="int8")
     gpt2tf.save_hf_checkpoint(gpt2tf.load_model(small_model_dir), tmp_path / "hf")
@@ -308,7 +316,7 @@ def test_hugging_face_and_h5_weights_quantize_the_same(small_model_dir, tmp_path
 
 def test_a_saved_dir_refuses_mixed_precision_and_a_bad_destination(small_model_dir, tmp_path):
     model = gpt2tf.load_model(small_model_dir, weights="bf16")
-    out = quantize.save_quantized(model, tmp_path / "bf16")
+    out = quantized.save_quantized(model, tmp_path / "bf16")
     with pytest.raises(GPT2TFError, match="bf16 weights compute in float32: drop the mixed precision"):
         gpt2tf.load_model(out, dtype="mixed_float16")
     assert gpt2tf.load_model(out / "weights").weight_format == "bf16"  # the bundle's prefix names the dir too
@@ -318,9 +326,9 @@ def test_a_saved_dir_refuses_mixed_precision_and_a_bad_destination(small_model_d
         export.check(export.ExportConfig(model_dir=str(out), export_dir=str(tmp_path / "exported")))
     (tmp_path / "file").write_text("x")
     with pytest.raises(GPT2TFError, match="is a file: give a new dir for the quantized model"):
-        quantize.save_quantized(model, tmp_path / "file")
+        quantized.save_quantized(model, tmp_path / "file")
     with pytest.raises(GPT2TFError, match="exists and is not a quantized model dir"):
-        quantize.save_quantized(model, small_model_dir)
+        quantized.save_quantized(model, small_model_dir)
     (out / "quantized.json").write_text('{"format": "gpt2tf-quantized", "version": "2", "weights": "bf16"}')
     with pytest.raises(GPT2TFError, match="quantized.json is damaged"):
         gpt2tf.load_model(out)
@@ -364,16 +372,18 @@ def test_inference_with_int8_streams_the_tokens_generate_gives_and_saves_the_qua
     model = gpt2tf.load_model(small_model_dir, weights="int8")
     enc = gpt2tf.get_encoder()
     assert tokens == sample.generate(model, [enc.encode("Hello")], length=12, temperature=0, stop_at_eos=False)[0]
-    assert quantize.quantized_format(out) == "int8"
+    assert quantized.quantized_format(out) == "int8"
     again = gpt2tf.load_model(out)  # what inference.py --model_dir OUT loads
     assert sample.generate(again, [enc.encode("Hello")], length=12, temperature=0, stop_at_eos=False)[0] == tokens
 
 
 def test_the_server_decodes_and_streams_with_int8_weights(small_model_dir):
     import httpx
-    from test_server import Running
 
-    from gpt2tf.server import ServeConfig, create_app
+    from gpt2tf.serve.app import create_app
+    from gpt2tf.serve.command import ServeConfig
+
+    from helpers import Running
 
     running = Running(create_app(ServeConfig(model_dir=str(small_model_dir), weights="int8", max_batch=2)))
     try:
@@ -415,7 +425,7 @@ def test_a_lora_run_dir_decodes_with_int8(tmp_path, small_model_dir):
             )
         )
     )
-    params = read_openai_checkpoint(str(gpt2tf.checkpoint.resolve_checkpoint(run_dir)[1]))
+    params = read_openai_checkpoint(str(gpt2tf.formats.openai.resolve_checkpoint(run_dir)[1]))
     model = gpt2tf.load_model(run_dir, weights="int8")  # the run's weights, adapters merged, quantized
     q, _ = numpy_int8(params["model/h0/attn/c_attn/w"][0].T.astype(np.float32))
     np.testing.assert_array_equal(model.h[0].attn.c_attn.w.numpy()[0], q)
@@ -458,4 +468,4 @@ def test_a_quantized_model_cannot_be_saved_as_a_float_checkpoint_or_built_at_ran
     with pytest.raises(GPT2TFError, match="weights must be one of float32, int8, bf16"):
         gpt2tf.load_model(small_model_dir, weights="fp8")
     with pytest.raises(GPT2TFError, match="this model holds float32 weights"):
-        quantize.save_quantized(gpt2tf.load_model(small_model_dir), tmp_path / "q")
+        quantized.save_quantized(gpt2tf.load_model(small_model_dir), tmp_path / "q")

@@ -6,13 +6,15 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SMALL
-from reference import read_openai_checkpoint, reference_logits, top_p_kept
 
 import gpt2tf
-from gpt2tf import engine, filters, sample
+from gpt2tf.decode import engine, filters
+from gpt2tf.decode import generate as sample
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, MASKED_VALUE
+
+from helpers import SMALL, default_runner
+from reference import read_openai_checkpoint, reference_logits, top_p_kept
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +188,7 @@ def test_seeded_sampling_is_reproducible(small_model):
 
 def test_seed_is_reproducible_across_processes(small_dir, small_model):
     code = (
-        "import gpt2tf, gpt2tf.sample as s; m = gpt2tf.load_model(%r); "
+        "import gpt2tf, gpt2tf.decode.generate as s; m = gpt2tf.load_model(%r); "
         "print(s.generate(m, [[1, 2, 3]], length=12, top_p=0.9, seed=5, stop_at_eos=False))" % str(small_dir)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -243,7 +245,7 @@ def test_blocks_with_patched_layers_get_their_own_function(small_dir):
     for _ in range(12):  # greedy over the adapted model's full forward pass, no cache
         tokens.append(int(np.argmax(model(tf.constant([tokens]))[0, -1])))
     (out,) = sample.generate(model, [prompt], length=12, temperature=0, stop_at_eos=False)
-    compiled = engine.compiled_for(model)
+    compiled = default_runner(model)
     assert not compiled._shared and compiled.block.experimental_get_tracing_count() == SMALL.n_layer
     assert compiled.prefill_block.experimental_get_tracing_count() == SMALL.n_layer
     assert out == tokens[len(prompt) :]
@@ -270,7 +272,7 @@ def test_stops_at_end_of_text(eos_model):
 
 def test_early_exit_when_all_rows_stop(eos_model, monkeypatch):
     list(sample.generate_stream(eos_model, [[1], [2, 3]], length=60, config=sample.SamplerConfig(temperature=0)))
-    compiled = engine.compiled_for(eos_model)
+    compiled = default_runner(eos_model)
     calls, steps = [], compiled.steps
     monkeypatch.setattr(compiled, "steps", lambda **args: calls.append(steps(**args)) or calls[-1])
     rows = list(

@@ -6,8 +6,8 @@ import keras
 import pytest
 
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.schedules import LearningRate
-from gpt2tf.train_config import parse_epochs
+from gpt2tf.train.config import parse_epochs
+from gpt2tf.train.schedules import LearningRate
 
 
 def lr(schedule, step):

@@ -3,8 +3,6 @@ disconnects, API keys, CORS, and the page in a real headless Chromium."""
 
 import json
 import shutil
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,36 +10,13 @@ import httpx
 import pytest
 
 import gpt2tf
-from gpt2tf import sample
-from gpt2tf.server import ServeConfig, create_app
+from gpt2tf.decode import generate as sample
+from gpt2tf.serve.app import create_app
+from gpt2tf.serve.command import ServeConfig
+
+from helpers import Running
 
 PROMPT = "She picked up the sword"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Running:
-    """An app served by uvicorn on a thread, on a free port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def serve(model, **config):

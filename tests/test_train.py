@@ -12,15 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SMALL
 
 import gpt2tf
+import gpt2tf.formats.load
+import gpt2tf.formats.openai
 from gpt2tf import data, train
-from gpt2tf.checkpoint import checkpoint_key
 from gpt2tf.cli import run
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.formats.tensors import checkpoint_key
 from gpt2tf.hparams import HParams
 from gpt2tf.model import GPT2
+
+from helpers import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +125,7 @@ def test_lora_starts_as_the_base_model_and_merges_into_plain_weights(tiny_model_
         tensors=[tensors[k] for k in sorted(tensors)],
     )
     merged = GPT2(lora.model.hparams, initializer="empty")
-    gpt2tf.checkpoint.restore_weights(merged, str(prefix))
+    gpt2tf.formats.openai.restore_weights(merged, str(prefix))
     np.testing.assert_allclose(merged(tokens[0, :, :-1]).numpy(), adapted, atol=1e-5)
 
 
@@ -255,7 +258,7 @@ def test_run_dir_is_a_model_dir_with_the_last_k_checkpoints(tmp_path, small_mode
 
 def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, small_model_dir, corpus, monkeypatch):
     cfg = config(tmp_path, small_model_dir, corpus, save_every=2, num_epoch=1)
-    import gpt2tf.checkpoint as checkpoint_module
+    import gpt2tf.formats.openai as checkpoint_module
 
     original = checkpoint_module.write_text_atomic  # what writes the `checkpoint` state file
 
@@ -395,9 +398,9 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, small_model_dir, corpus, c
 
 
 def test_cli_defaults_come_from_the_config():
-    from gpt2tf.cli import _config_parser
+    from gpt2tf.config import config_parser
 
-    parser = _config_parser("finetune.py", "", train.TrainConfig)
+    parser = config_parser("finetune.py", "", train.TrainConfig)
     assert vars(parser.parse_args([])) == {}  # no flag restates a default: TrainConfig's (or the run's) apply
     assert vars(parser.parse_args(["--decay_lr=0.5", "--no_xla"])) == {"decay_lr": 0.5, "xla": False}
     assert train.TrainConfig().decay_lr == 0.1 and train.TrainConfig().xla
