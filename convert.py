@@ -1,6 +1,6 @@
 """Convert between layouts: `python convert.py runs/cnndm out/cnndm-hf --to hf` (or `--to openai`).
 
-The same as `gpt2tf convert`; see `gpt2tf.cli.convert_main` and `gpt2tf.hf`.
+The same as `gpt2tf convert`; the flags are `gpt2tf.formats.convert.ConvertConfig`'s fields, built by `gpt2tf.cli`.
 """
 
 from gpt2tf.cli import run_script

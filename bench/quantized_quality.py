@@ -30,10 +30,11 @@ import common  # noqa: E402
 def random_weights(size, n_tokens):
     import numpy as np
     import tensorflow as tf
-    from reference import read_openai_checkpoint, reference_logits
     from test_quantize import quantized_params, relative_rms
 
     import gpt2tf
+
+    from reference import read_openai_checkpoint, reference_logits
 
     model_dir = common.model_dir(size)
     params = read_openai_checkpoint(os.path.join(model_dir, "model.ckpt"))

@@ -4,10 +4,11 @@
     python bench/serve.py --rounds 3
 
 Each client streams `/v1/completions` (a prompt of 64 token ids, 128 new tokens, greedy) and times every token as
-it arrives (one event per token). Reported: aggregate generated tokens/s, time to first token, and the gap between tokens (p50/p95), for
-one client and for 8 at once; the time to first token of a request that arrives while 7 others decode, against a
-lone request's; and, in the same run, the library's own streaming path (`generate_stream(chunk_steps=1)`, what
-`inference.py` runs when it prints a sample as it is produced) for a lone request. If `transformers` and `torch`
+it arrives (one event per token). Reported: aggregate generated tokens/s, time to first token, and the gap between
+tokens (p50/p95), for one client and for 8 at once; the time to first token of a request that arrives while 7
+others decode, against a lone request's; and, in the same run, the library's own streaming path
+(`generate_stream(chunk_steps=1)`, what `inference.py` runs when it prints a sample as it is produced) for a lone
+request. If `transformers` and `torch`
 are installed, the simplest peer a user would write is measured too: HF's `model.generate` behind FastAPI, one
 request at a time, on the same weights.
 """

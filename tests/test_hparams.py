@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -46,7 +47,7 @@ def test_json_round_trip_uses_openai_keys(tmp_path):
 
 
 def test_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         HParams().n_layer = 3
 
 

@@ -271,13 +271,10 @@ def test_flag_errors_are_one_line_before_tensorflow_loads(args, message):
         "file=sys.stderr)); from gpt2tf.cli import run_script; sys.argv = ['inference.py'] + sys.argv[1:]; "
         "run_script('generate')"
     )
-    started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
-    elapsed = time.monotonic() - started
     assert result.returncode == 2
     error, imported = result.stderr.strip().splitlines()
-    assert error.startswith("error: ") and message in error and imported == "no TF"
-    assert elapsed < 5  # about 0.3 s here; TensorFlow alone takes seconds
+    assert error.startswith("error: ") and message in error and imported == "no TF"  # before TensorFlow's seconds
 
 
 def test_ctrl_c_during_start_up_is_one_line(model_dir):

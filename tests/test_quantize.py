@@ -247,7 +247,8 @@ def test_loading_int8_grows_the_process_by_little_more_than_the_int8_weights(tmp
     gpt2tf.write_synthetic_checkpoint(model_dir, HParams(n_vocab=1000, n_ctx=64, n_embd=512, n_head=8, n_layer=8))
     # VmHWM, the process's peak resident memory (ru_maxrss would carry pytest's own over the exec).
     code = (
-        "import sys, gpt2tf, gpt2tf.formats.load, gpt2tf.formats.openai, gpt2tf.formats.quantized\n"  # TensorFlow imported before measuring
+        # TensorFlow (and the formats) imported before measuring
+        "import sys, gpt2tf, gpt2tf.formats.load, gpt2tf.formats.openai, gpt2tf.formats.quantized\n"
         "peak = lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
         "before = peak()\n"
         "model = gpt2tf.load_model(sys.argv[1], weights=sys.argv[2])\n"

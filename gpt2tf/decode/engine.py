@@ -201,8 +201,8 @@ class Engine:
         return row.rid
 
     def warm_up(self):
-        """Compile the prefill and the step for every number of rows a call may run, now (about a second each for
-        124M), so that no request ever waits for a compilation; for a server, before the first request."""
+        """Compile the prefill and the step for every number of rows a call may run, now (seconds in all), so that
+        no request ever waits for a compilation; for a server, before the first request."""
         if self.active:
             raise GPT2TFError("warm_up runs before any request is added")
         chunk = min(PROMPT_BUCKET, self.max_length)

@@ -104,7 +104,8 @@ def _some(items, limit=5):
 
 def all_finite(value):
     """Whether a float tensor holds no NaN or infinite value: checked a slice at a time, so the check's temporary
-    stays small beside a big tensor (1558M's wte is 321 MB), at memory speed (check_numerics is 8x slower)."""
+    stays small beside a big tensor (1558M's wte is 321 MB), at memory speed (check_numerics is much slower: see
+    docs/performance.md)."""
     flat = tf.reshape(value, [-1])
     size = int(flat.shape[0])
     return all(

@@ -89,8 +89,8 @@ struct BF16W {
 
 // y[j] = x . w[j, :] for j in [j0, j1), w [n, k]: one row of w at a time, so one sequential stream.
 // int8 weights are also prefetched four cache lines ahead as non-temporal: they then push less of x out of the
-// first-level cache (x is up to 25 KB, for 1558M's 6400-wide projection), which made int8 products 5-15% faster on
-// this project's VM (float32 and bfloat16 products: no change, so only int8's are prefetched).
+// first-level cache (x is up to 25 KB, for 1558M's 6400-wide projection), which made int8 products faster; float32
+// and bfloat16 products did not change, so only int8's are prefetched (figures: docs/performance.md).
 template <class W>
 GPT2TF_AVX2 void dot_rows(const float* __restrict x, const typename W::T* __restrict w, float* __restrict y, long k,
                           long j0, long j1) {
@@ -185,8 +185,8 @@ inline void pack_for_bf16(const float* x, float* xp, long m, long k) {
 
 // y[i, j] = sum_k x[i, k] w[j, k] for float32 x of 9-16 rows (fewer: run_rows or matmul_nt_lanes, see
 // one_stream): dot products of x rows with w rows, four w rows by two x rows at a time. Reading four rows of w at
-// once makes four interleaved streams, which this project's 2-core VM serves slowly: at 2-5 rows, a block's
-// products and the logits took 7.0-9.5 ms this way against 5.5-5.7 ms with run_rows' one stream.
+// once makes four interleaved streams, which memory serves more slowly than run_rows' one stream: at 2-5 rows that
+// is the slower path (figures: docs/performance.md).
 GPT2TF_AVX2 void matmul_nt(const float* __restrict x, const float* __restrict w, float* __restrict y, long m, long k,
                            long n, long j0, long j1) {
   const long kv = k / 8 * 8;
@@ -401,7 +401,8 @@ GPT2TF_AVX2 void attend_one(const Attend& a, long unit) {  // unit = sequence * 
 // One row of values sorted from largest to smallest: a least-significant-digit radix sort of the floats' bits, made
 // to order as the floats do (negative floats' bits flipped whole, positive ones' sign bit set), then inverted so
 // that ascending keys are descending values. Three passes of 11 bits; each is stable, so the result is the sorted
-// sequence of values (+0 and -0 apart, which compare equal as floats). ~8x faster than TensorFlow's sort here.
+// sequence of values (+0 and -0 apart, which compare equal as floats). Much faster than TensorFlow's sort (figures:
+// docs/performance.md).
 struct SortRows {
   const float* values;  // [m, n]
   const float* needed;  // [m]: rows with a nonzero flag are sorted, the others copied
@@ -463,8 +464,8 @@ struct Task;
 template <class W>
 void run_rows(const Task& task, long j0, long j1);
 // Float32 products of up to kOneStreamRows rows of x use run_rows while those rows fit in L1 beside the stream of w
-// (at most 16 KiB: four rows at k = 768, two at k = 1600); past that (k = 3072: 1.5-2x slower at 2-5 rows) the
-// transposed-lanes kernel, which reads x packed, is faster.
+// (at most 16 KiB: four rows at k = 768, two at k = 1600); past that (k = 3072, 6400) the transposed-lanes kernel,
+// which reads x packed, is faster at 2-5 rows (figures: docs/performance.md).
 constexpr long kOneStreamRows = 5, kOneStreamFloats = 4096;
 inline bool one_stream(long m, long k) { return m == 1 || (m <= kOneStreamRows && m * k <= kOneStreamFloats); }
 
