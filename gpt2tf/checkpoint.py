@@ -1,17 +1,12 @@
 """Where OpenAI's checkpoint layout (`gpt2tf.formats.openai`), the names all formats share (`gpt2tf.formats.tensors`)
-and the one `load_model` (`gpt2tf.formats.load`) used to live, kept so that `import gpt2tf.checkpoint` keeps
-working: a thin re-export.
+and the one `load_model` (`gpt2tf.formats.load`) used to live, kept so that `import gpt2tf.checkpoint` (and every
+name the old module had, its imports included) keeps working: a thin re-export. New code imports from the new homes."""
 
-New code imports from the new home."""
-
-from gpt2tf.errors import first_line
-from gpt2tf.files import writing_dir
+from gpt2tf.errors import GPT2TFError, first_line
+from gpt2tf.files import write_text_atomic, writing_dir
 from gpt2tf.formats.bundle import replace_bundle, write_bundle
 from gpt2tf.formats.load import load_model, model_hparams, restore_into
 from gpt2tf.formats.openai import (
-    HPARAMS_FILE,
-    PREFIX_NAME,
-    STATE_FILE,
     load_hparams,
     openai_tensor_shapes,
     read_state_file,
@@ -34,14 +29,29 @@ from gpt2tf.formats.tensors import (
     require_float_weights,
     to_checkpoint_layout,
 )
-from gpt2tf.layout import VOCAB_DIR, VOCAB_FILES
+from gpt2tf.hparams import HParams
+from gpt2tf.layout import (
+    HPARAMS_FILE,
+    PREFIX_NAME,
+    QUANTIZED_FILE,
+    QUANTIZED_PREFIX,
+    STATE_FILE,
+    VOCAB_DIR,
+    VOCAB_FILES,
+)
+from gpt2tf.model import GPT2
 
 __all__ = [
+    "GPT2",
     "HPARAMS_FILE",
     "PREFIX_NAME",
+    "QUANTIZED_FILE",
+    "QUANTIZED_PREFIX",
     "STATE_FILE",
     "VOCAB_DIR",
     "VOCAB_FILES",
+    "GPT2TFError",
+    "HParams",
     "check_tensor_names_and_shapes",
     "checkpoint_key",
     "checkpoint_shape",
@@ -67,5 +77,6 @@ __all__ = [
     "write_model_files",
     "write_state_file",
     "write_synthetic_checkpoint",
+    "write_text_atomic",
     "writing_dir",
 ]

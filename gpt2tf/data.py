@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from gpt2tf.encoder import ENDOFTEXT, split_exact
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.files import atomic_path
 
 CACHE_VERSION = 1  # bump when the cached arrays would change for the same input
 CACHE_DIR_NAME = ".gpt2tf-cache"
@@ -177,10 +178,8 @@ def cached(build, *, key, name, data_dir, cache_dir):
     for directory in dirs:
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            tmp = directory / f".{filename}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as f:
+            with atomic_path(directory / filename) as tmp, open(tmp, "wb") as f:  # a reader never sees half a file
                 np.savez(f, **arrays)
-            os.replace(tmp, directory / filename)  # a reader never sees half a file
             break
         except OSError:
             continue  # read-only data dir: try the next place; no cache at all only costs time

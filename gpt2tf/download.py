@@ -31,6 +31,7 @@ from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import LEGACY_NAMES, PRETRAINED, HParams
 from gpt2tf.layout import MODELS_DIR
 from gpt2tf.startup import import_tensorflow_quietly
+from gpt2tf.weight_formats import FORMATS
 
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"  # where OpenAI serves the files
 BASE_URL_ENV = "GPT2TF_BASE_URL"
@@ -364,7 +365,7 @@ def _max_size(name, file_name, config):
     if file_name == DATA_FILE:
         # float32 tensors: 4 bytes per parameter, exactly so for 124M and 355M. Twice that is a margin for the
         # unconfirmed sizes that still stops an endless body before it fills a disk.
-        return 2 * 4 * PRETRAINED[name].num_parameters
+        return 2 * FORMATS["float32"].bytes_per_weight * PRETRAINED[name].num_parameters
     return config.small_file_cap
 
 

@@ -164,7 +164,7 @@ def test_the_checker_finds_an_upward_import_and_a_cycle(tmp_path, monkeypatch):
 # The module paths the README and docs teach, with the names each must keep giving.
 TAUGHT = {
     "gpt2tf.engine": ["Engine", "Request"],
-    "gpt2tf.sample": ["generate", "generate_text", "generate_stream"],
+    "gpt2tf.sample": ["generate", "generate_text", "generate_stream", "SamplerConfig", "cut_at_stop"],
     "gpt2tf.evaluate": ["perplexity", "lambada", "multiple_choice", "continuations", "summarize", "hellaswag_row"],
     "gpt2tf.score": ["score", "windows"],
     "gpt2tf.encoder": ["get_encoder", "Encoder"],

@@ -40,6 +40,7 @@ from gpt2tf.formats.tensors import (
 from gpt2tf.hparams import HParams
 from gpt2tf.layout import ENDOFTEXT, EOT_ID, HF_CONFIG_FILE, HF_INDEX_FILE, HF_WEIGHTS_FILE, VOCAB_DIR
 from gpt2tf.model import GPT2
+from gpt2tf.weight_formats import FORMATS
 
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = HF_CONFIG_FILE, HF_WEIGHTS_FILE, HF_INDEX_FILE
 SHARD_NAME = "model-{:05d}-of-{:05d}.safetensors"
@@ -400,7 +401,7 @@ def _plan_shards(entries, max_shard_bytes):
     """{file name: [entries]}: consecutive entries in files of at most `max_shard_bytes` (one file if all fit)."""
     shards, current, size = [], [], 0
     for entry in entries:
-        nbytes = int(np.prod(entry[2])) * 4
+        nbytes = _f32_bytes(entry[2])
         if current and size + nbytes > max_shard_bytes:
             shards.append(current)
             current, size = [], 0
@@ -412,11 +413,16 @@ def _plan_shards(entries, max_shard_bytes):
     return {SHARD_NAME.format(i + 1, len(shards)): shard for i, shard in enumerate(shards)}
 
 
+def _f32_bytes(shape):
+    """The bytes of a float32 tensor of `shape`: what gpt2tf writes (F32, the format checkpoints hold)."""
+    return int(np.prod(shape)) * FORMATS["float32"].bytes_per_weight
+
+
 def _write_safetensors(path, shard, value):
     """One safetensors file of float32 tensors: the header's length, the JSON header (padded to 8 bytes), the data."""
     header, offset = {}, 0
     for name, _, shape in shard:
-        nbytes = int(np.prod(shape)) * 4
+        nbytes = _f32_bytes(shape)
         header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     header["__metadata__"] = {"format": "pt"}
@@ -437,7 +443,7 @@ def _support_files(hparams, shards):
         "special_tokens_map.json": {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT},
     }
     if len(shards) > 1:
-        total = sum(int(np.prod(shape)) * 4 for shard in shards.values() for _, _, shape in shard)
+        total = sum(_f32_bytes(shape) for shard in shards.values() for _, _, shape in shard)
         weight_map = {name: file_name for file_name, shard in shards.items() for name, _, _ in shard}
         files[INDEX_FILE] = {"metadata": {"total_size": total}, "weight_map": weight_map}
     return files

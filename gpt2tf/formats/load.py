@@ -26,6 +26,20 @@ from gpt2tf.layout import (
 )
 
 
+def is_hf_dir(path):
+    """Whether `path` holds a Hugging Face checkpoint: config.json and safetensors weights (or their index)."""
+    path = Path(path)
+    return (path / HF_CONFIG_FILE).is_file() and (
+        (path / HF_WEIGHTS_FILE).is_file() or (path / HF_INDEX_FILE).is_file()
+    )
+
+
+def is_openai_dir(path):
+    """Whether `path` is a model dir in OpenAI's layout (or a checkpoint prefix)."""
+    path = Path(path)
+    return Path(f"{path}.index").is_file() or (path / STATE_FILE).is_file() or (path / f"{PREFIX_NAME}.index").is_file()
+
+
 def detect(path):
     """(layout, the path to give its loader): "quantized", "hf" or "openai" (also when nothing matches)."""
     path = Path(path)
@@ -33,11 +47,7 @@ def detect(path):
         return "quantized", path
     if path.name == QUANTIZED_PREFIX and (path.parent / QUANTIZED_FILE).is_file():  # the bundle's prefix
         return "quantized", path.parent
-    openai = (
-        Path(f"{path}.index").is_file() or (path / STATE_FILE).is_file() or (path / f"{PREFIX_NAME}.index").is_file()
-    )
-    hf = (path / HF_CONFIG_FILE).is_file() and ((path / HF_WEIGHTS_FILE).is_file() or (path / HF_INDEX_FILE).is_file())
-    return ("hf" if hf and not openai else "openai"), path
+    return ("hf" if is_hf_dir(path) and not is_openai_dir(path) else "openai"), path
 
 
 def load_model(model_dir, *, dtype=None, weights=None):
