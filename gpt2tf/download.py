@@ -29,7 +29,7 @@ from tqdm import tqdm
 from gpt2tf.config import flag
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.hparams import LEGACY_NAMES, PRETRAINED, HParams
-from gpt2tf.layout import MODELS_DIR
+from gpt2tf.layout import HPARAMS_FILE, MODELS_DIR, PREFIX_NAME, STATE_FILE, VOCAB_FILES
 from gpt2tf.startup import import_tensorflow_quietly
 from gpt2tf.weight_formats import FORMATS
 
@@ -38,24 +38,17 @@ BASE_URL_ENV = "GPT2TF_BASE_URL"
 
 MODEL_NAMES = tuple(PRETRAINED)  # a legacy name (LEGACY_NAMES) is fetched and stored under its current name
 
-# The files OpenAI ships per model. `gpt2tf.checkpoint` owns these names but imports TensorFlow, which a download
-# must not pay for; it reads all of them except model.ckpt.meta (a TF1 graph), fetched so the dir matches OpenAI's.
-DATA_FILE = "model.ckpt.data-00000-of-00001"
-MODEL_FILES = (
-    "checkpoint",
-    "encoder.json",
-    "hparams.json",
-    DATA_FILE,
-    "model.ckpt.index",
-    "model.ckpt.meta",
-    "vocab.bpe",
-)
-LOADED_FILES = ("checkpoint", "hparams.json", "model.ckpt.index", DATA_FILE)  # what `load_model` reads
+# The files OpenAI ships per model, by the names `gpt2tf.layout` gives them (no TensorFlow): `load_model` reads all of
+# them except model.ckpt.meta (a TF1 graph), fetched so the dir matches OpenAI's.
+DATA_FILE = f"{PREFIX_NAME}.data-00000-of-00001"
+INDEX_FILE = f"{PREFIX_NAME}.index"
+MODEL_FILES = tuple(sorted((STATE_FILE, *VOCAB_FILES, HPARAMS_FILE, DATA_FILE, INDEX_FILE, f"{PREFIX_NAME}.meta")))
+LOADED_FILES = (STATE_FILE, HPARAMS_FILE, INDEX_FILE, DATA_FILE)  # what `load_model` reads
 
 # Sizes in bytes that we have confirmed, per model. A file missing here is checked only against the server's own
 # Content-Length: the 774M and 1558M data files should be 4 bytes per parameter, but nobody has confirmed that, and
 # a wrong guess would make the download impossible.
-_VOCAB_SIZES = {"encoder.json": 1_042_301, "vocab.bpe": 456_318}
+_VOCAB_SIZES = dict(zip(VOCAB_FILES, (1_042_301, 456_318)))  # encoder.json, vocab.bpe
 KNOWN_SIZES = {
     "124M": {**_VOCAB_SIZES, DATA_FILE: 497_759_232},
     "355M": {**_VOCAB_SIZES, DATA_FILE: 1_419_292_672},
@@ -392,7 +385,7 @@ def _is_html(path):
 
 def _text_flaw(path, file_name):
     """Why `path` is not a sound `file_name`, as a phrase, or None; only the text files are read."""
-    if file_name == "checkpoint":  # the line gpt2tf.checkpoint.read_state_file needs
+    if file_name == STATE_FILE:  # the line gpt2tf.formats.openai.read_state_file needs
         if not re.search(rb'^model_checkpoint_path:\s*"', path.read_bytes(), re.MULTILINE):
             return "has no model_checkpoint_path line"
     elif file_name.endswith(".json"):
@@ -400,7 +393,7 @@ def _text_flaw(path, file_name):
             values = json.loads(path.read_bytes())
         except ValueError:  # JSONDecodeError and UnicodeDecodeError
             return "is not valid JSON"
-        if file_name == "hparams.json":
+        if file_name == HPARAMS_FILE:
             try:
                 HParams.from_dict(values if isinstance(values, dict) else {})
             except GPT2TFError:

@@ -1,7 +1,7 @@
 """Text generation for people: the settings `inference.py` exposes and the loop that prints the samples.
 
 `InferenceConfig` owns the defaults (the script reads them from here); `run` loads the model, builds the prompts,
-calls `gpt2tf.sample` and prints plain text or JSON lines, streaming when one sample is produced at a time.
+calls `gpt2tf.decode.generate` and prints plain text or JSON lines, streaming when one sample is produced at a time.
 """
 
 import codecs

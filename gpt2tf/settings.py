@@ -14,7 +14,7 @@ MAX_LOGPROBS = 5  # the most alternatives a request's log-probabilities list (Op
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    """How the next token is chosen (see `gpt2tf.filters` for the rules). A top_k at or above the vocabulary size
+    """How the next token is chosen (see `gpt2tf.decode.filters` for the rules). A top_k at or above the vocabulary size
     keeps every token, as 0 does."""
 
     temperature: float = 1.0

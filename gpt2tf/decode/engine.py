@@ -12,7 +12,7 @@ prompt not yet in, together, so running rows never wait for more than one chunk;
 by one token in one call whose settings are tensors, so rows with different settings share it and nothing is
 retraced. A row's tokens sit at slots 0.. of its own cache row and attention sees exactly those: a request's tokens
 do not depend on its row, on the other rows, or on when it joined. `Request(seed=s, sample=j)` gives what
-`gpt2tf.sample.generate(..., seed=s)` gives for sample j of that prompt.
+`gpt2tf.decode.generate.generate(..., seed=s)` gives for sample j of that prompt.
 
 The engine is the scheduler: it owns the slots and what each holds, and decides what runs next. What runs is the
 model's `gpt2tf.decode.runner.Runner`, shared by every engine of the model: its compiled prefill and its decode loop
@@ -49,7 +49,7 @@ class Request:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int = None  # None: a random one
-    sample: int = 0  # the sample number j: with the seed, it keys the noise (see gpt2tf.filters)
+    sample: int = 0  # the sample number j: with the seed, it keys the noise (see gpt2tf.decode.filters)
     stop: tuple = ()  # strings that end the output (cut before them)
     stop_at_eos: bool = True
     logprobs: int = None  # None: no log-probabilities; n (0..5): each new token's, and the n most likely tokens'

@@ -107,7 +107,7 @@ def generate(
     """New token ids for every (prompt, sample): a list of `len(prompts) * nsamples` lists, prompt-major.
 
     `prompts` are lists of token ids (an empty one starts from <|endoftext|>). The sampling rules are
-    `gpt2tf.filters`'; `seed` makes the output reproducible.
+    `gpt2tf.decode.filters`'; `seed` makes the output reproducible.
     """
     config = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
     outputs = [[] for _ in range(len(prompts) * nsamples)]

@@ -15,7 +15,7 @@
 // up to eight rows of x (never a float32 copy of a matrix).
 //
 // The backend config (XLA's "opaque" string) is "m,k,n" for the products, "batch,heads,max_length,head_size" for
-// attention, "m,n" for the sort. Built by gpt2tf/native.py with the system C++ compiler,
+// attention, "m,n" for the sort. Built by gpt2tf/kernels/native.py with the system C++ compiler,
 // loaded into the TensorFlow process, registered with XLA through `gpt2tf_register`. It links against nothing of
 // TensorFlow: the registry's two entry points are passed in as addresses.
 

@@ -86,7 +86,7 @@ class _StopRequest:
 def finetune(config, distribution=None):
     """Train as `config` says; returns the run dir (a model dir). Ctrl-C checkpoints, then raises KeyboardInterrupt.
 
-    `distribution` (`gpt2tf.distribute`; made from the config's --strategy if not given) says where the step runs.
+    `distribution` (`gpt2tf.train.distribute`; made from the config's --strategy if not given) says where the step runs.
     Of several workers only the chief writes the run dir; the others run the same loop (saves included, so every
     collective operation happens on all of them) in a scratch dir they remove, and start from the chief's weights
     and training state, which it sends them once it has restored them.
