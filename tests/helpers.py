@@ -60,6 +60,30 @@ def default_runner(model):
     return runner_for(model, kernels=default_kernels())
 
 
+def loaded_kernels():
+    """The native kernels, loaded: a failure here (on a machine that can run them) fails the test."""
+    from gpt2tf.kernels import native
+
+    kernels = native.load()
+    assert kernels is not None, "the native kernels did not load on a machine that can run them"
+    return kernels
+
+
+def compiled_product():
+    """`product(x, w, scale=None)`: the kernels' `x @ w^T` (times `scale` for int8) in an XLA-compiled function,
+    checked to be the kernel's."""
+    import tensorflow as tf
+
+    kernels = loaded_kernels()
+
+    @tf.function(jit_compile=True, autograph=False)
+    def product(x, w, scale=None):
+        assert kernels.matmul_applies(x, w)
+        return kernels.matmul_transposed(x, w, scale)
+
+    return product
+
+
 # CI sets GPT2TF_REQUIRE_KERNEL=1 where the machine has AVX2: there the kernel tests run and fail if the kernel
 # does not build or register, instead of skipping (a green run then always holds kernel coverage).
 REQUIRE_KERNEL = os.environ.get("GPT2TF_REQUIRE_KERNEL") == "1"

@@ -17,29 +17,12 @@ from gpt2tf.errors import GPT2TFError
 from gpt2tf.kernels import native
 from gpt2tf.model import project
 
-from helpers import KERNEL_MACHINE, needs_kernel
+from helpers import KERNEL_MACHINE, compiled_product, loaded_kernels, needs_kernel
 
 
 @needs_kernel
 def test_kernel_builds_and_registers_here():
     assert native.available() and isinstance(native.load(), native.NativeKernels)
-
-
-def _kernels():
-    kernels = native.load()
-    assert kernels is not None, "the native kernels did not load on a machine that can run them"
-    return kernels
-
-
-def _compiled_product():
-    kernels = _kernels()
-
-    @tf.function(jit_compile=True)
-    def product(x, w):
-        assert kernels.matmul_applies(x, w)
-        return kernels.matmul_transposed(x, w)
-
-    return product
 
 
 @needs_kernel
@@ -73,10 +56,10 @@ def test_products_match_numpy(m, k, n):
     rng = np.random.default_rng(m * 1000 + k + n)
     x = rng.normal(size=(m, k)).astype(np.float32)
     w = rng.normal(size=(n, k)).astype(np.float32)
-    product = _compiled_product()
+    product = compiled_product()
     got = product(tf.constant(x), tf.constant(w)).numpy()
     want = x.astype(np.float64) @ w.T.astype(np.float64)
-    assert "gpt2tf_matmul" in product.experimental_get_compiler_ir(tf.constant(x), tf.constant(w))(stage="hlo")
+    assert "gpt2tf_matmul" in product.experimental_get_compiler_ir(tf.constant(x), tf.constant(w), None)(stage="hlo")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
@@ -107,7 +90,7 @@ def test_attention_matches_numpy(batch, heads, length, size):
         cached[2] = False  # ...and a row with nothing to attend to at all: the average of every slot
         keys[2], values[2] = 0.0, rng.normal(size=(heads, length, size))
 
-    kernels = _kernels()
+    kernels = loaded_kernels()
 
     @tf.function(jit_compile=True)
     def attend(*args):
@@ -123,7 +106,7 @@ def test_attention_matches_numpy(batch, heads, length, size):
 def test_attention_nan_and_many_units():
     """A NaN score makes its (sequence, head) NaN, as XLA's softmax does; more units than one chunk field holds."""
 
-    kernels = _kernels()
+    kernels = loaded_kernels()
 
     @tf.function(jit_compile=True)
     def attend(*args):
@@ -166,7 +149,7 @@ def test_concurrent_calls_are_correct(rows):
     x = tf.constant(rng.normal(size=(rows, 512)).astype(np.float32))
     w = tf.constant(rng.normal(size=(1024, 512)).astype(np.float32))
     want = x.numpy().astype(np.float64) @ w.numpy().T.astype(np.float64)
-    product = _compiled_product()
+    product = compiled_product()
     product(x, w)
     errors, first = [], product(x, w).numpy()
 
@@ -218,7 +201,7 @@ def test_sort_matches_tf_sort():
     values[3] = np.round(values[3] * 4) / 4  # many ties
     values[4, :300] = 1e-41  # subnormals
     needed = np.array([True, True, True, True, True, False])
-    kernels = _kernels()
+    kernels = loaded_kernels()
     assert kernels.sort_applies(tf.constant(values))
     got = kernels.sort_descending(tf.constant(values), tf.constant(needed)).numpy()
     want = tf.sort(values, direction="DESCENDING").numpy()
@@ -251,7 +234,7 @@ def test_top_p_with_the_native_sort_gives_the_same_tokens(monkeypatch):
     monkeypatch.setattr(
         native.NativeKernels, "sort_descending", lambda self, v, n: sorted_rows.append(v.shape) or real(self, v, n)
     )
-    kernels = _kernels()
+    kernels = loaded_kernels()
 
     def run(kernels):
         @tf.function(autograph=False)

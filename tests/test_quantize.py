@@ -20,7 +20,7 @@ from gpt2tf.errors import GPT2TFError
 from gpt2tf.formats import quantization, quantized
 from gpt2tf.kernels import native
 
-from helpers import default_runner, needs_kernel
+from helpers import compiled_product, default_runner, needs_kernel
 from reference import read_openai_checkpoint, reference_logits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,18 +130,6 @@ def test_a_loaded_model_holds_exactly_the_quantized_checkpoint(tiny_model_dir):
 # ---- the kernels --------------------------------------------------------------------------------------------------
 
 
-def _compiled_product():
-    kernels = native.load()
-    assert kernels is not None, "the native kernels did not load on a machine that can run them"
-
-    @tf.function(jit_compile=True, autograph=False)
-    def product(x, w, scale):
-        assert kernels.matmul_applies(x, w)
-        return kernels.matmul_transposed(x, w, scale)
-
-    return product
-
-
 @needs_kernel
 @pytest.mark.parametrize("weight_format", ["int8", "bf16"])
 @pytest.mark.parametrize(
@@ -174,7 +162,7 @@ def test_products_with_stored_weights_match_numpy(weight_format, m, k, n):
     else:
         stored = tf.constant(numpy_bf16(w).astype(np.float32), tf.bfloat16)
         dequantized, scale = numpy_bf16(w).astype(np.float64), None
-    product = _compiled_product()
+    product = compiled_product()
     got = product(tf.constant(x), stored, scale).numpy()
     target = "gpt2tf_matmul_nt_i8" if weight_format == "int8" else "gpt2tf_matmul_nt_bf16"
     assert target in product.experimental_get_compiler_ir(tf.constant(x), stored, scale)(stage="hlo")
