@@ -2,8 +2,11 @@
 and the one `load_model` (`gpt2tf.formats.load`) used to live, kept so that `import gpt2tf.checkpoint` (and every
 name the old module had, its imports included) keeps working: a thin re-export. New code imports from the new homes."""
 
+import tensorflow as tf
+
+from gpt2tf import files
 from gpt2tf.errors import GPT2TFError, first_line
-from gpt2tf.files import write_text_atomic, writing_dir
+from gpt2tf.files import write_text_atomic
 from gpt2tf.formats.bundle import replace_bundle, write_bundle
 from gpt2tf.formats.load import load_model, model_hparams, restore_into
 from gpt2tf.formats.openai import (
@@ -40,6 +43,12 @@ from gpt2tf.layout import (
     VOCAB_FILES,
 )
 from gpt2tf.model import GPT2
+
+
+def writing_dir(out_dir, *, what=""):
+    """`gpt2tf.files.writing_dir` as this module had it: TensorFlow's errors, too, become one line."""
+    return files.writing_dir(out_dir, what=what, errors=(OSError, tf.errors.OpError))
+
 
 __all__ = [
     "GPT2",

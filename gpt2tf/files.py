@@ -8,6 +8,7 @@ interrupted one left (`gpt2tf.train.rundir` does). No TensorFlow here: formats p
 
 import contextlib
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -17,8 +18,9 @@ TEMP_MARK = ".tmp-"  # in every temporary's name
 
 
 def temp_name(path):
-    """The temporary beside `path` that this process writes before renaming it to `path`."""
-    return f"{path}{TEMP_MARK}{os.getpid()}"
+    """A temporary beside `path` to write before renaming it to `path`: this process's id and a random part, so
+    that two writers never share one (processes of the same id in containers sharing a dir, say)."""
+    return f"{path}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
 
 
 @contextlib.contextmanager
@@ -36,9 +38,10 @@ def atomic_path(path):
 
 @contextlib.contextmanager
 def atomic_paths(paths):
-    """`with atomic_paths([a, b]) as (temp_a, temp_b):` write several files, renamed into place together, in the
-    given order, only once every one of them is written; a failure removes them all and leaves every path as it
-    was (for files that must not mix old and new, as a model's shards)."""
+    """`with atomic_paths([a, b]) as (temp_a, temp_b):` write several files, renamed into place one after another,
+    in the given order, only once every one of them is written; a failure while writing removes them all and leaves
+    every path as it was (for files that must not mix old and new, as a model's shards: the renames take
+    microseconds, the writing the time)."""
     temps = [temp_name(path) for path in paths]
     try:
         yield temps
@@ -76,16 +79,12 @@ def writing_dir(out_dir, *, what="", replace=False, errors=(OSError,)):
     """
     out_dir = Path(out_dir)
     fresh = replace or not out_dir.exists()
-    work = out_dir.with_name(f".{out_dir.name}{TEMP_MARK}{os.getpid()}") if fresh else out_dir
+    work = out_dir.with_name(f".{Path(temp_name(out_dir.name))}") if fresh else out_dir
     try:
-        if fresh:
-            shutil.rmtree(work, ignore_errors=True)  # what an earlier, killed process of this pid left
         work.mkdir(parents=True, exist_ok=True)
         yield work, fresh
         if fresh:
-            if out_dir.is_dir():
-                shutil.rmtree(out_dir)
-            os.replace(work, out_dir)
+            _swap_into_place(work, out_dir)
     except errors as err:
         reason = getattr(err, "strerror", None) or first_line(err)
         raise GPT2TFError(
@@ -94,6 +93,22 @@ def writing_dir(out_dir, *, what="", replace=False, errors=(OSError,)):
     finally:
         if fresh and work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _swap_into_place(work, out_dir):
+    """Rename the finished dir `work` to `out_dir`; an `out_dir` being replaced is renamed aside first and removed
+    only once the new one is in place (put back if that fails), so there is always one of them."""
+    if not out_dir.is_dir():
+        os.replace(work, out_dir)
+        return
+    aside = out_dir.with_name(f".{Path(temp_name(out_dir.name))}-old")
+    os.replace(out_dir, aside)
+    try:
+        os.replace(work, out_dir)
+    except BaseException:
+        os.replace(aside, out_dir)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def check_output_dir(out_dir, *, marker, what):

@@ -22,11 +22,15 @@ TOKENS_PER_CALL = 2048  # per compiled call: the logits of that many tokens (204
 
 
 class Scorer:
-    """The compiled scoring function of one model (made once per model by `scorer_for`)."""
+    """The scoring function of one model (made once per model by `scorer_for`): a compiled one (traced once per
+    shape, and compiled by XLA with `jit_compile`), or, with `compiled=False`, the same function run eagerly, op by
+    op: nothing to trace or compile, for a one-off sequence where waiting for a compilation would cost more."""
 
-    def __init__(self, model, *, jit_compile=True):
+    def __init__(self, model, *, jit_compile=True, compiled=True):
         self.model = model
-        self.score_batch = tf.function(self._score_batch, jit_compile=jit_compile, autograph=False)
+        self.score_batch = self._score_batch
+        if compiled:
+            self.score_batch = tf.function(self._score_batch, jit_compile=jit_compile, autograph=False)
 
     def _score_batch(self, tokens, top=0):
         """tokens [batch, length]: each position's next token's log-probability (`log_p`) and whether it is the
@@ -49,10 +53,10 @@ class Scorer:
 _scorers = {}
 
 
-def scorer_for(model, *, jit_compile=True):
-    key = (id(model), jit_compile)
+def scorer_for(model, *, jit_compile=True, compiled=True):
+    key = (id(model), jit_compile, compiled)
     if key not in _scorers or _scorers[key].model is not model:
-        _scorers[key] = Scorer(model, jit_compile=jit_compile)
+        _scorers[key] = Scorer(model, jit_compile=jit_compile, compiled=compiled)
     return _scorers[key]
 
 
@@ -70,15 +74,16 @@ def score(model, items, *, progress=None, jit_compile=True):
     return [(r["log_p"], r["greedy"]) for r in _score(model, items, progress=progress, jit_compile=jit_compile)]
 
 
-def score_alternatives(model, items, *, top, max_rows=None, jit_compile=True):
+def score_alternatives(model, items, *, top, max_rows=None, jit_compile=True, compiled=True):
     """`score`'s log-probabilities with, at each position, the `top` most likely tokens' log-probabilities and ids:
     [(log_p [n], top_values [n, top], top_ids [n, top])]. `max_rows` caps the sequences a call scores (a server
-    scoring one prompt pads it to one row, not to a batch of TOKENS_PER_CALL tokens)."""
-    results = _score(model, items, top=top, max_rows=max_rows, jit_compile=jit_compile)
+    scoring one prompt pads it to one row, not to a batch of TOKENS_PER_CALL tokens); `compiled=False` runs the
+    scoring function eagerly (see `Scorer`)."""
+    results = _score(model, items, top=top, max_rows=max_rows, jit_compile=jit_compile, compiled=compiled)
     return [(r["log_p"], r["top_values"], r["top_ids"]) for r in results]
 
 
-def _score(model, items, *, top=0, max_rows=None, progress=None, jit_compile=True):
+def _score(model, items, *, top=0, max_rows=None, progress=None, jit_compile=True, compiled=True):
     """Every item's arrays (`Scorer`'s, cut to its scored positions), in order."""
     n_ctx, n_vocab = model.hparams.n_ctx, model.hparams.n_vocab
     for i, (ids, _) in enumerate(items):
@@ -86,7 +91,7 @@ def _score(model, items, *, top=0, max_rows=None, progress=None, jit_compile=Tru
             raise GPT2TFError(f"sequence {i} has {len(ids)} tokens; scoring takes 2 to the model's context of {n_ctx}")
         if min(ids) < 0 or max(ids) >= n_vocab:
             raise GPT2TFError(f"sequence {i} holds token ids outside the model's vocabulary of {n_vocab}")
-    scorer = scorer_for(model, jit_compile=jit_compile)
+    scorer = scorer_for(model, jit_compile=jit_compile, compiled=compiled)
     results = [None] * len(items)
     by_length = {}
     for i, (ids, _) in enumerate(items):

@@ -366,3 +366,16 @@ def test_the_hellaswag_converter_and_reading_hellaswag_directly(small, small_mod
     want, _ = evaluate.multiple_choice(small[0], [converted], encoder=gpt2tf.get_encoder())
     got = json.loads(result.stdout)
     assert {k: got[k] for k in want} == pytest.approx(want)
+
+
+def test_a_continuation_longer_than_the_context_is_scored_from_its_end(small):
+    """A context of n_ctx tokens holds no room for any of the context: the continuation's last n_ctx tokens are
+    scored, each after the ones before it (the first has nothing before it)."""
+    model, params = small
+    enc = gpt2tf.get_encoder()
+    n_ctx = model.hparams.n_ctx
+    continuation = " a" * (n_ctx + 5)
+    ((total, _, count),) = evaluate.continuations(model, [("Hello", continuation)], encoder=enc)
+    ids = enc.encode(continuation)[-n_ctx:]
+    want = reference_log_probs(params, model.hparams.n_head, ids)[0].sum()
+    assert count == n_ctx - 1 and total == pytest.approx(want, abs=1e-3)

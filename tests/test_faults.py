@@ -420,3 +420,35 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
         files.write_text_atomic(path, "new")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_a_failed_save_into_an_existing_model_dir_leaves_no_temporary_files(tmp_path, monkeypatch):
+    """The bundle's temporaries go when writing it fails (a full disk mid-save), and the dir holds what it held."""
+    model_dir = tmp_path / "model"
+    gpt2tf.write_synthetic_checkpoint(model_dir, HParams(n_vocab=101, n_ctx=16, n_embd=8, n_head=2, n_layer=1))
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    real_save = tf.raw_ops.SaveV2
+
+    def full_disk(prefix, **kwargs):
+        real_save(prefix=prefix, **kwargs)  # the files are written, then the disk fills
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(tf.raw_ops, "SaveV2", full_disk)
+    with pytest.raises(GPT2TFError, match=r"cannot write model dir .*No space left on device"):
+        gpt2tf.save_openai_checkpoint(gpt2tf.load_model(model_dir), model_dir)
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+
+
+def test_replacing_a_dir_keeps_the_old_one_until_the_new_one_is_complete(tmp_path):
+    target = tmp_path / "export" / "1"
+    target.mkdir(parents=True)
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), files.writing_dir(target, replace=True) as (work, _):
+        (work / "new.txt").write_text("half")
+        raise RuntimeError("killed while writing")
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    with files.writing_dir(target, replace=True) as (work, _):
+        (work / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["1"]  # nothing left beside it
+    assert files.temp_name(target) != files.temp_name(target)  # two writers never share a temporary

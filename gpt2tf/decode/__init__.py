@@ -20,7 +20,6 @@ __getattr__, __dir__ = lazy_exports(
     {
         "Engine": "gpt2tf.decode.engine",
         "Request": "gpt2tf.decode.engine",
-        "generate": "gpt2tf.decode.generate",
         "generate_text": "gpt2tf.decode.generate",
         "generate_stream": "gpt2tf.decode.generate",
         "prepare_prompt": "gpt2tf.decode.prompts",

@@ -123,10 +123,21 @@ class Engine:
     """Slots that requests join and leave between steps; see the module docstring."""
 
     def __init__(
-        self, model, max_batch=8, *, max_length=None, jit_compile=True, encoder=None, kernels="auto", runner=None
+        self,
+        model,
+        max_batch=8,
+        *,
+        max_length=None,
+        jit_compile=True,
+        encoder=None,
+        kernels="auto",
+        runner=None,
+        backend=None,
     ):
         """`runner` stands in for the model's runner (tests drive the engine with a scripted one): anything with
-        `cache_variables`, `prefill`, `steps`, `prepare`, `compiling` and `ready_bucket` as `Runner` has them."""
+        `cache_variables`, `prefill`, `steps`, `prepare`, `compiling` and `ready_bucket` as `Runner` has them
+        (`backend`, its name before the decode package, is taken too)."""
+        runner = runner or backend
         n_ctx = model.hparams.n_ctx
         if not (isinstance(max_batch, int) and max_batch > 0):
             raise GPT2TFError(f"max_batch must be a positive integer, got {max_batch}")

@@ -31,7 +31,11 @@ def prepare_prompt(ids, *, new_tokens, n_ctx, truncate=False, name="the prompt")
     room = n_ctx - new_tokens
     if len(ids) <= room:
         return ids
-    if not truncate or room < 1:
+    if room < 1:
+        raise GPT2TFError(
+            f"{new_tokens} new tokens leave no room for {name} in the model's context of {n_ctx}: ask for fewer"
+        )
+    if not truncate:
         raise PromptTooLong(
             f"{name} has {len(ids)} tokens; with {new_tokens} new tokens that exceeds the model's context of {n_ctx}: "
             f"shorten the prompt or the output length, or allow left-truncation of the prompt (--truncate_prompt / "

@@ -48,6 +48,7 @@ def decode_loop(
     settings,
     max_length,
     kernels=None,
+    last_step=True,
 ):
     """Up to `count` tokens for every decoding row, in a graph-mode while loop.
 
@@ -57,6 +58,8 @@ def decode_loop(
     `step_model(tokens [rows], slots [rows], state) -> (logits, state)`, row r written at slot `slots[r]` of its
     cache (rows not decoding write their last slot, `max_length - 1`; their outputs are unused). A row stops at
     <|endoftext|> (with `stop_at_eos`) or after `limit` tokens in all, and the loop once no row decodes.
+    `last_step=False` skips the model step after the tokens that end every row (whose logits nobody reads): the
+    export's choice; the engine steps every time (a conditional around the model costs its hot loop more).
 
     Returns {tokens, live: [steps run, rows] (whether the row was decoding at that step), logits, seen, state,
     and, when a row wants `logprobs`, the log-probabilities under the model (before any sampling setting) of each
@@ -79,13 +82,19 @@ def decode_loop(
         token = choose_tokens(logits, seen, row_seeds, steps, kernels=kernels, **settings)
         lp = tf.cond(any_logprobs, lambda: log_probabilities(logits, token), lambda: none(logits, token))
         token = tf.where(decoding, token, 0)
-        logits, state = step_model(token, tf.where(decoding, position, max_length - 1), state)
+        done = decoding & ((stop_at_eos & (token == EOT_ID)) | (steps + 1 >= limit))
+        at = tf.where(decoding, position, max_length - 1)
+        if last_step:
+            logits, state = step_model(token, at, state)
+        else:
+            logits, state = tf.cond(
+                tf.reduce_any(decoding & ~done), lambda: step_model(token, at, state), lambda: (logits, state)
+            )
         # Only rows with a penalty read what they have seen (each row's prompt is in it when it joins).
         seen = tf.cond(
             any_penalty, lambda: seen | ((tf.one_hot(token, vocab_size) > 0) & decoding[:, None]), lambda: seen
         )
         step = tf.cast(decoding, tf.int32)
-        done = decoding & ((stop_at_eos & (token == EOT_ID)) | (steps + 1 >= limit))
         arrays = [a.write(i, v) for a, v in zip(arrays, (token, decoding, *lp))]
         return i + 1, decoding & ~done, position + step, steps + step, logits, seen, state, arrays
 

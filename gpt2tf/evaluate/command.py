@@ -54,7 +54,6 @@ class EvaluateConfig(SamplingFlags, WeightsFlags, PrecisionFlags, ModelFlags):
 def check(config):
     """Settings that cannot work, as one-line errors, before anything is loaded."""
     config.check_weights()
-    config.check_sampling()
     if not config.dataset_path and config.task != "cnndm":
         raise GPT2TFError(f"--task {config.task} needs --dataset_path")
     for name in ("context", "stride"):
@@ -71,6 +70,7 @@ def check(config):
     for name in ("max_new_tokens", "sentences", "batch_size"):
         if getattr(config, name) < 1:
             raise GPT2TFError(f"--{name} must be at least 1, got {getattr(config, name)}")
+    config.check_sampling()  # cnndm's summaries
 
 
 # ---------------------------------------------------------------------------------------------------------------

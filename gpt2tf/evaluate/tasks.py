@@ -140,8 +140,11 @@ def continuations(model, pairs, *, encoder, progress=None, jit_compile=True):
         ids, more = encoder.encode(context), encoder.encode(continuation)
         if not more:
             raise GPT2TFError(f"an empty continuation for {context[-40:]!r}")
+        if len(more) >= n_ctx:  # the continuation alone fills the context: its last n_ctx tokens, scored from 1
+            items.append((more[-n_ctx:], 1))
+            continue
         # The continuation whole, after as much of the context's end as fits (an empty one: <|endoftext|>).
-        ids = prepare_prompt(ids, new_tokens=len(more), n_ctx=n_ctx, truncate=True, name=f"{context[-40:]!r}")
+        ids = prepare_prompt(ids, new_tokens=len(more), n_ctx=n_ctx, truncate=True)
         items.append((ids + more, len(ids)))
     return [
         (float(log_p.sum()), bool(greedy.all()), len(log_p))

@@ -96,7 +96,7 @@ def export(config, out=sys.stderr):
         )
     module = Exported(model, get_encoder(), config)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with writing_dir(target, what="the export to ", replace=True) as (work, _):
+    with writing_dir(target, what="the export to ", replace=True, errors=(OSError, tf.errors.OpError)) as (work, _):
         tf.saved_model.save(module, str(work), signatures=signatures(module))
     print(f"exported {config.model_dir or DEFAULT_MODEL_DIR} to {target}", file=out)
     return target

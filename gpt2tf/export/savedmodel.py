@@ -82,6 +82,7 @@ class Exported(tf.Module):
             row_seeds=tf.stack([seed, tf.zeros_like(seed)], axis=1),  # (seed, sample 0), as the library keys it
             settings=settings,
             max_length=length,
+            last_step=False,
         )
         # A row's tokens: what it chose while decoding, but not the <|endoftext|> that ended it; -1 after.
         chosen = tf.transpose(tf.where(out["live"] & (out["tokens"] != EOT_ID), out["tokens"], -1))  # [batch, run]

@@ -56,10 +56,15 @@ def write_bundle(prefix, tensors):
     """Write {key: tensor} as a single-shard bundle at `prefix` (under a temporary prefix, then renamed)."""
     temp = temp_name(prefix)
     names = sorted(tensors)
-    tf.raw_ops.SaveV2(
-        prefix=temp, tensor_names=names, shape_and_slices=[""] * len(names), tensors=[tensors[n] for n in names]
-    )
-    replace_bundle(temp, str(prefix))
+    try:
+        tf.raw_ops.SaveV2(
+            prefix=temp, tensor_names=names, shape_and_slices=[""] * len(names), tensors=[tensors[n] for n in names]
+        )
+        replace_bundle(temp, str(prefix))
+    except BaseException:  # a full disk, say: what was written under the temporary prefix goes
+        for leftover in Path(temp).parent.glob(Path(temp).name + "*"):
+            leftover.unlink(missing_ok=True)
+        raise
 
 
 def replace_bundle(temp_prefix, prefix):

@@ -73,7 +73,7 @@ def model_tensors(model):
     }
 
 
-def check_tensor_names_and_shapes(found, expected, source, *, described_by=HPARAMS_FILE):
+def check_tensor_names_and_shapes(found, expected, prefix, *, described_by=HPARAMS_FILE):
     """Raise a one-line GPT2TFError naming missing, unexpected and mis-shaped tensors."""
     found = {k: tuple(v) for k, v in found.items()}
     missing = sorted(set(expected) - set(found))
@@ -92,7 +92,7 @@ def check_tensor_names_and_shapes(found, expected, source, *, described_by=HPARA
             + _some([f"{k} {list(found[k])} ({described_by} says {list(expected[k])})" for k in misshaped])
         )
     raise GPT2TFError(
-        f"checkpoint {source} does not match its {described_by}: {'; '.join(problems)}; "
+        f"checkpoint {prefix} does not match its {described_by}: {'; '.join(problems)}; "
         f"check that {described_by} belongs to this checkpoint"
     )
 

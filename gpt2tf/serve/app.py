@@ -50,7 +50,7 @@ def create_app(config, *, model=None, encoder=None):
     model = model or load_for_inference(config.model_dir, dtype=config.dtype, weights=config.weights)
     engine = Engine(model, max_batch=config.max_batch, jit_compile=not config.no_xla, encoder=encoder)
     engine.warm_up()  # every compilation now, none while a request waits
-    worker = Worker(engine, max_queue=config.max_queue, jit_compile=not config.no_xla)
+    worker = Worker(engine, max_queue=config.max_queue)
     name = config.model_name or Path(config.model_dir or DEFAULT_MODEL_DIR).name
     service = Service(config, worker, encoder, name, model.hparams.n_ctx, int(time.time()))
     app = FastAPI(title="gpt2tf", docs_url=None, redoc_url=None, openapi_url=None)

@@ -36,8 +36,8 @@ class Worker:
     up; their outputs go back as `(choice, Output)` items on the job's queue, a failure as `(choice, ApiError)`,
     and `(None, prompt log-probabilities)` first for a job that asked for them."""
 
-    def __init__(self, engine, *, max_queue, jit_compile=True):
-        self.engine, self.max_queue, self.jit_compile = engine, max_queue, jit_compile
+    def __init__(self, engine, *, max_queue):
+        self.engine, self.max_queue = engine, max_queue
         self._waiting = collections.deque()  # (job, choice, Request) that have no slot yet
         self._cancelled = []
         self._owner = {}  # rid -> (job, choice)
@@ -108,7 +108,8 @@ class Worker:
 
     def _prompt_logprobs(self, job):
         """Each prompt token's log-probability given the ones before it, and its n most likely, per prompt (through
-        the one scoring path, a prompt at a time)."""
+        the one scoring path, a prompt at a time, eagerly: on the engine's thread, a compilation would stall every
+        running request)."""
         scored = {}
         for request in job.requests:
             if request.prompt in scored:
@@ -120,7 +121,7 @@ class Worker:
                     [(list(request.prompt), 0)],
                     top=MAX_LOGPROBS,
                     max_rows=1,
-                    jit_compile=self.jit_compile,
+                    compiled=False,
                 )
                 entries += [
                     (float(c), dict(zip(map(int, ids[:n]), map(float, values[:n]))))
