@@ -4,6 +4,7 @@
     python bench/generate.py --batch_sizes 1 --variants cache_xla
     python bench/generate.py --arrivals          # 8 requests arriving one every 10 steps, mixed settings
     python bench/generate.py --weights float32,int8,bf16 [--size 1558M --new 32 --memory]
+    python bench/generate.py --baseline 2166d6b --rounds 3   # another revision beside this checkout, alternating
 
 Variants: `cache_xla` (the library default: KV cache, XLA-compiled step with the native kernels),
 `cache_xla_plain` (the same with GPT2TF_NATIVE=0: XLA's own ops), `cache` (KV cache, no XLA), and two no-cache
@@ -19,6 +20,9 @@ them one after another. `--weights` measures the default variant with the weight
 formats take turns, one round after another), each against float32 in the same run and against its own floor:
 the bytes of its weights over this machine's read rate (measured in the same run); `--memory` adds each format's
 peak resident memory in a fresh process that loads the model and generates.
+`--baseline REV` measures the default variant (`--batch_sizes`, `--new`) with REV's code (unpacked by `git archive`
+into the bench dir) and with this checkout's, in fresh processes taking turns for `--rounds` rounds, through
+`gpt2tf.sample.generate` (which every revision has), and prints each run, then each side's best and their ratio.
 Prints one JSON line per measurement.
 """
 
@@ -29,11 +33,14 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# `--_tree DIR` (a child of --baseline): measure the gpt2tf of another revision's tree, not this checkout's.
+TREE = sys.argv[sys.argv.index("--_tree") + 1] if "--_tree" in sys.argv else ROOT
+sys.path.insert(0, TREE)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import common
+import common  # noqa: E402 -- after the path is set
 
 PROMPT, NEW = 64, 128
 
@@ -290,6 +297,68 @@ print(json.dumps({{"peak_after_load_gb": round(loaded / 2**20, 2),
     return {"bench": "generate_peak_memory", "weights": weights, **json.loads(out.strip().splitlines()[-1])}
 
 
+def baseline_tree(rev):
+    """REV's source tree, unpacked once under the bench dir (by `git archive`, so untracked files stay out)."""
+    commit = subprocess.run(
+        ["git", "-C", ROOT, "rev-parse", "--short", rev], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tree = os.path.join(common.BENCH_DIR, f"tree-{commit}")
+    if not os.path.isdir(os.path.join(tree, "gpt2tf")):
+        os.makedirs(tree, exist_ok=True)
+        archive = subprocess.run(["git", "-C", ROOT, "archive", commit], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    return commit, tree
+
+
+def compare(args):
+    """`--baseline`: REV's code and this checkout's, alternating in fresh processes; each side's best and the ratio."""
+    commit, tree = baseline_tree(args.baseline)
+    common.model_dir(args.size)  # written by this checkout, read by both
+    sides = {commit: tree, "checkout": ROOT}
+    runs = {side: {} for side in sides}
+    for round_ in range(args.rounds):
+        for side, path in sides.items():
+            command = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--_tree",
+                path,
+                "--size",
+                args.size,
+                "--repeat",
+                str(args.repeat),
+                "--batch_sizes",
+                args.batch_sizes,
+                "--variants",
+                "cache_xla",
+                "--new",
+                str(NEW),
+                "--no_first_call",
+                "--no_peers",
+            ]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            for line in out.strip().splitlines():
+                row = json.loads(line)
+                if row.get("bench") == "generate":
+                    print(json.dumps({**row, "code": side, "round": round_ + 1}), flush=True)
+                    runs[side].setdefault(row["batch"], []).append(row["ms_per_step"])
+    for batch in map(int, args.batch_sizes.split(",")):
+        base, ours = min(runs[commit][batch]), min(runs["checkout"][batch])
+        print(
+            json.dumps(
+                {
+                    "bench": "generate_vs_baseline",
+                    "batch": batch,
+                    "baseline": commit,
+                    "baseline_ms_per_step": base,
+                    "checkout_ms_per_step": ours,
+                    "ratio_checkout_over_baseline": round(ours / base, 3),
+                }
+            ),
+            flush=True,
+        )
+
+
 def main():
     global NEW
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -310,8 +379,13 @@ def main():
     )
     parser.add_argument("--memory", action="store_true", help="with --weights: each format's peak memory too")
     parser.add_argument("--new", type=int, default=NEW, help="new tokens per measured call")
+    parser.add_argument("--baseline", metavar="REV", help="measure REV's code beside this checkout's, alternating")
+    parser.add_argument("--rounds", type=int, default=3, help="with --baseline: fresh-process runs of each side")
+    parser.add_argument("--_tree", help=argparse.SUPPRESS)
     args = parser.parse_args()
     NEW = args.new
+    if args.baseline:
+        return compare(args)
     if args.weights:
         formats = args.weights.split(",")
         model_dir = common.model_dir(args.size)
