@@ -207,8 +207,6 @@ class Engine:
             stops=StopScanner(self.encoder, request.stop) if request.stop else None,
         )
         self._rows[slot] = row
-        if not self._runner.compiling():  # compile the step this row needs while its prompt is prefilled
-            self._runner.prepare(self._bucket(slot + 1), self._cache)
         return row.rid
 
     def warm_up(self):
@@ -352,6 +350,11 @@ class Engine:
         self._compact()
         waiting = [s for s, row in enumerate(self._rows) if row is not None and not self._decoding[s]]
         if waiting:
+            # The step these rows will run in, compiled (if it is not) while their prompts are prefilled: only the
+            # one the slots in use need, not one for each row as it was added (a batch would compile every bucket
+            # below its own, on the cores its steps run on).
+            used = max(s for s, row in enumerate(self._rows) if row is not None)
+            self._runner.prepare(self._bucket(used + 1), self._cache)
             self._prefill_chunks(waiting)
         if not self._decoding.any():
             return []
@@ -410,7 +413,6 @@ class Engine:
         does, with the request's index in `requests` in place of its id. `steps`: tokens per row per call."""
         pending = list(enumerate(requests))[::-1]
         index_of = {}
-        self._runner.prepare(self._bucket(min(len(requests) + self.active, self.max_batch)), self._cache)
         while pending or self.active:
             while pending and self.free_slots:
                 i, request = pending.pop()
