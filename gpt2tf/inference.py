@@ -241,7 +241,7 @@ def _generate_and_print(model, encoder, config, prompts, out, indices=None):
         stop=stop,
         stop_at_eos=not config.no_eos_stop,
         truncate_prompt=config.truncate_prompt,
-        chunk_steps=1 if stream else CHUNK_STEPS,
+        chunk_steps=None if stream else CHUNK_STEPS,  # streamed: a burst of tokens every STREAM_INTERVAL
         jit_compile=not config.no_xla,
         encoder=encoder,
     )

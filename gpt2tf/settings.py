@@ -10,6 +10,9 @@ from gpt2tf.errors import GPT2TFError
 
 MAX_SEED = 2**31 - 1  # seeds key TF's stateless generators as int32 pairs: larger ones would collide
 MAX_LOGPROBS = 5  # the most alternatives a request's log-probabilities list (OpenAI's limit)
+# Seconds of decoding per call when the engine chooses how many steps to run (streamed output, the server): tokens
+# come in bursts this often, and a request arriving meanwhile waits at most this long to join.
+STREAM_INTERVAL = 0.1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -422,3 +422,84 @@ def test_the_stop_scanner_equals_searching_the_whole_text_each_time():
             want = before if first in [0] + ends else sum(1 for e in ends if e < first + size) + 1
             assert got == want, (tokens[:n], stop)
             break
+
+
+# ---- several steps per call, chosen by the engine (multi-step scheduling) ------------------------------------------
+
+
+def test_steps_chosen_per_call_give_the_recorded_outputs(recorded, monkeypatch):
+    """Every recorded case through calls whose length the engine chooses (as streaming and the server run them)."""
+    models, cases = recorded
+    chosen = []
+    real_run, real_auto = Engine.run, Engine.auto_steps
+
+    def run(self, requests, steps=None):
+        self.stream_interval = 10.0  # long enough that a call runs as far as its rows need
+        return real_run(self, requests, steps=None)
+
+    def auto_steps(self, *args, **kwargs):
+        chosen.append(real_auto(self, *args, **kwargs))
+        return chosen[-1]
+
+    monkeypatch.setattr(Engine, "run", run)
+    monkeypatch.setattr(Engine, "auto_steps", auto_steps)
+    for case in cases:
+        got = getattr(sample, case["function"])(models[case["model"]], case["prompts"], **case["kwargs"])
+        assert got == case["output"], case["kwargs"]
+    assert max(chosen) > 10 and sum(c for c in chosen if c > 1) > 0.8 * sum(chosen)  # most steps ran several a call
+
+
+def drive_outputs(eng, schedule, steps):
+    """Like `drive`, with every Output kept (ids, finish reason, log-probabilities); `steps` None or 1 per call."""
+    out, index_of, call = {}, {}, 0
+    while call == 0 or eng.active or len(index_of) < len(schedule):
+        for i, (when, request) in enumerate(schedule):
+            if when == call:
+                index_of[eng.add(request)] = i
+        for output in eng.step(steps, queued=sum(when > call for when, _ in schedule)):
+            out.setdefault(index_of[output.rid], []).append((output.ids, output.finished, output.logprobs))
+        call += 1
+    joined = lambda outs, k: sum((o[k] or [] for o in outs), [])  # noqa: E731
+    return {i: (joined(outs, 0), outs[-1][1], joined(outs, 2)) for i, outs in out.items()}
+
+
+def test_steps_chosen_per_call_keep_stop_strings_end_of_text_and_log_probabilities(small_model):
+    enc = gpt2tf.get_encoder()
+    text = sample.generate_text(small_model, ["The"], length=20, top_k=40, seed=5, stop_at_eos=False)[0]
+    stop = text[len(text) // 2 : len(text) // 2 + 3]  # met mid-way, possibly inside a token
+    requests = [
+        Request(prompt=enc.encode("The"), max_new_tokens=20, top_k=40, seed=5, stop=(stop,), logprobs=2),
+        Request(prompt=[15496], max_new_tokens=30, top_k=40, seed=7),  # may end at <|endoftext|>
+        Request(prompt=list(range(300, 330)), max_new_tokens=25, top_p=0.8, seed=3, logprobs=0, stop_at_eos=False),
+        Request(prompt=[40, 1842], max_new_tokens=9, temperature=0, repetition_penalty=1.4),
+    ]
+    schedule = list(zip([0, 0, 4, 11], requests))
+    one = drive_outputs(Engine(small_model, max_batch=4, max_length=64), schedule, 1)
+    eng = Engine(small_model, max_batch=4, max_length=64, stream_interval=10.0)
+    chosen = drive_outputs(eng, schedule, None)
+    assert {i: o[:2] for i, o in chosen.items()} == {i: o[:2] for i, o in one.items()}  # ids and finish reasons
+    for i in one:  # log-probabilities to float rounding: a row's log-softmax may round differently in another slot
+        assert [c for c, _ in chosen[i][2]] == pytest.approx([c for c, _ in one[i][2]], rel=1e-6)
+        assert [list(t) for _, t in chosen[i][2]] == [list(t) for _, t in one[i][2]]
+    assert one[0][1] == "stop" and sample.cut_at_stop(enc.decode(one[0][0]), [stop]) == text[: text.find(stop)]
+    assert len(one[0][2]) == len(one[0][0]) and len(one[2][2]) == 25
+
+
+def test_how_many_steps_a_call_runs(small_model):
+    scripts = {1: [11] * 40, 2: [12] * 40, 3: [13] * 40}
+    eng = scripted_engine(small_model, scripts)
+    eng.stream_interval = 10.0
+    a = eng.add(Request(prompt=[1], max_new_tokens=30, seed=1))
+    assert eng.step(None) == [(a, [11], False)]  # the first token at once: one step
+    assert eng.auto_steps() == 29  # then as far as the row needs (the scripted steps take microseconds)
+    eng.add(Request(prompt=[1], max_new_tokens=5, seed=2))
+    assert eng.auto_steps() == 1  # a prompt to prefill: one step, so its chunks are not held up
+    eng.step(None)
+    assert eng.auto_steps() == 28  # the longest row's need
+    assert eng.auto_steps(queued=1) == 4  # someone waits for a slot: until the first row reaches its length
+    eng.stream_interval = 0
+    assert eng.auto_steps() == 1  # no time for more than one
+    eng.stream_interval = 1e-9
+    assert eng.auto_steps() == 1
+    with pytest.raises(GPT2TFError, match="stream_interval must be a number of seconds >= 0"):
+        Engine(small_model, max_length=64, stream_interval=-1)

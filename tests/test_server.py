@@ -77,12 +77,28 @@ def test_completion_with_the_openai_client_equals_generate(client, model):
     assert [c.index for c in seeded.choices] == [0, 1, 2]
 
 
-def test_streaming_with_the_openai_client(client, model):
+def test_streaming_with_the_openai_client(client, model, server, monkeypatch):
+    want = expected(model, PROMPT, length=15, temperature=0.8, seed=3)[0]
+    stream = client.completions.create(
+        model="gpt2",
+        prompt=PROMPT,
+        max_tokens=15,
+        temperature=0.8,
+        seed=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert len(chunks) > 2  # the first token alone, then bursts, then the usage
+    *tokens, last = chunks
+    assert "".join(c.choices[0].text for c in tokens) == want
+    assert tokens[-1].choices[0].finish_reason == "length" and all(c.usage is None for c in tokens)
+    assert last.choices == [] and (last.usage.prompt_tokens, last.usage.completion_tokens) == (5, 15)
+    engine = server.server.config.app.state.worker.engine
+    monkeypatch.setattr(engine, "stream_interval", 0)  # --stream_interval 0: one token per call, an event each
     stream = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=15, temperature=0.8, seed=3, stream=True)
     chunks = list(stream)
-    assert len(chunks) > 1  # token by token
-    assert "".join(c.choices[0].text for c in chunks) == expected(model, PROMPT, length=15, temperature=0.8, seed=3)[0]
-    assert chunks[-1].choices[0].finish_reason == "length"
+    assert len(chunks) == 15 and "".join(c.choices[0].text for c in chunks) == want
 
 
 def test_a_list_of_prompts_stop_strings_echo_and_logprobs(client, model):
@@ -186,6 +202,8 @@ def test_models_health_and_the_predict_api(server, model):
         ({"prompt": [-1]}, "prompt", "token ids outside the vocabulary"),
         ({"prompt": ["a"] * 7, "n": 2}, "n", "more than this server takes at once (12)"),
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 strings"),
+        ({"prompt": "x", "stream": True, "stream_options": {"usage": 1}}, "stream_options", "include_usage"),
+        ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options", "only allowed with stream"),
     ],
 )
 def test_bad_requests_get_openais_error_object(server, body, param, words):
@@ -206,6 +224,7 @@ def test_a_client_that_goes_away_frees_its_slot(server, monkeypatch):
     engine = server.server.config.app.state.worker.engine
     step = engine.step
     monkeypatch.setattr(engine, "step", lambda *a, **k: time.sleep(0.02) or step(*a, **k))  # a slower model
+    monkeypatch.setattr(engine, "stream_interval", 0)  # a token a call: 50 tokens take ~1 s
     with httpx.stream(
         "POST",
         server.url + "/v1/completions",
@@ -331,6 +350,7 @@ def test_the_page_streams_a_completion_and_stops(server, browser, tmp_path, monk
     engine = server.server.config.app.state.worker.engine
     step = engine.step
     monkeypatch.setattr(engine, "step", lambda *a, **k: time.sleep(0.1) or step(*a, **k))
+    monkeypatch.setattr(engine, "stream_interval", 0)  # a token a call, each slowed
     field = browser.find_element(By.ID, "max_tokens")
     field.clear()
     field.send_keys("55")

@@ -23,6 +23,7 @@ the runner passes to the model and the sampler: "auto" (the default) is the nati
 
 import dataclasses
 import itertools
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -33,9 +34,10 @@ from gpt2tf.decode.stops import StopScanner
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
-from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, SamplerConfig, check_seed, random_seed
+from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, STREAM_INTERVAL, SamplerConfig, check_seed, random_seed
 
 CHUNK_STEPS = 32  # tokens per row per call when a whole batch is generated (`run`): one call, not 32
+MAX_CALL_STEPS = 64  # the most steps an automatic call runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +135,7 @@ class Engine:
         kernels="auto",
         runner=None,
         backend=None,
+        stream_interval=STREAM_INTERVAL,
     ):
         """`runner` stands in for the model's runner (tests drive the engine with a scripted one): anything with
         `cache_variables`, `prefill`, `steps`, `prepare`, `compiling` and `ready_bucket` as `Runner` has them
@@ -144,8 +147,11 @@ class Engine:
         max_length = n_ctx if max_length is None else max_length
         if not (isinstance(max_length, int) and 2 <= max_length <= n_ctx):
             raise GPT2TFError(f"max_length must be from 2 to the model's context of {n_ctx}, got {max_length}")
+        if not (isinstance(stream_interval, (int, float)) and stream_interval >= 0):
+            raise GPT2TFError(f"stream_interval must be a number of seconds >= 0, got {stream_interval!r}")
         self.model, self.max_batch, self.max_length = model, max_batch, max_length
-        self.encoder = encoder
+        self.encoder, self.stream_interval = encoder, stream_interval
+        self._step_seconds = {}  # rows run -> seconds per step of the last call on that many rows
         if kernels == "auto":
             kernels = default_kernels(jit_compile)
         self._runner = runner or runner_for(model, jit_compile=jit_compile, kernels=kernels)
@@ -338,14 +344,19 @@ class Engine:
             **{name: tf.constant(value[:rows]) for name, value in self._settings.items()},
         )
 
-    def step(self, steps=1):
-        """Advance every decoding row by one token (after prefilling one more chunk of every prompt not yet in).
+    def step(self, steps=1, *, queued=0):
+        """Advance every decoding row by `steps` tokens in one call (after prefilling one more chunk of every prompt
+        not yet in).
 
         Returns `[(rid, new_ids, finished)]` for the rows that produced output or finished. A row ends at
         <|endoftext|> (not included; with `stop_at_eos`), after `max_new_tokens`, or before a stop string (ids are
-        held back while they may be the start of one); a finished row's slot is free for the next `add`.
-        `steps=n` runs up to n tokens per row in one call (fewer calls, for batch generation); requests join and
-        leave only between calls.
+        held back while they may be the start of one); a finished row's slot is free for the next `add`. Requests
+        join and leave only between calls; the call ends early once every row has ended.
+
+        `steps=None` chooses how many (multi-step scheduling, see `auto_steps`): one while a prompt is being
+        prefilled or a row has yet to give its first token, else as many as the rows still need and run within
+        `stream_interval` seconds. `queued`: requests waiting for a slot, which then end the call by when the first
+        row reaches its length.
         """
         self._compact()
         waiting = [s for s, row in enumerate(self._rows) if row is not None and not self._decoding[s]]
@@ -361,8 +372,13 @@ class Engine:
         rows = self._runner.ready_bucket(
             self._bucket(int(np.flatnonzero(self._decoding)[-1]) + 1), self._buckets, self._cache
         )
+        if steps is None:
+            steps = self.auto_steps(rows, queued=queued)
+        started = time.perf_counter()
         out = self._runner.steps(count=tf.constant(steps), **self._step_args(rows))
         tokens = out["tokens"].numpy()  # [run, rows]
+        if len(tokens):
+            self._step_seconds[rows] = (time.perf_counter() - started) / len(tokens)
         if self._logprobs[:rows].any():
             chosen, top_values, top_ids = (out[k].numpy() for k in ("chosen", "top_values", "top_ids"))
         results = []
@@ -390,6 +406,29 @@ class Engine:
                 results.append(Output(row.rid, ids, finished, lp))
         return results
 
+    def auto_steps(self, rows=None, *, queued=0):
+        """How many steps the next call runs when it may choose (`step(None)`): 1 while a prompt is being prefilled
+        (its chunks go one per call, beside the running rows' tokens) or a decoding row has yet to give its first
+        token (so the time to the first token is one step's); else as many as fit in `stream_interval` seconds at
+        the last call's speed on `rows` rows (at most MAX_CALL_STEPS), and no more than the longest row still needs
+        (with `queued` requests waiting for a slot: than the shortest, so a slot frees when the call ends).
+
+        A request that arrives during a call waits for it to end: at most `stream_interval`, or one step where a
+        step takes longer, plus the time it takes to prefill its prompt.
+        """
+        decoding = np.flatnonzero(self._decoding)
+        if len(decoding) == 0 or self.active > len(decoding):
+            return 1
+        if any(not self._rows[s].generated for s in decoding):
+            return 1
+        rows = rows or self._bucket(int(decoding[-1]) + 1)
+        seconds = self._step_seconds.get(rows)
+        if seconds is None or seconds <= 0:
+            return 1
+        remaining = self._limit[decoding] - self._steps[decoding]
+        need = int(remaining.min() if queued else remaining.max())
+        return max(1, min(need, MAX_CALL_STEPS, int(self.stream_interval / seconds)))
+
     def _advance(self, row, token):
         """Take one new token for `row`: (the ids it may give out now, False or why it finished)."""
         request = row.request
@@ -410,14 +449,15 @@ class Engine:
 
     def run(self, requests, *, steps=CHUNK_STEPS):
         """Generate every request, adding each as a slot frees; yields `(index, new_ids, finished)` as `step`
-        does, with the request's index in `requests` in place of its id. `steps`: tokens per row per call."""
+        does, with the request's index in `requests` in place of its id. `steps`: tokens per row per call (None:
+        chosen per call, as `step(None)` does, for output streamed as it comes)."""
         pending = list(enumerate(requests))[::-1]
         index_of = {}
         while pending or self.active:
             while pending and self.free_slots:
                 i, request = pending.pop()
                 index_of[self.add(request)] = i
-            for rid, ids, finished in self.step(steps):
+            for rid, ids, finished in self.step(steps, queued=len(pending)):
                 yield index_of[rid], ids, finished
 
 

@@ -38,7 +38,8 @@ def generate_stream(
     A row's ids, concatenated over its yields, are its final output: it ends at <|endoftext|> (not included), after
     `length` tokens, or before a `stop` string (one that begins inside a token is kept whole, so the text can be cut
     exactly; `generate_text` does that). At most `batch_size` rows (default: all) decode at once, `chunk_steps`
-    tokens per row per compiled call (1 streams each token as soon as it is chosen).
+    tokens per row per compiled call (1 yields each token as soon as it is chosen; None chooses per call: the first
+    token at once, then bursts every `gpt2tf.settings.STREAM_INTERVAL` seconds, see `Engine.auto_steps`).
     """
     if not (isinstance(length, int) and length > 0):
         raise GPT2TFError(f"length must be a positive number of tokens, got {length}")
@@ -46,6 +47,8 @@ def generate_stream(
         raise GPT2TFError(f"nsamples must be a positive integer, got {nsamples}")
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
         raise GPT2TFError(f"batch_size must be a positive integer, got {batch_size}")
+    if chunk_steps is not None and not (isinstance(chunk_steps, int) and chunk_steps > 0):
+        raise GPT2TFError(f"chunk_steps must be a positive integer or None (chosen per call), got {chunk_steps}")
     n_ctx = model.hparams.n_ctx
     if length >= n_ctx:
         raise GPT2TFError(f"length {length} must be below the model's context of {n_ctx} tokens")

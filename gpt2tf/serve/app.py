@@ -48,7 +48,13 @@ def create_app(config, *, model=None, encoder=None):
     check(config)
     encoder = encoder or get_encoder()
     model = model or load_for_inference(config.model_dir, dtype=config.dtype, weights=config.weights)
-    engine = Engine(model, max_batch=config.max_batch, jit_compile=not config.no_xla, encoder=encoder)
+    engine = Engine(
+        model,
+        max_batch=config.max_batch,
+        jit_compile=not config.no_xla,
+        encoder=encoder,
+        stream_interval=config.stream_interval,
+    )
     engine.warm_up()  # every compilation now, none while a request waits
     worker = Worker(engine, max_queue=config.max_queue)
     name = config.model_name or Path(config.model_dir or DEFAULT_MODEL_DIR).name

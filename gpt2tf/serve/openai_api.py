@@ -41,12 +41,12 @@ class Completion:
     stream: bool
     echo: bool
     logprobs: int  # or None
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
 
 
 _IGNORED = {
     "model",
     "user",
-    "stream_options",
     "suffix",
     "best_of",
     "logit_bias",
@@ -72,6 +72,7 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
         "stream",
         "echo",
         "logprobs",
+        "stream_options",
     } | _IGNORED
     unknown = sorted(set(body) - known)
     if unknown:
@@ -125,6 +126,15 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
             f"takes at once ({max_choices}); send fewer",
             param="n",
         )
+    options = body.get("stream_options")
+    if options is not None and not (
+        isinstance(options, dict)
+        and set(options) <= {"include_usage"}
+        and isinstance(options.get("include_usage", False), bool)
+    ):
+        raise ApiError(400, 'stream_options must be {"include_usage": true or false}', param="stream_options")
+    if options is not None and not _boolean(body, "stream"):
+        raise ApiError(400, "stream_options is only allowed with stream: true", param="stream_options")
     texts = [encoder.decode(ids) for ids in prompts]  # what echo returns: the prompt the model saw
     return Completion(
         prompts,
@@ -137,6 +147,7 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
         _boolean(body, "stream"),
         _boolean(body, "echo"),
         logprobs,
+        bool((options or {}).get("include_usage")),
     )
 
 
@@ -271,8 +282,6 @@ def add_routes(app, service):
             return StreamingResponse(_stream(job, completion, meta), media_type="text/event-stream")
         choices = _choices(completion)
         prompt_scores = await collect(request, worker, job, choices)
-        completion_tokens = sum(len(c.ids) for c in choices)
-        prompt_tokens = sum(len(p) for p in completion.prompts)
         return {
             **meta,
             "choices": [
@@ -284,11 +293,16 @@ def add_routes(app, service):
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": _usage(completion, choices),
+        }
+
+    def _usage(completion, choices):
+        completion_tokens = sum(len(c.ids) for c in choices)
+        prompt_tokens = sum(len(p) for p in completion.prompts)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
         }
 
     def _choices(completion):
@@ -308,6 +322,8 @@ def add_routes(app, service):
 
     async def _stream(job, completion, meta):
         choices, prompt_scores, remaining = _choices(completion), None, set(range(len(job.requests)))
+        if completion.include_usage:  # OpenAI's: every chunk has "usage", null but in the last
+            meta = {**meta, "usage": None}
         try:
             if completion.echo and completion.logprobs is None:
                 for i, c in enumerate(choices):
@@ -347,6 +363,8 @@ def add_routes(app, service):
                         ],
                     }
                 )
+            if completion.include_usage:
+                yield event({**meta, "choices": [], "usage": _usage(completion, choices)})
             yield "data: [DONE]\n\n"
         except ApiError as err:
             yield event(err.body())

@@ -85,7 +85,8 @@ class Worker:
             for job, choice, request in joining:
                 self._join(job, choice, request)
             try:
-                outputs = engine.step()
+                # Several steps per call when nobody can join (see Engine.auto_steps): one while a prompt is in.
+                outputs = engine.step(None, queued=len(self._waiting))
             except Exception as err:  # a failed step fails its requests, never the server
                 self._fail_all(err)
                 continue
