@@ -4,7 +4,7 @@
     python bench/generate.py --batch_sizes 1 --variants cache_xla
     python bench/generate.py --arrivals          # 8 requests arriving one every 10 steps, mixed settings
     python bench/generate.py --weights float32,int8,bf16 [--size 1558M --new 32 --memory]
-    python bench/generate.py --baseline 2166d6b --rounds 3   # another revision beside this checkout, alternating
+    python bench/generate.py --baseline 2166d6b,2954cdc --rounds 3   # other revisions beside this checkout, in turns
 
 Variants: `cache_xla` (the library default: KV cache, XLA-compiled step with the native kernels),
 `cache_xla_plain` (the same with GPT2TF_NATIVE=0: XLA's own ops), `cache` (KV cache, no XLA), and two no-cache
@@ -20,9 +20,10 @@ them one after another. `--weights` measures the default variant with the weight
 formats take turns, one round after another), each against float32 in the same run and against its own floor:
 the bytes of its weights over this machine's read rate (measured in the same run); `--memory` adds each format's
 peak resident memory in a fresh process that loads the model and generates.
-`--baseline REV` measures the default variant (`--batch_sizes`, `--new`) with REV's code (unpacked by `git archive`
-into the bench dir) and with this checkout's, in fresh processes taking turns for `--rounds` rounds, through
-`gpt2tf.sample.generate` (which every revision has), and prints each run, then each side's best and their ratio.
+`--baseline REV[,REV]` measures the default variant (`--batch_sizes`, `--new`) with each REV's code (unpacked by `git
+archive` into the bench dir) and with this checkout's, in fresh processes taking turns for `--rounds` rounds, through
+`gpt2tf.sample.generate` (which every revision has), and prints each run, then each side's best and the ratio of the
+checkout's to each REV's (`GPT2TF_NATIVE=0` in the environment: every side on XLA's own ops).
 Prints one JSON line per measurement.
 """
 
@@ -311,10 +312,11 @@ def baseline_tree(rev):
 
 
 def compare(args):
-    """`--baseline`: REV's code and this checkout's, alternating in fresh processes; each side's best and the ratio."""
-    commit, tree = baseline_tree(args.baseline)
-    common.model_dir(args.size)  # written by this checkout, read by both
-    sides = {commit: tree, "checkout": ROOT}
+    """`--baseline`: each REV's code and this checkout's, alternating in fresh processes; each side's best and the
+    ratio of the checkout's to each REV's."""
+    sides = dict(baseline_tree(rev) for rev in args.baseline.split(","))
+    common.model_dir(args.size)  # written by this checkout, read by every side
+    sides["checkout"] = ROOT
     runs = {side: {} for side in sides}
     for round_ in range(args.rounds):
         for side, path in sides.items():
@@ -342,21 +344,27 @@ def compare(args):
                 if row.get("bench") == "generate":
                     print(json.dumps({**row, "code": side, "round": round_ + 1}), flush=True)
                     runs[side].setdefault(row["batch"], []).append(row["ms_per_step"])
+    native = os.environ.get("GPT2TF_NATIVE", "1") != "0"
     for batch in map(int, args.batch_sizes.split(",")):
-        base, ours = min(runs[commit][batch]), min(runs["checkout"][batch])
-        print(
-            json.dumps(
-                {
-                    "bench": "generate_vs_baseline",
-                    "batch": batch,
-                    "baseline": commit,
-                    "baseline_ms_per_step": base,
-                    "checkout_ms_per_step": ours,
-                    "ratio_checkout_over_baseline": round(ours / base, 3),
-                }
-            ),
-            flush=True,
-        )
+        ours = min(runs["checkout"][batch])
+        for side in sides:
+            if side == "checkout":
+                continue
+            base = min(runs[side][batch])
+            print(
+                json.dumps(
+                    {
+                        "bench": "generate_vs_baseline",
+                        "kernels": "native" if native else "xla",
+                        "batch": batch,
+                        "baseline": side,
+                        "baseline_ms_per_step": base,
+                        "checkout_ms_per_step": ours,
+                        "ratio_checkout_over_baseline": round(ours / base, 3),
+                    }
+                ),
+                flush=True,
+            )
 
 
 def main():
@@ -379,7 +387,9 @@ def main():
     )
     parser.add_argument("--memory", action="store_true", help="with --weights: each format's peak memory too")
     parser.add_argument("--new", type=int, default=NEW, help="new tokens per measured call")
-    parser.add_argument("--baseline", metavar="REV", help="measure REV's code beside this checkout's, alternating")
+    parser.add_argument(
+        "--baseline", metavar="REV[,REV]", help="measure each REV's code beside this checkout's, alternating"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="with --baseline: fresh-process runs of each side")
     parser.add_argument("--_tree", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -173,3 +173,123 @@ def choose_tokens(logits, seen, row_seeds, steps, *, temperature, top_k, top_p, 
 
     # Plain greedy rows (no penalty) need nothing but the argmax: the common case costs no more than that.
     return tf.cond(plain, lambda: tf.argmax(logits, axis=-1, output_type=tf.int32), sampled)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# More controls (each per row; a row whose setting is off passes unchanged). Masked logits are MASKED_VALUE, where
+# transformers writes -inf: the same probabilities (exp underflows to 0 either way) and the same kept sets.
+
+
+def apply_presence_frequency(logits, counts, presence, frequency):
+    """OpenAI's presence and frequency penalties: logit - count * frequency - (count > 0) * presence, where count
+    (`counts` [batch, vocab]) is how often the row has generated the token (its prompt does not count)."""
+    batch = tf.shape(logits)[0]
+    counts = tf.cast(counts, tf.float32)
+    presence = _per_row(presence, batch, tf.float32)[:, None]
+    frequency = _per_row(frequency, batch, tf.float32)[:, None]
+    return logits - counts * frequency - tf.cast(counts > 0, tf.float32) * presence
+
+
+def apply_logit_bias(logits, bias_ids, bias_values):
+    """OpenAI's logit_bias: `bias_values[r, i]` added to token `bias_ids[r, i]` of row r ([batch, n] each; unused
+    entries have value 0, which adds nothing)."""
+    batch, n = tf.shape(bias_ids)[0], tf.shape(bias_ids)[1]
+    rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, n])
+    indices = tf.reshape(tf.stack([rows, tf.cast(bias_ids, tf.int32)], -1), [-1, 2])
+    return tf.tensor_scatter_nd_add(logits, indices, tf.reshape(tf.cast(bias_values, tf.float32), [-1]))
+
+
+def _suffix_matches(history, lengths, pattern, pattern_valid):
+    """Whether each row's history ends with each pattern: history [batch, T] (row r's tokens are its first
+    lengths[r]); pattern [batch, W, S], matched position by position against the last S tokens, where
+    `pattern_valid` [batch, W, S] is False for positions that match anything. Returns bool [batch, W]."""
+    size = tf.shape(pattern)[2]
+    at = lengths[:, None] - size + tf.range(size)[None, :]  # [batch, S]: the last S positions (negative: before 0)
+    last = tf.where(at >= 0, tf.gather(history, tf.maximum(at, 0), batch_dims=1), -1)  # [batch, S]
+    return tf.reduce_all(~pattern_valid | (pattern == last[:, None, :]), axis=-1)
+
+
+def no_repeat_ngram_mask(history, lengths, ngram_size, vocab_size):
+    """transformers' `NoRepeatNGramLogitsProcessor`, per row (`ngram_size` [batch], 0 = off): the tokens that would
+    complete an n-gram already in the row's history (its prompt and what it has generated) are banned. bool
+    [batch, vocab].
+
+    Every n-gram of the history whose first n - 1 tokens equal the history's last n - 1 tokens bans its last token.
+    """
+    batch, length = tf.shape(history)[0], tf.shape(history)[1]
+    n = _per_row(ngram_size, batch, tf.int32)
+    start = tf.range(length)[None, :]  # [1, T]: the n-gram starting at each position
+    # Walk back from the end: the n-gram at s matches while history[s + j] == history[len - n + 1 + j], j < n - 1.
+    longest = tf.reduce_max(n)
+
+    def body(j, matched):
+        here = tf.gather(history, tf.clip_by_value(tf.range(length) + j, 0, length - 1), axis=1)  # [batch, T]
+        there = tf.gather(history, tf.clip_by_value(lengths - n + 1 + j, 0, length - 1)[:, None], batch_dims=1)
+        return j + 1, matched & ((j >= n - 1)[:, None] | (here == there))
+
+    _, matched = tf.while_loop(lambda j, _: j < longest - 1, body, (tf.constant(0), tf.ones([batch, length], tf.bool)))
+    # An n-gram counts if it lies whole in the history (s + n <= len) and the suffix it is matched against exists.
+    whole = (start + n[:, None] <= lengths[:, None]) & (n > 0)[:, None] & (lengths >= n)[:, None]
+    banned_ids = tf.gather(history, tf.clip_by_value(start + n[:, None] - 1, 0, length - 1), batch_dims=1)
+    hits = tf.where(matched & whole)  # [k, 2]: (row, start)
+    return _mask_of(hits[:, 0], tf.gather_nd(banned_ids, hits), batch, vocab_size)
+
+
+def _mask_of(rows, ids, batch, vocab_size):
+    """bool [batch, vocab]: True at (rows[i], ids[i]) (pairs may repeat)."""
+    indices = tf.stack([tf.cast(rows, tf.int32), tf.cast(ids, tf.int32)], -1)
+    return tf.scatter_nd(indices, tf.ones_like(indices[:, 0]), [batch, vocab_size]) > 0
+
+
+def bad_words_mask(history, lengths, bad_words, vocab_size):
+    """transformers' `NoBadWordsLogitsProcessor`, per row: `bad_words` [batch, W, S] holds each row's banned token
+    sequences right-aligned (-1 before a shorter one's first token, and for unused entries); a sequence's last token
+    is banned when the history ends with the tokens before it (a one-token sequence: always). bool [batch, vocab]."""
+    last = bad_words[:, :, -1]  # [batch, W]: the token each sequence bans
+    before = bad_words[:, :, :-1]
+    matched = _suffix_matches(history, lengths, before, before >= 0) & (last >= 0)
+    hits = tf.where(matched)  # [k, 2]: (row, sequence)
+    return _mask_of(hits[:, 0], tf.gather_nd(last, hits), tf.shape(history)[0], vocab_size)
+
+
+def min_p_logits(logits, min_p):
+    """transformers' `MinPLogitsWarper`, per row (`min_p` [batch], 0 = off): tokens whose probability is below
+    min_p times the most probable token's are masked (the most probable is always kept)."""
+    min_p = _per_row(min_p, tf.shape(logits)[0], tf.float32)
+    probs = tf.nn.softmax(logits)
+    threshold = min_p[:, None] * tf.reduce_max(probs, axis=-1, keepdims=True)
+    top = tf.one_hot(tf.argmax(probs, axis=-1), tf.shape(logits)[1], on_value=True, off_value=False)
+    return tf.where((probs < threshold) & ~top, MASKED_VALUE, logits)
+
+
+def typical_p_logits(logits, typical_p):
+    """transformers' `TypicalLogitsWarper`, per row (`typical_p` [batch], 1.0 = off): keep the tokens whose
+    information (-log p) is closest to the distribution's entropy, in that order, until their mass reaches p (the
+    token that crosses it included; the closest always kept). Only the rows with typical_p < 1 are sorted."""
+    batch = tf.shape(logits)[0]
+    mass = _per_row(typical_p, batch, tf.float32)
+    on = mass < 1.0
+
+    def typical():
+        rows = tf.where(on)[:, 0]
+        sub, sub_mass = tf.gather(logits, rows), tf.gather(mass, rows)
+        normalized = tf.nn.log_softmax(sub)
+        p = tf.exp(normalized)
+        entropy = -tf.reduce_sum(tf.where(p > 0, normalized * p, 0.0), axis=-1, keepdims=True)
+        shifted = tf.abs(-normalized - entropy)
+        order = tf.argsort(shifted, axis=-1, stable=True)  # ascending
+        sorted_shifted = tf.gather(shifted, order, batch_dims=1)
+        cumulative = tf.math.cumsum(tf.nn.softmax(tf.gather(sub, order, batch_dims=1)), axis=-1)
+        last = tf.minimum(
+            tf.reduce_sum(tf.cast(cumulative < sub_mass[:, None], tf.int32), axis=-1), tf.shape(sub)[1] - 1
+        )
+        cut = tf.gather(sorted_shifted, last[:, None], batch_dims=1)  # [rows, 1]
+        remove_sorted = (sorted_shifted > cut) & (tf.range(tf.shape(sub)[1]) > 0)[None, :]
+        remove = tf.scatter_nd(
+            tf.stack([tf.broadcast_to(tf.range(tf.shape(sub)[0])[:, None], tf.shape(order)), order], -1),
+            remove_sorted,
+            tf.shape(sub),
+        )
+        return tf.tensor_scatter_nd_update(logits, rows[:, None], tf.where(remove, MASKED_VALUE, sub))
+
+    return tf.cond(tf.reduce_any(on), typical, lambda: logits)
