@@ -149,3 +149,54 @@ def test_logit_bias_adds_to_the_named_tokens_only():
     want[0, 9] += 2.5
     want[1, 5] += 100
     np.testing.assert_array_equal(got, want)
+
+
+def off_controls(rows, length=8):
+    return dict(
+        presence_penalty=tf.zeros([rows]),
+        frequency_penalty=tf.zeros([rows]),
+        counts=tf.zeros([rows, VOCAB], tf.int32),
+        bias_ids=tf.zeros([rows, 3], tf.int32),
+        bias_values=tf.zeros([rows, 3]),
+        no_repeat_ngram_size=tf.zeros([rows], tf.int32),
+        bad_words=-tf.ones([rows, 2, 2], tf.int32),
+        history=tf.zeros([rows, length], tf.int32),
+        lengths=tf.zeros([rows], tf.int32),
+        min_p=tf.zeros([rows]),
+        typical_p=tf.ones([rows]),
+    )
+
+
+def test_choosing_with_every_control_off_is_choosing_without_them():
+    logits = tf.constant(random_logits(4, 21))
+    settings = dict(
+        temperature=tf.constant([0.0, 1.0, 0.7, 1.2]),
+        top_k=tf.constant([0, 40, 5, 0]),
+        top_p=tf.constant([1.0, 1.0, 0.8, 0.9]),
+        repetition_penalty=tf.constant([1.0, 1.3, 1.0, 1.0]),
+    )
+    seen = tf.constant(np.random.default_rng(1).random([4, VOCAB]) < 0.1)
+    seeds = tf.constant([[1, 0], [2, 0], [3, 1], [4, 2]])
+    for step in range(5):
+        steps = tf.fill([4], step)
+        want = filters.choose_tokens(logits, seen, seeds, steps, **settings)
+        got = filters.choose_tokens(logits, seen, seeds, steps, **settings, controls=off_controls(4))
+        assert list(got.numpy()) == list(want.numpy())
+
+
+def test_bans_come_before_the_warpers_and_greedy_takes_the_best_allowed():
+    logits = random_logits(2, 22)
+    best, second = np.argsort(-logits, axis=-1)[:, 0], np.argsort(-logits, axis=-1)[:, 1]
+    controls = off_controls(2)
+    controls["bad_words"] = tf.constant([[[-1, int(best[0])], [-1, -1]], [[-1, int(best[1])], [-1, -1]]])
+    settings = dict(temperature=tf.constant([0.0, 1.0]), top_k=tf.constant([0, 1]), top_p=tf.ones([2]))
+    got = filters.choose_tokens(
+        tf.constant(logits),
+        tf.zeros([2, VOCAB], tf.bool),
+        tf.constant([[1, 0], [2, 0]]),
+        tf.zeros([2], tf.int32),
+        repetition_penalty=tf.ones([2]),
+        controls=controls,
+        **settings,
+    ).numpy()
+    assert list(got) == list(second)  # greedy: the best allowed; top-k 1 counts among the allowed tokens only

@@ -117,8 +117,12 @@ def _filter(logits, k, p, top_values):
 
 def filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty, kernels=None):
     """Every filter in OpenAI's order, per row; greedy rows (temperature 0) get only the penalty."""
+    return _warp(apply_repetition_penalty(logits, seen, repetition_penalty), temperature, top_k, top_p, kernels)
+
+
+def _warp(logits, temperature, top_k, top_p, kernels=None):
+    """Temperature, then top-k and top-p, per row; greedy rows (temperature 0) pass unchanged."""
     batch = tf.shape(logits)[0]
-    logits = apply_repetition_penalty(logits, seen, repetition_penalty)
     temperature = _per_row(temperature, batch, tf.float32)
     greedy = temperature == 0.0
     scaled = logits / tf.where(greedy, 1.0, temperature)[:, None]
@@ -153,21 +157,69 @@ def _gumbel_row(row_seed, step, vocab_size):
     return -tf.math.log(-tf.math.log(uniform))
 
 
-def choose_tokens(logits, seen, row_seeds, steps, *, temperature, top_k, top_p, repetition_penalty, kernels=None):
+def choose_tokens(
+    logits, seen, row_seeds, steps, *, temperature, top_k, top_p, repetition_penalty, kernels=None, controls=None
+):
     """The next token of every row: int32 [batch]. Settings are scalars or per-row tensors; `steps` is each row's
-    number of tokens generated so far (the noise's step)."""
+    number of tokens generated so far (the noise's step).
+
+    `controls` (optional, every entry per row): `presence_penalty`, `frequency_penalty` with `counts` [batch,
+    vocab] (tokens generated so far); `bias_ids`, `bias_values` [batch, n]; `no_repeat_ngram_size` and `bad_words`
+    [batch, W, S] with `history` [batch, T] and `lengths` [batch] (the row's tokens so far); `min_p`, `typical_p`.
+    The order: presence and frequency penalties, logit bias, repetition penalty, the banned tokens (n-grams, bad
+    words) — then, for sampled rows, temperature, top-k, top-p, min-p, typical-p (transformers' order for its
+    processors and warpers; a greedy row takes the argmax after the bans, as transformers' greedy search does).
+    """
     batch = logits.shape[0] if logits.shape[0] is not None else tf.shape(logits)[0]
+    vocab_size = logits.shape[-1]
     greedy = _per_row(temperature, batch, tf.float32) == 0.0
     plain = tf.reduce_all(greedy) & tf.reduce_all(_per_row(repetition_penalty, batch, tf.float32) == 1.0)
+    if controls is not None:
+        c = controls
+        additive = tf.reduce_any(c["presence_penalty"] != 0.0) | tf.reduce_any(c["frequency_penalty"] != 0.0)
+        biased = tf.reduce_any(c["bias_values"] != 0.0)
+        ngrams = tf.reduce_any(c["no_repeat_ngram_size"] > 0)
+        bad = tf.reduce_any(c["bad_words"][:, :, -1] >= 0)
+        warped = tf.reduce_any(c["min_p"] > 0.0) | tf.reduce_any(c["typical_p"] < 1.0)
+        plain = plain & ~(additive | biased | ngrams | bad)
+
+    def processed():
+        x = logits
+        if controls is not None:
+            x = tf.cond(
+                additive,
+                lambda: apply_presence_frequency(x, c["counts"], c["presence_penalty"], c["frequency_penalty"]),
+                lambda: x,
+            )
+            x = tf.cond(biased, lambda: apply_logit_bias(x, c["bias_ids"], c["bias_values"]), lambda: x)
+        x = apply_repetition_penalty(x, seen, repetition_penalty)
+        if controls is not None:
+            banned = tf.cond(
+                ngrams,
+                lambda: no_repeat_ngram_mask(c["history"], c["lengths"], c["no_repeat_ngram_size"], vocab_size),
+                lambda: tf.zeros([batch, vocab_size], tf.bool),
+            )
+            banned |= tf.cond(
+                bad,
+                lambda: bad_words_mask(c["history"], c["lengths"], c["bad_words"], vocab_size),
+                lambda: tf.zeros([batch, vocab_size], tf.bool),
+            )
+            x = tf.where(banned, MASKED_VALUE, x)
+        return x
 
     def sampled():
-        filtered = filter_logits(logits, seen, temperature, top_k, top_p, repetition_penalty, kernels)
+        x = processed()
+        filtered = _warp(x, temperature, top_k, top_p, kernels)
+        if controls is not None:  # sampled rows only: greedy search applies no warper
+            min_p = tf.where(greedy, 0.0, _per_row(c["min_p"], batch, tf.float32))
+            typical_p = tf.where(greedy, 1.0, _per_row(c["typical_p"], batch, tf.float32))
+            filtered = tf.cond(
+                warped, lambda: typical_p_logits(min_p_logits(filtered, min_p), typical_p), lambda: filtered
+            )
         noisy = tf.cond(
             tf.reduce_all(greedy),
             lambda: filtered,  # an all-greedy batch draws no noise
-            lambda: tf.where(
-                greedy[:, None], filtered, filtered + gumbel_noise(row_seeds, steps, logits.shape[-1], ~greedy)
-            ),
+            lambda: tf.where(greedy[:, None], filtered, filtered + gumbel_noise(row_seeds, steps, vocab_size, ~greedy)),
         )
         return tf.argmax(noisy, axis=-1, output_type=tf.int32)
 
