@@ -24,6 +24,11 @@ class SamplerConfig:
     top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0  # OpenAI's, on generated tokens: logit - [count > 0] * presence
+    frequency_penalty: float = 0.0  # OpenAI's: logit - count * frequency
+    no_repeat_ngram_size: int = 0  # transformers': a token completing an n-gram already in the text is banned
+    min_p: float = 0.0  # transformers' MinPLogitsWarper (0 = off)
+    typical_p: float = 1.0  # transformers' TypicalLogitsWarper (1 = off)
 
     def __post_init__(self):
         if not (_is_number(self.temperature) and 0 <= self.temperature < math.inf):
@@ -36,6 +41,16 @@ class SamplerConfig:
             raise GPT2TFError(
                 f"repetition_penalty must be a finite number > 0 (1 = off), got {self.repetition_penalty}"
             )
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not (_is_number(getattr(self, name)) and -2 <= getattr(self, name) <= 2):
+                raise GPT2TFError(f"{name} must be from -2 to 2 (0 = off), got {getattr(self, name)}")
+        n = self.no_repeat_ngram_size
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+            raise GPT2TFError(f"no_repeat_ngram_size must be an integer >= 0 (0 = off), got {n}")
+        if not (_is_number(self.min_p) and 0 <= self.min_p <= 1):
+            raise GPT2TFError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
+        if not (_is_number(self.typical_p) and 0 < self.typical_p <= 1):
+            raise GPT2TFError(f"typical_p must be in (0, 1] (1 = off), got {self.typical_p}")
 
     @property
     def greedy(self):
