@@ -13,6 +13,9 @@ MAX_LOGPROBS = 5  # the most alternatives a request's log-probabilities list (Op
 # Seconds of decoding per call when the engine chooses how many steps to run (streamed output, the server): tokens
 # come in bursts this often, and a request arriving meanwhile waits at most this long to join.
 STREAM_INTERVAL = 0.1
+MAX_LOGIT_BIAS = 300  # entries in a request's logit_bias (OpenAI's limit); each bias from -100 to 100
+MAX_BAD_WORDS = 64  # token sequences a request may ban (a string counts twice: with and without a leading space)
+MAX_BAD_WORD_TOKENS = 16  # tokens in one banned sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +58,59 @@ class SamplerConfig:
     @property
     def greedy(self):
         return self.temperature == 0
+
+
+def check_logit_bias(bias):
+    """OpenAI's logit_bias: a mapping of token id (an int, or its decimal string as JSON has it) to a bias from -100
+    to 100, at most MAX_LOGIT_BIAS entries. Returns {id: bias} (None and {} are no bias). Whether the ids are in a
+    model's vocabulary is the engine's check."""
+    if bias is None:
+        return {}
+    if not isinstance(bias, dict):
+        raise GPT2TFError(f'logit_bias must map token ids to biases, e.g. {{"50256": -100}}, got {bias!r}')
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise GPT2TFError(f"logit_bias has {len(bias)} entries; at most {MAX_LOGIT_BIAS} are allowed")
+    out = {}
+    for key, value in bias.items():
+        token = key
+        if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+            token = int(key)
+        if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+            raise GPT2TFError(f"logit_bias keys must be token ids (whole numbers >= 0), got {key!r}")
+        if not (_is_number(value) and -100 <= value <= 100):
+            raise GPT2TFError(f"logit_bias values must be numbers from -100 to 100, got {value!r} for token {key}")
+        out[token] = out.get(token, 0.0) + float(value)
+    return out
+
+
+def check_bad_words(words):
+    """bad_words: strings, or token-id sequences, that may never be generated. Returns a tuple of strings and tuples
+    of ids (a lone string is one word)."""
+    if words is None:
+        return ()
+    if isinstance(words, str) or (
+        isinstance(words, (list, tuple)) and words and all(isinstance(t, int) and not isinstance(t, bool) for t in words)
+    ):
+        words = [words]  # one word (a string, or one sequence of ids)
+    if not isinstance(words, (list, tuple)):
+        raise GPT2TFError(f"bad_words must be a list of strings or of token-id lists, got {words!r}")
+    out = []
+    for word in words:
+        if isinstance(word, str):
+            if not word:
+                raise GPT2TFError("bad_words holds an empty string: give the words to ban, each non-empty")
+            out.append(word)
+        elif isinstance(word, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in word):
+            if not word:
+                raise GPT2TFError("bad_words holds an empty token list: give each banned sequence's token ids")
+            if any(t < 0 for t in word):
+                raise GPT2TFError(f"bad_words token ids must be >= 0, got {list(word)}")
+            if len(word) > MAX_BAD_WORD_TOKENS:
+                raise GPT2TFError(f"a bad word is at most {MAX_BAD_WORD_TOKENS} tokens long, got {len(word)}")
+            out.append(tuple(word))
+        else:
+            raise GPT2TFError(f"bad_words must be strings or lists of token ids, got {word!r}")
+    return tuple(out)
 
 
 def check_seed(seed):

@@ -34,7 +34,19 @@ from gpt2tf.decode.stops import StopScanner
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
-from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, STREAM_INTERVAL, SamplerConfig, check_seed, random_seed
+from gpt2tf.settings import (
+    MAX_BAD_WORD_TOKENS,
+    MAX_BAD_WORDS,
+    MAX_LOGIT_BIAS,
+    MAX_LOGPROBS,
+    MAX_SEED,
+    STREAM_INTERVAL,
+    SamplerConfig,
+    check_bad_words,
+    check_logit_bias,
+    check_seed,
+    random_seed,
+)
 
 CHUNK_STEPS = 32  # tokens per row per call when a whole batch is generated (`run`): one call, not 32
 MAX_CALL_STEPS = 64  # the most steps an automatic call runs
@@ -55,6 +67,14 @@ class Request:
     stop: tuple = ()  # strings that end the output (cut before them)
     stop_at_eos: bool = True
     logprobs: int = None  # None: no log-probabilities; n (0..5): each new token's, and the n most likely tokens'
+    # The decoding controls (see gpt2tf.decode.filters and docs/inference.md): off by default.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple = ()  # {token id: bias}, kept as sorted (id, bias) pairs
+    no_repeat_ngram_size: int = 0
+    bad_words: tuple = ()  # strings and token-id sequences that may never be generated
+    min_p: float = 0.0
+    typical_p: float = 1.0
 
     def __post_init__(self):
         try:
@@ -66,7 +86,11 @@ class Request:
         if not all(isinstance(s, str) for s in stop):
             raise GPT2TFError(f"stop must be a string or a list of strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(s for s in stop if s))
-        self.sampler()  # temperature, top_k, top_p, repetition_penalty
+        self.sampler()  # temperature, top_k, top_p, the penalties, no_repeat_ngram_size, min_p, typical_p
+        bias = self.logit_bias
+        bias = check_logit_bias(dict(bias) if isinstance(bias, (tuple, list)) else bias)
+        object.__setattr__(self, "logit_bias", tuple(sorted(bias.items())))
+        object.__setattr__(self, "bad_words", check_bad_words(self.bad_words))
         check_seed(self.seed)
         if not (
             isinstance(self.max_new_tokens, int)
@@ -84,9 +108,12 @@ class Request:
             raise GPT2TFError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, got {self.logprobs}")
 
     def sampler(self):
-        return SamplerConfig(
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, repetition_penalty=self.repetition_penalty
-        )
+        return SamplerConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SamplerConfig)})
+
+    @property
+    def needs_history(self):
+        """Whether the row's choices read its tokens so far (the n-gram and bad-word bans, the penalties)."""
+        return bool(self.no_repeat_ngram_size or self.bad_words or self.presence_penalty or self.frequency_penalty)
 
 
 class Output(tuple):
@@ -104,7 +131,19 @@ class Output(tuple):
     finished = property(lambda self: self[2])
 
 
-_IDLE = dict(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)  # a free row's settings: plain greedy
+# A free row's settings: plain greedy, every control off.
+_IDLE = dict(
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    repetition_penalty=1.0,
+    presence_penalty=0.0,
+    frequency_penalty=0.0,
+    no_repeat_ngram_size=0,
+    min_p=0.0,
+    typical_p=1.0,
+)
+_INTEGER_SETTINGS = ("top_k", "no_repeat_ngram_size")
 
 
 @dataclasses.dataclass
@@ -119,6 +158,7 @@ class _Row:
     logprobs: list = dataclasses.field(default_factory=list)  # per generated token, with Request(logprobs=n)
     emitted: int = 0  # generated tokens already returned by `step`
     stops: StopScanner = None  # with Request(stop=...)
+    bad_words: list = dataclasses.field(default_factory=list)  # the request's bad words as token-id sequences
 
 
 class Engine:
@@ -159,11 +199,17 @@ class Engine:
         self._cache = self._runner.cache_variables(max_batch, max_length)
         self._logits = tf.Variable(tf.zeros([max_batch, vocab]), trainable=False)
         self._seen = tf.Variable(tf.zeros([max_batch, vocab], tf.bool), trainable=False)
+        # Each row's tokens so far (prompt and output, at the slots of its cache), written only for rows whose
+        # controls read them (Request.needs_history).
+        self._history = tf.Variable(tf.zeros([max_batch, max_length], tf.int32), trainable=False)
         # Per-row settings and positions live here and go to each step as small tensors.
         self._settings = {
-            name: np.full(max_batch, value, np.int32 if name == "top_k" else np.float32)
+            name: np.full(max_batch, value, np.int32 if name in _INTEGER_SETTINGS else np.float32)
             for name, value in _IDLE.items()
         }
+        self._bias_ids = np.zeros([max_batch, MAX_LOGIT_BIAS], np.int32)
+        self._bias_values = np.zeros([max_batch, MAX_LOGIT_BIAS], np.float32)
+        self._bad_words = np.full([max_batch, MAX_BAD_WORDS, MAX_BAD_WORD_TOKENS], -1, np.int32)  # right-aligned
         self._row_seeds = np.zeros([max_batch, 2], np.int32)
         self._steps = np.zeros(max_batch, np.int32)  # tokens generated so far: the noise's step
         self._position = np.zeros(max_batch, np.int32)  # slots written so far
@@ -211,6 +257,7 @@ class Engine:
             request,
             request.seed if request.seed is not None else random_seed(),
             stops=StopScanner(self.encoder, request.stop) if request.stop else None,
+            bad_words=self.bad_word_ids(request),
         )
         self._rows[slot] = row
         return row.rid
@@ -236,12 +283,50 @@ class Engine:
             raise GPT2TFError(
                 f"{name} holds token id {outside[0]}, outside the model's vocabulary of {vocab} ids (0..{vocab - 1})"
             )
+        outside = [t for t, _ in request.logit_bias if t >= vocab]
+        if outside:
+            raise GPT2TFError(
+                f"logit_bias names token id {outside[0]}, outside the model's vocabulary of {vocab} ids (0..{vocab - 1})"
+            )
+        self.bad_word_ids(request)
         if len(request.prompt) + request.max_new_tokens > self.max_length:
             raise GPT2TFError(
                 f"{name} has {len(request.prompt)} tokens; with {request.max_new_tokens} new tokens "
                 f"that exceeds the {self.max_length} this engine holds (the model's context is "
                 f"{self.model.hparams.n_ctx}): shorten the prompt or the output"
             )
+
+    def bad_word_ids(self, request):
+        """The token-id sequences `request.bad_words` bans: a sequence as given; a string as it encodes and, unless it
+        starts with a space, as it encodes after one (" word" is how a word mostly appears in GPT-2's tokens)."""
+        if not request.bad_words:
+            return []
+        vocab, sequences = self.model.hparams.n_vocab, []
+        for word in request.bad_words:
+            if isinstance(word, str):
+                self.encoder = self.encoder or get_encoder()
+                forms = [word] if word.startswith(" ") else [word, " " + word]
+                candidates = [tuple(self.encoder.encode(form)) for form in forms]
+            else:
+                candidates = [word]
+            for ids in candidates:
+                if any(t >= vocab for t in ids):
+                    raise GPT2TFError(
+                        f"bad_words holds token id {max(ids)}, outside the model's vocabulary of {vocab} ids "
+                        f"(0..{vocab - 1})"
+                    )
+                if len(ids) > MAX_BAD_WORD_TOKENS:
+                    raise GPT2TFError(
+                        f"bad word {word!r} is {len(ids)} tokens long; at most {MAX_BAD_WORD_TOKENS} are allowed"
+                    )
+                if ids not in sequences:
+                    sequences.append(ids)
+        if len(sequences) > MAX_BAD_WORDS:
+            raise GPT2TFError(
+                f"bad_words gives {len(sequences)} token sequences, more than the {MAX_BAD_WORDS} a request may ban "
+                f"(a string counts twice: with and without a leading space)"
+            )
+        return sequences
 
     def cancel(self, rid):
         """Free the slot of request `rid` (nothing happens if it has already finished)."""
@@ -254,6 +339,7 @@ class Engine:
         self._decoding[slot] = self._logprobs[slot] = False  # a free row costs the step nothing
         for name, value in self._settings.items():
             value[slot] = _IDLE[name]
+        self._bias_ids[slot], self._bias_values[slot], self._bad_words[slot] = 0, 0.0, -1
 
     # -----------------------------------------------------------------------------------------------------------
     # Prefill and step
@@ -292,8 +378,14 @@ class Engine:
         seen[list(request.prompt)] = True
         self._logits[slot].assign(logits)
         self._seen[slot].assign(seen)
+        if request.needs_history:
+            self._history[slot, : len(request.prompt)].assign(request.prompt)
         for name, value in self._settings.items():
             value[slot] = getattr(request, name)
+        for i, (token, bias) in enumerate(request.logit_bias):
+            self._bias_ids[slot, i], self._bias_values[slot, i] = token, bias
+        for i, ids in enumerate(row.bad_words):
+            self._bad_words[slot, i, MAX_BAD_WORD_TOKENS - len(ids) :] = ids
         self._row_seeds[slot] = (row.seed, request.sample)
         self._steps[slot], self._position[slot] = 0, len(request.prompt)
         self._limit[slot], self._stop_at_eos[slot] = request.max_new_tokens, request.stop_at_eos
@@ -313,11 +405,14 @@ class Engine:
             self._move(used[-1], free[0])
 
     def _move(self, source, target):
-        for variable in [self._logits, self._seen] + [v for layer in self._cache for v in layer]:
+        for variable in [self._logits, self._seen, self._history] + [v for layer in self._cache for v in layer]:
             variable[target].assign(variable[source])
         for array in (
             *self._settings.values(),
             self._row_seeds,
+            self._bias_ids,
+            self._bias_values,
+            self._bad_words,
             self._steps,
             self._position,
             self._limit,
@@ -341,6 +436,10 @@ class Engine:
             stop_at_eos=tf.constant(self._stop_at_eos[:rows]),
             logprobs=tf.constant(self._logprobs[:rows]),
             row_seeds=tf.constant(self._row_seeds[:rows]),
+            history=self._history,
+            bias_ids=tf.constant(self._bias_ids[:rows]),
+            bias_values=tf.constant(self._bias_values[:rows]),
+            bad_words=tf.constant(self._bad_words[:rows]),
             **{name: tf.constant(value[:rows]) for name, value in self._settings.items()},
         )
 

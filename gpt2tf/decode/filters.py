@@ -163,9 +163,10 @@ def choose_tokens(
     """The next token of every row: int32 [batch]. Settings are scalars or per-row tensors; `steps` is each row's
     number of tokens generated so far (the noise's step).
 
-    `controls` (optional, every entry per row): `presence_penalty`, `frequency_penalty` with `counts` [batch,
-    vocab] (tokens generated so far); `bias_ids`, `bias_values` [batch, n]; `no_repeat_ngram_size` and `bad_words`
-    [batch, W, S] with `history` [batch, T] and `lengths` [batch] (the row's tokens so far); `min_p`, `typical_p`.
+    `controls` (optional, every entry per row): `history` [batch, T] and `lengths` [batch] (row r's tokens so far
+    are history[r, :lengths[r]], its prompt and what it has generated) with `generated_from` [batch] (where its
+    generated tokens begin); `presence_penalty`, `frequency_penalty` (on the generated tokens' counts); `bias_ids`,
+    `bias_values` [batch, n]; `no_repeat_ngram_size`; `bad_words` [batch, W, S]; `min_p`, `typical_p`.
     The order: presence and frequency penalties, logit bias, repetition penalty, the banned tokens (n-grams, bad
     words) — then, for sampled rows, temperature, top-k, top-p, min-p, typical-p (transformers' order for its
     processors and warpers; a greedy row takes the argmax after the bans, as transformers' greedy search does).
@@ -188,7 +189,12 @@ def choose_tokens(
         if controls is not None:
             x = tf.cond(
                 additive,
-                lambda: apply_presence_frequency(x, c["counts"], c["presence_penalty"], c["frequency_penalty"]),
+                lambda: apply_presence_frequency(
+                    x,
+                    generated_counts(c["history"], c["generated_from"], c["lengths"], vocab_size),
+                    c["presence_penalty"],
+                    c["frequency_penalty"],
+                ),
                 lambda: x,
             )
             x = tf.cond(biased, lambda: apply_logit_bias(x, c["bias_ids"], c["bias_values"]), lambda: x)
@@ -240,6 +246,15 @@ def apply_presence_frequency(logits, counts, presence, frequency):
     presence = _per_row(presence, batch, tf.float32)[:, None]
     frequency = _per_row(frequency, batch, tf.float32)[:, None]
     return logits - counts * frequency - tf.cast(counts > 0, tf.float32) * presence
+
+
+def generated_counts(history, start, end, vocab_size):
+    """How often each row has each token among history[r, start[r]:end[r]]: int32 [batch, vocab]."""
+    batch, length = tf.shape(history)[0], tf.shape(history)[1]
+    at = tf.range(length)[None, :]
+    inside = tf.where((at >= start[:, None]) & (at < end[:, None]))  # [k, 2]: (row, position)
+    indices = tf.stack([tf.cast(inside[:, 0], tf.int32), tf.gather_nd(history, inside)], -1)
+    return tf.scatter_nd(indices, tf.ones_like(indices[:, 0]), [batch, vocab_size])
 
 
 def apply_logit_bias(logits, bias_ids, bias_values):

@@ -6,6 +6,8 @@ makes room for the next at once. The sampling rules are `gpt2tf.decode.filters`'
 `gpt2tf.decode.stops`'; prompts are prepared by `gpt2tf.decode.prompts`.
 """
 
+import dataclasses
+
 from gpt2tf.decode.engine import CHUNK_STEPS, Engine, Request
 from gpt2tf.decode.prompts import prepare_prompt
 from gpt2tf.decode.stops import cut_at_stop
@@ -32,6 +34,8 @@ def generate_stream(
     chunk_steps=CHUNK_STEPS,
     jit_compile=True,
     encoder=None,
+    logit_bias=None,
+    bad_words=(),
 ):
     """Yield `(row, new_ids)` as tokens are produced; rows are prompt-major (prompt i, sample j: row i*nsamples+j).
 
@@ -40,6 +44,8 @@ def generate_stream(
     exactly; `generate_text` does that). At most `batch_size` rows (default: all) decode at once, `chunk_steps`
     tokens per row per compiled call (1 yields each token as soon as it is chosen; None chooses per call: the first
     token at once, then bursts every `gpt2tf.settings.STREAM_INTERVAL` seconds, see `Engine.auto_steps`).
+    `config` holds the numeric sampling settings and controls; `logit_bias` ({token id: bias}) and `bad_words`
+    (strings or token-id sequences) are `Request`'s.
     """
     if not (isinstance(length, int) and length > 0):
         raise GPT2TFError(f"length must be a positive number of tokens, got {length}")
@@ -62,10 +68,9 @@ def generate_stream(
         Request(
             prompt=prompt,
             max_new_tokens=length,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-            repetition_penalty=config.repetition_penalty,
+            **dataclasses.asdict(config),
+            logit_bias=logit_bias,
+            bad_words=bad_words,
             seed=seed,
             sample=j,
             stop=tuple(stop),
@@ -106,13 +111,31 @@ def generate(
     stop_at_eos=True,
     truncate_prompt=False,
     jit_compile=True,
+    presence_penalty=0.0,
+    frequency_penalty=0.0,
+    logit_bias=None,
+    no_repeat_ngram_size=0,
+    bad_words=(),
+    min_p=0.0,
+    typical_p=1.0,
 ):
     """New token ids for every (prompt, sample): a list of `len(prompts) * nsamples` lists, prompt-major.
 
-    `prompts` are lists of token ids (an empty one starts from <|endoftext|>). The sampling rules are
-    `gpt2tf.decode.filters`'; `seed` makes the output reproducible.
+    `prompts` are lists of token ids (an empty one starts from <|endoftext|>). The sampling rules and the controls
+    (presence and frequency penalties, logit_bias, no_repeat_ngram_size, bad_words, min_p, typical_p) are
+    `gpt2tf.decode.filters`'; docs/inference.md says what each does. `seed` makes the output reproducible.
     """
-    config = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    config = SamplerConfig(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        min_p=min_p,
+        typical_p=typical_p,
+    )
     outputs = [[] for _ in range(len(prompts) * nsamples)]
     for row, ids in generate_stream(
         model,
@@ -126,6 +149,8 @@ def generate(
         stop_at_eos=stop_at_eos,
         truncate_prompt=truncate_prompt,
         jit_compile=jit_compile,
+        logit_bias=logit_bias,
+        bad_words=bad_words,
     ):
         outputs[row].extend(ids)
     return outputs

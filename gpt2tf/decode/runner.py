@@ -28,7 +28,7 @@ from tensorflow.compiler.tf2xla.python import xla
 
 from gpt2tf.decode.filters import choose_tokens
 from gpt2tf.layout import EOT_ID
-from gpt2tf.settings import MAX_LOGPROBS
+from gpt2tf.settings import MAX_BAD_WORD_TOKENS, MAX_BAD_WORDS, MAX_LOGIT_BIAS, MAX_LOGPROBS
 
 
 def decode_loop(
@@ -49,6 +49,7 @@ def decode_loop(
     max_length,
     kernels=None,
     last_step=True,
+    controls=None,
 ):
     """Up to `count` tokens for every decoding row, in a graph-mode while loop.
 
@@ -60,6 +61,12 @@ def decode_loop(
     <|endoftext|> (with `stop_at_eos`) or after `limit` tokens in all, and the loop once no row decodes.
     `last_step=False` skips the model step after the tokens that end every row (whose logits nobody reads): the
     export's choice; the engine steps every time (a conditional around the model costs its hot loop more).
+
+    `controls` (None: every one off) holds the other per-row settings `choose_tokens` takes (presence_penalty,
+    frequency_penalty, bias_ids, bias_values, no_repeat_ngram_size, bad_words, min_p, typical_p) and `history`
+    [rows, max_length]: each row's tokens so far at its slots (what the n-gram and bad-word bans and the penalties
+    read; a row's generated tokens are the last `steps` before `position`). Each chosen token is written to it
+    while a row reads it; it comes back updated as `history`.
 
     Returns {tokens, live: [steps run, rows] (whether the row was decoding at that step), logits, seen, state,
     and, when a row wants `logprobs`, the log-probabilities under the model (before any sampling setting) of each
@@ -78,8 +85,18 @@ def decode_loop(
     def none(row_logits, token):
         return tf.zeros([rows]), tf.zeros([rows, MAX_LOGPROBS]), tf.zeros([rows, MAX_LOGPROBS], tf.int32)
 
-    def body(i, decoding, position, steps, logits, seen, state, arrays):
-        token = choose_tokens(logits, seen, row_seeds, steps, kernels=kernels, **settings)
+    if controls is not None:
+        history = controls["history"]
+        needs_history = reads_history(controls)
+    else:
+        history = tf.zeros([rows, 0], tf.int32)
+
+    def body(i, decoding, position, steps, logits, seen, history, state, arrays):
+        if controls is None:
+            token = choose_tokens(logits, seen, row_seeds, steps, kernels=kernels, **settings)
+        else:
+            row_controls = dict(controls, history=history, lengths=position, generated_from=position - steps)
+            token = choose_tokens(logits, seen, row_seeds, steps, kernels=kernels, controls=row_controls, **settings)
         lp = tf.cond(any_logprobs, lambda: log_probabilities(logits, token), lambda: none(logits, token))
         token = tf.where(decoding, token, 0)
         done = decoding & ((stop_at_eos & (token == EOT_ID)) | (steps + 1 >= limit))
@@ -94,17 +111,25 @@ def decode_loop(
         seen = tf.cond(
             any_penalty, lambda: seen | ((tf.one_hot(token, vocab_size) > 0) & decoding[:, None]), lambda: seen
         )
+        if controls is not None:
+            history = tf.cond(
+                needs_history,
+                lambda: tf.tensor_scatter_nd_update(
+                    history, tf.stack([tf.range(rows), tf.minimum(at, tf.shape(history)[1] - 1)], -1), token
+                ),
+                lambda: history,
+            )
         step = tf.cast(decoding, tf.int32)
         arrays = [a.write(i, v) for a, v in zip(arrays, (token, decoding, *lp))]
-        return i + 1, decoding & ~done, position + step, steps + step, logits, seen, state, arrays
+        return i + 1, decoding & ~done, position + step, steps + step, logits, seen, history, state, arrays
 
     arrays = [
         tf.TensorArray(d, size=0, dynamic_size=True) for d in (tf.int32, tf.bool, tf.float32, tf.float32, tf.int32)
     ]
-    *_, logits, seen, state, arrays = tf.while_loop(
+    *_, logits, seen, history, state, arrays = tf.while_loop(
         lambda i, decoding, *_: (i < count) & tf.reduce_any(decoding),
         body,
-        (tf.constant(0), decoding, position, steps, logits, seen, state, arrays),
+        (tf.constant(0), decoding, position, steps, logits, seen, history, state, arrays),
     )
     tokens, live, chosen, top_values, top_ids = (a.stack() for a in arrays)
     return dict(
@@ -115,6 +140,7 @@ def decode_loop(
         top_ids=top_ids,
         logits=logits,
         seen=seen,
+        history=history,
         state=state,
     )
 
@@ -239,6 +265,8 @@ class Runner:
                 tf.Variable(tf.zeros([batch, self.vocab_size], tf.bool), trainable=False),
             )
         logits, seen = self._scratch[batch]
+        if (batch, length) not in self._scratch:
+            self._scratch[(batch, length)] = tf.Variable(tf.zeros([batch, length], tf.int32), trainable=False)
         zeros = tf.zeros([rows], tf.int32)
         return dict(
             count=tf.constant(1),
@@ -256,6 +284,8 @@ class Runner:
             top_k=zeros,
             top_p=tf.ones([rows]),
             repetition_penalty=tf.ones([rows]),
+            history=self._scratch[(batch, length)],
+            **off_controls(rows),
         )
 
     # -----------------------------------------------------------------------------------------------------------
@@ -291,9 +321,18 @@ class Runner:
         top_k,
         top_p,
         repetition_penalty,
+        history,
+        presence_penalty,
+        frequency_penalty,
+        bias_ids,
+        bias_values,
+        no_repeat_ngram_size,
+        bad_words,
+        min_p,
+        typical_p,
     ):
         """`decode_loop` on the first `rows` rows of an engine's variables (rows = decoding's length): the cache is
-        updated in place, the logits and seen written back. Returns decode_loop's arrays."""
+        updated in place, the logits, seen and history written back. Returns decode_loop's arrays."""
         max_length, rows = cache[0][0].shape[2], decoding.shape[0]
 
         def step_model(token, at, state):
@@ -303,6 +342,17 @@ class Runner:
             return self.head(x), state
 
         settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+        controls = dict(
+            history=history[:rows],
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            bias_ids=bias_ids,
+            bias_values=bias_values,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            bad_words=bad_words,
+            min_p=min_p,
+            typical_p=typical_p,
+        )
         out = decode_loop(
             step_model,
             (),
@@ -319,8 +369,10 @@ class Runner:
             settings=settings,
             max_length=max_length,
             kernels=self.kernels,
+            controls=controls,
         )
         logits[:rows].assign(out["logits"])
+        tf.cond(reads_history(controls), lambda: history[:rows].assign(out["history"]).op, tf.no_op)
         tf.cond(tf.reduce_any(repetition_penalty != 1.0), lambda: seen[:rows].assign(out["seen"]).op, tf.no_op)
         return {k: out[k] for k in ("tokens", "chosen", "top_values", "top_ids")}
 
@@ -398,6 +450,30 @@ class Runner:
 
     def _layer(self, i):
         return None if self._shared else i
+
+
+def reads_history(controls):
+    """Whether any row's controls read its tokens so far (the n-gram and bad-word bans, the penalties)."""
+    return (
+        tf.reduce_any(controls["no_repeat_ngram_size"] > 0)
+        | tf.reduce_any(controls["bad_words"][:, :, -1] >= 0)
+        | tf.reduce_any(controls["presence_penalty"] != 0.0)
+        | tf.reduce_any(controls["frequency_penalty"] != 0.0)
+    )
+
+
+def off_controls(rows):
+    """Every control off for `rows` rows (the trial step's, and a caller's that sets only some)."""
+    return dict(
+        presence_penalty=tf.zeros([rows]),
+        frequency_penalty=tf.zeros([rows]),
+        bias_ids=tf.zeros([rows, MAX_LOGIT_BIAS], tf.int32),
+        bias_values=tf.zeros([rows, MAX_LOGIT_BIAS]),
+        no_repeat_ngram_size=tf.zeros([rows], tf.int32),
+        bad_words=tf.fill([rows, MAX_BAD_WORDS, MAX_BAD_WORD_TOKENS], -1),
+        min_p=tf.zeros([rows]),
+        typical_p=tf.ones([rows]),
+    )
 
 
 _KERAS_WRAPPED = ("build", "quantize")  # methods Keras itself wraps on every layer instance
