@@ -88,9 +88,7 @@ def check_bad_words(words):
     of ids (a lone string is one word)."""
     if words is None:
         return ()
-    if isinstance(words, str) or (
-        isinstance(words, (list, tuple)) and words and all(isinstance(t, int) and not isinstance(t, bool) for t in words)
-    ):
+    if isinstance(words, str) or (isinstance(words, (list, tuple)) and words and all(map(_is_token, words))):
         words = [words]  # one word (a string, or one sequence of ids)
     if not isinstance(words, (list, tuple)):
         raise GPT2TFError(f"bad_words must be a list of strings or of token-id lists, got {words!r}")
@@ -100,7 +98,7 @@ def check_bad_words(words):
             if not word:
                 raise GPT2TFError("bad_words holds an empty string: give the words to ban, each non-empty")
             out.append(word)
-        elif isinstance(word, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in word):
+        elif isinstance(word, (list, tuple)) and all(map(_is_token, word)):
             if not word:
                 raise GPT2TFError("bad_words holds an empty token list: give each banned sequence's token ids")
             if any(t < 0 for t in word):
@@ -123,6 +121,10 @@ def check_seed(seed):
 def random_seed():
     """A fresh seed for when none is given (a non-negative int32, as the stateless generators take)."""
     return int.from_bytes(os.urandom(4), "little") >> 1
+
+
+def _is_token(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value):

@@ -219,8 +219,9 @@ def test_bans_come_before_the_warpers_and_greedy_takes_the_best_allowed():
 def both(tmp_path_factory):
     """A tiny synthetic checkpoint (GPT-2's vocabulary) in gpt2tf and, written by save_hf_checkpoint, in
     transformers. Its greedy text repeats itself, which gives the bans something to do."""
-    import gpt2tf
     import transformers
+
+    import gpt2tf
     from gpt2tf.hparams import HParams
 
     path = tmp_path_factory.mktemp("controls")

@@ -286,7 +286,8 @@ class Engine:
         outside = [t for t, _ in request.logit_bias if t >= vocab]
         if outside:
             raise GPT2TFError(
-                f"logit_bias names token id {outside[0]}, outside the model's vocabulary of {vocab} ids (0..{vocab - 1})"
+                f"logit_bias names token id {outside[0]}, outside the model's vocabulary of {vocab} ids "
+                f"(0..{vocab - 1})"
             )
         self.bad_word_ids(request)
         if len(request.prompt) + request.max_new_tokens > self.max_length:
