@@ -10,15 +10,17 @@ A `GPT2TFError` (or a usage error) becomes `error: <one line>` and exit status 2
 
 import argparse
 import dataclasses
+import json
 
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import DEFAULT_MODEL_DIR
-from gpt2tf.settings import SamplerConfig, check_seed
+from gpt2tf.settings import SamplerConfig, check_bad_words, check_logit_bias, check_seed
 from gpt2tf.weight_formats import WEIGHT_FORMATS
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # a model's compute dtype for decoding and scoring
 SAMPLING = "sampling"  # the help section of the sampling flags
 COMPUTE = "compute"  # the help section of the precision and weights flags
+CONTROLS = "decoding controls (docs/inference.md)"  # the help section of the controls' flags
 
 
 def flag(default, help, **metadata):
@@ -105,6 +107,59 @@ class SamplingFlags:
     def check_sampling(self):
         self.sampler()
         check_seed(self.seed)
+
+
+@dataclasses.dataclass
+class ControlFlags:
+    """The decoding controls beyond temperature, top-k and top-p (the rules: `gpt2tf.decode.filters`)."""
+
+    no_repeat_ngram_size: int = flag(
+        0, "never repeat an n-gram of this size (prompt included), transformers' rule; 0 = off", group=CONTROLS
+    )
+    presence_penalty: float = flag(
+        0.0, "subtract this from a token's logit once it has been generated, -2..2 (OpenAI's); 0 = off", group=CONTROLS
+    )
+    frequency_penalty: float = flag(
+        0.0, "subtract this times how often a token has been generated, -2..2 (OpenAI's); 0 = off", group=CONTROLS
+    )
+    logit_bias: str = flag(
+        None,
+        "JSON {\"token id\": bias}, bias -100..100 added to that token's logit (OpenAI's; -100 bans it), e.g. "
+        "'{\"50256\": -100}'",
+        metavar="JSON",
+        group=CONTROLS,
+    )
+    bad_words: list = flag(
+        [],
+        "never generate this text (repeatable; banned as written and after a space, at its last token)",
+        metavar="TEXT",
+        group=CONTROLS,
+    )
+    min_p: float = flag(
+        0.0, "drop tokens less likely than min_p times the most likely, in [0, 1]; 0 = off", group=CONTROLS
+    )
+    typical_p: float = flag(1.0, "locally typical sampling's mass, in (0, 1]; 1 = off", group=CONTROLS)
+
+    def controls(self):
+        """The controls as `generate`'s keyword arguments, checked (one line naming the setting)."""
+        bias = None
+        if self.logit_bias is not None:
+            try:
+                bias = json.loads(self.logit_bias)
+            except json.JSONDecodeError:
+                raise GPT2TFError(
+                    f"--logit_bias must be a JSON object of token ids to biases, e.g. '{{\"50256\": -100}}', "
+                    f"got {self.logit_bias!r}"
+                ) from None
+        controls = dict(
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            min_p=self.min_p,
+            typical_p=self.typical_p,
+        )
+        SamplerConfig(**controls)
+        return dict(controls, logit_bias=check_logit_bias(bias), bad_words=check_bad_words(list(self.bad_words)))
 
 
 # ---------------------------------------------------------------------------------------------------------------

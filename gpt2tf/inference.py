@@ -11,7 +11,16 @@ import re
 import sys
 from pathlib import Path
 
-from gpt2tf.config import SAMPLING, ModelFlags, PrecisionFlags, SamplingFlags, WeightsFlags, flag, override
+from gpt2tf.config import (
+    SAMPLING,
+    ControlFlags,
+    ModelFlags,
+    PrecisionFlags,
+    SamplingFlags,
+    WeightsFlags,
+    flag,
+    override,
+)
 from gpt2tf.decode.stops import cut_at_stop
 from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
@@ -29,7 +38,7 @@ OUTPUT = "output"
 
 
 @dataclasses.dataclass
-class InferenceConfig(SamplingFlags, WeightsFlags, PrecisionFlags, ModelFlags):
+class InferenceConfig(ControlFlags, SamplingFlags, WeightsFlags, PrecisionFlags, ModelFlags):
     """What `inference.py` (and `gpt2tf generate`) does; each field is the flag of the same name."""
 
     model_dir: str = override(
@@ -114,8 +123,9 @@ class InferenceConfig(SamplingFlags, WeightsFlags, PrecisionFlags, ModelFlags):
         top_k = self.top_k if self.top_k is not None else (0 if self.nucleus else DEFAULT_TOP_K)
         top_p = self.top_p if self.top_p is not None else (DEFAULT_TOP_P if self.nucleus else 1.0)
         temperature = 0.0 if self.greedy else self.temperature
+        controls = {k: v for k, v in self.controls().items() if k not in ("logit_bias", "bad_words")}
         return SamplerConfig(
-            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=self.repetition_penalty
+            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=self.repetition_penalty, **controls
         )
 
 
@@ -160,7 +170,7 @@ def check(config):
         if config.weights in (None, "float32"):
             raise GPT2TFError("--save_quantized saves int8 or bf16 weights: give --weights int8 or --weights bf16")
         check_output_dir(config.save_quantized, marker=QUANTIZED_FILE, what="quantized model")
-    config.sampler()  # temperature, top_k, top_p, repetition_penalty
+    config.sampler()  # temperature, top_k, top_p, repetition_penalty and the controls
     check_seed(config.seed)
     for name in ("output_length", "nsamples", "batch_size"):
         if getattr(config, name) <= 0:
@@ -244,6 +254,8 @@ def _generate_and_print(model, encoder, config, prompts, out, indices=None):
         chunk_steps=None if stream else CHUNK_STEPS,  # streamed: a burst of tokens every STREAM_INTERVAL
         jit_compile=not config.no_xla,
         encoder=encoder,
+        logit_bias=config.controls()["logit_bias"],
+        bad_words=[unescape(w) for w in config.bad_words],
     )
     current = None
     for row, ids in rows:

@@ -76,6 +76,32 @@ def test_jsonl_output_matches_the_library(model_dir):
     assert [r["text"] for r in rows] == [enc.decode(ids) for ids in want]
 
 
+def test_the_decoding_control_flags_match_the_library(model_dir):
+    args = ["--model_dir", model_dir, "--starter", "She picked up the sword", "--output_length", "12", "--seed", "4"]
+    controls = ["--no_repeat_ngram_size", "2", "--presence_penalty", "0.5", "--frequency_penalty", "1"]
+    controls += ["--logit_bias", '{"13": -100, "262": 2.5}', "--bad_words", "the", "--bad_words", "sword\\n"]
+    controls += ["--min_p", "0.05", "--typical_p", "0.95", "--top_k", "0", "--output", "jsonl"]
+    result = _cli(*args, *controls)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)["tokens"]
+    model = gpt2tf.load_model(model_dir)
+    enc = gpt2tf.get_encoder()
+    want = sample.generate(
+        model,
+        [enc.encode("She picked up the sword")],
+        length=12,
+        seed=4,
+        no_repeat_ngram_size=2,
+        presence_penalty=0.5,
+        frequency_penalty=1.0,
+        logit_bias={13: -100, 262: 2.5},
+        bad_words=["the", "sword\n"],
+        min_p=0.05,
+        typical_p=0.95,
+    )[0]
+    assert got == want
+
+
 def test_plain_output_streams_each_sample_with_a_header(model_dir):
     text = _run(model_dir=str(model_dir), starter="Hello", output_length=8, nsamples=2, seed=1, no_eos_stop=True)
     assert text.count("SAMPLE 1") == 1 and text.count("SAMPLE 2") == 1
@@ -263,6 +289,12 @@ def test_an_over_long_prompt_in_interactive_mode_is_reported_and_asked_again(mod
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--temperature", "inf"], "temperature must be a finite number"),
         (["--seed", "4294967296"], "seed must be a whole number from 0 to 2147483647"),
+        (["--presence_penalty", "3"], "presence_penalty must be from -2 to 2"),
+        (["--logit_bias", "{50256: -100}"], "--logit_bias must be a JSON object"),
+        (["--logit_bias", '{"50256": -200}'], "logit_bias values must be numbers from -100 to 100"),
+        (["--bad_words", ""], "bad_words holds an empty string"),
+        (["--typical_p", "0"], "typical_p must be in (0, 1]"),
+        (["--no_repeat_ngram_size", "-1"], "no_repeat_ngram_size must be an integer >= 0"),
     ],
 )
 def test_flag_errors_are_one_line_before_tensorflow_loads(args, message):

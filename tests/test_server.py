@@ -77,6 +77,70 @@ def test_completion_with_the_openai_client_equals_generate(client, model):
     assert [c.index for c in seeded.choices] == [0, 1, 2]
 
 
+def test_decoding_controls_over_the_api_equal_generate(client, model):
+    """OpenAI's presence/frequency penalties and logit_bias, and the extra fields (as vLLM takes top_k), give what
+    the library's generate gives with the same settings; streamed too."""
+    enc = gpt2tf.get_encoder()
+    plain = expected(model, PROMPT, length=12, temperature=0)[0]
+    banned = enc.encode(plain)[0]
+    cases = [
+        (dict(presence_penalty=1.5, frequency_penalty=0.5, logit_bias={str(banned): -100}), {}),
+        ({}, dict(no_repeat_ngram_size=2, bad_words=[enc.decode([banned])], min_p=0.05, typical_p=0.9)),
+    ]
+    for openai_fields, extra in cases:
+        settings = {**openai_fields, **extra}
+        if "logit_bias" in settings:
+            settings["logit_bias"] = {int(k): v for k, v in settings["logit_bias"].items()}
+        for temperature, seed in ((0, None), (1.0, 5)):
+            want = expected(model, PROMPT, length=12, temperature=temperature, seed=seed, **settings)[0]
+            got = client.completions.create(
+                model="gpt2",
+                prompt=PROMPT,
+                max_tokens=12,
+                temperature=temperature,
+                seed=seed,
+                **openai_fields,
+                extra_body=extra,
+            )
+            assert got.choices[0].text == want
+            streamed = client.completions.create(
+                model="gpt2",
+                prompt=PROMPT,
+                max_tokens=12,
+                temperature=temperature,
+                seed=seed,
+                stream=True,
+                **openai_fields,
+                extra_body=extra,
+            )
+            assert "".join(c.choices[0].text for c in streamed if c.choices) == want
+    assert (
+        not client.completions.create(
+            model="gpt2", prompt=PROMPT, max_tokens=12, temperature=0, logit_bias={str(banned): -100}
+        )
+        .choices[0]
+        .text.startswith(plain[:3])
+    )
+
+
+def test_best_of_returns_the_n_most_likely_per_token(client, model):
+    """best_of samples best_of sequences (samples 0..best_of-1 of the seed) and returns the n with the highest mean
+    log-probability per token, in the order sampled."""
+    enc = gpt2tf.get_encoder()
+    ids = enc.encode(PROMPT)
+    got = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=8, seed=3, n=2, best_of=5, logprobs=0)
+    samples = sample.generate(model, [ids], length=8, seed=3, nsamples=5)
+    from gpt2tf.score import score
+
+    means = [float(log_p.mean()) for log_p, _ in score(model, [(ids + out, len(ids)) for out in samples])]
+    best = sorted(sorted(range(5), key=lambda i: -means[i])[:2])
+    assert [c.text for c in got.choices] == [enc.decode(samples[i]) for i in best]
+    assert [c.index for c in got.choices] == [0, 1]
+    assert got.usage.completion_tokens == sum(len(s) for s in samples)  # every sequence generated counts
+    plain = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=8, seed=3, n=2, best_of=2)
+    assert [c.text for c in plain.choices] == [enc.decode(s) for s in samples[:2]] and plain.choices[0].logprobs is None
+
+
 def test_streaming_with_the_openai_client(client, model, server, monkeypatch):
     want = expected(model, PROMPT, length=15, temperature=0.8, seed=3)[0]
     stream = client.completions.create(
@@ -196,7 +260,21 @@ def test_models_health_and_the_predict_api(server, model):
         ({"prompt": "x", "stream": "yes"}, "stream", "must be true or false"),
         ({"prompt": "x", "stop": [1]}, "stop", "stop must be a string or a list of strings"),
         ({"prompt": "x", "bogus": 1}, "bogus", "unknown field"),
-        ({"prompt": "x", "frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
+        ({"prompt": "x", "frequency_penalty": 2.5}, "frequency_penalty", "[-2.0, 2.0]"),
+        ({"prompt": "x", "presence_penalty": "1"}, "presence_penalty", "must be a finite number"),
+        ({"prompt": "x", "logit_bias": {"50257": 1}}, "logit_bias", "token id 50257, outside the vocabulary"),
+        ({"prompt": "x", "logit_bias": {"5": -101}}, "logit_bias", "from -100 to 100"),
+        ({"prompt": "x", "logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias", "at most 300"),
+        ({"prompt": "x", "logit_bias": [1]}, "logit_bias", "must map token ids to biases"),
+        ({"prompt": "x", "bad_words": [""]}, "bad_words", "empty string"),
+        ({"prompt": "x", "bad_words": [[1, 99999]]}, "bad_words", "outside the model's vocabulary"),
+        ({"prompt": "x", "no_repeat_ngram_size": -2}, "no_repeat_ngram_size", "whole number from 0"),
+        ({"prompt": "x", "min_p": 2}, "min_p", "[0.0, 1.0]"),
+        ({"prompt": "x", "typical_p": 0}, "typical_p", "(0.0, 1.0]"),
+        ({"prompt": "x", "n": 3, "best_of": 2}, "best_of", "must be at least n (3)"),
+        ({"prompt": "x", "best_of": 3, "stream": True}, "best_of", "cannot be used with stream"),
+        ({"prompt": ["a"] * 4, "best_of": 4}, "best_of", "more than this server takes at once (12)"),
+        ({"prompt": "x", "suffix": "y"}, "suffix", "not supported"),
         ({"prompt": "x", "logprobs": 9}, "logprobs", "from 0 to 5"),
         ({"prompt": [1, 99999]}, "prompt", "token ids outside the vocabulary"),
         ({"prompt": [-1]}, "prompt", "token ids outside the vocabulary"),

@@ -298,36 +298,10 @@ class Engine:
             )
 
     def bad_word_ids(self, request):
-        """The token-id sequences `request.bad_words` bans: a sequence as given; a string as it encodes and, unless it
-        starts with a space, as it encodes after one (" word" is how a word mostly appears in GPT-2's tokens)."""
-        if not request.bad_words:
-            return []
-        vocab, sequences = self.model.hparams.n_vocab, []
-        for word in request.bad_words:
-            if isinstance(word, str):
-                self.encoder = self.encoder or get_encoder()
-                forms = [word] if word.startswith(" ") else [word, " " + word]
-                candidates = [tuple(self.encoder.encode(form)) for form in forms]
-            else:
-                candidates = [word]
-            for ids in candidates:
-                if any(t >= vocab for t in ids):
-                    raise GPT2TFError(
-                        f"bad_words holds token id {max(ids)}, outside the model's vocabulary of {vocab} ids "
-                        f"(0..{vocab - 1})"
-                    )
-                if len(ids) > MAX_BAD_WORD_TOKENS:
-                    raise GPT2TFError(
-                        f"bad word {word!r} is {len(ids)} tokens long; at most {MAX_BAD_WORD_TOKENS} are allowed"
-                    )
-                if ids not in sequences:
-                    sequences.append(ids)
-        if len(sequences) > MAX_BAD_WORDS:
-            raise GPT2TFError(
-                f"bad_words gives {len(sequences)} token sequences, more than the {MAX_BAD_WORDS} a request may ban "
-                f"(a string counts twice: with and without a leading space)"
-            )
-        return sequences
+        """The token-id sequences `request.bad_words` bans (see `bad_word_sequences`)."""
+        if request.bad_words and any(isinstance(w, str) for w in request.bad_words):
+            self.encoder = self.encoder or get_encoder()
+        return bad_word_sequences(request.bad_words, self.encoder, self.model.hparams.n_vocab)
 
     def cancel(self, rid):
         """Free the slot of request `rid` (nothing happens if it has already finished)."""
@@ -559,6 +533,37 @@ class Engine:
                 index_of[self.add(request)] = i
             for rid, ids, finished in self.step(steps, queued=len(pending)):
                 yield index_of[rid], ids, finished
+
+
+def bad_word_sequences(words, encoder, n_vocab):
+    """The token-id sequences bad words ban: a sequence as given; a string as it encodes and, unless it starts with a
+    space, as it encodes after one (" word" is how a word mostly appears in GPT-2's tokens; vLLM's rule). Checked:
+    ids in the vocabulary, at most MAX_BAD_WORD_TOKENS tokens each and MAX_BAD_WORDS sequences in all."""
+    sequences = []
+    for word in words:
+        if isinstance(word, str):
+            forms = [word] if word.startswith(" ") else [word, " " + word]
+            candidates = [tuple(encoder.encode(form)) for form in forms]
+        else:
+            candidates = [tuple(word)]
+        for ids in candidates:
+            if any(t >= n_vocab for t in ids):
+                raise GPT2TFError(
+                    f"bad_words holds token id {max(ids)}, outside the model's vocabulary of {n_vocab} ids "
+                    f"(0..{n_vocab - 1})"
+                )
+            if len(ids) > MAX_BAD_WORD_TOKENS:
+                raise GPT2TFError(
+                    f"bad word {word!r} is {len(ids)} tokens long; at most {MAX_BAD_WORD_TOKENS} are allowed"
+                )
+            if ids not in sequences:
+                sequences.append(ids)
+    if len(sequences) > MAX_BAD_WORDS:
+        raise GPT2TFError(
+            f"bad_words gives {len(sequences)} token sequences, more than the {MAX_BAD_WORDS} a request may ban "
+            f"(a string counts twice: with and without a leading space)"
+        )
+    return sequences
 
 
 def default_kernels(jit_compile=True):

@@ -1,5 +1,6 @@
-"""OpenAI's completions API: `/v1/completions` (streaming, n, stop, seed, echo, logprobs, plus top_k and
-repetition_penalty) and `/v1/models`, over the engine's worker.
+"""OpenAI's completions API: `/v1/completions` (streaming, n, best_of, stop, seed, echo, logprobs, presence and
+frequency penalties, logit_bias; plus, as extra fields the way vLLM takes them, top_k, repetition_penalty,
+no_repeat_ngram_size, bad_words, min_p and typical_p) and `/v1/models`, over the engine's worker.
 
 `parse_completion` checks a body into a `Completion` (or an ApiError naming the field and the fix), prompts
 prepared by the one prompt rule (`gpt2tf.decode.prompts`); `engine_requests` turns it into the engine's requests;
@@ -18,11 +19,13 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from gpt2tf.decode.engine import Request as EngineRequest
+from gpt2tf.decode.engine import bad_word_sequences
 from gpt2tf.decode.prompts import PromptTooLong, prepare_prompt
 from gpt2tf.decode.stops import cut_at_stop
+from gpt2tf.errors import GPT2TFError
 from gpt2tf.serve.http import ApiError, event, read_json
 from gpt2tf.serve.worker import Job, collect
-from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, random_seed
+from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, check_bad_words, check_logit_bias, random_seed
 
 MAX_STOPS = 4  # stop strings per request, as OpenAI
 
@@ -35,24 +38,22 @@ class Completion:
     prompt_texts: list
     n: int
     max_tokens: int
-    settings: dict  # temperature, top_k, top_p, repetition_penalty
+    settings: dict  # the Request fields: temperature, top_k, top_p, the penalties, the other controls
     seed: int
     stop: tuple
     stream: bool
     echo: bool
     logprobs: int  # or None
     include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
+    best_of: int = None  # sequences generated per prompt, of which the n best are returned (None: n)
+
+    @property
+    def per_prompt(self):
+        """Sequences generated per prompt."""
+        return self.best_of or self.n
 
 
-_IGNORED = {
-    "model",
-    "user",
-    "suffix",
-    "best_of",
-    "logit_bias",
-    "presence_penalty",
-    "frequency_penalty",
-}
+_IGNORED = {"model", "user", "suffix"}
 
 
 def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
@@ -73,15 +74,20 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
         "echo",
         "logprobs",
         "stream_options",
+        "best_of",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "no_repeat_ngram_size",
+        "bad_words",
+        "min_p",
+        "typical_p",
     } | _IGNORED
     unknown = sorted(set(body) - known)
     if unknown:
         raise ApiError(400, f"unknown field {unknown[0]!r}", param=unknown[0])
-    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("suffix", None), ("logit_bias", None)):
-        if body.get(name) not in (neutral, None, {}):
-            raise ApiError(400, f"{name} is not supported (use repetition_penalty to discourage repeats)", param=name)
-    if body.get("best_of") not in (None, 1, body.get("n", 1)):
-        raise ApiError(400, "best_of is not supported", param="best_of")
+    if body.get("suffix") is not None:
+        raise ApiError(400, "suffix is not supported (GPT-2 has no insertion mode)", param="suffix")
     prompt = body.get("prompt", "")
     if isinstance(prompt, str) or _is_ids(prompt):
         prompt = [prompt]
@@ -95,7 +101,38 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
         top_k=_integer(body, "top_k", 0, 0, 10**9),
         repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, math.inf, low_open=True),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        no_repeat_ngram_size=_integer(body, "no_repeat_ngram_size", 0, 0, n_ctx),
+        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
+        typical_p=_number(body, "typical_p", 1.0, 0.0, 1.0, low_open=True),
     )
+    try:
+        bias = check_logit_bias(body.get("logit_bias"))
+    except GPT2TFError as err:
+        raise ApiError(400, str(err), param="logit_bias") from None
+    outside = [t for t in bias if t >= len(encoder)]
+    if outside:
+        raise ApiError(
+            400,
+            f"logit_bias names token id {outside[0]}, outside the vocabulary (0..{len(encoder) - 1})",
+            param="logit_bias",
+        )
+    try:
+        bad_words = check_bad_words(body.get("bad_words"))
+        bad_word_sequences(bad_words, encoder, len(encoder))
+    except GPT2TFError as err:
+        raise ApiError(400, str(err), param="bad_words") from None
+    settings.update(logit_bias=bias, bad_words=bad_words)
+    best_of = body.get("best_of")
+    if best_of is not None:
+        best_of = _integer(body, "best_of", n, 1, max_choices)
+        if best_of < n:
+            raise ApiError(400, f"best_of ({best_of}) must be at least n ({n})", param="best_of")
+        if best_of > n and _boolean(body, "stream"):
+            raise ApiError(
+                400, "best_of cannot be used with stream: the best are known only at the end", param="best_of"
+            )
     seed = body.get("seed")
     seed = random_seed() if seed is None else _integer(body, "seed", 0, 0, MAX_SEED)
     stop = body.get("stop") or ()
@@ -119,12 +156,14 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
                 param="prompt",
                 code="context_length_exceeded",
             ) from None
-    if len(prompts) * n > max_choices:
+    per_prompt = best_of or n
+    if len(prompts) * per_prompt > max_choices:
+        name = "best_of" if best_of else "n"
         raise ApiError(
             400,
-            f"{len(prompts)} prompts x n={n} is {len(prompts) * n} sequences, more than this server "
-            f"takes at once ({max_choices}); send fewer",
-            param="n",
+            f"{len(prompts)} prompts x {name}={per_prompt} is {len(prompts) * per_prompt} sequences, more than this "
+            f"server takes at once ({max_choices}); send fewer",
+            param=name,
         )
     options = body.get("stream_options")
     if options is not None and not (
@@ -148,6 +187,7 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
         _boolean(body, "echo"),
         logprobs,
         bool((options or {}).get("include_usage")),
+        best_of if best_of and best_of > n else None,
     )
 
 
@@ -185,7 +225,11 @@ def _boolean(body, name):
 
 
 def engine_requests(completion):
-    """The engine's requests for a completion: prompt-major, choice i * n + j is sample j of prompt i."""
+    """The engine's requests for a completion: prompt-major, sequence i * per_prompt + j is sample j of prompt i
+    (with best_of, each sequence's log-probabilities are kept to rank them)."""
+    logprobs = completion.logprobs
+    if completion.best_of and logprobs is None:
+        logprobs = 0
     return [
         EngineRequest(
             prompt=ids,
@@ -194,12 +238,26 @@ def engine_requests(completion):
             sample=j,
             stop=completion.stop,
             stop_at_eos=True,
-            logprobs=completion.logprobs,
+            logprobs=logprobs,
             **completion.settings,
         )
         for ids in completion.prompts
-        for j in range(completion.n)
+        for j in range(completion.per_prompt)
     ]
+
+
+def best_choices(completion, choices):
+    """The n choices per prompt to return, of the `per_prompt` generated: all of them, or with best_of, the n with
+    the highest log-probability per token (OpenAI's rule; an empty one ranks last), in the order generated."""
+    if not completion.best_of:
+        return choices
+    kept, per = [], completion.per_prompt
+    for first in range(0, len(choices), per):
+        group = choices[first : first + per]
+        mean = [sum(e[0] for e in c.logprobs) / len(c.logprobs) if c.logprobs else -math.inf for c in group]
+        best = sorted(sorted(range(per), key=lambda i: -mean[i])[: completion.n])
+        kept += [group[i] for i in best]
+    return kept
 
 
 class Choice:
@@ -280,8 +338,9 @@ def add_routes(app, service):
         }
         if completion.stream:
             return StreamingResponse(_stream(job, completion, meta), media_type="text/event-stream")
-        choices = _choices(completion)
-        prompt_scores = await collect(request, worker, job, choices)
+        generated = _choices(completion)
+        prompt_scores = await collect(request, worker, job, generated)
+        choices = best_choices(completion, generated)
         return {
             **meta,
             "choices": [
@@ -293,11 +352,11 @@ def add_routes(app, service):
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": _usage(completion, choices),
+            "usage": _usage(completion, generated),
         }
 
     def _usage(completion, choices):
-        completion_tokens = sum(len(c.ids) for c in choices)
+        completion_tokens = sum(len(c.ids) for c in choices)  # with best_of, every one generated (as OpenAI bills)
         prompt_tokens = sum(len(p) for p in completion.prompts)
         return {
             "prompt_tokens": prompt_tokens,
@@ -306,9 +365,9 @@ def add_routes(app, service):
         }
 
     def _choices(completion):
+        per = completion.per_prompt
         prefixes = [
-            completion.prompt_texts[i // completion.n] if completion.echo else ""
-            for i in range(len(completion.prompts) * completion.n)
+            completion.prompt_texts[i // per] if completion.echo else "" for i in range(len(completion.prompts) * per)
         ]
         return [Choice(encoder, completion.stop, prefix) for prefix in prefixes]
 
