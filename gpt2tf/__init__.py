@@ -23,6 +23,7 @@ _EXPORTS = {
     "get_encoder": "gpt2tf.encoder",
     "generate": "gpt2tf.decode.generate",
     "generate_text": "gpt2tf.decode.generate",
+    "beam_search": "gpt2tf.decode.generate",
     "TrainConfig": "gpt2tf.train.config",
     "finetune": "gpt2tf.train.loop",
     "load_h5_weights": "gpt2tf.formats.h5",
@@ -32,7 +33,7 @@ _EXPORTS = {
 __all__ = [  # noqa: RUF022 -- the public names, in _EXPORTS' order
     "HParams", "GPT2TFError", "GPT2", "load_model", "save_openai_checkpoint", "write_synthetic_checkpoint",
     "save_hf_checkpoint", "save_quantized", "load_hf_model", "Encoder", "get_encoder", "generate", "generate_text",
-    "TrainConfig", "finetune", "load_h5_weights", "write_h5_weights",
+    "beam_search", "TrainConfig", "finetune", "load_h5_weights", "write_h5_weights",
 ]  # fmt: skip
 __getattr__, _dir = lazy_exports(__name__, _EXPORTS)
 

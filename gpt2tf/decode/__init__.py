@@ -3,6 +3,7 @@
     settings (gpt2tf.settings)  what a valid sampling setting is (no TensorFlow)
     prompts.py                  the one prompt rule: empty -> <|endoftext|>, left truncation
     filters.py                  choosing the next token: per-row filters over float32 logits and the draw
+    beams.py                    beam search's bookkeeping (transformers' rules), in TensorFlow ops
     stops.py                    where output ends at a stop string
     runner.py                   the model's compiled pieces and the one decode loop (engine and export share them)
     engine.py                   the scheduler: slots that requests join and leave between steps (Engine, Request)
@@ -22,6 +23,7 @@ __getattr__, __dir__ = lazy_exports(
         "Request": "gpt2tf.decode.engine",
         "generate_text": "gpt2tf.decode.generate",
         "generate_stream": "gpt2tf.decode.generate",
+        "beam_search": "gpt2tf.decode.generate",
         "prepare_prompt": "gpt2tf.decode.prompts",
     },
 )

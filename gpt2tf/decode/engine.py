@@ -23,11 +23,13 @@ the runner passes to the model and the sampler: "auto" (the default) is the nati
 
 import dataclasses
 import itertools
+import math
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from gpt2tf.decode import beams
 from gpt2tf.decode.prompts import prompt_ids
 from gpt2tf.decode.runner import runner_for
 from gpt2tf.decode.stops import StopScanner
@@ -48,6 +50,7 @@ from gpt2tf.settings import (
     random_seed,
 )
 
+MAX_INT32 = 2**31 - 1
 CHUNK_STEPS = 32  # tokens per row per call when a whole batch is generated (`run`): one call, not 32
 MAX_CALL_STEPS = 64  # the most steps an automatic call runs
 
@@ -58,7 +61,7 @@ class Request:
 
     prompt: tuple = ()
     max_new_tokens: int = 16
-    temperature: float = 1.0
+    temperature: float = None  # None: 1.0, or 0 with beams
     top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
@@ -75,6 +78,11 @@ class Request:
     bad_words: tuple = ()  # strings and token-id sequences that may never be generated
     min_p: float = 0.0
     typical_p: float = 1.0
+    # Beam search (gpt2tf.decode.beams): num_beams > 1 takes that many rows and gives the num_return_sequences best.
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    length_penalty: float = 1.0
+    early_stopping: object = False  # True, False or "never" (transformers' meanings)
 
     def __post_init__(self):
         try:
@@ -86,6 +94,8 @@ class Request:
         if not all(isinstance(s, str) for s in stop):
             raise GPT2TFError(f"stop must be a string or a list of strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(s for s in stop if s))
+        if self.temperature is None:
+            object.__setattr__(self, "temperature", 0.0 if _is_count(self.num_beams) and self.num_beams > 1 else 1.0)
         self.sampler()  # temperature, top_k, top_p, the penalties, no_repeat_ngram_size, min_p, typical_p
         bias = self.logit_bias
         bias = check_logit_bias(dict(bias) if isinstance(bias, (tuple, list)) else bias)
@@ -106,8 +116,43 @@ class Request:
             and 0 <= self.logprobs <= MAX_LOGPROBS
         ):
             raise GPT2TFError(f"logprobs must be a whole number from 0 to {MAX_LOGPROBS}, got {self.logprobs}")
+        self._check_beams()
+
+    def _check_beams(self):
+        if not (_is_count(self.num_beams) and self.num_beams >= 1):
+            raise GPT2TFError(f"num_beams must be a whole number >= 1 (1 = no beam search), got {self.num_beams!r}")
+        if not (_is_count(self.num_return_sequences) and 1 <= self.num_return_sequences <= self.num_beams):
+            raise GPT2TFError(
+                f"num_return_sequences must be from 1 to num_beams ({self.num_beams}), "
+                f"got {self.num_return_sequences!r}"
+            )
+        if not (isinstance(self.length_penalty, (int, float)) and math.isfinite(self.length_penalty)):
+            raise GPT2TFError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
+            raise GPT2TFError(f'early_stopping must be true, false or "never", got {self.early_stopping!r}')
+        if self.num_beams == 1:
+            return
+        sampling = [
+            name
+            for name, off in _BEAM_OFF.items()
+            if getattr(self, name) != off and not (name == "logit_bias" and not self.logit_bias)
+        ]
+        if sampling:
+            raise GPT2TFError(
+                f"beam search (num_beams {self.num_beams}) is deterministic and takes no {sampling[0]}: drop it "
+                f"(beam sampling is not supported; no_repeat_ngram_size and bad_words combine with beams)"
+            )
+        if self.stop or self.logprobs is not None:
+            name = "stop strings" if self.stop else "logprobs"
+            raise GPT2TFError(f"beam search does not take {name}: drop them, or use num_beams 1")
+
+    @property
+    def rows(self):
+        """The engine rows the request takes: one, or one per beam."""
+        return self.num_beams
 
     def sampler(self):
+        """The numeric sampling settings and controls, checked."""
         return SamplerConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SamplerConfig)})
 
     @property
@@ -119,11 +164,14 @@ class Request:
 class Output(tuple):
     """What `step` gives for a request: `(rid, new_ids, finished)`, finished being False or why it ended ("stop": at
     <|endoftext|> or a stop string; "length": after max_new_tokens). With `Request(logprobs=n)`, `.logprobs` holds a
-    `(token's log-probability, {token id: log-probability} of the n most likely)` pair for each new id."""
+    `(token's log-probability, {token id: log-probability} of the n most likely)` pair for each new id. A beam
+    request gives one Output when its search ends: `ids` the best hypothesis, `.beams` the num_return_sequences best
+    as `(ids, score, finished)`, best first (score: transformers' sequences_scores)."""
 
-    def __new__(cls, rid, ids, finished, logprobs=None):
+    def __new__(cls, rid, ids, finished, logprobs=None, beams=None):
         output = super().__new__(cls, (rid, ids, finished))
         output.logprobs = logprobs
+        output.beams = beams
         return output
 
     rid = property(lambda self: self[0])
@@ -144,6 +192,22 @@ _IDLE = dict(
     typical_p=1.0,
 )
 _INTEGER_SETTINGS = ("top_k", "no_repeat_ngram_size")
+# What beam search leaves off (the sampling settings and the controls that only make sense for sampling).
+_BEAM_OFF = dict(
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    repetition_penalty=1.0,
+    presence_penalty=0.0,
+    frequency_penalty=0.0,
+    logit_bias=(),
+    min_p=0.0,
+    typical_p=1.0,
+)
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass
@@ -159,6 +223,15 @@ class _Row:
     emitted: int = 0  # generated tokens already returned by `step`
     stops: StopScanner = None  # with Request(stop=...)
     bad_words: list = dataclasses.field(default_factory=list)  # the request's bad words as token-id sequences
+    group: object = None  # a beam request's rows share their _BeamGroup
+
+
+@dataclasses.dataclass
+class _BeamGroup:
+    """A beam request's search: its rows (beam i in rows[i]) and the search's state (gpt2tf.decode.beams)."""
+
+    rows: list
+    state: dict = None  # None until the prompt is in and the first step is chosen
 
 
 class Engine:
@@ -210,6 +283,8 @@ class Engine:
         self._bias_ids = np.zeros([max_batch, MAX_LOGIT_BIAS], np.int32)
         self._bias_values = np.zeros([max_batch, MAX_LOGIT_BIAS], np.float32)
         self._bad_words = np.full([max_batch, MAX_BAD_WORDS, MAX_BAD_WORD_TOKENS], -1, np.int32)  # right-aligned
+        self._forced = np.full(max_batch, -1, np.int32)  # a beam row's next token, chosen by its search (-1: none)
+        self._beam_width = np.zeros(max_batch, np.int32)  # a beam row's num_beams (0: not a beam row)
         self._row_seeds = np.zeros([max_batch, 2], np.int32)
         self._steps = np.zeros(max_batch, np.int32)  # tokens generated so far: the noise's step
         self._position = np.zeros(max_batch, np.int32)  # slots written so far
@@ -244,23 +319,32 @@ class Engine:
         if not isinstance(request, Request):
             raise GPT2TFError(f"add takes a Request, got {type(request).__name__}")
         self.check(request)
-        slot = next((s for s, row in enumerate(self._rows) if row is None), None)
-        if slot is None:
+        slots = [s for s, row in enumerate(self._rows) if row is None][: request.rows]
+        if len(slots) < request.rows:
             raise GPT2TFError(
-                f"no free slot: all {self.max_batch} are in use; add the request after a step "
-                f"finishes one (or cancel one)"
+                f"no free slot: {self.max_batch - len(slots)} of {self.max_batch} are in use and the request needs "
+                f"{request.rows}; add it after a step finishes one (or cancel one)"
             )
         if request.stop and self.encoder is None:
             self.encoder = get_encoder()
-        row = _Row(
-            next(self._ids),
-            request,
-            request.seed if request.seed is not None else random_seed(),
-            stops=StopScanner(self.encoder, request.stop) if request.stop else None,
-            bad_words=self.bad_word_ids(request),
-        )
-        self._rows[slot] = row
-        return row.rid
+        rid, seed, bad_words = next(self._ids), request.seed, self.bad_word_ids(request)
+        rows = [
+            _Row(
+                rid,
+                request,
+                seed if seed is not None else random_seed(),
+                stops=StopScanner(self.encoder, request.stop) if request.stop else None,
+                bad_words=bad_words,
+            )
+            for _ in slots
+        ]
+        if request.num_beams > 1:
+            group = _BeamGroup(rows)
+            for row in rows:
+                row.group = group
+        for slot, row in zip(slots, rows):
+            self._rows[slot] = row
+        return rid
 
     def warm_up(self):
         """Compile the prefill and the step for every number of rows a call may run, now (seconds in all), so that
@@ -282,6 +366,11 @@ class Engine:
         if outside:  # XLA's gather would clamp them to a real token: a silently different prompt
             raise GPT2TFError(
                 f"{name} holds token id {outside[0]}, outside the model's vocabulary of {vocab} ids (0..{vocab - 1})"
+            )
+        if request.rows > self.max_batch:
+            raise GPT2TFError(
+                f"num_beams {request.num_beams} needs {request.rows} rows; this engine has {self.max_batch} "
+                f"(raise max_batch, or --batch_size)"
             )
         outside = [t for t, _ in request.logit_bias if t >= vocab]
         if outside:
@@ -315,6 +404,7 @@ class Engine:
         for name, value in self._settings.items():
             value[slot] = _IDLE[name]
         self._bias_ids[slot], self._bias_values[slot], self._bad_words[slot] = 0, 0.0, -1
+        self._forced[slot], self._beam_width[slot] = -1, 0
 
     # -----------------------------------------------------------------------------------------------------------
     # Prefill and step
@@ -365,6 +455,8 @@ class Engine:
         self._steps[slot], self._position[slot] = 0, len(request.prompt)
         self._limit[slot], self._stop_at_eos[slot] = request.max_new_tokens, request.stop_at_eos
         self._logprobs[slot] = request.logprobs is not None
+        if row.group is not None:  # its search chooses its tokens and ends it
+            self._beam_width[slot], self._limit[slot], self._stop_at_eos[slot] = request.num_beams, MAX_INT32, False
         self._decoding[slot] = True
 
     def _bucket(self, rows):
@@ -388,6 +480,8 @@ class Engine:
             self._bias_ids,
             self._bias_values,
             self._bad_words,
+            self._forced,
+            self._beam_width,
             self._steps,
             self._position,
             self._limit,
@@ -415,6 +509,8 @@ class Engine:
             bias_ids=tf.constant(self._bias_ids[:rows]),
             bias_values=tf.constant(self._bias_values[:rows]),
             bad_words=tf.constant(self._bad_words[:rows]),
+            forced=tf.constant(self._forced[:rows]),
+            beam_width=tf.constant(self._beam_width[:rows]),
             **{name: tf.constant(value[:rows]) for name, value in self._settings.items()},
         )
 
@@ -441,13 +537,16 @@ class Engine:
             used = max(s for s, row in enumerate(self._rows) if row is not None)
             self._runner.prepare(self._bucket(used + 1), self._cache)
             self._prefill_chunks(waiting)
+        results = self._start_searches()
         if not self._decoding.any():
-            return []
+            return results
         rows = self._runner.ready_bucket(
             self._bucket(int(np.flatnonzero(self._decoding)[-1]) + 1), self._buckets, self._cache
         )
         if steps is None:
             steps = self.auto_steps(rows, queued=queued)
+        if self._beam_width[:rows].any():
+            steps = 1  # a search chooses its next tokens between steps
         started = time.perf_counter()
         out = self._runner.steps(count=tf.constant(steps), **self._step_args(rows))
         tokens = out["tokens"].numpy()  # [run, rows]
@@ -455,9 +554,14 @@ class Engine:
             self._step_seconds[rows] = (time.perf_counter() - started) / len(tokens)
         if self._logprobs[:rows].any():
             chosen, top_values, top_ids = (out[k].numpy() for k in ("chosen", "top_values", "top_ids"))
-        results = []
+        searches = {}
         for slot in np.flatnonzero(self._decoding):
             row = self._rows[slot]
+            if row.group is not None:  # one token, the one its search chose
+                self._steps[slot] += len(tokens)
+                self._position[slot] += len(tokens)
+                searches[id(row.group)] = row.group
+                continue
             ids, finished, first = [], False, row.emitted
             for t, token in enumerate(tokens[:, slot]):
                 self._steps[slot] += 1
@@ -478,7 +582,68 @@ class Engine:
             if ids or finished:
                 lp = row.logprobs[first : first + len(ids)] if row.request.logprobs is not None else None
                 results.append(Output(row.rid, ids, finished, lp))
+        if searches:
+            values, ids = out["cand_values"].numpy(), out["cand_ids"].numpy()
+            for group in searches.values():
+                slots = [self._slot(row) for row in group.rows]
+                results += self._search_step(group, values[slots], ids[slots])
         return results
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Beam search: a request's beams are rows whose tokens its search (gpt2tf.decode.beams) chooses between steps
+
+    def _slot(self, row):
+        return next(s for s, r in enumerate(self._rows) if r is row)
+
+    def _start_searches(self):
+        """The first step of every search whose prompt is all in: chosen from the prompt's logits."""
+        results = []
+        for group in {id(r.group): r.group for r in self._rows if r is not None and r.group is not None}.values():
+            slots = [self._slot(row) for row in group.rows]
+            if group.state is not None or not self._decoding[slots].all():
+                continue
+            request = group.rows[0].request
+            group.state = beams.beam_init(1, request.num_beams, request.max_new_tokens)
+            values, ids = self._runner.beam_candidates(
+                tf.gather(self._logits, slots),
+                tf.gather(self._history, slots),
+                tf.constant(self._position[slots]),
+                tf.constant(self._settings["no_repeat_ngram_size"][slots]),
+                tf.constant(self._bad_words[slots]),
+                2 * request.num_beams,
+            )
+            results += self._search_step(group, values.numpy(), ids.numpy(), first=True)
+        return results
+
+    def _search_step(self, group, values, ids, first=False):
+        """Advance `group`'s search by the candidates its rows' logits give ([K, C] each); either it ends (its Output)
+        or each beam's next token is set and the rows take the caches (and histories) of the beams they continue."""
+        request = group.rows[0].request
+        group.state, parents, tokens, done = beams.beam_step(
+            group.state,
+            tf.constant(values[None]),
+            tf.constant(ids[None]),
+            max_new_tokens=request.max_new_tokens,
+            length_penalty=float(request.length_penalty),
+            early_stopping=request.early_stopping,
+            stop_at_eos=request.stop_at_eos,
+        )
+        if bool(done[0]):
+            best = beams.results(group.state, request.num_return_sequences, request.stop_at_eos)[0]
+            for row in group.rows:
+                self._free(self._slot(row))
+            return [Output(group.rows[0].rid, best[0][0], best[0][2], beams=best)]
+        slots = [self._slot(row) for row in group.rows]
+        parents, tokens = parents.numpy()[0], tokens.numpy()[0]
+        moved = [(slots[p], slots[i]) for i, p in enumerate(parents) if p != i]
+        if moved and not first:  # (at the first step every row holds the same prompt)
+            source, target = (tf.constant(np.array(x, np.int32)) for x in zip(*moved))
+            variables = [v for layer in self._cache for v in layer]
+            if request.needs_history:
+                variables.append(self._history)
+            _copy_rows(variables, source, target)
+        self._forced[slots] = tokens
+        return []
 
     def auto_steps(self, rows=None, *, queued=0):
         """How many steps the next call runs when it may choose (`step(None)`): 1 while a prompt is being prefilled
@@ -493,8 +658,8 @@ class Engine:
         decoding = np.flatnonzero(self._decoding)
         if len(decoding) == 0 or self.active > len(decoding):
             return 1
-        if any(not self._rows[s].generated for s in decoding):
-            return 1
+        if any(not self._rows[s].generated for s in decoding) or self._beam_width[decoding].any():
+            return 1  # (a search chooses its tokens between steps)
         rows = rows or self._bucket(int(decoding[-1]) + 1)
         seconds = self._step_seconds.get(rows)
         if seconds is None or seconds <= 0:
@@ -522,17 +687,24 @@ class Engine:
         return ids, finished
 
     def run(self, requests, *, steps=CHUNK_STEPS):
-        """Generate every request, adding each as a slot frees; yields `(index, new_ids, finished)` as `step`
+        """Generate every request, adding each as slots free; yields `(index, new_ids, finished)` Outputs as `step`
         does, with the request's index in `requests` in place of its id. `steps`: tokens per row per call (None:
         chosen per call, as `step(None)` does, for output streamed as it comes)."""
         pending = list(enumerate(requests))[::-1]
         index_of = {}
         while pending or self.active:
-            while pending and self.free_slots:
+            while pending and self.free_slots >= pending[-1][1].rows:
                 i, request = pending.pop()
                 index_of[self.add(request)] = i
-            for rid, ids, finished in self.step(steps, queued=len(pending)):
-                yield index_of[rid], ids, finished
+            for output in self.step(steps, queued=len(pending)):
+                yield Output(index_of[output.rid], output.ids, output.finished, output.logprobs, output.beams)
+
+
+@tf.function(autograph=False, reduce_retracing=True)
+def _copy_rows(variables, source, target):
+    """Row target[i] of every variable becomes what row source[i] held (all read before any is written)."""
+    for variable in variables:
+        variable.scatter_nd_update(target[:, None], tf.gather(variable, source))
 
 
 def bad_word_sequences(words, encoder, n_vocab):

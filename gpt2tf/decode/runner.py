@@ -26,6 +26,7 @@ import weakref
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
+from gpt2tf.decode.beams import beam_log_probs, candidates
 from gpt2tf.decode.filters import choose_tokens
 from gpt2tf.layout import EOT_ID
 from gpt2tf.settings import MAX_BAD_WORD_TOKENS, MAX_BAD_WORDS, MAX_LOGIT_BIAS, MAX_LOGPROBS
@@ -50,6 +51,7 @@ def decode_loop(
     kernels=None,
     last_step=True,
     controls=None,
+    forced=None,
 ):
     """Up to `count` tokens for every decoding row, in a graph-mode while loop.
 
@@ -67,6 +69,9 @@ def decode_loop(
     [rows, max_length]: each row's tokens so far at its slots (what the n-gram and bad-word bans and the penalties
     read; a row's generated tokens are the last `steps` before `position`). Each chosen token is written to it
     while a row reads it; it comes back updated as `history`.
+
+    `forced` [rows] (None: none): a token a row takes at the first step instead of choosing one (-1: it chooses);
+    a beam search's rows take the tokens their search chose.
 
     Returns {tokens, live: [steps run, rows] (whether the row was decoding at that step), logits, seen, state,
     and, when a row wants `logprobs`, the log-probabilities under the model (before any sampling setting) of each
@@ -97,6 +102,8 @@ def decode_loop(
         else:
             row_controls = dict(controls, history=history, lengths=position, generated_from=position - steps)
             token = choose_tokens(logits, seen, row_seeds, steps, kernels=kernels, controls=row_controls, **settings)
+        if forced is not None:
+            token = tf.where((forced >= 0) & (i == 0), forced, token)
         lp = tf.cond(any_logprobs, lambda: log_probabilities(logits, token), lambda: none(logits, token))
         token = tf.where(decoding, token, 0)
         done = decoding & ((stop_at_eos & (token == EOT_ID)) | (steps + 1 >= limit))
@@ -126,7 +133,7 @@ def decode_loop(
     arrays = [
         tf.TensorArray(d, size=0, dynamic_size=True) for d in (tf.int32, tf.bool, tf.float32, tf.float32, tf.int32)
     ]
-    *_, logits, seen, history, state, arrays = tf.while_loop(
+    _, _, position, _, logits, seen, history, state, arrays = tf.while_loop(
         lambda i, decoding, *_: (i < count) & tf.reduce_any(decoding),
         body,
         (tf.constant(0), decoding, position, steps, logits, seen, history, state, arrays),
@@ -141,6 +148,7 @@ def decode_loop(
         logits=logits,
         seen=seen,
         history=history,
+        position=position,
         state=state,
     )
 
@@ -167,6 +175,7 @@ class Runner:
         self.steps_function = tf.function(self._steps, autograph=False)
         self._concrete = {}  # (rows, cache shape) -> its traced step: called directly, less overhead per call
         self.prefill = tf.function(self._prefill, autograph=False)
+        self.beam_candidates = tf.function(self._beam_candidates, autograph=False, reduce_retracing=True)
         self._ready = {}  # (rows, cache shape) -> Event, set once that step is compiled
         self._queue, self._worker, self._lock = [], None, threading.Lock()  # steps waiting to be compiled
         self._scratch = {}  # batch -> (logits, seen) variables the trial steps write
@@ -285,6 +294,8 @@ class Runner:
             top_p=tf.ones([rows]),
             repetition_penalty=tf.ones([rows]),
             history=self._scratch[(batch, length)],
+            forced=zeros - 1,
+            beam_width=zeros,
             **off_controls(rows),
         )
 
@@ -330,9 +341,13 @@ class Runner:
         bad_words,
         min_p,
         typical_p,
+        forced,
+        beam_width,
     ):
         """`decode_loop` on the first `rows` rows of an engine's variables (rows = decoding's length): the cache is
-        updated in place, the logits, seen and history written back. Returns decode_loop's arrays."""
+        updated in place, the logits, seen and history written back. Returns decode_loop's arrays, and for the rows
+        of a beam search (`beam_width` > 0) their next continuations (`cand_values`, `cand_ids`: [rows, 2 x the
+        widest beam], see `gpt2tf.decode.beams`)."""
         max_length, rows = cache[0][0].shape[2], decoding.shape[0]
 
         def step_model(token, at, state):
@@ -370,11 +385,32 @@ class Runner:
             max_length=max_length,
             kernels=self.kernels,
             controls=controls,
+            forced=forced,
         )
         logits[:rows].assign(out["logits"])
         tf.cond(reads_history(controls), lambda: history[:rows].assign(out["history"]).op, tf.no_op)
         tf.cond(tf.reduce_any(repetition_penalty != 1.0), lambda: seen[:rows].assign(out["seen"]).op, tf.no_op)
-        return {k: out[k] for k in ("tokens", "chosen", "top_values", "top_ids")}
+        width = 2 * tf.reduce_max(beam_width)
+        values, ids = tf.cond(
+            width > 0,
+            lambda: self._beam_candidates(
+                out["logits"], out["history"], out["position"], no_repeat_ngram_size, bad_words, width
+            ),
+            lambda: (tf.zeros([rows, 0]), tf.zeros([rows, 0], tf.int32)),
+        )
+        result = {k: out[k] for k in ("tokens", "chosen", "top_values", "top_ids")}
+        return dict(result, cand_values=values, cand_ids=ids)
+
+    def _beam_candidates(self, logits, history, lengths, no_repeat_ngram_size, bad_words, count):
+        """Each row's `count` best continuations for a beam search: its log-probabilities with the bans, at most."""
+        log_p = beam_log_probs(
+            logits,
+            history=history,
+            lengths=lengths,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            bad_words=bad_words,
+        )
+        return candidates(log_p, count)
 
     # -----------------------------------------------------------------------------------------------------------
     # The pieces, each compiled by XLA
