@@ -5,6 +5,8 @@
     python bench/generate.py --arrivals          # 8 requests arriving one every 10 steps, mixed settings
     python bench/generate.py --weights float32,int8,bf16 [--size 1558M --new 32 --memory]
     python bench/generate.py --baseline 2166d6b,2954cdc --rounds 3   # other revisions beside this checkout, in turns
+    python bench/generate.py --beams [--num_beams 4 --new 64]        # beam search, one prompt, beside transformers'
+    python bench/generate.py --controls                              # batch 8: n-gram ban + penalties vs plain
 
 Variants: `cache_xla` (the library default: KV cache, XLA-compiled step with the native kernels),
 `cache_xla_plain` (the same with GPT2TF_NATIVE=0: XLA's own ops), `cache` (KV cache, no XLA), and two no-cache
@@ -229,6 +231,102 @@ def hf_peer(model_dir, batch, repeat):
     }
 
 
+def beams(model_dir, num_beams, new, repeat):
+    """Beam search on one 64-token prompt: `gpt2tf.beam_search` and transformers' `generate(num_beams=...)` on the
+    same weights, same settings (length penalty 1, early_stopping False), taking turns; each side's best time."""
+    import gpt2tf
+
+    model = gpt2tf.load_model(model_dir)
+    prompt = _prompts(1)
+    run_ours = lambda: gpt2tf.beam_search(model, prompt, length=new, num_beams=num_beams)  # noqa: E731
+    got = run_ours()  # compiles
+    rows = {"ours": [], "peer": []}
+    peer = None
+    try:
+        import torch
+        import transformers
+
+        hf = common.hf_gpt2(model_dir)
+        ids = torch.tensor(prompt)
+
+        def run_peer():
+            with torch.no_grad():
+                return hf.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=new,
+                    num_beams=num_beams,
+                    do_sample=False,
+                    pad_token_id=50256,
+                    return_dict_in_generate=True,
+                    output_scores=True,
+                )
+
+        peer = f"transformers {transformers.__version__} (torch {torch.__version__})"
+        theirs = run_peer()
+    except ImportError:
+        run_peer = None
+    for _ in range(repeat):
+        for side, fn in (("ours", run_ours), ("peer", run_peer)):
+            if fn is not None:
+                start = time.perf_counter()
+                fn()
+                rows[side].append(time.perf_counter() - start)
+    # The floor of a step: the weights read once (a beam step reads them once for all its rows), at this
+    # machine's read rate measured now.
+    floor_s = weight_bytes(model) / read_rate() * new
+    result = {
+        "bench": "generate_beams",
+        "weights_read_floor_s": round(floor_s, 3),
+        "num_beams": num_beams,
+        "new_tokens": new,
+        "prompt_tokens": PROMPT,
+        "gpt2tf_s": round(min(rows["ours"]), 3),
+        "gpt2tf_tokens": len(got[0][0][0]),
+    }
+    if peer:
+        result.update(
+            peer=peer,
+            peer_s=round(min(rows["peer"]), 3),
+            peer_tokens=int(theirs.sequences.shape[1]) - PROMPT,
+            ratio_gpt2tf_over_peer=round(min(rows["ours"]) / min(rows["peer"]), 2),
+            ratio_floor_over_peer=round(floor_s / min(rows["peer"]), 2),
+            same_tokens=theirs.sequences[0, PROMPT:].tolist()[: len(got[0][0][0])] == got[0][0][0],
+            score_diff=round(abs(float(theirs.sequences_scores[0]) - got[0][0][1]), 6),
+        )
+    return result
+
+
+def controls(model, batch, repeat, new=64):
+    """One step at batch 8 with no_repeat_ngram_size 3 and both presence and frequency penalties on (greedy, so the
+    work is the same token for token), against a plain greedy step, taking turns."""
+    import gpt2tf
+
+    prompts = _prompts(batch)
+    settings = {
+        "plain": {},
+        "ngram3_penalties": dict(no_repeat_ngram_size=3, presence_penalty=0.5, frequency_penalty=0.5),
+    }
+    times = {name: [] for name in settings}
+    for extra in settings.values():  # compile
+        gpt2tf.generate(model, prompts, length=new, temperature=0, stop_at_eos=False, **extra)
+    for _ in range(repeat):
+        for name, extra in settings.items():
+            full = _best(
+                lambda: gpt2tf.generate(model, prompts, length=new, temperature=0, stop_at_eos=False, **extra), 1
+            )
+            one = _best(lambda: gpt2tf.generate(model, prompts, length=1, temperature=0, stop_at_eos=False, **extra), 1)
+            times[name].append((full - one) / (new - 1) * 1e3)
+    plain, on = min(times["plain"]), min(times["ngram3_penalties"])
+    return {
+        "bench": "generate_controls",
+        "batch": batch,
+        "plain_ms_per_step": round(plain, 2),
+        "ngram3_penalties_ms_per_step": round(on, 2),
+        "ratio": round(on / plain, 3),
+    }
+
+
 def read_rate():
     """Bytes per second this machine streams from memory on every core: 1 GiB of float32 read once by the native
     kernel's one-row product (the decode step's own way of reading weights; a reduction where it is unavailable),
@@ -391,9 +489,25 @@ def main():
         "--baseline", metavar="REV[,REV]", help="measure each REV's code beside this checkout's, alternating"
     )
     parser.add_argument("--rounds", type=int, default=3, help="with --baseline: fresh-process runs of each side")
+    parser.add_argument("--beams", action="store_true", help="beam search on one prompt, beside transformers'")
+    parser.add_argument("--num_beams", type=int, default=4, help="with --beams")
+    parser.add_argument(
+        "--controls", action="store_true", help="batch 8: no_repeat_ngram_size 3 + presence/frequency vs plain"
+    )
     parser.add_argument("--_tree", help=argparse.SUPPRESS)
     args = parser.parse_args()
     NEW = args.new
+    if args.beams:
+        new = args.new if args.new != NEW or "--new" in sys.argv else 64
+        print(json.dumps(beams(common.model_dir(args.size), args.num_beams, new, args.repeat)), flush=True)
+        return
+    if args.controls:
+        import gpt2tf
+
+        model = gpt2tf.load_model(common.model_dir(args.size))
+        for batch in map(int, args.batch_sizes.split(",")):
+            print(json.dumps(controls(model, batch, args.repeat)), flush=True)
+        return
     if args.baseline:
         return compare(args)
     if args.weights:

@@ -22,12 +22,14 @@ the runner passes to the model and the sampler: "auto" (the default) is the nati
 """
 
 import dataclasses
+import functools
 import itertools
 import math
 import time
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
 
 from gpt2tf.decode import beams
 from gpt2tf.decode.prompts import prompt_ids
@@ -232,6 +234,7 @@ class _BeamGroup:
 
     rows: list
     state: dict = None  # None until the prompt is in and the first step is chosen
+    sequences: list = None  # each running beam's tokens so far (what its row's cache holds after the prompt)
 
 
 class Engine:
@@ -529,7 +532,12 @@ class Engine:
         row reaches its length.
         """
         self._compact()
-        waiting = [s for s, row in enumerate(self._rows) if row is not None and not self._decoding[s]]
+        # (A beam request's prompt is prefilled in its first row and copied to the others: `_start_searches`.)
+        waiting = [
+            s
+            for s, row in enumerate(self._rows)
+            if row is not None and not self._decoding[s] and (row.group is None or row is row.group.rows[0])
+        ]
         if waiting:
             # The step these rows will run in, compiled (if it is not) while their prompts are prefilled: only the
             # one the slots in use need, not one for each row as it was added (a batch would compile every bucket
@@ -596,14 +604,22 @@ class Engine:
         return next(s for s, r in enumerate(self._rows) if r is row)
 
     def _start_searches(self):
-        """The first step of every search whose prompt is all in: chosen from the prompt's logits."""
+        """The first step of every search whose prompt is all in (in its first row: copied to the others now),
+        chosen from the prompt's logits."""
         results = []
         for group in {id(r.group): r.group for r in self._rows if r is not None and r.group is not None}.values():
             slots = [self._slot(row) for row in group.rows]
-            if group.state is not None or not self._decoding[slots].all():
+            if group.state is not None or not self._decoding[slots[0]]:
                 continue
             request = group.rows[0].request
+            for slot in slots[1:]:
+                self._start_decoding(slot, self._logits[slots[0]])
+            source = tf.constant([slots[0]] * len(slots), tf.int32)
+            _copy_window(self._cache, source, tf.constant(slots, tf.int32), 0, len(request.prompt))
+            if request.needs_history:
+                self._history.scatter_nd_update(tf.constant(slots)[:, None], tf.gather(self._history, source))
             group.state = beams.beam_init(1, request.num_beams, request.max_new_tokens)
+            group.sequences = [[] for _ in slots]
             values, ids = self._runner.beam_candidates(
                 tf.gather(self._logits, slots),
                 tf.gather(self._history, slots),
@@ -612,36 +628,48 @@ class Engine:
                 tf.constant(self._bad_words[slots]),
                 2 * request.num_beams,
             )
-            results += self._search_step(group, values.numpy(), ids.numpy(), first=True)
+            results += self._search_step(group, values.numpy(), ids.numpy())
         return results
 
-    def _search_step(self, group, values, ids, first=False):
+    def _search_step(self, group, values, ids):
         """Advance `group`'s search by the candidates its rows' logits give ([K, C] each); either it ends (its Output)
         or each beam's next token is set and the rows take the caches (and histories) of the beams they continue."""
         request = group.rows[0].request
-        group.state, parents, tokens, done = beams.beam_step(
-            group.state,
-            tf.constant(values[None]),
-            tf.constant(ids[None]),
-            max_new_tokens=request.max_new_tokens,
-            length_penalty=float(request.length_penalty),
-            early_stopping=request.early_stopping,
-            stop_at_eos=request.stop_at_eos,
+        step = beams.compiled_step(
+            request.max_new_tokens, float(request.length_penalty), request.early_stopping, request.stop_at_eos
         )
+        group.state, parents, tokens, done = step(group.state, tf.constant(values[None]), tf.constant(ids[None]))
         if bool(done[0]):
             best = beams.results(group.state, request.num_return_sequences, request.stop_at_eos)[0]
             for row in group.rows:
                 self._free(self._slot(row))
             return [Output(group.rows[0].rid, best[0][0], best[0][2], beams=best)]
-        slots = [self._slot(row) for row in group.rows]
         parents, tokens = parents.numpy()[0], tokens.numpy()[0]
-        moved = [(slots[p], slots[i]) for i, p in enumerate(parents) if p != i]
-        if moved and not first:  # (at the first step every row holds the same prompt)
-            source, target = (tf.constant(np.array(x, np.int32)) for x in zip(*moved))
-            variables = [v for layer in self._cache for v in layer]
+        # Beam i continues beam parents[i]: the first child of a beam takes over its row as it is; another child
+        # takes the row of a beam that has none, which copies the parent's cache (and history) from where their
+        # tokens first differ. Rows are relabelled, not moved: a step copies only what a beam's second child needs.
+        old_rows, old = group.rows, group.sequences
+        rows, spare, taken = [None] * len(parents), [], set()
+        for i, p in enumerate(parents):
+            if p not in taken:
+                rows[i] = old_rows[p]
+                taken.add(p)
+        free = [j for j in range(len(parents)) if j not in taken]
+        for i, p in enumerate(parents):
+            if rows[i] is None:
+                j = free.pop()
+                rows[i] = old_rows[j]
+                spare.append((self._slot(old_rows[p]), self._slot(old_rows[j]), _common_prefix(old[j], old[p])))
+        first = min((x[2] for x in spare), default=len(old[0]))
+        if first < len(old[0]):  # (at the first step every row holds the same prompt and nothing else)
+            spare += [spare[0]] * (len(parents) - 1 - len(spare))  # a fixed number of pairs: one compiled copy
+            source, target = (tf.constant(np.array(x, np.int32)) for x in list(zip(*spare))[:2])
+            _copy_window(self._cache, source, target, len(request.prompt) + first, len(old[0]) - first)
             if request.needs_history:
-                variables.append(self._history)
-            _copy_rows(variables, source, target)
+                self._history.scatter_nd_update(target[:, None], tf.gather(self._history, source))
+        group.rows = rows
+        group.sequences = [old[p] + [int(t)] for p, t in zip(parents, tokens)]
+        slots = [self._slot(row) for row in rows]
         self._forced[slots] = tokens
         return []
 
@@ -700,11 +728,34 @@ class Engine:
                 yield Output(index_of[output.rid], output.ids, output.finished, output.logprobs, output.beams)
 
 
-@tf.function(autograph=False, reduce_retracing=True)
-def _copy_rows(variables, source, target):
-    """Row target[i] of every variable becomes what row source[i] held (all read before any is written)."""
-    for variable in variables:
-        variable.scatter_nd_update(target[:, None], tf.gather(variable, source))
+def _common_prefix(a, b):
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+@functools.lru_cache(maxsize=64)
+def _window_copy(width):
+    """A compiled copy of `width` slots of cache rows (see `_copy_window`)."""
+
+    def copy(variables, source, target, start):
+        for variable in variables:
+            value = variable.read_value()
+            shape = [1, value.shape[1], width, value.shape[3]]
+            pieces = [xla.dynamic_slice(value, tf.stack([s, 0, start, 0]), shape) for s in tf.unstack(source)]
+            for t, piece in zip(tf.unstack(target), pieces):  # every read before any write
+                value = xla.dynamic_update_slice(value, piece, tf.stack([t, 0, start, 0]))
+            variable.assign(value)
+
+    return tf.function(copy, autograph=False, jit_compile=True)
+
+
+def _copy_window(cache, source, target, start, count):
+    """Rows target[i] of the cache take slots start..start+count of rows source[i] (a beam search's rows, as each
+    continues another beam: only where their tokens differ). The width is rounded up to a power of two (>= 8), one
+    compiled copy per width; XLA writes those slots in place."""
+    length = cache[0][0].shape[2]
+    width = min(max(8, 1 << (count - 1).bit_length()), length)
+    start = tf.constant(min(start, length - width), tf.int32)
+    _window_copy(width)([v for layer in cache for v in layer], source, target, start)
 
 
 def bad_word_sequences(words, encoder, n_vocab):
