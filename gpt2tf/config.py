@@ -21,6 +21,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # a model's compute
 SAMPLING = "sampling"  # the help section of the sampling flags
 COMPUTE = "compute"  # the help section of the precision and weights flags
 CONTROLS = "decoding controls (docs/inference.md)"  # the help section of the controls' flags
+BEAMS = "beam search"  # the help section of the beam-search flags
 
 
 def flag(default, help, **metadata):
@@ -139,6 +140,33 @@ class ControlFlags:
         0.0, "drop tokens less likely than min_p times the most likely, in [0, 1]; 0 = off", group=CONTROLS
     )
     typical_p: float = flag(1.0, "locally typical sampling's mass, in (0, 1]; 1 = off", group=CONTROLS)
+    num_beams: int = flag(
+        1,
+        "beam search with this many beams (transformers' rules; deterministic: temperature 0, no top-k/top-p); 1 = off",
+        group=BEAMS,
+    )
+    num_return_sequences: int = flag(1, "with --num_beams: the best hypotheses given per prompt", group=BEAMS)
+    length_penalty: float = flag(
+        1.0, "with --num_beams: a hypothesis scores sum(log p) / length**this; > 0 favours longer ones", group=BEAMS
+    )
+    early_stopping: str = flag(
+        "false",
+        "with --num_beams: stop once num_beams hypotheses are done (true), when none can improve (false), or "
+        "never before the length",
+        choices=("true", "false", "never"),
+        group=BEAMS,
+    )
+
+    @property
+    def beams(self):
+        """The beam-search settings as keyword arguments (early_stopping as transformers takes it)."""
+        early = {"true": True, "false": False}.get(self.early_stopping, self.early_stopping)
+        return dict(
+            num_beams=self.num_beams,
+            num_return_sequences=self.num_return_sequences,
+            length_penalty=self.length_penalty,
+            early_stopping=early,
+        )
 
     def controls(self):
         """The controls as `generate`'s keyword arguments, checked (one line naming the setting)."""

@@ -26,7 +26,7 @@ from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.files import check_output_dir
 from gpt2tf.layout import DEFAULT_MODEL_DIR, QUANTIZED_FILE
-from gpt2tf.settings import SamplerConfig, check_seed, random_seed
+from gpt2tf.settings import BEAM_OFF, SamplerConfig, check_beams, check_seed, random_seed
 
 DEFAULT_TOP_K = 40  # used unless --nucleus or an explicit --top_k says otherwise
 DEFAULT_TOP_P = 0.9  # what --nucleus uses when --top_p is not given
@@ -49,11 +49,14 @@ class InferenceConfig(ControlFlags, SamplingFlags, WeightsFlags, PrecisionFlags,
         f"where `python download_model.py 124M` puts OpenAI's default model)",
     )
     no_xla: bool = override(PrecisionFlags, "no_xla", False, "don't compile the decode loop with XLA")
+    temperature: float = override(
+        SamplingFlags, "temperature", None, "0 means greedy (default 1, or 0 with --num_beams)"
+    )
     top_k: int = override(
         SamplingFlags,
         "top_k",
         None,
-        f"keep the k most likely tokens; 0 = off (default {DEFAULT_TOP_K}, or 0 with --nucleus)",
+        f"keep the k most likely tokens; 0 = off (default {DEFAULT_TOP_K}, or 0 with --nucleus or --num_beams)",
     )
     top_p: float = override(
         SamplingFlags,
@@ -120,9 +123,11 @@ class InferenceConfig(ControlFlags, SamplingFlags, WeightsFlags, PrecisionFlags,
 
     def sampler(self):
         """The SamplerConfig these flags mean (`--nucleus` switches top-k off unless --top_k is given)."""
-        top_k = self.top_k if self.top_k is not None else (0 if self.nucleus else DEFAULT_TOP_K)
+        beams = self.num_beams != 1
+        top_k = self.top_k if self.top_k is not None else (0 if self.nucleus or beams else DEFAULT_TOP_K)
         top_p = self.top_p if self.top_p is not None else (DEFAULT_TOP_P if self.nucleus else 1.0)
-        temperature = 0.0 if self.greedy else self.temperature
+        temperature = self.temperature if self.temperature is not None else (0.0 if beams else 1.0)
+        temperature = 0.0 if self.greedy else temperature
         controls = {k: v for k, v in self.controls().items() if k not in ("logit_bias", "bad_words")}
         return SamplerConfig(
             temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=self.repetition_penalty, **controls
@@ -172,6 +177,13 @@ def check(config):
         check_output_dir(config.save_quantized, marker=QUANTIZED_FILE, what="quantized model")
     config.sampler()  # temperature, top_k, top_p, repetition_penalty and the controls
     check_seed(config.seed)
+    sampling = dict(dataclasses.asdict(config.sampler()), logit_bias=config.controls()["logit_bias"])
+    check_beams(**config.beams, **{k: v for k, v in sampling.items() if k in BEAM_OFF})
+    if config.num_beams != 1:
+        if config.nsamples != 1:
+            raise GPT2TFError("--num_beams gives --num_return_sequences hypotheses per prompt: drop --nsamples")
+        if config.stop:
+            raise GPT2TFError("--num_beams does not take --stop: drop it, or sample instead")
     for name in ("output_length", "nsamples", "batch_size"):
         if getattr(config, name) <= 0:
             raise GPT2TFError(f"--{name} must be a positive integer, got {getattr(config, name)}")
@@ -237,7 +249,8 @@ def _generate_and_print(model, encoder, config, prompts, out, indices=None):
 
     seed = config.seed if config.seed is not None else random_seed()  # drawn here so that jsonl can report it
     stop = [unescape(s) for s in config.stop]
-    stream = config.output == "plain" and (config.batch_size == 1 or len(prompts) * config.nsamples == 1)
+    per = config.num_return_sequences if config.num_beams != 1 else config.nsamples  # rows per prompt
+    stream = config.output == "plain" and (config.batch_size == 1 or len(prompts) * per == 1)
     decoders = {}  # row -> incremental UTF-8 decoder, for streaming text that splits characters across tokens
     collected = {}
     rows = generate_stream(
@@ -256,6 +269,7 @@ def _generate_and_print(model, encoder, config, prompts, out, indices=None):
         encoder=encoder,
         logit_bias=config.controls()["logit_bias"],
         bad_words=[unescape(w) for w in config.bad_words],
+        **config.beams,
     )
     current = None
     for row, ids in rows:
@@ -265,23 +279,23 @@ def _generate_and_print(model, encoder, config, prompts, out, indices=None):
                 if current is not None:
                     out.write("\n")
                 current = row
-                _print_header(out, row, config.nsamples)
+                _print_header(out, row, per)
                 decoders[row] = codecs.getincrementaldecoder("utf-8")(errors="replace")
             out.write(decoders[row].decode(encoder.decode_bytes(ids)))
             out.flush()
     if stream and current is not None:
         out.write("\n")
-    for row in range(len(prompts) * config.nsamples):
+    for row in range(len(prompts) * per):
         ids = collected.get(row, [])
         text = cut_at_stop(encoder.decode(ids), stop)
         if config.output == "jsonl":
-            number = row // config.nsamples
+            number = row // per
             out.write(
                 json.dumps(
                     {
                         "index": indices[number] if indices else number,
                         "prompt": prompts[number],
-                        "sample": row % config.nsamples,
+                        "sample": row % per,
                         "text": text,
                         "tokens": ids,
                         "seed": seed,
@@ -291,7 +305,7 @@ def _generate_and_print(model, encoder, config, prompts, out, indices=None):
                 + "\n"
             )
         elif not stream or row not in decoders:  # streamed rows are already out; an empty one gets its header
-            _print_header(out, row, config.nsamples)
+            _print_header(out, row, per)
             out.write(text + "\n")
     out.flush()
 

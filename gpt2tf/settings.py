@@ -111,6 +111,43 @@ def check_bad_words(words):
     return tuple(out)
 
 
+# What beam search leaves off: the sampling settings, and the controls that only make sense for sampling.
+BEAM_OFF = dict(
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    repetition_penalty=1.0,
+    presence_penalty=0.0,
+    frequency_penalty=0.0,
+    logit_bias=(),
+    min_p=0.0,
+    typical_p=1.0,
+)
+
+
+def check_beams(num_beams, num_return_sequences=1, length_penalty=1.0, early_stopping=False, **sampling):
+    """Beam search's settings (transformers' meanings), and that `sampling` (BEAM_OFF's names) leaves sampling
+    off when num_beams > 1: beam search here is deterministic (beam sampling is not supported)."""
+    if not (_is_token(num_beams) and num_beams >= 1):
+        raise GPT2TFError(f"num_beams must be a whole number >= 1 (1 = no beam search), got {num_beams!r}")
+    if not (_is_token(num_return_sequences) and 1 <= num_return_sequences <= num_beams):
+        raise GPT2TFError(
+            f"num_return_sequences must be from 1 to num_beams ({num_beams}), got {num_return_sequences!r}"
+        )
+    if not (_is_number(length_penalty) and math.isfinite(length_penalty)):
+        raise GPT2TFError(f"length_penalty must be a finite number, got {length_penalty!r}")
+    if not (isinstance(early_stopping, bool) or early_stopping == "never"):
+        raise GPT2TFError(f'early_stopping must be true, false or "never", got {early_stopping!r}')
+    if num_beams == 1:
+        return
+    for name, off in BEAM_OFF.items():
+        if name in sampling and sampling[name] != off and not (name == "logit_bias" and not sampling[name]):
+            raise GPT2TFError(
+                f"beam search (num_beams {num_beams}) is deterministic and takes no {name}: drop it "
+                f"(beam sampling is not supported; no_repeat_ngram_size and bad_words combine with beams)"
+            )
+
+
 def check_seed(seed):
     """A seed is None (draw one) or a whole number in 0..2**31-1."""
     if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):

@@ -13,6 +13,7 @@ import pytest
 
 import gpt2tf
 from gpt2tf import evaluate
+from gpt2tf.data import TLDR
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.evaluate import rouge
 
@@ -205,6 +206,25 @@ def test_cnndm_end_to_end_on_the_bundled_sample(small):
         model, [a["article"] for a in articles[:2]], encoder=gpt2tf.get_encoder(), max_new_tokens=12, seed=3, top_k=2
     )
     assert again == [e["summary"] for e in examples[:2]]
+
+
+def test_cnndm_with_beams_and_no_repeat_ngrams(small):
+    """--num_beams and --no_repeat_ngram_size: the summaries are beam_search's best hypotheses of the same prompts."""
+    model, _ = small
+    path = str(ROOT / "datasets" / "cnndm_sample" / "val.jsonl")
+    config = evaluate.EvaluateConfig(
+        task="cnndm", dataset_path=path, max_new_tokens=10, max_examples=3, num_beams=3, no_repeat_ngram_size=3
+    )
+    report, examples = evaluate.TASKS["cnndm"](model, config, gpt2tf.get_encoder(), None)
+    assert report["sampling"] == "beam search, 3 beams, length_penalty 1.0, no_repeat_ngram_size 3"
+    encoder = gpt2tf.get_encoder()
+    articles = [json.loads(line)["article"] for line in Path(path).read_text().splitlines() if line.strip()][:3]
+    tail = encoder.encode(TLDR)
+    room = model.hparams.n_ctx - 10 - len(tail)
+    prompts = [encoder.encode(a)[:room] + tail for a in articles]
+    best = gpt2tf.beam_search(model, prompts, length=10, num_beams=3, no_repeat_ngram_size=3)
+    want = [rouge.first_sentences(encoder.decode(hyps[0][0]), 3) for hyps in best]
+    assert [e["summary"] for e in examples] == want
 
 
 # ---- the CLI --------------------------------------------------------------------------------------------------------

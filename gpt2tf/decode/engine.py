@@ -24,7 +24,6 @@ the runner passes to the model and the sampler: "auto" (the default) is the nati
 import dataclasses
 import functools
 import itertools
-import math
 import time
 
 import numpy as np
@@ -39,6 +38,7 @@ from gpt2tf.encoder import get_encoder
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
 from gpt2tf.settings import (
+    BEAM_OFF,
     MAX_BAD_WORD_TOKENS,
     MAX_BAD_WORDS,
     MAX_LOGIT_BIAS,
@@ -47,6 +47,7 @@ from gpt2tf.settings import (
     STREAM_INTERVAL,
     SamplerConfig,
     check_bad_words,
+    check_beams,
     check_logit_bias,
     check_seed,
     random_seed,
@@ -121,30 +122,14 @@ class Request:
         self._check_beams()
 
     def _check_beams(self):
-        if not (_is_count(self.num_beams) and self.num_beams >= 1):
-            raise GPT2TFError(f"num_beams must be a whole number >= 1 (1 = no beam search), got {self.num_beams!r}")
-        if not (_is_count(self.num_return_sequences) and 1 <= self.num_return_sequences <= self.num_beams):
-            raise GPT2TFError(
-                f"num_return_sequences must be from 1 to num_beams ({self.num_beams}), "
-                f"got {self.num_return_sequences!r}"
-            )
-        if not (isinstance(self.length_penalty, (int, float)) and math.isfinite(self.length_penalty)):
-            raise GPT2TFError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
-        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
-            raise GPT2TFError(f'early_stopping must be true, false or "never", got {self.early_stopping!r}')
-        if self.num_beams == 1:
-            return
-        sampling = [
-            name
-            for name, off in _BEAM_OFF.items()
-            if getattr(self, name) != off and not (name == "logit_bias" and not self.logit_bias)
-        ]
-        if sampling:
-            raise GPT2TFError(
-                f"beam search (num_beams {self.num_beams}) is deterministic and takes no {sampling[0]}: drop it "
-                f"(beam sampling is not supported; no_repeat_ngram_size and bad_words combine with beams)"
-            )
-        if self.stop or self.logprobs is not None:
+        check_beams(
+            self.num_beams,
+            self.num_return_sequences,
+            self.length_penalty,
+            self.early_stopping,
+            **{name: getattr(self, name) for name in BEAM_OFF},
+        )
+        if self.num_beams != 1 and (self.stop or self.logprobs is not None):
             name = "stop strings" if self.stop else "logprobs"
             raise GPT2TFError(f"beam search does not take {name}: drop them, or use num_beams 1")
 
@@ -194,18 +179,6 @@ _IDLE = dict(
     typical_p=1.0,
 )
 _INTEGER_SETTINGS = ("top_k", "no_repeat_ngram_size")
-# What beam search leaves off (the sampling settings and the controls that only make sense for sampling).
-_BEAM_OFF = dict(
-    temperature=0.0,
-    top_k=0,
-    top_p=1.0,
-    repetition_penalty=1.0,
-    presence_penalty=0.0,
-    frequency_penalty=0.0,
-    logit_bias=(),
-    min_p=0.0,
-    typical_p=1.0,
-)
 
 
 def _is_count(value):

@@ -175,7 +175,8 @@ def _beam_rows(
         )
         for prompt in prompts
     ]
-    engine = _engine(model, prompts, requests, length, batch_size, jit_compile, encoder)
+    rows = None if batch_size is None else batch_size * num_beams  # batch_size: prompts searched together
+    engine = _engine(model, prompts, requests, length, rows, jit_compile, encoder)
     for output in engine.run(requests, steps=1):
         for j, hypothesis in enumerate(output.beams or ()):
             yield output.rid * num_return_sequences + j, hypothesis
@@ -281,7 +282,7 @@ def beam_search(
     """Beam search (transformers' rules, `gpt2tf.decode.beams`): for every prompt, its `num_return_sequences` best
     hypotheses as `(ids, score)`, best first; the score is transformers' `sequences_scores` (the sum of the tokens'
     log-probabilities divided by length ** length_penalty). A prompt takes `num_beams` rows of the engine; at most
-    `batch_size` rows (default: all) decode at once."""
+    `batch_size` prompts (default: all) are searched at once."""
     config = SamplerConfig(temperature=0.0, no_repeat_ngram_size=no_repeat_ngram_size)
     results = [[None] * num_return_sequences for _ in prompts]
     for row, (ids, score, _) in _beam_rows(

@@ -44,6 +44,11 @@ class EvaluateConfig(SamplingFlags, WeightsFlags, PrecisionFlags, ModelFlags):
     max_examples: int = flag(0, "evaluate at most this many rows or articles; 0: all")
     max_new_tokens: int = flag(100, "cnndm: tokens generated per summary (the paper's 100)")
     greedy: bool = flag(False, "cnndm: greedy summaries instead of sampling")
+    num_beams: int = flag(1, "cnndm: beam-search summaries with this many beams (transformers' rules); 1 = off")
+    length_penalty: float = flag(1.0, "cnndm: with --num_beams, sum(log p) / length**this")
+    no_repeat_ngram_size: int = flag(
+        0, "cnndm: never repeat an n-gram of this size in article + summary (3 is the usual recipe); 0 = off"
+    )
     sentences: int = flag(3, "cnndm: generated sentences kept (the paper's 3)")
     batch_size: int = flag(8, "cnndm: summaries generated together")
     output: str = flag("table", "a table, or the report as one JSON object on stdout", choices=("table", "json"))
@@ -71,6 +76,10 @@ def check(config):
         if getattr(config, name) < 1:
             raise GPT2TFError(f"--{name} must be at least 1, got {getattr(config, name)}")
     config.check_sampling()  # cnndm's summaries
+    from gpt2tf.settings import SamplerConfig, check_beams
+
+    SamplerConfig(no_repeat_ngram_size=config.no_repeat_ngram_size)
+    check_beams(config.num_beams, length_penalty=config.length_penalty)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -266,7 +266,7 @@ def summarize(
             f"context of {model.hparams.n_ctx}"
         )
     prompts = [encoder.encode(article)[:room] + tail for article in articles]
-    outputs = generate(
+    outputs = generate(  # (beam search takes no seed)
         model, prompts, length=max_new_tokens, seed=seed, batch_size=batch_size, jit_compile=jit_compile, **sampling
     )
     return [rouge.first_sentences(encoder.decode(ids), sentences) for ids in outputs]
@@ -279,11 +279,17 @@ def _cnndm_task(model, config, encoder, progress):
         pairs.append(pair)
         if config.max_examples and len(pairs) == config.max_examples:
             break
-    sampling = (
-        dict(temperature=0)
-        if config.greedy
-        else dict(top_k=config.top_k, top_p=config.top_p, temperature=config.temperature)
-    )
+    if config.num_beams > 1:
+        sampling = dict(num_beams=config.num_beams, length_penalty=config.length_penalty)
+        how = f"beam search, {config.num_beams} beams, length_penalty {config.length_penalty}"
+    elif config.greedy:
+        sampling, how = dict(temperature=0), "greedy"
+    else:
+        sampling = dict(top_k=config.top_k, top_p=config.top_p, temperature=config.temperature)
+        how = f"top_k {config.top_k}, top_p {config.top_p}, temperature {config.temperature}"
+    if config.no_repeat_ngram_size:
+        sampling["no_repeat_ngram_size"] = config.no_repeat_ngram_size
+        how += f", no_repeat_ngram_size {config.no_repeat_ngram_size}"
     summaries = []
     for first in range(0, len(pairs), config.batch_size):
         batch = pairs[first : first + config.batch_size]
@@ -317,9 +323,7 @@ def _cnndm_task(model, config, encoder, progress):
         "examples": n,
         **{name: value / n for name, value in totals.items()},
         "lead3": {name: value / n for name, value in lead.items()},
-        "sampling": "greedy"
-        if config.greedy
-        else f"top_k {config.top_k}, top_p {config.top_p}, temperature {config.temperature}",
+        "sampling": how,
         "max_new_tokens": config.max_new_tokens,
         "sentences": config.sentences,
     }
