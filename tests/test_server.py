@@ -141,6 +141,23 @@ def test_best_of_returns_the_n_most_likely_per_token(client, model):
     assert [c.text for c in plain.choices] == [enc.decode(s) for s in samples[:2]] and plain.choices[0].logprobs is None
 
 
+def test_beam_search_over_the_api_equals_the_library(client, model):
+    enc = gpt2tf.get_encoder()
+    want = gpt2tf.beam_search(
+        model, [enc.encode(PROMPT)], length=10, num_beams=3, num_return_sequences=2, no_repeat_ngram_size=2
+    )[0]
+    extra = {"num_beams": 3, "no_repeat_ngram_size": 2, "length_penalty": 1.0, "early_stopping": False}
+    got = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=10, n=2, extra_body=extra)
+    assert [c.text for c in got.choices] == [enc.decode(ids) for ids, _ in want]
+    assert got.usage.completion_tokens == sum(len(ids) for ids, _ in want)
+    streamed = client.completions.create(model="gpt2", prompt=PROMPT, max_tokens=10, n=2, stream=True, extra_body=extra)
+    texts = ["", ""]
+    for chunk in streamed:
+        for c in chunk.choices:
+            texts[c.index] += c.text
+    assert texts == [enc.decode(ids) for ids, _ in want]
+
+
 def test_streaming_with_the_openai_client(client, model, server, monkeypatch):
     want = expected(model, PROMPT, length=15, temperature=0.8, seed=3)[0]
     stream = client.completions.create(
@@ -275,6 +292,11 @@ def test_models_health_and_the_predict_api(server, model):
         ({"prompt": "x", "best_of": 3, "stream": True}, "best_of", "cannot be used with stream"),
         ({"prompt": ["a"] * 4, "best_of": 4}, "best_of", "more than this server takes at once (12)"),
         ({"prompt": "x", "suffix": "y"}, "suffix", "not supported"),
+        ({"prompt": "x", "num_beams": 5}, "num_beams", "from 1 to 4"),
+        ({"prompt": "x", "num_beams": 2, "temperature": 0.7}, "temperature", "deterministic and takes no temperature"),
+        ({"prompt": "x", "num_beams": 2, "n": 3}, "n", "at most num_beams (2)"),
+        ({"prompt": "x", "num_beams": 2, "best_of": 3}, "best_of", "cannot be used with num_beams"),
+        ({"prompt": "x", "num_beams": 2, "early_stopping": "soon"}, "early_stopping", "true, false or"),
         ({"prompt": "x", "logprobs": 9}, "logprobs", "from 0 to 5"),
         ({"prompt": [1, 99999]}, "prompt", "token ids outside the vocabulary"),
         ({"prompt": [-1]}, "prompt", "token ids outside the vocabulary"),

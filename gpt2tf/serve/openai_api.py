@@ -25,7 +25,15 @@ from gpt2tf.decode.stops import cut_at_stop
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.serve.http import ApiError, event, read_json
 from gpt2tf.serve.worker import Job, collect
-from gpt2tf.settings import MAX_LOGPROBS, MAX_SEED, check_bad_words, check_logit_bias, random_seed
+from gpt2tf.settings import (
+    BEAM_OFF,
+    MAX_LOGPROBS,
+    MAX_SEED,
+    check_bad_words,
+    check_beams,
+    check_logit_bias,
+    random_seed,
+)
 
 MAX_STOPS = 4  # stop strings per request, as OpenAI
 
@@ -49,15 +57,20 @@ class Completion:
 
     @property
     def per_prompt(self):
-        """Sequences generated per prompt."""
+        """Sequences generated per prompt (a beam search's n hypotheses are one request's)."""
         return self.best_of or self.n
+
+    @property
+    def requests_per_prompt(self):
+        return 1 if self.settings.get("num_beams", 1) > 1 else self.per_prompt
 
 
 _IGNORED = {"model", "user", "suffix"}
 
 
-def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
-    """A `Completion` from the JSON body, or an ApiError (400) naming the field and the fix."""
+def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices, max_rows=None):
+    """A `Completion` from the JSON body, or an ApiError (400) naming the field and the fix (`max_rows`: the
+    engine's rows, which a beam search's num_beams may not exceed)."""
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     known = {
@@ -82,6 +95,9 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
         "bad_words",
         "min_p",
         "typical_p",
+        "num_beams",
+        "length_penalty",
+        "early_stopping",
     } | _IGNORED
     unknown = sorted(set(body) - known)
     if unknown:
@@ -96,8 +112,9 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
     prompts = [encoder.encode(p) if isinstance(p, str) else list(p) for p in prompt]
     n = _integer(body, "n", 1, 1, max_choices)
     max_tokens = _integer(body, "max_tokens", 16, 1, n_ctx - 1)
+    num_beams = _integer(body, "num_beams", 1, 1, max_rows or max_choices)
     settings = dict(
-        temperature=_number(body, "temperature", 1.0, 0.0, math.inf),
+        temperature=_number(body, "temperature", 0.0 if num_beams > 1 else 1.0, 0.0, math.inf),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
         top_k=_integer(body, "top_k", 0, 0, 10**9),
         repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, math.inf, low_open=True),
@@ -124,6 +141,33 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices):
     except GPT2TFError as err:
         raise ApiError(400, str(err), param="bad_words") from None
     settings.update(logit_bias=bias, bad_words=bad_words)
+    if num_beams > 1:
+        early = body.get("early_stopping", False)
+        settings.update(
+            num_beams=num_beams,
+            num_return_sequences=n,
+            length_penalty=_number(body, "length_penalty", 1.0, -math.inf, math.inf),
+            early_stopping=early,
+        )
+        if not (isinstance(early, bool) or early == "never"):
+            raise ApiError(
+                400, f'early_stopping must be true, false or "never", got {json.dumps(early)}', param="early_stopping"
+            )
+        if n > num_beams:
+            raise ApiError(400, f"n ({n}) must be at most num_beams ({num_beams}): the best n are returned", param="n")
+        for name, off in BEAM_OFF.items():
+            if settings[name] != off and not (name == "logit_bias" and not settings[name]):
+                raise ApiError(
+                    400,
+                    f"beam search (num_beams {num_beams}) is deterministic and takes no {name}: drop it",
+                    param=name,
+                )
+        check_beams(**{k: settings[k] for k in ("num_beams", "num_return_sequences", "length_penalty")})
+        for name in ("best_of", "logprobs"):
+            if body.get(name) not in (None, 1 if name == "best_of" else None):
+                raise ApiError(400, f"{name} cannot be used with num_beams (beam search ranks its own)", param=name)
+        if body.get("stop"):
+            raise ApiError(400, "stop cannot be used with num_beams", param="stop")
     best_of = body.get("best_of")
     if best_of is not None:
         best_of = _integer(body, "best_of", n, 1, max_choices)
@@ -242,7 +286,7 @@ def engine_requests(completion):
             **completion.settings,
         )
         for ids in completion.prompts
-        for j in range(completion.per_prompt)
+        for j in range(completion.requests_per_prompt)
     ]
 
 
@@ -323,11 +367,13 @@ def add_routes(app, service):
             n_ctx=n_ctx,
             truncate_prompt=config.truncate_prompt,
             max_choices=config.max_batch + config.max_queue,
+            max_rows=config.max_batch,
         )
         job = Job(
             engine_requests(completion),
             asyncio.get_running_loop(),
             score_prompts=completion.echo and completion.logprobs is not None,
+            choices_per_request=completion.per_prompt // completion.requests_per_prompt,
         )
         worker.submit(job)
         meta = {
@@ -380,7 +426,7 @@ def add_routes(app, service):
         return logprobs_object(encoder, entries, ids, offset)
 
     async def _stream(job, completion, meta):
-        choices, prompt_scores, remaining = _choices(completion), None, set(range(len(job.requests)))
+        choices, prompt_scores, remaining = _choices(completion), None, set(range(job.choices))
         if completion.include_usage:  # OpenAI's: every chunk has "usage", null but in the last
             meta = {**meta, "usage": None}
         try:

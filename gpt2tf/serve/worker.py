@@ -19,8 +19,10 @@ from gpt2tf.settings import MAX_LOGPROBS
 class Job:
     """One HTTP request's engine requests (its choices), and the queue their outputs come back on."""
 
-    def __init__(self, requests, loop, *, score_prompts=False):
+    def __init__(self, requests, loop, *, score_prompts=False, choices_per_request=1):
         self.requests, self.loop, self.score_prompts = requests, loop, score_prompts
+        self.per_request = choices_per_request  # a beam search's request gives its n best as n choices
+        self.choices = len(requests) * choices_per_request
         self.queue = asyncio.Queue()
         self.cancelled = False
 
@@ -76,7 +78,10 @@ class Worker:
                     self._wake.wait()
                 cancelled, self._cancelled = self._cancelled, []
                 self._waiting = collections.deque(w for w in self._waiting if not w[0].cancelled)
-                joining = [self._waiting.popleft() for _ in range(min(engine.free_slots, len(self._waiting)))]
+                joining, free = [], engine.free_slots
+                while self._waiting and self._waiting[0][2].rows <= free:  # a beam request needs num_beams rows
+                    joining.append(self._waiting.popleft())
+                    free -= joining[-1][2].rows
             for job in cancelled:
                 for rid, (owner, _) in list(self._owner.items()):
                     if owner is job:
@@ -92,7 +97,11 @@ class Worker:
                 continue
             for output in outputs:
                 job, choice = self._owner[output.rid]
-                job.put((choice, output))
+                if output.beams is None:
+                    job.put((choice, output))
+                else:  # a beam search's hypotheses: its request's choices, best first
+                    for j, (ids, _, finished) in enumerate(output.beams):
+                        job.put((choice * job.per_request + j, type(output)(output.rid, ids, finished)))
                 if output.finished:
                     del self._owner[output.rid]
             self.decoding = engine.active
@@ -141,7 +150,7 @@ class Worker:
 
 async def collect(request, worker, job, choices):
     """Wait for every choice of `job` (cancelling it if the client goes away); the prompt scores, if any."""
-    prompt_scores, remaining = None, set(range(len(job.requests)))
+    prompt_scores, remaining = None, set(range(job.choices))
     while remaining:
         try:
             choice, item = await asyncio.wait_for(job.queue.get(), timeout=0.2)
