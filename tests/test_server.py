@@ -435,15 +435,28 @@ def test_the_page_streams_a_completion_and_stops(server, browser, tmp_path, monk
     box = browser.find_element(By.ID, "prompt")
     box.clear()
     box.send_keys("Once upon a time")
-    for name, value in (("max_tokens", "20"), ("temperature", "0")):
-        field = browser.find_element(By.ID, name)
-        field.clear()
-        field.send_keys(value)
+    def fill(*pairs):
+        for name, value in pairs:
+            field = browser.find_element(By.ID, name)
+            field.clear()
+            field.send_keys(value)
+
+    fill(("max_tokens", "20"), ("temperature", "0"), ("no_repeat_ngram_size", "2"), ("frequency_penalty", "0.5"))
     browser.find_element(By.ID, "generate").click()
     WebDriverWait(browser, 60).until(lambda b: "done" in b.find_element(By.ID, "status").text)
     text = browser.find_element(By.ID, "completion").text
-    want = expected(server_model(server), "Once upon a time", length=20, temperature=0)[0]
+    controls = dict(no_repeat_ngram_size=2, frequency_penalty=0.5)
+    want = expected(server_model(server), "Once upon a time", length=20, temperature=0, **controls)[0]
     assert text == want.strip() or text == want  # the browser trims trailing white space in .text
+    fill(("num_beams", "3"), ("frequency_penalty", "0"))  # beams: the sampling settings are left out
+    browser.find_element(By.ID, "generate").click()
+    WebDriverWait(browser, 60).until(lambda b: "done" in b.find_element(By.ID, "status").text)
+    enc = gpt2tf.get_encoder()
+    best = gpt2tf.beam_search(
+        server_model(server), [enc.encode("Once upon a time")], length=20, num_beams=3, no_repeat_ngram_size=2
+    )[0][0][0]
+    assert browser.find_element(By.ID, "completion").text.strip() == enc.decode(best).strip()
+    fill(("num_beams", "1"), ("no_repeat_ngram_size", "0"))
     browser.save_screenshot(str(tmp_path / "page.png"))
     # A long generation, stopped from the page: the server frees the slot. The tiny model would finish 55 tokens
     # before the click lands, so each step is slowed as a real model's would be.
