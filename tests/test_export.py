@@ -96,11 +96,13 @@ import tensorflow as tf
 calls = json.load(open(sys.argv[2]))
 m = tf.saved_model.load(sys.argv[1])
 out = []
+floats = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p", "typical_p")
+def plain(x):
+    return x.decode("utf-8") if isinstance(x, bytes) else [plain(y) for y in x] if isinstance(x, list) else x
 for name, args in calls:
-    kinds = {"prompt": tf.string, "text": tf.string, "temperature": tf.float32, "top_p": tf.float32}
+    kinds = {"prompt": tf.string, "text": tf.string, **dict.fromkeys(floats, tf.float32)}
     result = m.signatures[name](**{k: tf.constant(v, kinds.get(k, tf.int32)) for k, v in args.items()})
-    out.append({k: [x.decode("utf-8") if isinstance(x, bytes) else x for x in v.numpy().tolist()]
-                for k, v in result.items()})
+    out.append({k: plain(v.numpy().tolist()) for k, v in result.items()})
 json.dump(out, open(sys.argv[3], "w"))
 """
 
@@ -111,6 +113,14 @@ PROMPTS = [
     "The quick brown fox jumps over the lazy dog " * 12,
 ]  # the last: 108 tokens
 MAX_NEW = [20, 5, 12, 16]
+OFF = dict(  # generate's controls, off, per row
+    presence_penalty=[0.0] * 4,
+    frequency_penalty=[0.0] * 4,
+    no_repeat_ngram_size=[0] * 4,
+    min_p=[0.0] * 4,
+    typical_p=[1.0] * 4,
+)
+CONTROL_DTYPES = (tf.float32, tf.float32, tf.int32, tf.float32, tf.float32)
 
 
 def export_cli(*args, cwd=None):
@@ -172,7 +182,7 @@ def test_the_export_runs_without_gpt2tf_and_matches_the_library(exported, encode
     ]  # mixed
     seeds = [7, 8, 9, 10]
     texts = ["She picked up the sword", "I'm 'S 'sa DON'T \n\n x  y", ""] + HARD[12:16]
-    calls = [["generate", dict(prompt=PROMPTS, max_new_tokens=MAX_NEW, seed=seeds, **s)] for s in settings]
+    calls = [["generate", dict(prompt=PROMPTS, max_new_tokens=MAX_NEW, seed=seeds, **s, **OFF)] for s in settings]
     calls += [
         [
             "generate",
@@ -183,6 +193,7 @@ def test_the_export_runs_without_gpt2tf_and_matches_the_library(exported, encode
                 top_k=[0, 0],
                 top_p=[1.0, 1.0],
                 seed=[0, 0],
+                **{k: v[:2] for k, v in OFF.items()},
             ),
         ],
         ["serving_default", dict(prompt=["Hello", "Hello"])],
@@ -231,6 +242,44 @@ def test_the_export_runs_without_gpt2tf_and_matches_the_library(exported, encode
         assert all(v == 0.0 for v in logprobs[len(tokens) :])
 
 
+def test_the_export_takes_the_controls_per_row_and_searches_beams(exported, encoder, tmp_path):
+    """generate's numeric controls, per row, and the beam_search signature (4 beams, fixed at export): what the
+    library gives with the same settings."""
+    model, _, path = exported
+    controls = dict(
+        presence_penalty=[0.0, 1.5, -1.0, 0.5],
+        frequency_penalty=[0.8, 0.0, 0.3, 2.0],
+        no_repeat_ngram_size=[2, 0, 3, 1],
+        min_p=[0.0, 0.1, 0.0, 0.05],
+        typical_p=[1.0, 1.0, 0.9, 0.95],
+    )
+    sampling = dict(temperature=[0.0, 1.0, 0.8, 0.0], top_k=[0, 20, 0, 0], top_p=[1.0, 1.0, 0.9, 1.0])
+    seeds = [4, 5, 6, 7]
+    calls = [
+        ["generate", dict(prompt=PROMPTS, max_new_tokens=MAX_NEW, seed=seeds, **sampling, **controls)],
+        ["beam_search", dict(prompt=PROMPTS, max_new_tokens=MAX_NEW, no_repeat_ngram_size=[0, 2, 0, 3])],
+    ]
+    out = call_export(path, calls, tmp_path)
+    for row, prompt in enumerate(PROMPTS):
+        ids = encoder.encode(prompt)
+        settings = {k: v[row] for k, v in {**sampling, **controls}.items()}
+        want = generate(model, [ids], length=MAX_NEW[row], seed=seeds[row], truncate_prompt=True, **settings)[0]
+        assert [t for t in out[0]["tokens"][row] if t >= 0] == want, row
+        ngram = [0, 2, 0, 3][row]
+        best = gpt2tf.beam_search(
+            model,
+            [ids],
+            length=MAX_NEW[row],
+            num_beams=4,
+            num_return_sequences=4,
+            no_repeat_ngram_size=ngram,
+            truncate_prompt=True,
+        )[0]
+        assert [[t for t in h if t >= 0] for h in out[1]["tokens"][row]] == [h for h, _ in best], row
+        np.testing.assert_allclose(out[1]["scores"][row], [s for _, s in best], rtol=1e-4, atol=1e-4)
+        assert out[1]["text"][row] == [encoder.decode(h) for h, _ in best]
+
+
 def test_the_no_xla_export_gives_the_same_tokens(exported, encoder):
     from gpt2tf.export import ExportConfig, Exported
 
@@ -244,6 +293,7 @@ def test_the_no_xla_export_gives_the_same_tokens(exported, encoder):
         tf.zeros([n], tf.int32),
         tf.ones([n]),
         tf.constant([1] * n),
+        *(tf.constant(v[:n], dtype) for v, dtype in zip(OFF.values(), CONTROL_DTYPES)),
     )
     for row, prompt in enumerate(PROMPTS):
         want = generate(model, [encoder.encode(prompt)], length=MAX_NEW[row], temperature=0, truncate_prompt=True)[0]

@@ -435,6 +435,7 @@ def test_the_page_streams_a_completion_and_stops(server, browser, tmp_path, monk
     box = browser.find_element(By.ID, "prompt")
     box.clear()
     box.send_keys("Once upon a time")
+
     def fill(*pairs):
         for name, value in pairs:
             field = browser.find_element(By.ID, name)

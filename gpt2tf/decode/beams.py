@@ -75,8 +75,9 @@ def beam_init(groups, num_beams, max_new_tokens):
 
 def beam_step(state, cand_log_p, cand_ids, *, max_new_tokens, length_penalty, early_stopping, stop_at_eos=True):
     """One step of every group: `cand_log_p`, `cand_ids` [G, K, C] are each running beam's best C >= 2K
-    continuations (`candidates`). Returns (the new state, parents [G, K]: the beam each new running beam continues,
-    tokens [G, K]: the token it adds, done [G]: the group's search is over)."""
+    continuations (`candidates`); `max_new_tokens` is one number or one per group. Returns (the new state,
+    parents [G, K]: the beam each new running beam continues, tokens [G, K]: the token it adds, done [G]: the
+    group's search is over)."""
     k = state["running_scores"].shape[1] or tf.shape(state["running_scores"])[1]
     groups, count = tf.shape(cand_log_p)[0], tf.shape(cand_log_p)[2]
     keep = 2 * k  # transformers' beams_to_keep: (1 + number of end tokens) * num_beams
@@ -90,7 +91,8 @@ def beam_step(state, cand_log_p, cand_ids, *, max_new_tokens, length_penalty, ea
     top_tokens = _write(tf.gather(state["running_tokens"], parent, batch_dims=1), generated, token)
 
     # d. Which of them end: <|endoftext|>, or the length limit (transformers' stopping criteria).
-    ends = tf.broadcast_to(generated + 1 >= max_new_tokens, tf.shape(token))
+    limit = tf.reshape(max_new_tokens, [-1, 1])  # one for all groups, or one per group
+    ends = tf.broadcast_to(generated + 1 >= limit, tf.shape(token))
     if stop_at_eos:
         ends |= token == EOT_ID
 
@@ -124,7 +126,7 @@ def beam_step(state, cand_log_p, cand_ids, *, max_new_tokens, length_penalty, ea
     # g. Can the running beams still improve on the finished ones (_check_early_stop_heuristic)?
     generated += 1
     if early_stopping == "never" and length_penalty > 0.0:
-        best_length = tf.broadcast_to(tf.constant(max_new_tokens), tf.shape(generated))
+        best_length = limit
     else:
         best_length = generated
     best_possible = running_scores[:, :1] / _length_power(best_length, length_penalty)

@@ -37,6 +37,9 @@ class ExportConfig(SamplingFlags, PrecisionFlags, ModelFlags):
     version: int = flag(1, "the version subdirectory TF Serving loads (the highest)")
     overwrite: bool = flag(False, "replace an existing version dir")
     max_new_tokens: int = flag(64, "serving_default: tokens generated per prompt")
+    num_beams: int = flag(4, "beam_search: the beams of each search (and the hypotheses it returns)")
+    length_penalty: float = flag(1.0, "beam_search: a hypothesis scores sum(log p) / length**this")
+    early_stopping: str = flag("false", "beam_search: transformers' early_stopping", choices=("true", "false", "never"))
     max_new_tokens_limit: int = flag(
         None, "the most tokens a row may ask for; more is clamped (default: half the model's context)", type=int
     )
@@ -58,6 +61,11 @@ def check(config):
             f"--max_new_tokens_limit {config.max_new_tokens_limit} is below --max_new_tokens {config.max_new_tokens}"
         )
     config.check_sampling()
+    from gpt2tf.settings import check_beams
+
+    check_beams(config.num_beams, length_penalty=config.length_penalty)
+    if config.num_beams < 2:
+        raise GPT2TFError(f"--num_beams must be at least 2 (the beam_search signature's beams), got {config.num_beams}")
     target = version_dir(config)
     if target.exists() and any(target.iterdir()) and not config.overwrite:
         raise GPT2TFError(

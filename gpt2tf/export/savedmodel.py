@@ -5,8 +5,15 @@ The SavedModel's signatures:
 - `serving_default`: `prompt` string [batch] -> `text` [batch], the completion, with the sampling settings fixed
   at export time (`--max_new_tokens`, `--temperature`, `--top_k`, `--top_p`, `--seed`: random per call unless given).
 - `generate`: `prompt` and, per row, `max_new_tokens` int32, `temperature` float32 (0 = greedy), `top_k` int32
-  (0 = off), `top_p` float32, `seed` int32 -> `text`, `tokens` int32 [batch, max(max_new_tokens)] (-1 after a row's
-  end), `num_tokens` int32 [batch].
+  (0 = off), `top_p` float32, `seed` int32, and the numeric decoding controls: `presence_penalty`,
+  `frequency_penalty` float32 (0 = off), `no_repeat_ngram_size` int32 (0 = off), `min_p` float32 (0 = off),
+  `typical_p` float32 (1 = off) -> `text`, `tokens` int32 [batch, max(max_new_tokens)] (-1 after a row's end),
+  `num_tokens` int32 [batch].
+- `beam_search`: `prompt`, per row `max_new_tokens` int32 and `no_repeat_ngram_size` int32 -> the `--num_beams`
+  best hypotheses of each prompt, best first: `text` [batch, num_beams], `tokens` int32 [batch, num_beams,
+  max(max_new_tokens)] (-1 after a hypothesis's end), `scores` float32 [batch, num_beams] (transformers'
+  `sequences_scores`); beam count, `--length_penalty` and `--early_stopping` are fixed at export
+  (`gpt2tf.decode.beams`: transformers' rules).
 - `encode`: `text` -> `tokens` [batch, n] (-1 padded), `num_tokens`; `decode`: `tokens` (-1 ignored) -> `text`.
 - `score`: `tokens` [batch, n] (right-padded with -1) -> `logprobs` [batch, n]: log p(token_i | tokens before it),
   0 at position 0 and at padding.
@@ -22,14 +29,22 @@ gpt2tf). A prompt longer than `n_ctx - max_new_tokens` keeps its last tokens; `m
 
 import tensorflow as tf
 
+from gpt2tf.decode import beams
 from gpt2tf.decode.prompts import prepare_prompts_in_graph
-from gpt2tf.decode.runner import decode_loop, runner_for
+from gpt2tf.decode.runner import decode_loop, off_controls, runner_for
 from gpt2tf.export.tf_encoder import TFEncoder
 from gpt2tf.layout import EOT_ID, PROMPT_BUCKET
 from gpt2tf.score import Scorer
 from gpt2tf.settings import MAX_SEED
 
-SIGNATURES = ("serving_default", "generate", "encode", "decode", "score")
+SIGNATURES = ("serving_default", "generate", "beam_search", "encode", "decode", "score")
+CONTROLS = (  # the generate signature's numeric controls, per row: (name, dtype, off)
+    ("presence_penalty", tf.float32, 0.0),
+    ("frequency_penalty", tf.float32, 0.0),
+    ("no_repeat_ngram_size", tf.int32, 0),
+    ("min_p", tf.float32, 0.0),
+    ("typical_p", tf.float32, 1.0),
+)
 
 
 class Exported(tf.Module):
@@ -55,7 +70,7 @@ class Exported(tf.Module):
         width = tf.minimum(_round_up(tf.reduce_max(kept), PROMPT_BUCKET), self.hparams.n_ctx)
         return tf.pad(tokens, [[0, 0], [0, width - tf.shape(tokens)[1]]]), kept, width
 
-    def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+    def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, controls=None):
         hp = self.hparams
         batch = tf.shape(prompt)[0]
         max_new = tf.clip_by_value(max_new_tokens, 1, self.limit)
@@ -67,6 +82,17 @@ class Exported(tf.Module):
         )
         logits, cache = self._runner.prefill_tensors(tokens, kept, cache)
         settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=tf.ones([batch]))
+        if controls is not None:  # each row's tokens so far, for the bans and penalties to read
+            history = tf.pad(tokens, [[0, 0], [0, length - tf.shape(tokens)[1]]])
+            controls = dict(
+                off_controls(batch),
+                history=history,
+                presence_penalty=controls["presence_penalty"],
+                frequency_penalty=controls["frequency_penalty"],
+                no_repeat_ngram_size=tf.maximum(controls["no_repeat_ngram_size"], 0),
+                min_p=tf.clip_by_value(controls["min_p"], 0.0, 1.0),
+                typical_p=tf.clip_by_value(controls["typical_p"], 1e-6, 1.0),
+            )
         out = decode_loop(
             self._runner.step_tensors,
             cache,
@@ -83,6 +109,7 @@ class Exported(tf.Module):
             settings=settings,
             max_length=length,
             last_step=False,
+            controls=controls,
         )
         # A row's tokens: what it chose while decoding, but not the <|endoftext|> that ended it; -1 after.
         chosen = tf.transpose(tf.where(out["live"] & (out["tokens"] != EOT_ID), out["tokens"], -1))  # [batch, run]
@@ -104,10 +131,111 @@ class Exported(tf.Module):
             tf.TensorSpec([None], tf.int32, name="top_k"),
             tf.TensorSpec([None], tf.float32, name="top_p"),
             tf.TensorSpec([None], tf.int32, name="seed"),
+            *(tf.TensorSpec([None], dtype, name=name) for name, dtype, _ in CONTROLS),
         ]
     )
-    def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
-        return self._generate(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    def generate(
+        self,
+        prompt,
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        presence_penalty,
+        frequency_penalty,
+        no_repeat_ngram_size,
+        min_p,
+        typical_p,
+    ):
+        controls = dict(
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            min_p=min_p,
+            typical_p=typical_p,
+        )
+        return self._generate(prompt, max_new_tokens, temperature, top_k, top_p, seed, controls)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="prompt"),
+            tf.TensorSpec([None], tf.int32, name="max_new_tokens"),
+            tf.TensorSpec([None], tf.int32, name="no_repeat_ngram_size"),
+        ]
+    )
+    def beam_search(self, prompt, max_new_tokens, no_repeat_ngram_size):
+        return self._beam_search(prompt, max_new_tokens, no_repeat_ngram_size)
+
+    def _beam_search(self, prompt, max_new_tokens, no_repeat_ngram_size):
+        """Every prompt's search, all in one graph: the same bookkeeping (`gpt2tf.decode.beams`) and the same
+        candidates as the library's engine, on a cache of tensors whose rows are gathered as beams continue."""
+        hp, k = self.hparams, self.config.num_beams
+        batch = tf.shape(prompt)[0]
+        max_new = tf.clip_by_value(max_new_tokens, 1, self.limit)
+        tokens, kept, width = self._prompts(prompt, max_new)
+        steps = tf.reduce_max(max_new)
+        length = tf.minimum(hp.n_ctx, tf.maximum(width, _round_up(tf.reduce_max(kept) + steps, PROMPT_BUCKET)))
+        shape = tf.stack([batch, hp.n_head, length, hp.head_size])
+        cache = tuple(
+            (tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype)) for _ in range(hp.n_layer)
+        )
+        logits, cache = self._runner.prefill_tensors(tokens, kept, cache)
+        rows = tf.repeat(tf.range(batch), k)  # beam j of prompt b is row b * k + j, each from its prompt's prefill
+        cache = tf.nest.map_structure(lambda t: tf.gather(t, rows), cache)
+        logits, position = tf.gather(logits, rows), tf.gather(kept, rows)
+        history = tf.gather(tf.pad(tokens, [[0, 0], [0, length - tf.shape(tokens)[1]]]), rows)
+        ngram = tf.gather(tf.maximum(no_repeat_ngram_size, 0), rows)
+        state = beams.beam_init(batch, k, steps)
+        early = {"true": True, "false": False}.get(self.config.early_stopping, self.config.early_stopping)
+
+        def body(state, done, logits, position, history, cache):
+            log_p = beams.beam_log_probs(logits, history=history, lengths=position, no_repeat_ngram_size=ngram)
+            values, ids = beams.candidates(log_p, 2 * k)
+            new, parents, chosen, ended = beams.beam_step(
+                state,
+                tf.reshape(values, [batch, k, 2 * k]),
+                tf.reshape(ids, [batch, k, 2 * k]),
+                max_new_tokens=max_new,
+                length_penalty=self.config.length_penalty,
+                early_stopping=early,
+            )
+            # A group that is done keeps its state (its rows run on, unread).
+            state = {
+                name: value if name == "generated" else _where_groups(done, state[name], value)
+                for name, value in new.items()
+            }
+            source = tf.reshape(parents + tf.range(batch)[:, None] * k, [-1])
+            token = tf.reshape(chosen, [-1])
+            cache = tf.nest.map_structure(lambda t: tf.gather(t, source), cache)
+            history = tf.tensor_scatter_nd_update(
+                tf.gather(history, source),
+                tf.stack([tf.range(batch * k), tf.minimum(position, length - 1)], -1),
+                token,
+            )
+            logits, cache = self._runner.step_tensors(token, tf.minimum(position, length - 1), cache)
+            return state, done | ended, logits, position + 1, history, cache
+
+        state, *_ = tf.while_loop(
+            lambda state, done, *_: ~tf.reduce_all(done),
+            body,
+            (state, tf.zeros([batch], tf.bool), logits, position, history, cache),
+            shape_invariants=(
+                tf.nest.map_structure(lambda t: tf.TensorShape([None] * len(t.shape)), state),
+                tf.TensorShape([None]),
+                logits.shape,
+                position.shape,
+                tf.TensorShape([None, None]),
+                tf.nest.map_structure(lambda t: tf.TensorShape([None] * 4), cache),
+            ),
+        )
+        positions = tf.range(steps)[None, None, :]
+        ids = state["finished_tokens"]
+        ended_at_eot = tf.gather(ids, tf.maximum(state["finished_lengths"] - 1, 0), batch_dims=2) == EOT_ID
+        kept_length = state["finished_lengths"] - tf.cast(ended_at_eot, tf.int32)  # <|endoftext|> left out
+        ids = tf.where(positions < kept_length[:, :, None], ids, -1)
+        text = tf.reshape(self.tokenizer.decode(tf.reshape(ids, [batch * k, steps])), [batch, k])
+        return {"text": text, "tokens": ids, "scores": state["finished_scores"]}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt")])
     def serving_default(self, prompt):
@@ -144,6 +272,11 @@ class Exported(tf.Module):
         log_p = self._scorer.score_batch(padded)["log_p"]
         log_p = tf.concat([tf.zeros_like(log_p[:, :1]), log_p], axis=1)[:, :n]
         return {"logprobs": tf.where(real, log_p, 0.0)}
+
+
+def _where_groups(done, old, new):
+    """Per group (the first axis): `old` where the group is done, else `new`."""
+    return tf.where(tf.reshape(done, [-1] + [1] * (len(new.shape) - 1)), old, new)
 
 
 def _round_up(n, multiple):
