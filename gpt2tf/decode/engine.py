@@ -296,10 +296,15 @@ class Engine:
             raise GPT2TFError(f"add takes a Request, got {type(request).__name__}")
         self.check(request)
         slots = [s for s, row in enumerate(self._rows) if row is None][: request.rows]
+        if not slots:
+            raise GPT2TFError(
+                f"no free slot: all {self.max_batch} are in use; add the request after a step "
+                f"finishes one (or cancel one)"
+            )
         if len(slots) < request.rows:
             raise GPT2TFError(
-                f"no free slot: {self.max_batch - len(slots)} of {self.max_batch} are in use and the request needs "
-                f"{request.rows}; add it after a step finishes one (or cancel one)"
+                f"not enough free slots: num_beams {request.num_beams} needs {request.rows} and {len(slots)} are "
+                f"free; add the request after steps finish others (or cancel some)"
             )
         if request.stop and self.encoder is None:
             self.encoder = get_encoder()
