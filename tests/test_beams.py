@@ -95,7 +95,9 @@ def close(a, b):
 def test_beam_search_equals_transformers(pair, num_beams, returned, length_penalty, early_stopping, ngram):
     model, hf, prompts = pair
     settings = dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping)
-    ours = beam_search(model, prompts, length=20, num_return_sequences=returned, no_repeat_ngram_size=ngram, **settings)
+    ours = beam_search(
+        model, prompts, length=20, num_return_sequences=returned, no_repeat_ngram_size=ngram, batch_size=4, **settings
+    )
     same, ended = 0, 0
     for prompt, got in zip(prompts, ours):
         want = theirs(hf, prompt, 20, num_return_sequences=returned, no_repeat_ngram_size=ngram or None, **settings)
