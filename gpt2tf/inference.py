@@ -168,8 +168,37 @@ def read_prompts(path):
     return prompts
 
 
+# What a LiteRT export (`export.py --format litert`) runs: greedy, temperature, top-k and top-p, nothing else.
+LITERT_FLAGS = (
+    "starter", "prompts_file", "interactive", "shard", "nucleus", "greedy", "temperature", "top_k", "top_p", "seed",
+    "output_length", "nsamples", "batch_size", "stop", "no_eos_stop", "truncate_prompt", "output", "model_dir",
+)  # fmt: skip
+
+
+def needs_tensorflow(config):
+    """Whether the command starts TensorFlow: not for a LiteRT export, which LiteRT runs alone."""
+    from gpt2tf.decode.litert import is_litert_export
+
+    return not is_litert_export(config.model_dir)
+
+
+def _check_litert(config):
+    """A LiteRT export takes the sampling flags only: any other flag changed from its default is an error."""
+    for field in dataclasses.fields(config):
+        if field.name in LITERT_FLAGS:
+            continue
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if getattr(config, field.name) != default:
+            raise GPT2TFError(
+                f"--{field.name} is not available with a LiteRT export ({config.model_dir}), which runs greedy, "
+                f"--temperature, --top_k and --top_p only: drop it, or give the model dir the export was made from"
+            )
+
+
 def check(config):
     """Every setting, as one-line errors, before anything slow (TensorFlow, the model) is loaded."""
+    if not needs_tensorflow(config):
+        _check_litert(config)
     config.check_weights()
     if config.save_quantized:
         if config.weights in (None, "float32"):
@@ -216,7 +245,12 @@ def run(config, out=sys.stdout):
         prompts = [prompts[i] for i in indices]
         if not prompts:
             return  # more shards than prompts: this one has none
-    model = _load(config)
+    if not needs_tensorflow(config):
+        from gpt2tf.decode.litert import LiteRTModel
+
+        model = LiteRTModel(config.model_dir)
+    else:
+        model = _load(config)
     if config.save_quantized:
         from gpt2tf.formats.quantized import save_quantized
 
@@ -231,7 +265,14 @@ def run(config, out=sys.stdout):
         return _interactive(model, encoder, config, out)
     if prompts is None:
         prompts = [config.starter or ""]
-    _generate_and_print(model, encoder, config, prompts, out, indices=indices)
+    try:
+        _generate_and_print(model, encoder, config, prompts, out, indices=indices)
+    finally:
+        if not needs_tensorflow(config):  # a LiteRT export's runtime, released quietly
+            from gpt2tf.decode.litert import quiet_exit
+
+            model.close()
+            quiet_exit()
 
 
 def _load(config):
@@ -244,33 +285,30 @@ def _load(config):
 
 def _generate_and_print(model, encoder, config, prompts, out, indices=None):
     """`indices`: each prompt's number in the prompts file (a shard's), reported as `index` in JSON lines."""
-    from gpt2tf.decode.engine import CHUNK_STEPS  # TensorFlow: imported once the settings are checked
-    from gpt2tf.decode.generate import generate_stream
-
     seed = config.seed if config.seed is not None else random_seed()  # drawn here so that jsonl can report it
     stop = [unescape(s) for s in config.stop]
     per = config.num_return_sequences if config.num_beams != 1 else config.nsamples  # rows per prompt
     stream = config.output == "plain" and (config.batch_size == 1 or len(prompts) * per == 1)
     decoders = {}  # row -> incremental UTF-8 decoder, for streaming text that splits characters across tokens
     collected = {}
-    rows = generate_stream(
-        model,
-        [encoder.encode(p) for p in prompts],
-        length=config.output_length,
-        config=config.sampler(),
-        seed=seed,
-        nsamples=config.nsamples,
-        batch_size=config.batch_size,
-        stop=stop,
-        stop_at_eos=not config.no_eos_stop,
-        truncate_prompt=config.truncate_prompt,
-        chunk_steps=None if stream else CHUNK_STEPS,  # streamed: a burst of tokens every STREAM_INTERVAL
-        jit_compile=not config.no_xla,
-        encoder=encoder,
-        logit_bias=config.controls()["logit_bias"],
-        bad_words=[unescape(w) for w in config.bad_words],
-        **config.beams,
-    )
+    if not needs_tensorflow(config):  # a LiteRT export: one row after another, each token as it comes
+        from gpt2tf.decode.litert import generate_stream as litert_stream
+
+        stream = config.output == "plain"
+        rows = litert_stream(
+            model,
+            [encoder.encode(p) for p in prompts],
+            length=config.output_length,
+            config=config.sampler(),
+            seed=seed,
+            nsamples=config.nsamples,
+            stop=stop,
+            stop_at_eos=not config.no_eos_stop,
+            truncate_prompt=config.truncate_prompt,
+            encoder=encoder,
+        )
+    else:
+        rows = _library_stream(model, encoder, config, prompts, seed, stop, stream)
     current = None
     for row, ids in rows:
         collected.setdefault(row, []).extend(ids)
@@ -308,6 +346,30 @@ def _generate_and_print(model, encoder, config, prompts, out, indices=None):
             _print_header(out, row, per)
             out.write(text + "\n")
     out.flush()
+
+
+def _library_stream(model, encoder, config, prompts, seed, stop, stream):
+    from gpt2tf.decode.engine import CHUNK_STEPS  # TensorFlow: imported once the settings are checked
+    from gpt2tf.decode.generate import generate_stream
+
+    return generate_stream(
+        model,
+        [encoder.encode(p) for p in prompts],
+        length=config.output_length,
+        config=config.sampler(),
+        seed=seed,
+        nsamples=config.nsamples,
+        batch_size=config.batch_size,
+        stop=stop,
+        stop_at_eos=not config.no_eos_stop,
+        truncate_prompt=config.truncate_prompt,
+        chunk_steps=None if stream else CHUNK_STEPS,  # streamed: a burst of tokens every STREAM_INTERVAL
+        jit_compile=not config.no_xla,
+        encoder=encoder,
+        logit_bias=config.controls()["logit_bias"],
+        bad_words=[unescape(w) for w in config.bad_words],
+        **config.beams,
+    )
 
 
 def _print_header(out, row, nsamples):

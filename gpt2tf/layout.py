@@ -26,6 +26,9 @@ HF_WEIGHTS_FILE = "model.safetensors"
 HF_INDEX_FILE = "model.safetensors.index.json"  # names the shards of a sharded checkpoint
 
 # ---- gpt2tf's own files ------------------------------------------------------------------------------------------
+LITERT_FILE = "model.tflite"  # a LiteRT export: the model, with decode and prefill_N signatures (gpt2tf.export.litert)
+LITERT_BUNDLE = "model.litertlm"  # ... the same model, tokenizer and metadata as one LiteRT-LM bundle
+LITERT_INFO = "litert.json"  # ... and what gpt2tf's own LiteRT runner reads: shape, max_len, prefill lengths
 QUANTIZED_FILE = "quantized.json"  # marks a dir of int8 / bfloat16 weights saved for decoding
 QUANTIZED_PREFIX = "weights"  # its TF bundle: weights.index + weights.data-00000-of-00001
 CONFIG_FILE = "train_config.json"  # a run's settings, so `--output_dir X` alone resumes run X

@@ -381,8 +381,10 @@ class GPT2(keras.Model):
             (tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype)) for _ in range(hp.n_layer)
         )
 
-    def embed(self, token_ids, cache_index=None, padding_mask=None, max_length=None):
-        """The blocks' input `[batch, seq, n_embd]` and attention mask for these tokens (see `call`)."""
+    def embed(self, token_ids, cache_index=None, padding_mask=None, max_length=None, lookup=None):
+        """The blocks' input `[batch, seq, n_embd]` and attention mask for these tokens (see `call`). `lookup`, if
+        given, maps token ids to their float32 embeddings instead of the model's own rows of `wte` (the LiteRT
+        int8 export reads them from the head's int8 copy of the embedding, `gpt2tf.export.litert`)."""
         token_ids = tf.convert_to_tensor(token_ids)
         seq = tf.shape(token_ids)[1]
         start = tf.zeros([], tf.int32) if cache_index is None else tf.cast(cache_index, tf.int32)
@@ -404,7 +406,8 @@ class GPT2(keras.Model):
                 cached = cached & padding_mask  # [batch, max_length]
             cached = cached[:, None, None, :] if cached.shape.rank == 2 else cached[None, None, None, :]
             mask = (cached, mask)
-        x = tf.cast(self._token_embeddings(token_ids) + tf.gather(self.wpe, positions), self.compute_dtype)
+        rows = (lookup or self._token_embeddings)(token_ids)
+        x = tf.cast(rows + tf.gather(self.wpe, positions), self.compute_dtype)
         return x, mask
 
     def _token_embeddings(self, token_ids):

@@ -112,7 +112,7 @@ def run_command(name, argv=None, *, prog=None):
         return _finetune(module, argv, prog, command)
     config = parse_config(argv, prog=prog, description=command.description, config_class=config_class)
     module.check(config)
-    if command.tensorflow:
+    if command.tensorflow and getattr(module, "needs_tensorflow", lambda _: True)(config):  # not for a LiteRT export
         import_tensorflow_quietly()
     where, _, function = command.function.rpartition(":")
     return getattr(importlib.import_module(where) if where else module, function)(config)

@@ -8,6 +8,9 @@
     runner.py                   the model's compiled pieces and the one decode loop (engine and export share them)
     engine.py                   the scheduler: slots that requests join and leave between steps (Engine, Request)
     generate.py                 generate, generate_text, generate_stream: the library's API on the engine
+    litert.py                   a LiteRT export run without TensorFlow (LiteRTModel, generate_stream): LiteRT runs
+                                the model, NumPy chooses tokens by the filters' rules; the prompt rule and stops
+                                are the ones above
 
 Imports go down this list. A new sampler (a logit processor) goes in `filters` as a per-row tensor setting, with
 its field on `Request` and its column in the engine's settings; beams or speculation extend the engine and the
@@ -25,5 +28,6 @@ __getattr__, __dir__ = lazy_exports(
         "generate_stream": "gpt2tf.decode.generate",
         "beam_search": "gpt2tf.decode.generate",
         "prepare_prompt": "gpt2tf.decode.prompts",
+        "LiteRTModel": "gpt2tf.decode.litert",
     },
 )

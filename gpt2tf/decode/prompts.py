@@ -4,8 +4,6 @@ the caller allows that) or is refused. The library's `generate`, the engine's re
 all prepare prompts here; the export's graph runs the same rule in TensorFlow ops (`prepare_prompts_in_graph`).
 """
 
-import tensorflow as tf
-
 from gpt2tf.errors import GPT2TFError
 from gpt2tf.layout import EOT_ID
 
@@ -50,6 +48,8 @@ def prepare_prompt(ids, *, new_tokens, n_ctx, truncate=False, name="the prompt")
 def prepare_prompts_in_graph(ids, new_tokens, n_ctx):
     """`prepare_prompt(..., truncate=True)` for a batch, in TensorFlow ops: ids a RaggedTensor [batch, None],
     new_tokens [batch]. Returns (tokens [batch, longest kept] right-padded with 0, kept lengths [batch])."""
+    import tensorflow as tf  # here: the rule above is plain Python, which the LiteRT runner uses without TensorFlow
+
     lengths = tf.cast(ids.row_lengths(), tf.int32)
     dense = tf.pad(ids.to_tensor(EOT_ID), [[0, 0], [0, 1]], constant_values=EOT_ID)  # at least 1 wide
     lengths = tf.maximum(lengths, 1)  # an empty prompt is <|endoftext|>: the padding's first column

@@ -1,7 +1,10 @@
 """The `export` command: `ExportConfig` (its flags, with their defaults) and `export`, which writes the SavedModel
-as `EXPORT_DIR/VERSION/` (TensorFlow Serving's layout) through a temporary dir renamed into place.
+as `EXPORT_DIR/VERSION/` (TensorFlow Serving's layout), or with `--format litert` the LiteRT model and LiteRT-LM
+bundle as `EXPORT_DIR/model.tflite` and `EXPORT_DIR/model.litertlm` (`gpt2tf.export.litert`), each through a
+temporary dir renamed into place.
 
     python export.py --model_dir models/124M --export_dir exported/gpt2      # -> exported/gpt2/1/
+    python export.py --model_dir models/124M --format litert --quantize int8  # -> exported/124M-litert/
 """
 
 import dataclasses
@@ -31,9 +34,33 @@ class ExportConfig(SamplingFlags, PrecisionFlags, ModelFlags):
         False,
         "export without XLA (jit_compile); TF Serving's GPU images cannot run XLA-compiled functions",
     )
-    export_dir: str = flag(
-        None, "where the export goes: EXPORT_DIR/VERSION/ (TF Serving's layout) (default: exported/<model dir name>)"
+    format: str = flag(
+        "savedmodel",
+        "savedmodel (text in, text out, for TF Serving or any TF program) or litert (model.tflite with a key/value "
+        "cache, and a LiteRT-LM bundle, for phones and laptops without TensorFlow)",
+        choices=("savedmodel", "litert"),
     )
+    export_dir: str = flag(
+        None,
+        "where the export goes: EXPORT_DIR/VERSION/ (TF Serving's layout), or EXPORT_DIR/ with --format litert "
+        "(default: exported/<model dir name>, or exported/<model dir name>-litert)",
+    )
+    quantize: str = flag(
+        "none",
+        "litert: the weights as float32 (none), float16 (fp16) or int8 (dynamic-range: int8 weights with a scale "
+        "per output row, integer products)",
+        choices=("none", "fp16", "int8"),
+    )
+    max_len: int = flag(
+        None, "litert: the key/value cache's length, prompt + output (default: the model's context)", type=int
+    )
+    prefill_lengths: str = flag(
+        None,
+        "litert: the prompt chunk lengths with a prefill_N signature, comma-separated (default: 32,128,512, those "
+        "within --max_len)",
+        metavar="N,N,...",
+    )
+    no_bundle: bool = flag(False, "litert: write model.tflite only, without the LiteRT-LM bundle")
     version: int = flag(1, "the version subdirectory TF Serving loads (the highest)")
     overwrite: bool = flag(False, "replace an existing version dir")
     max_new_tokens: int = flag(64, "serving_default: tokens generated per prompt")
@@ -47,6 +74,10 @@ class ExportConfig(SamplingFlags, PrecisionFlags, ModelFlags):
 
 def check(config):
     """The flags' one-line errors, before TensorFlow loads."""
+    if config.format == "litert":
+        return check_litert(config)
+    if config.format != "savedmodel":
+        raise GPT2TFError(f"--format must be savedmodel or litert, got {config.format!r}")
     if not (isinstance(config.version, int) and config.version >= 1):
         raise GPT2TFError(f"--version must be a positive integer, got {config.version}")
     if config.model_dir and (Path(config.model_dir) / QUANTIZED_FILE).is_file():
@@ -75,6 +106,57 @@ def check(config):
         raise GPT2TFError(f"{target} is a file, not a directory: give another --export_dir or --version")
 
 
+def parse_lengths(text):
+    """`--prefill_lengths` "32,128" -> [32, 128]."""
+    try:
+        lengths = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 1:
+        raise GPT2TFError(
+            f"--prefill_lengths must be positive integers separated by commas (e.g. 32,128), got {text!r}"
+        )
+    return sorted(set(lengths))
+
+
+def check_litert(config):
+    if config.quantize not in ("none", "fp16", "int8"):
+        raise GPT2TFError(f"--quantize must be none, fp16 or int8, got {config.quantize!r}")
+    model_dir = config.model_dir or DEFAULT_MODEL_DIR
+    if (Path(model_dir) / QUANTIZED_FILE).is_file():
+        raise GPT2TFError(
+            f"{model_dir} holds weights quantized for decoding: the LiteRT export starts from float32 weights; give "
+            f"the float32 model dir it was made from (with --quantize int8 for int8 weights)"
+        )
+    if config.max_len is not None and config.max_len < 2:
+        raise GPT2TFError(f"--max_len must be at least 2, got {config.max_len}")
+    lengths = None if config.prefill_lengths is None else parse_lengths(config.prefill_lengths)
+    if lengths and config.max_len is not None and lengths[-1] > config.max_len:
+        raise GPT2TFError(
+            f"--prefill_lengths {lengths[-1]} is above --max_len {config.max_len}: a prefill chunk must fit the cache"
+        )
+    target = litert_dir(config)
+    if target.exists() and not target.is_dir():
+        raise GPT2TFError(f"{target} is a file, not a directory: give another --export_dir")
+    if target.is_dir() and any(target.iterdir()) and not config.overwrite:
+        raise GPT2TFError(f"{target} already holds files: give another --export_dir, or --overwrite to replace it")
+    if not os.access(_existing_parent(target), os.W_OK):
+        raise GPT2TFError(f"cannot write {target} (no permission): give an --export_dir you can write")
+
+
+def _existing_parent(path):
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def litert_dir(config):
+    model_dir = config.model_dir or DEFAULT_MODEL_DIR
+    name = Path(model_dir.rstrip("/\\")).name or "gpt2"
+    return Path(config.export_dir or os.path.join("exported", f"{name}-litert"))
+
+
 def version_dir(config):
     model_dir = config.model_dir or DEFAULT_MODEL_DIR
     export_dir = config.export_dir or os.path.join("exported", Path(model_dir.rstrip("/\\")).name or "gpt2")
@@ -82,7 +164,13 @@ def version_dir(config):
 
 
 def export(config, out=sys.stderr):
-    """Write the SavedModel; returns its version dir."""
+    """Write the SavedModel (or, with --format litert, the LiteRT export); returns its dir."""
+    if config.format == "litert":
+        from gpt2tf.export.litert import export_litert
+
+        check(config)
+        lengths = None if config.prefill_lengths is None else parse_lengths(config.prefill_lengths)
+        return export_litert(config, target=litert_dir(config), lengths=lengths, out=out)
     import tensorflow as tf
 
     from gpt2tf.encoder import get_encoder
