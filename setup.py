@@ -21,6 +21,10 @@ from setuptools import find_packages, setup
 #   fastapi, uvicorn  serve.py's HTTP layer: request parsing, streaming responses (server-sent events) and client
 #                     disconnects handled by a well-kept ASGI stack instead of a hand-written HTTP server; serving
 #                     is a main use, so they are installed with the package
+# Optional, the `litert` extra (pip install "gpt2tf[litert]"): export.py --format litert and running its output.
+#   ai-edge-litert    Google's LiteRT runtime (and its flatbuffer schema): runs model.tflite without TensorFlow
+#                     (gpt2tf generate --model_dir EXPORT_DIR); the export reads the converted file with its schema
+#   litert-lm-builder writes the LiteRT-LM bundle (model.litertlm): LiteRT-LM's own packer, so the format is theirs
 # Not a dependency: a C++ compiler (g++/clang++). If present, gpt2tf builds its small decode kernels
 #   (gpt2tf/kernels/native_matmul.cc) on first use; without one, decoding falls back to XLA's own dot.
 INSTALL_REQUIRES = [
@@ -46,9 +50,14 @@ INSTALL_REQUIRES = [
 # and safetensors to write test checkpoints) is the independent reference for the Hugging Face interop and the peer in
 # the benchmarks; never a runtime dependency. torch is pinned to the CPU build this machine image carries on disk
 # (any other release pulls a CUDA build of several GB). ruff is the linter and formatter .ci/run checks the tree with
-# (configured in ruff.toml).
+# (configured in ruff.toml). litert-lm-api is LiteRT-LM's runtime, the independent check that the bundle runs and
+# gives the library's text; the LiteRT extra's packages are tested too.
+LITERT = ["ai-edge-litert>=2.0", "litert-lm-builder"]
 EXTRAS_REQUIRE = {
+    "litert": LITERT,
     "test": [
+        *LITERT,
+        "litert-lm-api",
         "pytest",
         "ruff",
         "tiktoken",

@@ -61,6 +61,46 @@ def _quiet_stderr():
             os.close(saved)
 
 
+def _check_file(path):
+    """Refuse a file LiteRT could not read whole (truncated, or not a LiteRT model) before LiteRT reads it: the
+    size the export recorded, else every buffer of the flatbuffer within the file."""
+    size = path.stat().st_size
+    info_file = path.parent / LITERT_INFO
+    recorded = None
+    if info_file.is_file():
+        try:
+            recorded = json.loads(info_file.read_text(encoding="utf-8")).get("file_bytes")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+    bad = GPT2TFError(
+        f"{path} is truncated or not a LiteRT model ({size:,} bytes{f', {recorded:,} expected' if recorded else ''}):"
+        f" export it again with `export.py --format litert`"
+    )
+    if recorded is not None and recorded != size:
+        raise bad
+    try:
+        with open(path, "rb") as file:
+            import mmap
+
+            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        from ai_edge_litert import schema_py_generated as schema
+
+        if data[4:8] != b"TFL3":
+            raise bad
+        model = schema.Model.GetRootAs(data, 0)
+        for i in range(model.BuffersLength()):
+            buffer = model.Buffers(i)
+            end = buffer.Offset() + buffer.Size() if buffer.Offset() > 1 else 0
+            if (buffer.DataLength() and (buffer.DataAsNumpy().nbytes != buffer.DataLength())) or end > size:
+                raise bad
+        for i in range(model.SubgraphsLength()):
+            model.Subgraphs(i).TensorsLength()
+    except GPT2TFError:
+        raise
+    except Exception:  # a flatbuffer read past its end
+        raise bad from None
+
+
 class LiteRTModel:
     """A LiteRT export, loaded for decoding: `prefill(ids)` -> the next logits, `step(token)` -> the next logits."""
 
@@ -76,6 +116,7 @@ class LiteRTModel:
             raise GPT2TFError(
                 "running a LiteRT export needs LiteRT's Python package: pip install ai-edge-litert"
             ) from None
+        _check_file(model_file)  # LiteRT crashes (a segmentation fault) on a truncated flatbuffer
         threads = num_threads or os.cpu_count() or 1
         model_options = options.Options(cpu_options=cpu_options.CpuOptions(num_threads=threads))
         with _quiet_stderr():
@@ -114,7 +155,12 @@ class LiteRTModel:
                 self._outputs[signature] = {"logits": logits, **self._cache}  # the cache: updated in place
             details = self._model.get_input_tensor_details("decode")
             logits_shape = self._model.get_output_tensor_details("decode")["logits"]["shape"]
-        self.max_len = int(list(details["kv_cache_k_0"]["shape"])[2])
+        cache_shape = [int(d) for d in details["kv_cache_k_0"]["shape"]]
+        zeros = np.zeros(cache_shape, np.float32)
+        with _quiet_stderr():
+            for buffer in self._cache.values():  # a new buffer holds whatever was in memory: NaNs would reach the
+                buffer.write(zeros)  # output through the attention's zero weights on the slots not yet written
+        self.max_len = cache_shape[2]
         self.n_vocab = int(logits_shape[-1])
         self.n_layer = len(self._cache) // 2
         self.position = 0  # the next slot of the cache

@@ -120,8 +120,19 @@ def parse_lengths(text):
 
 
 def check_litert(config):
+    import importlib.util
+
     if config.quantize not in ("none", "fp16", "int8"):
         raise GPT2TFError(f"--quantize must be none, fp16 or int8, got {config.quantize!r}")
+    needed = {"ai_edge_litert": "ai-edge-litert"} if config.quantize == "int8" else {}
+    if not config.no_bundle:
+        needed["litert_lm_builder"] = "litert-lm-builder"
+    missing = [package for module, package in needed.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise GPT2TFError(
+            f"the LiteRT export needs {' and '.join(missing)}: pip install 'gpt2tf[litert]'"
+            + ("" if config.no_bundle else " (or give --no_bundle to write model.tflite only)")
+        )
     model_dir = config.model_dir or DEFAULT_MODEL_DIR
     if (Path(model_dir) / QUANTIZED_FILE).is_file():
         raise GPT2TFError(

@@ -35,11 +35,12 @@ from gpt2tf.layout import DEFAULT_MODEL_DIR, ENDOFTEXT, EOT_ID, LITERT_BUNDLE, L
 
 QUANTIZE = ("none", "fp16", "int8")
 DEFAULT_PREFILL_LENGTHS = (32, 128, 512)
-# The converter's peak memory, measured (bench/export.py --litert; docs/export.md): about 1.2 GB of its own plus 5.5
-# bytes per float32 weight byte (the model, the frozen graph, the converted module and the flatbuffer are each a
-# copy of the weights at some point).
-CONVERTER_BASE_BYTES = 1.2e9
-CONVERTER_BYTES_PER_WEIGHT_BYTE = 5.5
+# The converter's peak memory, measured at 124M and 355M (bench/export.py --litert; docs/export.md): about 0.5 GB
+# plus 7 bytes per float32 weight byte (the model, its SavedModel, the imported and frozen module, the quantizer's
+# and the flatbuffer's copies of the weights are alive at once).
+CONVERTER_BASE_BYTES = 0.5e9
+CONVERTER_BYTES_PER_WEIGHT_BYTE = 7.0
+FLATBUFFER_LIMIT = 2**31  # a flatbuffer addresses 2 GB: larger weights go after it (LiteRT's buffer offsets)
 
 
 def prefill_lengths(lengths, max_len):
@@ -146,6 +147,9 @@ def convert(model, *, max_len, lengths, quantize="none"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "fp16":
         converter.target_spec.supported_types = [tf.float16]
+    stored = {"none": 4, "fp16": 2, "int8": 1}[quantize] * model.hparams.num_parameters
+    if stored > FLATBUFFER_LIMIT * 0.9:
+        converter._experimental_use_buffer_offset = True  # the converter's switch for models over 2 GB
     data = converter.convert()
     if quantize == "int8":
         data = _store_embedding_once(data, model.hparams)
@@ -307,6 +311,7 @@ def export_litert(config, *, target, lengths=None, out=sys.stderr):
         "prefill_lengths": lengths,
         "quantize": config.quantize,
         "eot_id": EOT_ID,
+        "file_bytes": len(data),  # the runner refuses a truncated model.tflite (LiteRT itself would crash on it)
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     with writing_dir(target, what="the LiteRT export to ", replace=True, errors=(OSError, tf.errors.OpError)) as (
