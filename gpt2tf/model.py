@@ -201,7 +201,10 @@ class Attention(keras.layers.Layer):
         self.c_attn.build()
         self.c_proj.build()
 
-    def call(self, x, mask, cache=None, cache_index=None, kernels=None):
+    def call(self, x, mask, cache=None, cache_index=None, kernels=None, window=None):
+        """`window` (an int): attend over the cache's first `window` slots only (they must hold every slot before
+        `cache_index`), still writing into the whole cache; for fixed-shape runtimes (the LiteRT export), where
+        reading fewer slots is the only way a short sequence costs less."""
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
         qkv = self.c_attn(x, kernels=kernels)  # [batch, seq, 3 * n_embd]: q, k, v concatenated in that order
         qkv = tf.reshape(qkv, [batch, seq, 3, self.n_head, self.head_size])
@@ -218,6 +221,8 @@ class Attention(keras.layers.Layer):
             # the write lets XLA update it in place: attending over the updated cache would make it copy the cache.
             cached_mask, own_mask = mask
             old_k, old_v = (tf.cast(c, x.dtype) for c in cache)  # each [batch, n_head, max_length, head_size]
+            if window is not None:
+                old_k, old_v, cached_mask = old_k[:, :, :window], old_v[:, :, :window], cached_mask[..., :window]
             if kernels is not None and kernels.attention_applies(q, cache):  # one new token: the kernel's attention
                 out = kernels.attend(q, old_k, old_v, k, v, cached_mask, own_mask)
             else:  # a cache may have more rows than x (the engine steps its first rows): x's rows are its first
@@ -296,15 +301,15 @@ class Block(keras.layers.Layer):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
             layer.build((None, None, self.n_embd))
 
-    def call(self, x, mask, cache=None, cache_index=None, kernels=None):
+    def call(self, x, mask, cache=None, cache_index=None, kernels=None, window=None):
         if self.recompute and cache is None:
             # Keep only the block's input for the backward pass and recompute the rest there (tf.recompute_grad
             # finds the variables by watching them; the mask is a constant of the closure).
             return tf.recompute_grad(lambda h: self._forward(h, mask, None, None, None)[0])(x), None
-        return self._forward(x, mask, cache, cache_index, kernels)
+        return self._forward(x, mask, cache, cache_index, kernels, window)
 
-    def _forward(self, x, mask, cache, cache_index, kernels):
-        a, cache = self.attn(self.ln_1(x), mask, cache, cache_index, kernels=kernels)
+    def _forward(self, x, mask, cache, cache_index, kernels, window=None):
+        a, cache = self.attn(self.ln_1(x), mask, cache, cache_index, kernels=kernels, window=window)
         x = x + a
         x = x + self.mlp(self.ln_2(x), kernels=kernels)
         return x, cache

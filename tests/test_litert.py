@@ -23,8 +23,8 @@ from reference import read_openai_checkpoint, reference_logits, top_p_kept
 pytest.importorskip("ai_edge_litert")  # a test extra (setup.py): CI installs it
 
 ROOT = Path(__file__).resolve().parents[1]
-# GPT-2's vocabulary (so text and the tokenizer are real) and a context of 128 (64 new tokens after a prompt).
-LM = HParams(n_vocab=50257, n_ctx=128, n_embd=32, n_head=2, n_layer=2)
+# GPT-2's vocabulary (so text and the tokenizer are real) and a context of 256 (a decode_128 window below it).
+LM = HParams(n_vocab=50257, n_ctx=256, n_embd=32, n_head=2, n_layer=2)
 PROMPTS = [
     "Hello world",
     "The quick brown fox",
@@ -110,9 +110,9 @@ def test_the_model_file_has_litert_lm_signatures_and_its_weights_once(exports):
     path = exports["none"] / "model.tflite"
     interpreter = Interpreter(str(path))
     signatures = interpreter.get_signature_list()
-    assert sorted(signatures) == ["decode", "prefill_128", "prefill_32"]  # the defaults within max_len 128
+    assert sorted(signatures) == ["decode", "decode_128", "prefill_128", "prefill_32"]  # the defaults within 256
     caches = [f"kv_cache_{kind}_{i}" for i in range(LM.n_layer) for kind in "kv"]
-    for name, n in (("decode", 1), ("prefill_32", 32), ("prefill_128", 128)):
+    for name, n in (("decode", 1), ("decode_128", 1), ("prefill_32", 32), ("prefill_128", 128)):
         runner = interpreter.get_signature_runner(name)
         inputs, outputs = runner.get_input_details(), runner.get_output_details()
         assert sorted(inputs) == sorted(["tokens", "input_pos", *caches])
@@ -127,16 +127,17 @@ def test_the_model_file_has_litert_lm_signatures_and_its_weights_once(exports):
     assert weights < path.stat().st_size < 1.05 * weights  # three signatures, the weights once
     info = json.loads((exports["none"] / "litert.json").read_text())
     assert info["max_len"] == LM.n_ctx and info["prefill_lengths"] == [32, 128] and info["quantize"] == "none"
+    assert (exports["none"] / "model.litertlm").is_file() and not (exports["int8"] / "model.litertlm").exists()
 
 
 def test_logits_equal_the_reference_and_the_library_at_every_position(exports, library, params):
-    """Prefill (full chunks, padded chunks, several chunks) and 64 decode steps, each position's logits within 1e-4
-    of the library's and of the float64 NumPy reference."""
+    """Prefill (full chunks, padded chunks, several chunks) and 64 decode steps (through decode_128, then the whole
+    cache's decode), each position's logits within 1e-4 of the library's and of the float64 NumPy reference."""
     from gpt2tf.decode.litert import LiteRTModel
 
     model = LiteRTModel(exports["none"])
     rng = np.random.default_rng(0)
-    for length in (1, 5, 32, 33, 64):  # inside one chunk, exactly one, one + padding, 32 + 32 padded in a 128
+    for length in (1, 5, 32, 33, 100, 200):  # in one chunk, exactly one, one + padding, a padded 128, 128 + 72 padded
         ids = rng.integers(0, LM.n_vocab, length).tolist()
         got = [model.prefill(ids)]  # the logits at position length - 1
         sequence = list(ids)
@@ -306,7 +307,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(source, exports, tmp_pa
     refused("--quantize", "int4", message="invalid choice")
     refused("--max_len", 64, "--prefill_lengths", "32,128", message="--prefill_lengths 128 is above --max_len 64")
     refused("--prefill_lengths", "a,b", message="--prefill_lengths must be positive integers")
-    refused("--export_dir", tmp_path / "x", "--max_len", 4096, message="above the model's context of 128")
+    refused("--export_dir", tmp_path / "x", "--max_len", 4096, message="above the model's context of 256")
     (tmp_path / "afile").write_text("x")
     refused("--export_dir", tmp_path / "afile", message="is a file, not a directory")
     refused("--export_dir", exports["none"], message="already holds files")
@@ -364,3 +365,17 @@ def test_a_124m_shaped_export_gives_the_library_s_logits_and_tokens(tmp_path):
     np.testing.assert_allclose(np.stack(got[:-1]), ours[len(ids) - 1 : -1], atol=1e-4, rtol=0)
     expected = generate(library, [ids], length=64, temperature=0.0)[0]
     assert sequence[len(ids) :] == list(expected)[:64] or EOT_ID in expected
+
+
+def test_a_model_whose_conversion_would_not_fit_is_refused_before_any_work(monkeypatch):
+    """The converter holds ~8.5 copies of the float32 weights (measured at 124M and 355M): on a 24 GiB machine 355M
+    converts and 1558M is refused in one line that says how much memory it needs."""
+    from gpt2tf.errors import GPT2TFError
+    from gpt2tf.export.litert import check_memory
+    from gpt2tf.hparams import pretrained
+
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    check_memory(pretrained("355M"))
+    with pytest.raises(GPT2TFError, match=r"needs about 5\d GiB of memory .* more than this machine's 24 GiB"):
+        check_memory(pretrained("1558M"))

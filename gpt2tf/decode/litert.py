@@ -5,7 +5,8 @@
 The key/value cache is one LiteRT buffer per layer and kind, bound as both input and output of every signature, so
 each call updates it in place (as LiteRT-LM runs the same file). A prompt is prefilled in chunks, each through the
 largest `prefill_N` signature it fills or the smallest it fits (padded as LiteRT-LM pads: token 0 at position 0),
-and the chunk's logits after its last real token give the first new token; then one `decode` call per token.
+and the chunk's logits after its last real token give the first new token; then one decode call per token, through
+the smallest `decode_W` signature whose W slots hold the sequence so far (`decode`, the whole cache, after them).
 
 Tokens are chosen as the library chooses them (`gpt2tf.decode.filters`): greedy is the first largest logit;
 sampling divides by the temperature, keeps the top k (ties at the k-th kept), then the smallest set of most likely
@@ -132,6 +133,7 @@ class LiteRTModel:
         if "decode" not in signatures:
             raise GPT2TFError(f"{model_file} has no decode signature: it is not a gpt2tf LiteRT export")
         self.lengths = sorted(int(name.split("_", 1)[1]) for name in signatures if name.startswith("prefill_"))
+        self.windows = sorted(int(name.split("_", 1)[1]) for name in signatures if name.startswith("decode_"))
         info_file = model_file.parent / LITERT_INFO
         self.info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
         self._inputs, self._outputs, self._logits, self._tokens, self._positions = {}, {}, {}, {}, {}
@@ -142,7 +144,8 @@ class LiteRTModel:
                 for name in names
                 if name.startswith("kv_cache_")
             }
-            for signature in ["decode"] + [f"prefill_{n}" for n in self.lengths]:
+            names = ["decode"] + [f"decode_{w}" for w in self.windows] + [f"prefill_{n}" for n in self.lengths]
+            for signature in names:
                 tokens = self._model.create_input_buffer_by_name(signature, "tokens")
                 positions = self._model.create_input_buffer_by_name(signature, "input_pos")
                 logits = self._model.create_output_buffer_by_name(signature, "logits")
@@ -213,7 +216,9 @@ class LiteRTModel:
         """The next token at the next slot: the logits after it [n_vocab]."""
         if self.position >= self.max_len:
             raise GPT2TFError(f"the export's cache of {self.max_len} tokens is full")
-        logits = self._run("decode", [int(token)], [self.position])
+        # The smallest window holding every slot before this one (the step attends over those and itself).
+        signature = next((f"decode_{w}" for w in self.windows if w >= self.position), "decode")
+        logits = self._run(signature, [int(token)], [self.position])
         self.position += 1
         return logits
 

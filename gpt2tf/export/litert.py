@@ -11,6 +11,10 @@ overwrites them). Each signature runs the model's own embedding, blocks and head
 export's SavedModel does through the runner; here each block is called on its own weights, which the converter
 freezes: the runner's one block function shared by all layers, with the weights as arguments, converts wrongly).
 
+Beside `decode`, `decode_W` signatures (W = 128, 256, 512 below max_len) attend over the cache's first W slots only:
+gpt2tf's runner steps through the smallest that holds the sequence so far (a fixed-shape step reads every slot it
+attends over); LiteRT-LM runs `decode`.
+
 The weights are stored once, shared by every signature. `--quantize fp16` stores them as float16 (computed in
 float32); `int8` is the converter's dynamic-range quantization (int8 weights, one scale per output row; activations
 quantized per call for integer products), with the tied embedding stored once: the token lookup reads the head's int8
@@ -35,11 +39,15 @@ from gpt2tf.layout import DEFAULT_MODEL_DIR, ENDOFTEXT, EOT_ID, LITERT_BUNDLE, L
 
 QUANTIZE = ("none", "fp16", "int8")
 DEFAULT_PREFILL_LENGTHS = (32, 128, 512)
-# The converter's peak memory, measured at 124M and 355M (bench/export.py --litert; docs/export.md): about 0.5 GB
-# plus 7 bytes per float32 weight byte (the model, its SavedModel, the imported and frozen module, the quantizer's
-# and the flatbuffer's copies of the weights are alive at once).
-CONVERTER_BASE_BYTES = 0.5e9
-CONVERTER_BYTES_PER_WEIGHT_BYTE = 7.0
+# `decode_W`: the decode step attending over the cache's first W slots only (gpt2tf's runner takes the smallest that
+# holds the sequence so far; LiteRT-LM runs `decode`, over the whole cache). A fixed-shape step reads every slot it
+# attends over, so at 1024 slots the whole-cache attention is a large part of a 124M step (docs/export.md).
+DECODE_WINDOWS = (128, 256, 512)
+# The export's peak memory, measured at 124M (4.7 GB) and 355M (12.4 GB) (bench/export.py --litert; docs/export.md):
+# about 0.6 GB plus 8.5 bytes per float32 weight byte (the model, the converter's SavedModel, its imported and frozen
+# module, the flatbuffer and its bytes in Python each hold the weights at some point). 774M and larger do not fit 24 GB.
+CONVERTER_BASE_BYTES = 0.6e9
+CONVERTER_BYTES_PER_WEIGHT_BYTE = 8.5
 FLATBUFFER_LIMIT = 2**31  # a flatbuffer addresses 2 GB: larger weights go after it (LiteRT's buffer offsets)
 
 
@@ -81,7 +89,7 @@ def check_memory(hparams):
 # The model file
 
 
-def _signature_function(model, name, n, max_len, lookup):
+def _signature_function(model, name, n, max_len, lookup, window=None):
     import tensorflow as tf
 
     hp = model.hparams
@@ -93,7 +101,7 @@ def _signature_function(model, name, n, max_len, lookup):
         x, mask = model.embed(tokens, start, max_length=max_len, lookup=lookup)
         cache = list(zip(kv[0::2], kv[1::2]))
         for i, block in enumerate(model.h):  # each block on its own weights (the converter freezes them in place)
-            x, cache[i] = block(x, mask, cache[i], start)
+            x, cache[i] = block(x, mask, cache[i], start, window=window)
         last = tf.gather(x, [real - 1], axis=1)  # [1, 1, n_embd]
         outputs = {"logits": tf.reshape(model.head(last), [1, 1, hp.n_vocab])}
         for i, (keys, values) in enumerate(cache):
@@ -136,6 +144,9 @@ def convert(model, *, max_len, lengths, quantize="none"):
         raise GPT2TFError(f"the LiteRT export reads float32 weights, not {model.weight_format}")
     lookup = _int8_lookup(model) if quantize == "int8" else None
     functions = [_signature_function(model, "decode", 1, max_len, lookup)]
+    functions += [
+        _signature_function(model, f"decode_{w}", 1, max_len, lookup, window=w) for w in DECODE_WINDOWS if w < max_len
+    ]
     functions += [_signature_function(model, f"prefill_{n}", n, max_len, lookup) for n in lengths]
     holder = tf.Module()
     # The converter freezes plain tf.Variables into constants; Keras's own variable objects it would keep as
