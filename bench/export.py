@@ -97,10 +97,19 @@ def litert_export_in_child(model_dir, export_dir, quantize, max_len=None):
 
 
 def litert_main(args):
+    work = Path(tempfile.mkdtemp(dir=os.environ.get("TMPDIR", "/tmp"), prefix="gpt2tf-litert-"))
+    try:
+        _litert_bench(args, work)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _litert_bench(args, work):
     import numpy as np
 
     sizes = args.sizes.split(",")
-    work = Path(tempfile.mkdtemp(dir=os.environ.get("TMPDIR", "/tmp"), prefix="gpt2tf-litert-"))
     exported = {}
     for size in sizes:
         model_dir = common.model_dir(size)
