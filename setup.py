@@ -67,7 +67,7 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers",
         "safetensors",
-    ]
+    ],
 }
 
 setup(

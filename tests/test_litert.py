@@ -368,7 +368,7 @@ def test_a_124m_shaped_export_gives_the_library_s_logits_and_tokens(tmp_path):
 
 
 def test_a_model_whose_conversion_would_not_fit_is_refused_before_any_work(monkeypatch):
-    """The converter holds ~8.5 copies of the float32 weights (measured at 124M and 355M): on a 24 GiB machine 355M
+    """The converter holds ~9 copies of the float32 weights (measured at 124M and 355M): on a 24 GiB machine 355M
     converts and 1558M is refused in one line that says how much memory it needs."""
     from gpt2tf.errors import GPT2TFError
     from gpt2tf.export.litert import check_memory
