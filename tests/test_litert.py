@@ -148,6 +148,10 @@ def test_logits_equal_the_reference_and_the_library_at_every_position(exports, l
         reference = reference_logits(params, LM.n_head, sequence)
         np.testing.assert_allclose(np.stack(got), ours[length - 1 :], atol=1e-4, rtol=0)
         np.testing.assert_allclose(np.stack(got), reference[length - 1 :], atol=1e-4, rtol=0)
+    ids = rng.integers(0, LM.n_vocab, 140).tolist()  # every prompt position, as the last token of a prefill
+    reference = reference_logits(params, LM.n_head, ids)
+    got = np.stack([model.prefill(ids[:n]) for n in range(1, len(ids) + 1)])
+    np.testing.assert_allclose(got, reference, atol=1e-4, rtol=0)
     model.close()
 
 
@@ -342,8 +346,8 @@ def test_a_hugging_face_dir_exports_as_its_openai_twin(source, exports, tmp_path
 
 @pytest.mark.slow
 def test_a_124m_shaped_export_gives_the_library_s_logits_and_tokens(tmp_path):
-    """124M's shape (random weights): logits within 1e-4 of the library's at every position of a prompt prefilled
-    and 64 decode steps; greedy tokens equal."""
+    """124M's shape (random weights): logits within 1e-4 of the library's at every position of a prompt (each as
+    the last token of a prefill) and of 64 decode steps after it; greedy tokens equal."""
     from gpt2tf.decode.litert import LiteRTModel
     from gpt2tf.hparams import pretrained
 
@@ -363,6 +367,8 @@ def test_a_124m_shaped_export_gives_the_library_s_logits_and_tokens(tmp_path):
         got.append(model.step(sequence[-1]))
     ours = library(np.array([sequence], np.int32)).numpy()[0]
     np.testing.assert_allclose(np.stack(got[:-1]), ours[len(ids) - 1 : -1], atol=1e-4, rtol=0)
+    prefilled = np.stack([model.prefill(ids[:n]) for n in range(1, len(ids) + 1)])  # every prompt position
+    np.testing.assert_allclose(prefilled, ours[: len(ids)], atol=1e-4, rtol=0)
     expected = generate(library, [ids], length=64, temperature=0.0)[0]
     assert sequence[len(ids) :] == list(expected)[:64] or EOT_ID in expected
 
