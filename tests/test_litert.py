@@ -324,6 +324,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(source, exports, tmp_pa
     truncated.mkdir()
     data = (exports["none"] / "model.tflite").read_bytes()
     (truncated / "model.tflite").write_bytes(data[: len(data) // 3])
+    result = run("serve.py", "--model_dir", exports["none"], "--port", 1)  # a command that needs the model dir
+    assert result.returncode == 2 and "is a LiteRT export" in result.stderr and result.stderr.count("\n") == 1
     for with_info in (False, True):  # the flatbuffer checked, or its size against the one litert.json records
         if with_info:
             (truncated / "litert.json").write_bytes((exports["none"] / "litert.json").read_bytes())

@@ -19,6 +19,7 @@ from gpt2tf.layout import (
     HF_INDEX_FILE,
     HF_WEIGHTS_FILE,
     HPARAMS_FILE,
+    LITERT_FILE,
     PREFIX_NAME,
     QUANTIZED_FILE,
     QUANTIZED_PREFIX,
@@ -57,6 +58,11 @@ def load_model(model_dir, *, dtype=None, weights=None):
     "bf16" quantizes the projections and the token embedding as they load, for decoding (no float32 copy of them
     is kept); a dir saved by `save_quantized` loads as what it holds.
     """
+    if (Path(model_dir) / LITERT_FILE).is_file():
+        raise GPT2TFError(
+            f"{model_dir} is a LiteRT export (export.py --format litert): `gpt2tf generate --model_dir {model_dir}` "
+            f"runs it; give this command the model dir it was exported from"
+        )
     layout, path = detect(model_dir)
     if layout == "quantized":
         from gpt2tf.formats import quantized
