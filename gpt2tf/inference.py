@@ -261,12 +261,10 @@ def run(config, out=sys.stdout):
         if prompts is None and config.starter is None and not config.interactive:
             return
     encoder = get_encoder()
-    if config.interactive:
-        return _interactive(model, encoder, config, out)
-    if prompts is None:
-        prompts = [config.starter or ""]
     try:
-        _generate_and_print(model, encoder, config, prompts, out, indices=indices)
+        if config.interactive:
+            return _interactive(model, encoder, config, out)
+        _generate_and_print(model, encoder, config, prompts or [config.starter or ""], out, indices=indices)
     finally:
         if not needs_tensorflow(config):  # a LiteRT export's runtime, released quietly
             from gpt2tf.decode.litert import quiet_exit

@@ -314,8 +314,14 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(source, exports, tmp_pa
     refused("--export_dir", tmp_path / "x", "--max_len", 4096, message="above the model's context of 256")
     (tmp_path / "afile").write_text("x")
     refused("--export_dir", tmp_path / "afile", message="is a file, not a directory")
-    refused("--export_dir", exports["none"], message="already holds files")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing half-written
+    refused("--export_dir", exports["none"], message="already holds a LiteRT export")
+    refused("--export_dir", source, "--overwrite", message="would overlap the model dir")  # never deletes it
+    refused("--export_dir", source.parent, "--overwrite", message="would overlap the model dir")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    refused("--export_dir", tmp_path / "other", "--overwrite", message="exists and is not a LiteRT export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "other"]  # nothing half-written
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine" and (source / "model.ckpt.index").is_file()
     quantized = tmp_path / "q"
     quantized.mkdir()
     (quantized / "quantized.json").write_text("{}")

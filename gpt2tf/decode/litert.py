@@ -25,7 +25,7 @@ import numpy as np
 
 from gpt2tf.decode.prompts import prepare_prompt
 from gpt2tf.decode.stops import StopScanner
-from gpt2tf.errors import GPT2TFError
+from gpt2tf.errors import GPT2TFError, first_line
 from gpt2tf.layout import EOT_ID, LITERT_FILE, LITERT_INFO
 
 
@@ -47,7 +47,7 @@ def quiet_exit():
 @contextlib.contextmanager
 def _quiet_stderr():
     """LiteRT's runtime logs INFO lines to the process's stderr while it loads a model: keep them out of the
-    user's terminal (they are kept in a file and shown if loading fails)."""
+    user's terminal (in a temporary file, yielded: its last lines say why a load failed)."""
     try:
         saved = os.dup(2)
     except OSError:
@@ -73,6 +73,8 @@ def _check_file(path):
             recorded = json.loads(info_file.read_text(encoding="utf-8")).get("file_bytes")
         except (OSError, ValueError, AttributeError):
             recorded = None
+    if not isinstance(recorded, int):
+        recorded = None
     bad = GPT2TFError(
         f"{path} is truncated or not a LiteRT model ({size:,} bytes{f', {recorded:,} expected' if recorded else ''}):"
         f" export it again with `export.py --format litert`"
@@ -120,13 +122,18 @@ class LiteRTModel:
         _check_file(model_file)  # LiteRT crashes (a segmentation fault) on a truncated flatbuffer
         threads = num_threads or os.cpu_count() or 1
         model_options = options.Options(cpu_options=cpu_options.CpuOptions(num_threads=threads))
-        with _quiet_stderr():
+        with _quiet_stderr() as log:
             try:
                 self._model = CompiledModel.from_file(str(model_file), options=model_options)
                 signatures = self._model.get_signature_list()
-            except Exception:  # LiteRT raises plain RuntimeErrors for a file it cannot read
+            except Exception as err:  # LiteRT raises plain RuntimeErrors for a file it cannot read
+                said = ""
+                if log is not None:
+                    log.seek(0)
+                    lines = [ln for ln in log.read().decode("utf-8", "replace").splitlines() if "ERROR" in ln]
+                    said = lines[-1].strip() if lines else ""
                 raise GPT2TFError(
-                    f"LiteRT cannot load {model_file} (truncated or not a LiteRT model?): export it again with "
+                    f"LiteRT cannot load {model_file} ({said or first_line(err)}): export it again with "
                     f"`export.py --format litert`"
                 ) from None
         self.path = model_file
@@ -135,7 +142,10 @@ class LiteRTModel:
         self.lengths = sorted(int(name.split("_", 1)[1]) for name in signatures if name.startswith("prefill_"))
         self.windows = sorted(int(name.split("_", 1)[1]) for name in signatures if name.startswith("decode_"))
         info_file = model_file.parent / LITERT_INFO
-        self.info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+        try:
+            self.info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+        except (OSError, ValueError):
+            raise GPT2TFError(f"{info_file} is not valid JSON: export the model again") from None
         self._inputs, self._outputs, self._logits, self._tokens, self._positions = {}, {}, {}, {}, {}
         with _quiet_stderr():
             names = signatures["decode"]["inputs"]
@@ -239,9 +249,8 @@ def choose(logits, *, temperature, top_k, top_p, rng):
         mass_before = np.cumsum(probs) - probs
         kept = max(1, int(np.sum(mass_before < top_p)))
         scaled = np.where(scaled < order[kept - 1], -np.inf, scaled)
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
-    return int(min(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"), probs.size - 1))
+    cdf = np.cumsum(np.exp(scaled - scaled.max()))
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), scaled.size - 1))
 
 
 def generate_stream(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gpt2tf.config import ModelFlags, PrecisionFlags, SamplingFlags, flag, override
 from gpt2tf.errors import GPT2TFError
-from gpt2tf.layout import DEFAULT_MODEL_DIR, QUANTIZED_FILE
+from gpt2tf.layout import DEFAULT_MODEL_DIR, LITERT_INFO, QUANTIZED_FILE
 
 
 @dataclasses.dataclass
@@ -147,10 +147,16 @@ def check_litert(config):
             f"--prefill_lengths {lengths[-1]} is above --max_len {config.max_len}: a prefill chunk must fit the cache"
         )
     target = litert_dir(config)
+    source, resolved = Path(model_dir).resolve(), target.resolve()
+    if resolved == source or source in resolved.parents or resolved in source.parents:
+        raise GPT2TFError(f"--export_dir {target} would overlap the model dir {model_dir}: give a dir of its own")
     if target.exists() and not target.is_dir():
         raise GPT2TFError(f"{target} is a file, not a directory: give another --export_dir")
-    if target.is_dir() and any(target.iterdir()) and not config.overwrite:
-        raise GPT2TFError(f"{target} already holds files: give another --export_dir, or --overwrite to replace it")
+    if target.is_dir() and any(target.iterdir()):
+        if not (target / LITERT_INFO).is_file():  # --overwrite replaces only an earlier LiteRT export
+            raise GPT2TFError(f"{target} exists and is not a LiteRT export: give a new --export_dir")
+        if not config.overwrite:
+            raise GPT2TFError(f"{target} already holds a LiteRT export: give another --export_dir, or --overwrite")
     if not os.access(_existing_parent(target), os.W_OK):
         raise GPT2TFError(f"cannot write {target} (no permission): give an --export_dir you can write")
 
