@@ -43,7 +43,7 @@ DEFAULT_PREFILL_LENGTHS = (32, 128, 512)
 # holds the sequence so far; LiteRT-LM runs `decode`, over the whole cache). A fixed-shape step reads every slot it
 # attends over, so at 1024 slots the whole-cache attention is a large part of a 124M step (docs/export.md).
 DECODE_WINDOWS = (128, 256, 512)
-# The export's peak memory, measured at 124M (5.1 GB) and 355M (12.4 GB, before the decode_W signatures)
+# The export's peak memory, measured at 124M (5.1 GB) and 355M (12.9 GB)
 # (bench/export.py --litert; docs/export.md): about 0.6 GB plus 9 bytes per float32 weight byte (the model, the
 # converter's SavedModel, its imported and frozen module, the flatbuffer and its bytes in Python each hold the weights
 # at some point). 774M and larger do not fit 24 GB.
