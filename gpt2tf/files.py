@@ -80,6 +80,8 @@ def writing_dir(out_dir, *, what="", replace=False, errors=(OSError,)):
     out_dir = Path(out_dir)
     fresh = replace or not out_dir.exists()
     work = out_dir.with_name(f".{Path(temp_name(out_dir.name))}") if fresh else out_dir
+    if fresh:
+        remove_stale_work_dirs(out_dir)
     try:
         work.mkdir(parents=True, exist_ok=True)
         yield work, fresh
@@ -93,6 +95,31 @@ def writing_dir(out_dir, *, what="", replace=False, errors=(OSError,)):
     finally:
         if fresh and work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_stale_work_dirs(out_dir):
+    """Remove the work dirs of earlier writers of `out_dir` whose process is gone (a kill -9 mid-export leaves one,
+    as big as the export); a live writer's is kept."""
+    prefix = f".{Path(out_dir).name}{TEMP_MARK}"
+    parent = Path(out_dir).parent
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+    except OSError:
+        return
+    for path in candidates:
+        pid = path.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or not knowable here: keep its dir
+    return True
 
 
 def _swap_into_place(work, out_dir):

@@ -452,3 +452,21 @@ def test_replacing_a_dir_keeps_the_old_one_until_the_new_one_is_complete(tmp_pat
     assert [p.name for p in target.iterdir()] == ["new.txt"]
     assert sorted(p.name for p in target.parent.iterdir()) == ["1"]  # nothing left beside it
     assert files.temp_name(target) != files.temp_name(target)  # two writers never share a temporary
+
+
+def test_the_next_write_removes_a_killed_writers_work_dir_and_keeps_a_live_ones(tmp_path):
+    """A kill -9 during an export leaves `.1.tmp-PID-xxxx/` (as big as the export): the next export of that dir
+    removes it once process PID is gone; a running writer's dir stays."""
+    target = tmp_path / "export" / "1"
+    target.parent.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a process id that is gone now
+    dead = target.parent / f".1{files.TEMP_MARK}{child.pid}-0badf00d"
+    live = target.parent / f".1{files.TEMP_MARK}{os.getpid()}-0badf00d"
+    other = target.parent / f".10{files.TEMP_MARK}{child.pid}-0badf00d"  # another dir's
+    for path in (dead, live, other):
+        path.mkdir()
+        (path / "saved_model.pb").write_bytes(b"x" * 1000)
+    with files.writing_dir(target, replace=True) as (work, _):
+        (work / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(["1", live.name, other.name])
