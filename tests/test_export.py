@@ -312,10 +312,12 @@ def test_the_no_xla_export_gives_the_same_tokens(exported, encoder):
             ["--model_dir", "{model}", "--max_new_tokens", "64", "--export_dir", "{d}/x"],
             "must be below the model's context",
         ),
+        (["--model_dir", "{model}", "--export_dir", "{d}/afile"], "is a file, not a directory"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(exported, tmp_path, args, message):
     _, model_dir, path = exported
+    (tmp_path / "afile").write_text("not a dir")
     result = export_cli(*[a.format(d=tmp_path, model=model_dir, export=path.parent) for a in args], cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr

@@ -98,6 +98,11 @@ def check(config):
     if config.num_beams < 2:
         raise GPT2TFError(f"--num_beams must be at least 2 (the beam_search signature's beams), got {config.num_beams}")
     target = version_dir(config)
+    for place in (target.parent, target):
+        if place.exists() and not place.is_dir():
+            raise GPT2TFError(f"{place} is a file, not a directory: give another --export_dir or --version")
+    if not os.access(_existing_parent(target), os.W_OK):
+        raise GPT2TFError(f"cannot write {target} (no permission): give an --export_dir you can write")
     if target.exists() and any(target.iterdir()) and not config.overwrite:
         raise GPT2TFError(
             f"{target} already holds an export: give another --version (TF Serving serves the highest) or --overwrite"
