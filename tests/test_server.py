@@ -301,7 +301,7 @@ def test_models_health_and_the_predict_api(server, model):
         ({"prompt": [1, 99999]}, "prompt", "token ids outside the vocabulary"),
         ({"prompt": [-1]}, "prompt", "token ids outside the vocabulary"),
         ({"prompt": ["a"] * 7, "n": 2}, "n", "more than this server takes at once (12)"),
-        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 strings"),
+        ({"prompt": "x", "stop": [str(i) for i in range(17)]}, "stop", "at most 16 strings besides <|endoftext|>"),
         ({"prompt": "x", "stream": True, "stream_options": {"usage": 1}}, "stream_options", "include_usage"),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options", "only allowed with stream"),
     ],
@@ -360,7 +360,9 @@ def test_beyond_the_queue_requests_get_429(model):
             responses = list(pool.map(ask, range(4)))
         codes = sorted(r.status_code for r in responses)
         assert codes.count(200) >= 2 and 429 in codes, codes
-        refused = next(r for r in responses if r.status_code == 429).json()["error"]
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.headers["retry-after"] == "1"  # how long to wait before trying again
+        refused = refused.json()["error"]
         assert refused["code"] == "rate_limit_exceeded" and "busy" in refused["message"]
     finally:
         running.stop()
@@ -381,6 +383,16 @@ def test_an_api_key_and_cors(model):
             model="m", prompt="x", max_tokens=2
         )
         assert len(ok.choices) == 1
+        for header in ("bearer sesame", "BEARER  sesame", "Bearer sesame"):  # the scheme is case-insensitive
+            answer = post(
+                running, "/v1/completions", {"prompt": "x", "max_tokens": 2}, headers={"Authorization": header}
+            )
+            assert answer.status_code == 200, (header, answer.text)
+        for header in ("Basic sesame", "Bearer sesame2", "Bearer", "sesame"):
+            answer = post(
+                running, "/v1/completions", {"prompt": "x", "max_tokens": 2}, headers={"Authorization": header}
+            )
+            assert answer.status_code == 401, header
         assert httpx.get(running.url + "/health").status_code == 200  # not an API route
         preflight = httpx.options(
             running.url + "/v1/completions",
@@ -477,3 +489,18 @@ def test_the_page_streams_a_completion_and_stops(server, browser, tmp_path, monk
 
 def server_model(server):
     return server.server.config.app.state.worker.engine.model
+
+
+def test_endoftext_among_the_stop_strings_is_not_counted(server):
+    """lm-evaluation-harness adds <|endoftext|> to a task's stop strings: 4 of them + it is accepted (generation always
+    ends there), and so are up to 16 besides it; the others still cut the text."""
+    body = {"prompt": PROMPT, "max_tokens": 12, "temperature": 0}
+    plain = post(server, "/v1/completions", body).json()["choices"][0]["text"]
+    assert len(plain) > 4
+    cut = plain[2:4]
+    stops = ["\u2603", "\u2604", "\u2605", cut, "<|endoftext|>"]
+    answer = post(server, "/v1/completions", {**body, "stop": stops})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["text"] == plain[: plain.index(cut)]
+    many = post(server, "/v1/completions", {**body, "stop": [f"\u2600{i}" for i in range(16)] + ["<|endoftext|>"]})
+    assert many.status_code == 200 and many.json()["choices"][0]["text"] == plain

@@ -77,8 +77,9 @@ def _add_guard(app, config):
     async def guard(request, call_next):
         path = request.url.path
         if api_key and path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+            # The scheme is case-insensitive (RFC 9110); the key is compared in constant time.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
                 refusal = "missing or wrong API key: send `Authorization: Bearer <key>`"
                 return error_response(ApiError(401, refusal, code="invalid_api_key"), path)
         length = request.headers.get("content-length")

@@ -11,9 +11,10 @@ from fastapi.responses import JSONResponse
 class ApiError(Exception):
     """A request the server refuses: HTTP `status` with OpenAI's error object."""
 
-    def __init__(self, status, message, *, param=None, type="invalid_request_error", code=None):
+    def __init__(self, status, message, *, param=None, type="invalid_request_error", code=None, headers=None):
         super().__init__(message)
         self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
+        self.headers = headers  # e.g. Retry-After on a 429
 
     def body(self):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -38,9 +39,10 @@ def is_tf_serving(path):
 
 
 def error_response(err, path):
+    headers = getattr(err, "headers", None)
     if is_tf_serving(path):
-        return JSONResponse({"error": err.message}, status_code=err.status)
-    return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
 def event(payload):

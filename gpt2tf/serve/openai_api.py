@@ -23,6 +23,7 @@ from gpt2tf.decode.engine import bad_word_sequences
 from gpt2tf.decode.prompts import PromptTooLong, prepare_prompt
 from gpt2tf.decode.stops import cut_at_stop
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.layout import ENDOFTEXT
 from gpt2tf.serve.http import ApiError, event, read_json
 from gpt2tf.serve.worker import Job, collect
 from gpt2tf.settings import (
@@ -35,7 +36,7 @@ from gpt2tf.settings import (
     random_seed,
 )
 
-MAX_STOPS = 4  # stop strings per request, as OpenAI
+MAX_STOPS = 16  # stop strings per request besides <|endoftext|> (OpenAI takes 4, vLLM any number; lm-eval adds one)
 
 
 @dataclasses.dataclass
@@ -183,8 +184,11 @@ def parse_completion(body, *, encoder, n_ctx, truncate_prompt, max_choices, max_
     stop = (stop,) if isinstance(stop, str) else stop
     if not (isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop)):
         raise ApiError(400, "stop must be a string or a list of strings", param="stop")
+    stop = [s for s in stop if s != ENDOFTEXT]  # generation always ends there: it is no stop string to look for
     if len(stop) > MAX_STOPS:
-        raise ApiError(400, f"stop takes at most {MAX_STOPS} strings, got {len(stop)}", param="stop")
+        raise ApiError(
+            400, f"stop takes at most {MAX_STOPS} strings besides {ENDOFTEXT}, got {len(stop)}", param="stop"
+        )
     logprobs = body.get("logprobs")
     logprobs = None if logprobs is None else _integer(body, "logprobs", 0, 0, MAX_LOGPROBS)
     for i, ids in enumerate(prompts):

@@ -15,6 +15,8 @@ from gpt2tf.score import score_alternatives
 from gpt2tf.serve.http import ApiError
 from gpt2tf.settings import MAX_LOGPROBS
 
+RETRY_AFTER_SECONDS = 1  # what a 429 asks a client to wait: a slot frees as soon as any request ends
+
 
 class Job:
     """One HTTP request's engine requests (its choices), and the queue their outputs come back on."""
@@ -60,6 +62,7 @@ class Worker:
                     f"the server is busy: {len(self._waiting)} requests are waiting for a slot; retry later",
                     type="server_busy",
                     code="rate_limit_exceeded",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
             self._waiting.extend((job, choice, request) for choice, request in enumerate(job.requests))
             self._wake.notify()
