@@ -114,6 +114,21 @@ def test_dir_that_is_not_a_model(tmp_path):
     assert "is not a GPT-2 model dir" in message and "model.ckpt.index" in message
 
 
+def test_an_unfinished_download_and_a_quantized_dir_without_its_marker_are_named(tmp_path):
+    """`download_model.py 355M` cut off leaves an empty models/355M: the error says the command that resumes it. A
+    quantized dir whose quantized.json is gone is named as one (not 'not a GPT-2 model dir')."""
+    empty = tmp_path / "models" / "355M"
+    empty.mkdir(parents=True)
+    message = _error(empty)
+    assert "holds no checkpoint (it is empty)" in message
+    assert f"python download_model.py 355M --models_dir {empty.parent}" in message
+    quantized = tmp_path / "q"
+    quantized.mkdir()
+    (quantized / "weights.index").write_bytes(b"x")
+    (quantized / "weights.data-00000-of-00001").write_bytes(b"x")
+    assert "like a dir of quantized weights" in _error(quantized) and "quantized.json" in _error(quantized)
+
+
 def test_file_that_is_not_a_model(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"\0" * 10)
     assert "is not a model dir or a checkpoint prefix" in _error(tmp_path / "weights.bin")

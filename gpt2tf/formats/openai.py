@@ -25,7 +25,15 @@ from gpt2tf.formats.tensors import (
     model_tensors,
 )
 from gpt2tf.hparams import HParams
-from gpt2tf.layout import HPARAMS_FILE, PREFIX_NAME, QUANTIZED_FILE, STATE_FILE, VOCAB_DIR, VOCAB_FILES
+from gpt2tf.layout import (
+    HPARAMS_FILE,
+    PREFIX_NAME,
+    QUANTIZED_FILE,
+    QUANTIZED_PREFIX,
+    STATE_FILE,
+    VOCAB_DIR,
+    VOCAB_FILES,
+)
 from gpt2tf.model import GPT2
 
 
@@ -63,6 +71,31 @@ def load_hparams(model_dir):
 # Finding things in a model dir
 
 
+def _not_a_model_dir(path):
+    """Why `path` holds no checkpoint, in the words that lead to the fix."""
+    names = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    if f"{QUANTIZED_PREFIX}.index" in names:
+        return (
+            f"{path} holds {QUANTIZED_PREFIX}.index like a dir of quantized weights (inference.py --save_quantized) "
+            f"but no {QUANTIZED_FILE}, which says their format: save the quantized dir again"
+        )
+    if names <= set(VOCAB_FILES) | {HPARAMS_FILE} or all(
+        n.endswith((".partial", ".tmp")) or n.startswith(".") for n in names
+    ):
+        from gpt2tf.hparams import PRETRAINED
+
+        size = path.name if path.name in PRETRAINED else "124M"
+        return (
+            f"{path} holds no checkpoint{' (it is empty)' if not names else ''}: a download into it did not finish? "
+            f"`python download_model.py {size} --models_dir {path.parent}` resumes it"
+        )
+    return (
+        f"{path} is not a GPT-2 model dir: expected OpenAI's layout ({STATE_FILE}, {HPARAMS_FILE}, "
+        f"{PREFIX_NAME}.index, {PREFIX_NAME}.data-00000-of-00001) or Hugging Face's (config.json "
+        f"and model.safetensors or model.safetensors.index.json)"
+    )
+
+
 def resolve_checkpoint(path):
     """`(model_dir, prefix)` for a model dir (via its `checkpoint` file) or a checkpoint prefix."""
     path = Path(path)
@@ -86,11 +119,7 @@ def resolve_checkpoint(path):
     elif (path / f"{PREFIX_NAME}.index").is_file():
         prefix = path / PREFIX_NAME
     else:
-        raise GPT2TFError(
-            f"{path} is not a GPT-2 model dir: expected OpenAI's layout ({STATE_FILE}, {HPARAMS_FILE}, "
-            f"{PREFIX_NAME}.index, {PREFIX_NAME}.data-00000-of-00001) or Hugging Face's (config.json "
-            f"and model.safetensors or model.safetensors.index.json)"
-        )
+        raise GPT2TFError(_not_a_model_dir(path))
     if not prefix.is_absolute():
         prefix = path / prefix
     if not Path(f"{prefix}.index").is_file() and Path(f"{path / prefix.name}.index").is_file():
