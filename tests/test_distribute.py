@@ -213,6 +213,15 @@ def test_multi_worker_refusals_are_one_line_and_never_hang(tmp_path, small_model
     assert result.returncode == 2 and notice.startswith("waiting for the workers TF_CONFIG names"), result.stderr
     assert "worker localhost:1 of TF_CONFIG did not answer within 1 s" in error
     assert not (tmp_path / "r").exists()
+    malformed = subprocess.run(
+        [sys.executable, str(ROOT / "finetune.py"), *map(str, base)],
+        capture_output=True,
+        text=True,
+        env={**env, "TF_CONFIG": "{not json"},
+        timeout=120,
+    )  # the error alone, before any "waiting for the workers" and before TensorFlow starts
+    assert malformed.returncode == 2 and malformed.stderr.count("\n") == 1, malformed.stderr
+    assert "TF_CONFIG is not a cluster spec" in malformed.stderr
 
 
 def test_mixed_float16_loss_scaling_works_on_two_replicas(tmp_path, small_model_dir, corpus):

@@ -10,7 +10,6 @@ worker processes, which re-import the calling script, stay light.
 
 import dataclasses
 import importlib
-import os
 import sys
 
 from gpt2tf.config import parse_config
@@ -137,7 +136,7 @@ def _finetune(module, argv, prog, command):
 
         made["distribution"] = make_distribution(config.strategy, config.cpu_replicas, config.peer_timeout)
 
-    if os.environ.get("TF_CONFIG") and config.strategy in ("auto", "multi_worker"):
+    if module.cluster_from_env() and config.strategy in ("auto", "multi_worker"):  # a malformed one: its error now
         print(f"waiting for the workers TF_CONFIG names (at most {config.peer_timeout:g} s) ...", file=sys.stderr)
     import_tensorflow_quietly(setup=make_distribution)
     from gpt2tf.train.loop import finetune

@@ -376,3 +376,26 @@ def parse_epochs(text):
         raise GPT2TFError(
             f'decay_epochs must be comma-separated 0-based epoch numbers such as "4,5", got {text!r}'
         ) from None
+
+
+def cluster_from_env():
+    """TF_CONFIG's (cluster {type: [host:port]}, task {type, index}), or None when it is unset; malformed: an error."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return None
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        addresses = [a for kind in ("chief", "worker") for a in cluster.get(kind, [])]
+        if (
+            not addresses
+            or task["type"] not in ("chief", "worker")
+            or not 0 <= int(task["index"]) < len(cluster[task["type"]])
+        ):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise GPT2TFError(
+            'TF_CONFIG is not a cluster spec: expected {"cluster": {"worker": ["host:port", ...]}, '
+            '"task": {"type": "worker", "index": i}} (a "chief" list too, optionally)'
+        ) from None
+    return cluster, task

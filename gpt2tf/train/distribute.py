@@ -14,8 +14,6 @@ batch.
 """
 
 import contextlib
-import json
-import os
 import socket
 import time
 
@@ -23,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2tf.errors import GPT2TFError
+from gpt2tf.train.config import cluster_from_env
 
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker")
 
@@ -89,29 +88,6 @@ class Distribution:
         """One replica's copy of a value every replica holds the same of (a summed loss)."""
         local = self.strategy.experimental_local_results(value)
         return local[0]
-
-
-def cluster_from_env():
-    """TF_CONFIG's (cluster {type: [host:port]}, task {type, index}), or None when it is unset; malformed: an error."""
-    text = os.environ.get("TF_CONFIG")
-    if not text:
-        return None
-    try:
-        config = json.loads(text)
-        cluster, task = config["cluster"], config["task"]
-        addresses = [a for kind in ("chief", "worker") for a in cluster.get(kind, [])]
-        if (
-            not addresses
-            or task["type"] not in ("chief", "worker")
-            or not 0 <= int(task["index"]) < len(cluster[task["type"]])
-        ):
-            raise ValueError
-    except (ValueError, KeyError, TypeError):
-        raise GPT2TFError(
-            'TF_CONFIG is not a cluster spec: expected {"cluster": {"worker": ["host:port", ...]}, '
-            '"task": {"type": "worker", "index": i}} (a "chief" list too, optionally)'
-        ) from None
-    return cluster, task
 
 
 def make_distribution(strategy="auto", cpu_replicas=0, peer_timeout=300):
